@@ -1,0 +1,50 @@
+"""Probes and service information. None of these needs a token."""
+
+from __future__ import annotations
+
+import anyio
+from anyio import to_thread
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+
+from app import __version__
+from app.api.deps import ServicesDep
+from app.api.errors import error_response
+from app.api.models import ErrorBody, Health, Ping, ReadyState, ServiceStatus
+
+router = APIRouter(tags=["service"])
+READY_TIMEOUT_SECONDS = 10
+
+
+@router.get("/ping", response_model=Ping, summary="The existing clients' liveness check")
+async def ping() -> Ping:
+    return Ping()
+
+
+@router.get("/status", response_model=ServiceStatus, summary="Version and supported services")
+async def status(services: ServicesDep) -> ServiceStatus:
+    name = services.backend.name
+    return ServiceStatus(version=__version__, services=[name], default_service=name)
+
+
+@router.get("/health", response_model=Health, summary="Liveness: no I/O, always fast")
+async def health() -> Health:
+    return Health()
+
+
+@router.get(
+    "/ready",
+    response_model=ReadyState,
+    responses={503: {"model": ErrorBody, "description": "Storage cannot take uploads now."}},
+    summary="Readiness: 200 only when the storage backend can take uploads",
+)
+async def ready(services: ServicesDep) -> ReadyState | JSONResponse:
+    backend = services.backend
+    reason = ""
+    with anyio.move_on_after(READY_TIMEOUT_SECONDS):
+        state = await to_thread.run_sync(backend.readiness, abandon_on_cancel=True)
+        if state.ready:
+            return ReadyState(status="ready", service=backend.name)
+        reason = state.reason or "the storage backend is not ready"
+    reason = reason or "the storage backend did not answer the readiness check in time"
+    return error_response(503, "not_ready", reason, {"Retry-After": "10"})

@@ -1,0 +1,47 @@
+"""Response bodies, as documented in the OpenAPI schema."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+
+class UploadResult(BaseModel):
+    # The first five keys, in this order and with these literal values, are the contract
+    # existing clients parse; the rest were added beside them.
+    status: Literal["success"] = "success"
+    message: Literal["File uploaded successfully"] = "File uploaded successfully"
+    filename: str = Field(description="The stored name: the client's name, made safe.")
+    service: str = Field(description="The storage backend that holds the file.")
+    link: str = Field(description="Where the file can be downloaded.")
+    size: int = Field(description="Bytes received and stored.")
+    sha256: str = Field(description="SHA-256 of the bytes received, hex.")
+    handle: str = Field(description="The storage backend's id of the stored file.")
+
+
+class ErrorBody(BaseModel):
+    status: Literal["error"] = "error"
+    message: str
+    code: str = Field(description="A stable machine-readable error code.")
+
+
+class Ping(BaseModel):
+    message: Literal["Server running"] = "Server running"
+
+
+class ServiceStatus(BaseModel):
+    status: Literal["ok"] = "ok"
+    version: str
+    services: list[str] = Field(description="Values accepted by the `service` parameter.")
+    default_service: str
+
+
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"
+
+
+class ReadyState(BaseModel):
+    status: Literal["ready", "not ready"]
+    service: str
+    reason: str | None = None

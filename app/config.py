@@ -1,0 +1,147 @@
+"""Settings: one typed class, read from the environment and an optional ``.env`` file.
+
+Everything is validated at start-up. A bad value stops the service with one line that
+names the variable (see ``load_settings``), never with a traceback and never with the
+value of a secret.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import tempfile
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import ByteSize, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MIN_TOKEN_LENGTH = 16
+# Values people paste from examples and forget to change; running with one of them
+# would publish the service to anyone who read the same example.
+_PLACEHOLDER = re.compile(r"change|example|placeholder|your[-_ ]|secret|xxxx|token-here", re.I)
+
+_HINTS = {
+    "auth_token": (
+        f"set it to a random secret of at least {MIN_TOKEN_LENGTH} characters, e.g. the output of "
+        "python -c \"import secrets; print(secrets.token_urlsafe(32))\""
+    ),
+    "storage_backend": "use 'mega' or 'local'",
+    "mega_email": "set MEGA_EMAIL and MEGA_PASSWORD, or STORAGE_BACKEND=local",
+    "mega_password": "set MEGA_EMAIL and MEGA_PASSWORD, or STORAGE_BACKEND=local",
+    "max_upload_bytes": "give a size such as 1073741824, 500MB or 2GiB",
+    "log_level": "use one of critical, error, warning, info, debug",
+}
+
+
+class ConfigError(Exception):
+    """Invalid settings, described in one line that is safe to print."""
+
+
+class Settings(BaseSettings):
+    """All settings of the service; environment variable names are the field names in capitals."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", validate_default=True
+    )
+
+    auth_token: SecretStr = Field(description="Clients send it as X-Auth-Token or Bearer token.")
+    storage_backend: Literal["mega", "local"] = "mega"
+    mega_email: str | None = None
+    mega_password: SecretStr | None = None
+    mega_api_url: str = "https://g.api.mega.co.nz"
+    mega_folder: str = "Paimon/uploads"
+    mega_session_file: Path = Path("data/mega-session.json")
+    local_storage_dir: Path = Path("data/files")
+    temp_upload_dir: Path = Path(tempfile.gettempdir()) / "paimon-uploads"
+    max_upload_bytes: ByteSize = ByteSize(1024**3)
+    max_concurrent_uploads: int = Field(default=4, ge=1, le=1024)
+    public_base_url: str | None = None
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=1, le=65535)
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+
+    @field_validator("auth_token")
+    @classmethod
+    def _token_is_strong(cls, value: SecretStr) -> SecretStr:
+        token = value.get_secret_value()
+        if token != token.strip() or not token.isprintable():
+            raise ValueError("contains spaces or control characters")
+        if len(token) < MIN_TOKEN_LENGTH:
+            raise ValueError(f"is shorter than {MIN_TOKEN_LENGTH} characters")
+        if _PLACEHOLDER.search(token):
+            raise ValueError("is a placeholder from an example, not a secret")
+        return value
+
+    @field_validator("log_level", "storage_backend", mode="before")
+    @classmethod
+    def _lower(cls, value: Any) -> Any:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("mega_email", "public_base_url", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("mega_api_url", "public_base_url")
+    @classmethod
+    def _is_http_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if not re.fullmatch(r"https?://[^\s/?#]+(/[^\s?#]*)?", value):
+            raise ValueError("must be an http:// or https:// URL without query or fragment")
+        return value.rstrip("/")
+
+    @field_validator("mega_folder")
+    @classmethod
+    def _folder_is_a_plain_path(cls, value: str) -> str:
+        parts = [part.strip() for part in value.strip("/").split("/")]
+        if not all(parts) or any(part in {".", ".."} for part in parts):
+            raise ValueError("must be a path such as Paimon/uploads, without empty or dot parts")
+        return "/".join(parts)
+
+    @field_validator("max_upload_bytes")
+    @classmethod
+    def _positive_size(cls, value: ByteSize) -> ByteSize:
+        if value <= 0:
+            raise ValueError("must be greater than zero")
+        return value
+
+    @model_validator(mode="after")
+    def _mega_has_credentials(self) -> Settings:
+        if self.storage_backend == "mega":
+            if not self.mega_email:
+                raise ValueError("MEGA_EMAIL is not set but STORAGE_BACKEND is mega")
+            if self.mega_password is None or not self.mega_password.get_secret_value():
+                raise ValueError("MEGA_PASSWORD is not set but STORAGE_BACKEND is mega")
+        return self
+
+
+def describe_errors(error: ValidationError) -> str:
+    """One line naming each bad variable and what is wrong; input values are never shown."""
+    problems = []
+    for item in error.errors(include_input=False, include_url=False):
+        field = str(item["loc"][0]) if item["loc"] else ""
+        message = "is not set" if item["type"] == "missing" else item["msg"]
+        message = message.removeprefix("Value error, ")
+        if field:
+            problem = f"{field.upper()} {message}"
+            hint = _HINTS.get(field)
+        else:
+            problem = message
+            hint = _HINTS["mega_email"] if "MEGA_" in message else None
+        problems.append(f"{problem} ({hint})" if hint else problem)
+    return "; ".join(problems)
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read and validate the settings, raising ConfigError with a one-line description."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as error:
+        raise ConfigError(describe_errors(error)) from None
+
+
+def generate_token() -> str:
+    """A fresh random token for a development run that has none configured."""
+    return secrets.token_urlsafe(32)

@@ -1,0 +1,140 @@
+"""Request body -> private temporary file: bounded chunks, size cap, sha256, cleanup.
+
+Each temporary file is held under an exclusive ``flock`` for as long as its upload
+runs. That lets any process sweep leftovers at start-up: a file it can lock belongs to
+no live upload (its owner crashed), while files of other running workers stay locked.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import logging
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from anyio import to_thread
+
+log = logging.getLogger(__name__)
+
+PREFIX = "paimon-upload-"
+FLUSH_BYTES = 1024 * 1024  # bytes gathered before one write+hash in a worker thread
+
+
+class UploadTooLarge(Exception):
+    """The body is larger than the configured maximum."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"the file is larger than the limit of {limit} bytes")
+        self.limit = limit
+
+
+@dataclass(frozen=True, slots=True)
+class SpooledFile:
+    path: Path
+    size: int
+    sha256: str
+
+
+class SpoolSink:
+    """One upload's temporary file. Write with ``await write``; ``finish`` seals it."""
+
+    def __init__(self, path: Path, file: BinaryIO, limit: int) -> None:
+        self.path = path
+        self._file = file
+        self._limit = limit
+        self._hash = hashlib.sha256()
+        self._pending: list[bytes] = []
+        self._pending_bytes = 0
+        self.size = 0
+
+    async def write(self, data: bytes) -> None:
+        if not data:
+            return
+        self.size += len(data)
+        if self.size > self._limit:
+            raise UploadTooLarge(self._limit)
+        self._pending.append(data)
+        self._pending_bytes += len(data)
+        if self._pending_bytes >= FLUSH_BYTES:
+            await self._flush()
+
+    async def finish(self) -> SpooledFile:
+        await self._flush()
+        await to_thread.run_sync(self._file.flush)
+        return SpooledFile(self.path, self.size, self._hash.hexdigest())
+
+    async def _flush(self) -> None:
+        if not self._pending:
+            return
+        block = b"".join(self._pending)
+        self._pending.clear()
+        self._pending_bytes = 0
+        # hashlib and file writes release the GIL on large buffers, so the event loop
+        # keeps serving other requests while a thread does this.
+        await to_thread.run_sync(self._write_block, block)
+
+    def _write_block(self, block: bytes) -> None:
+        self._hash.update(block)
+        self._file.write(block)
+
+
+class Spool:
+    """The directory of in-flight uploads."""
+
+    def __init__(self, directory: Path, limit: int) -> None:
+        self.directory = directory
+        self.limit = limit
+
+    def prepare(self) -> int:
+        """Create the directory (private to this user) and remove crash leftovers."""
+        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        return self.sweep()
+
+    def sweep(self) -> int:
+        """Delete temporary files that no live upload holds; return how many."""
+        removed = 0
+        for path in self.directory.glob(f"{PREFIX}*"):
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+            except OSError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd)
+                continue  # a running upload owns it
+            try:
+                path.unlink(missing_ok=True)
+                removed += 1
+            finally:
+                os.close(fd)
+        if removed:
+            log.info("removed %d leftover temporary upload file(s)", removed)
+        return removed
+
+    @contextlib.contextmanager
+    def open(self) -> Iterator[SpoolSink]:
+        """A new locked temporary file, removed when the block ends, whatever happens."""
+        fd, name = self._create_locked()
+        path = Path(name)
+        file = os.fdopen(fd, "wb")
+        try:
+            yield SpoolSink(path, file, self.limit)
+        finally:
+            path.unlink(missing_ok=True)
+            file.close()
+
+    def _create_locked(self) -> tuple[int, str]:
+        while True:
+            # mkstemp: O_EXCL and mode 0600, so no other user can read an upload.
+            fd, name = tempfile.mkstemp(prefix=PREFIX, dir=self.directory)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            if os.fstat(fd).st_nlink:
+                return fd, name
+            os.close(fd)  # a sweep removed it between create and lock: take another

@@ -1,0 +1,1 @@
+"""Storage backends: where an uploaded file ends up, behind one small interface."""

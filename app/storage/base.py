@@ -1,0 +1,74 @@
+"""The storage backend interface, the stored-file result and the storage error types.
+
+Backends are synchronous: the API layer runs every call in a worker thread, so a
+backend may block on disk or network I/O but never sees an HTTP request.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class StoredFile:
+    """Where an upload ended up.
+
+    ``link`` is either an absolute URL or a path starting with ``/`` that the API
+    layer resolves against the service's public base URL.
+    """
+
+    handle: str
+    link: str
+
+
+@dataclass(frozen=True, slots=True)
+class Readiness:
+    ready: bool
+    reason: str = ""
+
+
+class StorageBackend(Protocol):
+    """What the HTTP layer needs from a place that stores files."""
+
+    name: str
+
+    def start(self) -> None:
+        """Prepare local resources; must not fail because a remote service is down."""
+
+    def store(self, source: Path, filename: str, size: int) -> StoredFile:
+        """Store the local file ``source`` under ``filename``; ``source`` stays the caller's."""
+
+    def readiness(self) -> Readiness:
+        """Whether an upload started now could succeed, and if not, why."""
+
+    def delete(self, handle: str) -> None:
+        """Remove a stored file; a missing one is not an error."""
+
+    def close(self) -> None:
+        """Release connections and files; called once at shutdown."""
+
+
+class StorageError(Exception):
+    """A failure to store a file. ``str(error)`` is safe to show to a client."""
+
+
+class StorageFull(StorageError):
+    """The destination has no room for the file."""
+
+
+class StorageTimeout(StorageError):
+    """The destination did not answer within the deadline."""
+
+
+class StorageUnavailable(StorageError):
+    """The backend cannot take uploads right now (not configured, not reachable)."""
+
+
+class UpstreamRejected(StorageError):
+    """The destination refused the upload or kept failing after retries."""
+
+
+class StorageLoginFailed(UpstreamRejected):
+    """The destination refused the service's credentials."""

@@ -1,0 +1,87 @@
+"""Entry point.
+
+``python server.py`` runs a single development server. ``server:app`` is what gunicorn
+and uvicorn import; it is built on first access, so importing this module reads nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import Any
+
+from dotenv import dotenv_values
+
+from app.config import ConfigError, Settings, generate_token, load_settings
+from app.main import create_app
+
+# gunicorn stops, instead of restarting workers forever, when a worker exits with 3.
+BOOT_ERROR = 3
+_app = None
+
+
+def _exit_with(error: ConfigError) -> None:
+    print(f"paimon-server: configuration error: {error}", file=sys.stderr, flush=True)
+    raise SystemExit(BOOT_ERROR)
+
+
+def _configure_logging(settings: Settings) -> None:
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def __getattr__(name: str) -> Any:
+    """``server.app``: the production app, strictly configured from the environment."""
+    global _app
+    if name != "app":
+        raise AttributeError(name)
+    if _app is None:
+        try:
+            settings = load_settings()
+        except ConfigError as error:
+            _exit_with(error)
+        _configure_logging(settings)
+        _app = create_app(settings)
+    return _app
+
+
+def _development_settings() -> tuple[Settings, list[str]]:
+    """Settings with two conveniences for a first run, announced, never silent."""
+    configured = {key.upper() for key in os.environ} | {
+        key.upper() for key in dotenv_values(".env")
+    }
+    overrides: dict[str, Any] = {}
+    notes = []
+    if "AUTH_TOKEN" not in configured:
+        overrides["auth_token"] = generate_token()
+        notes.append(f"AUTH_TOKEN is not set; this run's token is: {overrides['auth_token']}")
+    if "STORAGE_BACKEND" not in configured and "MEGA_EMAIL" not in configured:
+        overrides["storage_backend"] = "local"
+        notes.append("STORAGE_BACKEND and MEGA_EMAIL are not set; storing files on local disk")
+    return load_settings(**overrides), notes
+
+
+def main() -> None:
+    import uvicorn
+
+    try:
+        settings, notes = _development_settings()
+    except ConfigError as error:
+        _exit_with(error)
+    _configure_logging(settings)
+    for note in notes:
+        print(f"paimon-server (development run): {note}", file=sys.stderr, flush=True)
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        timeout_graceful_shutdown=30,
+    )
+
+
+if __name__ == "__main__":
+    main()
