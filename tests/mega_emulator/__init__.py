@@ -1,0 +1,43 @@
+"""A local MEGA emulator speaking MEGA's HTTP API, for tests and benchmarks.
+
+From Python::
+
+    from tests.mega_emulator import MegaEmulator
+
+    with MegaEmulator(seed=1) as emulator:          # 127.0.0.1, free port
+        emulator.add_account("a@example.com", "secret")   # v2; version=1 for v1
+        emulator.faults.api_eagain_probability = 0.2
+        ...  # point a client at emulator.url + "/cs"
+        emulator.stats()["logins_ok"]
+
+As a process (prints its URL on one line when ready, stops on SIGINT/SIGTERM)::
+
+    python -m tests.mega_emulator --port 8090 --account a@example.com:secret \
+        [--account b@example.com:secret:v1] [--data-dir D] [--seed N] \
+        [--fault NAME=JSON ...] [--hashcash-easiness E] [--eagain-probability P] ...
+
+Endpoints:
+
+* ``POST /cs?id=<seq>&sid=<sid>``: the MEGA API (us0, us, ug, f, u, p, l, g,
+  d, m, a, uq);
+* ``POST /ul/<token>/<offset>``: upload chunks; ``GET /dl/<token>`` downloads
+  (Range header or ``/<start>-<end>`` suffix).
+
+Control API:
+
+* ``GET /_emulator/stats``: counters (log-ins, commands by name, chunk POSTs,
+  hashcash challenges issued/passed, files stored, injected faults, ...);
+* ``GET /_emulator/faults``: current fault settings;
+* ``POST /_emulator/faults``: JSON object of settings to change (see
+  ``faults.FAULT_FIELDS``); ``"reset": true`` restores the defaults first,
+  ``"seed": N`` reseeds the fault generator;
+* ``POST /_emulator/accounts``: ``{"email", "password", "version": 2, "blocked": false}``;
+* ``GET /_emulator/nodes?email=E``: an account's nodes as ``f`` returns them;
+* ``GET /_emulator/ciphertext/<node handle>``: the stored ciphertext of a file.
+"""
+
+from .faults import FAULT_FIELDS, Faults
+from .hashcash import verify as verify_hashcash
+from .server import MegaEmulator
+
+__all__ = ["FAULT_FIELDS", "Faults", "MegaEmulator", "verify_hashcash"]

@@ -1,0 +1,304 @@
+"""The /cs command processor: one handler per MEGA API command.
+
+A request is a JSON array of commands; the answer is an array with one result
+per command, where a failed command is just its negative error code. Errors
+about the request as a whole (EAGAIN, ESID, ...) are answered by the server
+module as a bare integer instead.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from . import errors
+from .accounts import Account
+from .codec import b64url_encode
+from .errors import ApiError
+from .faults import Faults
+from .stats import Stats
+from .store import NODE_FILE, NODE_FOLDER, CloudStore, Node
+
+Handler = Callable[["ApiContext", dict[str, Any]], Any]
+
+# Commands that work without a session.
+PUBLIC_COMMANDS = {"us0", "us", "g"}
+
+
+class ApiContext:
+    """Everything a command handler may need for one request."""
+
+    def __init__(self, store: CloudStore, faults: Faults, stats: Stats,
+                 account: Account | None, base_url: str) -> None:
+        self.store = store
+        self.faults = faults
+        self.stats = stats
+        self.account = account
+        self.base_url = base_url
+
+    def require_account(self) -> Account:
+        if self.account is None:
+            raise ApiError(errors.EACCESS)
+        return self.account
+
+    def own_node(self, handle: Any) -> Node:
+        account = self.require_account()
+        node = self.store.nodes.get(handle) if isinstance(handle, str) else None
+        if node is None or node.owner != account.user_handle:
+            raise ApiError(errors.ENOENT)
+        return node
+
+
+def _str_arg(cmd: dict[str, Any], name: str) -> str:
+    value = cmd.get(name)
+    if not isinstance(value, str) or not value:
+        raise ApiError(errors.EARGS)
+    return value
+
+
+def cmd_prelogin(ctx: ApiContext, cmd: dict[str, Any]) -> Any:
+    email = _str_arg(cmd, "user").lower()
+    account = ctx.store.accounts.get(email)
+    # Unknown addresses look like v1 accounts, so the answer does not reveal
+    # which addresses are registered.
+    if account is None or account.version == 1:
+        return {"v": 1}
+    assert account.salt is not None
+    return {"s": b64url_encode(account.salt), "v": 2}
+
+
+def cmd_login(ctx: ApiContext, cmd: dict[str, Any]) -> Any:
+    email = _str_arg(cmd, "user").lower()
+    user_hash = cmd.get("uh")
+    account = ctx.store.accounts.get(email)
+    if account is None or user_hash != account.user_hash:
+        ctx.stats.add("logins_failed")
+        raise ApiError(errors.ENOENT)
+    if email in ctx.faults.blocked_emails:
+        ctx.stats.add("logins_failed")
+        ctx.stats.fault("blocked")
+        raise ApiError(errors.EBLOCKED)
+    _sid, csid = ctx.store.open_session(account)
+    ctx.stats.add("logins_ok")
+    return {
+        "k": account.encrypted_master_key,
+        "privk": account.encrypted_privk,
+        "csid": csid,
+        "u": account.user_handle,
+        "ach": 1,
+    }
+
+
+def cmd_user(ctx: ApiContext, cmd: dict[str, Any]) -> Any:
+    account = ctx.require_account()
+    return {
+        "u": account.user_handle, "email": account.email, "name": account.email.split("@")[0],
+        "k": account.encrypted_master_key, "privk": account.encrypted_privk,
+        "pubk": account.pubk, "c": 1, "s": 0, "since": account.since, "aav": account.version,
+    }
+
+
+def cmd_fetch_nodes(ctx: ApiContext, cmd: dict[str, Any]) -> Any:
+    public = cmd.get("p")
+    with ctx.store.lock:
+        if isinstance(public, str):
+            handle = ctx.store.public.get(public)
+            if handle is None:
+                raise ApiError(errors.ENOENT)
+            return {"f": [ctx.store.nodes[handle].wire()], "ok": [], "s": []}
+        account = ctx.require_account()
+        nodes = [n.wire() for n in ctx.store.owned_nodes(account)]
+        return {
+            "f": nodes, "ok": [], "s": [], "ps": [], "ipc": [], "opc": [],
+            "u": [{"u": account.user_handle, "c": 2, "m": account.email}],
+            "sn": str(int(time.time() * 1000)),
+        }
+
+
+def cmd_upload_url(ctx: ApiContext, cmd: dict[str, Any]) -> Any:
+    account = ctx.require_account()
+    size = cmd.get("s")
+    if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+        raise ApiError(errors.EARGS)
+    if ctx.faults.over_quota_upload_url:
+        ctx.stats.fault("over_quota_upload_url")
+        raise ApiError(errors.EOVERQUOTA)
+    if ctx.store.used_bytes(account) + size > ctx.faults.storage_quota_bytes:
+        raise ApiError(errors.EOVERQUOTA)
+    upload = ctx.store.new_upload(account.user_handle, size)
+    return {"p": f"{ctx.base_url}/ul/{upload.token}"}
+
+
+def cmd_put_nodes(ctx: ApiContext, cmd: dict[str, Any]) -> Any:
+    account = ctx.require_account()
+    new_nodes = cmd.get("n")
+    if not isinstance(new_nodes, list) or not new_nodes:
+        raise ApiError(errors.EARGS)
+    if ctx.faults.over_quota_put_nodes:
+        ctx.stats.fault("over_quota_put_nodes")
+        raise ApiError(errors.EOVERQUOTA)
+    store = ctx.store
+    with store.lock:
+        target = ctx.own_node(cmd.get("t"))
+        if target.type == NODE_FILE:
+            raise ApiError(errors.EARGS)
+        # Validate everything first: the real service applies all or nothing.
+        plans: list[tuple[dict[str, Any], tuple[str, str, int] | None]] = []
+        for spec in new_nodes:
+            if not isinstance(spec, dict) or spec.get("t") not in (NODE_FILE, NODE_FOLDER):
+                raise ApiError(errors.EARGS)
+            if not isinstance(spec.get("a"), str) or not isinstance(spec.get("k"), str):
+                raise ApiError(errors.EARGS)
+            source = None
+            if spec["t"] == NODE_FILE:
+                if isinstance(spec.get("ph"), str):  # import of a public file
+                    handle = store.public.get(spec["ph"])
+                    if handle is None:
+                        raise ApiError(errors.ENOENT)
+                    node = store.nodes[handle]
+                    assert node.blob is not None
+                    source = (account.user_handle, node.blob, node.size)
+                else:
+                    source = store.completions.get(spec.get("h"))  # type: ignore[arg-type]
+                    if source is None or source[0] != account.user_handle:
+                        raise ApiError(errors.ENOENT)
+            plans.append((spec, source))
+        created = []
+        for spec, source in plans:
+            node = Node(store.new_node_handle(), target.handle, account.user_handle, spec["t"],
+                        attributes=spec["a"], key=f"{account.user_handle}:{spec['k']}")
+            if source is not None:
+                node.blob, node.size = source[1], source[2]
+                store.retain_blob(node.blob)
+                if "h" in spec and "ph" not in spec:
+                    store.completions.pop(spec["h"], None)
+                ctx.stats.add("files_stored")
+            else:
+                ctx.stats.add("folders_created")
+            store.nodes[node.handle] = node
+            created.append(node.wire())
+    return {"f": created}
+
+
+def cmd_export(ctx: ApiContext, cmd: dict[str, Any]) -> Any:
+    store = ctx.store
+    with store.lock:
+        node = ctx.own_node(cmd.get("n"))
+        if node.type not in (NODE_FILE, NODE_FOLDER):
+            raise ApiError(errors.EACCESS)
+        if cmd.get("d"):  # remove the link
+            ph = store.exported.pop(node.handle, None)
+            if ph:
+                store.public.pop(ph, None)
+            return 0
+        ph = store.exported.get(node.handle)
+        if ph is None:
+            ph = store._unique(store.public, 6)
+            store.public[ph] = node.handle
+            store.exported[node.handle] = ph
+        return ph
+
+
+def cmd_download(ctx: ApiContext, cmd: dict[str, Any]) -> Any:
+    store = ctx.store
+    with store.lock:
+        if isinstance(cmd.get("p"), str):
+            handle = store.public.get(cmd["p"])
+            if handle is None:
+                raise ApiError(errors.ENOENT)
+            node = store.nodes[handle]
+        else:
+            node = ctx.own_node(cmd.get("n"))
+        if node.type != NODE_FILE or node.blob is None:
+            raise ApiError(errors.EACCESS)
+        result: dict[str, Any] = {"s": node.size, "at": node.attributes, "msd": 1}
+        if cmd.get("g"):
+            result["g"] = f"{ctx.base_url}/dl/{store.download_token(node.blob)}"
+        return result
+
+
+def cmd_delete(ctx: ApiContext, cmd: dict[str, Any]) -> Any:
+    with ctx.store.lock:
+        node = ctx.own_node(cmd.get("n"))
+        if node.type not in (NODE_FILE, NODE_FOLDER):
+            raise ApiError(errors.EACCESS)
+        ctx.store.delete_node(node.handle)
+    return 0
+
+
+def cmd_move(ctx: ApiContext, cmd: dict[str, Any]) -> Any:
+    store = ctx.store
+    with store.lock:
+        node = ctx.own_node(cmd.get("n"))
+        target = ctx.own_node(cmd.get("t"))
+        if node.type not in (NODE_FILE, NODE_FOLDER) or target.type == NODE_FILE:
+            raise ApiError(errors.EACCESS)
+        if target.handle in store.subtree(node.handle):
+            raise ApiError(errors.ECIRCULAR)
+        node.parent = target.handle
+    return 0
+
+
+def cmd_set_attributes(ctx: ApiContext, cmd: dict[str, Any]) -> Any:
+    account = ctx.require_account()
+    with ctx.store.lock:
+        node = ctx.own_node(cmd.get("n"))
+        attr = _str_arg(cmd, "attr")
+        if node.type not in (NODE_FILE, NODE_FOLDER):
+            raise ApiError(errors.EACCESS)
+        node.attributes = attr
+        if isinstance(cmd.get("key"), str):
+            node.key = f"{account.user_handle}:{cmd['key']}"
+    return 0
+
+
+def cmd_quota(ctx: ApiContext, cmd: dict[str, Any]) -> Any:
+    account = ctx.require_account()
+    with ctx.store.lock:
+        nodes = ctx.store.owned_nodes(account)
+        used = {}
+        for root in (account.root, account.inbox, account.rubbish):
+            inside = [ctx.store.nodes[h] for h in ctx.store.subtree(root) if h != root]
+            files = [n for n in inside if n.type == NODE_FILE]
+            used[root] = [sum(n.size for n in files), len(files), len(inside) - len(files), 0, 0]
+        total = sum(n.size for n in nodes if n.type == NODE_FILE)
+    result: dict[str, Any] = {
+        "mstrg": ctx.faults.storage_quota_bytes, "cstrg": total, "cstrgn": used,
+        "mxfer": ctx.faults.transfer_quota_bytes, "caxfer": 0, "csxfer": 0,
+        "tuo": 0, "tua": 0, "srvratio": 0, "uslw": 9000, "utype": 0,
+    }
+    if cmd.get("pro"):
+        result["balance"] = []
+    return result
+
+
+HANDLERS: dict[str, Handler] = {
+    "us0": cmd_prelogin,
+    "us": cmd_login,
+    "ug": cmd_user,
+    "f": cmd_fetch_nodes,
+    "u": cmd_upload_url,
+    "p": cmd_put_nodes,
+    "l": cmd_export,
+    "g": cmd_download,
+    "d": cmd_delete,
+    "m": cmd_move,
+    "a": cmd_set_attributes,
+    "uq": cmd_quota,
+}
+
+def run_command(ctx: ApiContext, cmd: Any) -> Any:
+    if not isinstance(cmd, dict) or not isinstance(cmd.get("a"), str):
+        return errors.EARGS
+    name = cmd["a"]
+    ctx.stats.command(name)
+    handler = HANDLERS.get(name)
+    if handler is None:
+        return errors.EARGS
+    if name not in PUBLIC_COMMANDS and ctx.account is None:
+        return errors.EACCESS
+    try:
+        return handler(ctx, cmd)
+    except ApiError as exc:
+        return exc.code

@@ -1,0 +1,152 @@
+"""Fault injection settings, shared by every request thread.
+
+Each setting is a typed attribute. Settings whose name ends in ``_probability``
+are rolled per request with the seeded generator; settings ending in ``_next``
+are counters: the next N matching requests fail and the counter runs down.
+Assigning an attribute, calling :meth:`Faults.update` or POSTing JSON to
+``/_emulator/faults`` all go through the same validation under one lock.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+from typing import Any
+
+GiB = 1024**3
+
+# name -> (type, default). None in a default means "off".
+FAULT_FIELDS: dict[str, tuple[type, Any]] = {
+    # Log-in hashcash: easiness of the 402 challenge, None = no challenge.
+    "hashcash_easiness": (int, None),
+    # Challenge every API request rather than only the ones carrying 'us'.
+    "hashcash_all_requests": (bool, False),
+    # Whole-request bare error codes on /cs.
+    "api_eagain_probability": (float, 0.0),  # -3
+    "api_eagain_next": (int, 0),
+    "api_ratelimit_probability": (float, 0.0),  # -4
+    "api_tempunavail_probability": (float, 0.0),  # -18
+    "api_delay": (float, 0.0),  # seconds before answering /cs
+    # A session answers -15 ESID once it has served this many requests.
+    "session_expire_after_calls": (int, None),
+    # Log-in of these addresses answers -16 EBLOCKED.
+    "blocked_emails": (list, []),
+    # -17 EOVERQUOTA on 'u' (upload URL) and/or 'p' (put nodes).
+    "over_quota_upload_url": (bool, False),
+    "over_quota_put_nodes": (bool, False),
+    "storage_quota_bytes": (int, 20 * GiB),
+    "transfer_quota_bytes": (int, 10 * GiB),
+    # Upload chunk POSTs.
+    "chunk_delay": (float, 0.0),
+    "chunk_http500_probability": (float, 0.0),
+    "chunk_http500_next": (int, 0),
+    "chunk_http503_probability": (float, 0.0),
+    "chunk_http503_next": (int, 0),
+    "chunk_http429_next": (int, 0),
+    "chunk_http403_next": (int, 0),  # upload URL expired
+    "chunk_http509_next": (int, 0),  # transfer quota exceeded
+    "chunk_drop_probability": (float, 0.0),  # read part of the body, drop the socket
+    "chunk_drop_next": (int, 0),
+    "chunk_error_next": (int, 0),  # answer 200 with chunk_error_code as the body
+    "chunk_error_code": (int, -4),
+    # Download GETs.
+    "download_http509_next": (int, 0),
+}
+
+
+def _coerce(name: str, value: Any) -> Any:
+    kind, default = FAULT_FIELDS[name]
+    if value is None:
+        if default is not None:
+            raise ValueError(f"fault {name} cannot be None")
+        return None
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise TypeError(f"fault {name} must be a boolean")
+        return value
+    if kind is list:
+        if not isinstance(value, (list, tuple, set, frozenset)):
+            raise TypeError(f"fault {name} must be a list")
+        return sorted(str(v).lower() for v in value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"fault {name} must be a number")
+    if kind is int:
+        if int(value) != value:
+            raise ValueError(f"fault {name} must be an integer")
+        value = int(value)
+    else:
+        value = float(value)
+    if name.endswith("_probability") and not 0.0 <= value <= 1.0:
+        raise ValueError(f"fault {name} must be within [0, 1]")
+    if (name.endswith(("_next", "_delay", "_bytes")) or name == "session_expire_after_calls") and value < 0:
+        raise ValueError(f"fault {name} must not be negative")
+    return value
+
+
+class Faults:
+    """Thread-safe fault settings with a seedable random generator."""
+
+    def __init__(self, seed: int | None = None, **settings: Any) -> None:
+        object.__setattr__(self, "_lock", threading.Lock())
+        object.__setattr__(self, "_rng", random.Random(seed))
+        object.__setattr__(self, "_values", {k: (list(d) if isinstance(d, list) else d)
+                                             for k, (_, d) in FAULT_FIELDS.items()})
+        self.update(**settings)
+
+    def __getattr__(self, name: str) -> Any:
+        values = object.__getattribute__(self, "_values")
+        if name not in values:
+            raise AttributeError(name)
+        with object.__getattribute__(self, "_lock"):
+            value = values[name]
+            return list(value) if isinstance(value, list) else value
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        self.update(**{name: value})
+
+    def update(self, **settings: Any) -> None:
+        """Change several settings at once; unknown names or bad values raise
+        ValueError, bad types TypeError, and nothing changes."""
+        unknown = sorted(set(settings) - set(FAULT_FIELDS))
+        if unknown:
+            raise ValueError(f"unknown fault(s): {', '.join(unknown)}")
+        coerced = {name: _coerce(name, value) for name, value in settings.items()}
+        with self._lock:
+            self._values.update(coerced)
+
+    def reset(self) -> None:
+        with self._lock:
+            for name, (_, default) in FAULT_FIELDS.items():
+                self._values[name] = list(default) if isinstance(default, list) else default
+
+    def seed(self, seed: int | None) -> None:
+        with self._lock:
+            self._rng.seed(seed)
+
+    def snapshot(self) -> dict[str, Any]:
+        with self._lock:
+            return {k: (list(v) if isinstance(v, list) else v) for k, v in self._values.items()}
+
+    def roll(self, name: str) -> bool:
+        """True with the probability held by setting ``name``."""
+        with self._lock:
+            probability = self._values[name]
+            return probability > 0 and self._rng.random() < probability
+
+    def take(self, name: str) -> bool:
+        """Consume one unit of a ``_next`` counter; True when one was left."""
+        with self._lock:
+            if self._values[name] > 0:
+                self._values[name] -= 1
+                return True
+            return False
+
+    def fires(self, stem: str) -> bool:
+        """A ``<stem>_next`` counter or a ``<stem>_probability`` roll fires."""
+        if f"{stem}_next" in FAULT_FIELDS and self.take(f"{stem}_next"):
+            return True
+        return f"{stem}_probability" in FAULT_FIELDS and self.roll(f"{stem}_probability")
+
+    def random_fraction(self) -> float:
+        with self._lock:
+            return self._rng.random()
