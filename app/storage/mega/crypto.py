@@ -1,0 +1,169 @@
+"""MEGA's file encryption: AES-128-CTR for the data, chunk CBC-MACs for integrity.
+
+Everything here is pure computation on bytes (no I/O), done by OpenSSL through
+``cryptography``: one library call per region for the CTR stream and one per MEGA
+chunk for its MAC, never a Python loop over 16-byte blocks.
+
+Key material follows MEGA's layout (the web client, the SDK and mega.py agree):
+
+* file key ``k`` (4 x 32-bit) and nonce ``n`` (2 x 32-bit), from ``secrets``;
+* CTR counter block = ``n`` (8 bytes) || block index (64-bit big-endian);
+* chunk MAC = last block of AES-CBC(k, IV = n||n, chunk zero-padded to 16 bytes);
+* file MAC = last block of AES-CBC(k, IV = 0, concatenated chunk MACs); a file
+  without chunks (0 bytes) has the zero block as its file MAC;
+* meta MAC ``mm`` = (mac[0]^mac[1], mac[2]^mac[3]);
+* node key = [k0^n0, k1^n1, k2^mm0, k3^mm1, n0, n1, mm0, mm1].
+"""
+
+from __future__ import annotations
+
+import secrets
+import struct
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+BLOCK = 16
+FIRST_CHUNK = 0x20000  # 128 KiB; each following chunk grows by this much ...
+MAX_CHUNK = 0x100000  # ... up to 1 MiB, then stays there
+_ZERO_BLOCK = bytes(BLOCK)
+
+A32 = tuple[int, ...]
+
+
+def a32_bytes(values: Sequence[int]) -> bytes:
+    """Big-endian 32-bit words to bytes (MEGA's ``a32_to_str``)."""
+    return struct.pack(f">{len(values)}I", *values)
+
+
+def bytes_a32(data: bytes) -> A32:
+    """Bytes (a multiple of 4 long) to big-endian 32-bit words."""
+    return struct.unpack(f">{len(data) // 4}I", data)
+
+
+def chunk_bounds(size: int) -> Iterator[tuple[int, int]]:
+    """MEGA's chunk boundaries as (offset, length); none for an empty file.
+
+    Same sequence as ``mega.crypto.get_chunks`` for sizes above zero: 128 KiB,
+    256 KiB, ... 1 MiB, then 1 MiB each, the last chunk being what remains.
+    """
+    offset, length = 0, FIRST_CHUNK
+    while offset < size:
+        step = min(length, size - offset)
+        yield offset, step
+        offset += step
+        if length < MAX_CHUNK:
+            length += FIRST_CHUNK
+
+
+def regions(size: int, limit: int) -> list[tuple[int, int]]:
+    """Whole MEGA chunks grouped into (offset, length) regions of at most ``limit``
+    bytes (a single chunk larger than ``limit`` is a region of its own).
+
+    An empty file is one empty region: the upload server still needs one POST.
+    """
+    result: list[tuple[int, int]] = []
+    start = end = 0
+    for offset, length in chunk_bounds(size):
+        if end > start and offset + length - start > limit:
+            result.append((start, end - start))
+            start = offset
+        end = offset + length
+    result.append((start, end - start))
+    return result
+
+
+@dataclass(frozen=True, slots=True)
+class FileKey:
+    """The random key and nonce of one upload."""
+
+    key: A32
+    nonce: A32
+
+    @classmethod
+    def generate(cls) -> FileKey:
+        words = bytes_a32(secrets.token_bytes(24))
+        return cls(key=words[:4], nonce=words[4:])
+
+    @property
+    def key_bytes(self) -> bytes:
+        return a32_bytes(self.key)
+
+    @property
+    def nonce_bytes(self) -> bytes:
+        return a32_bytes(self.nonce)
+
+
+def encrypt_region(file_key: FileKey, offset: int, data: bytes) -> bytes:
+    """AES-128-CTR of ``data`` found at byte ``offset`` of the file.
+
+    ``offset`` must be a multiple of 16, which every MEGA chunk boundary is.
+    """
+    if offset % BLOCK:
+        raise ValueError("a region must start on a 16-byte boundary")
+    counter = file_key.nonce_bytes + struct.pack(">Q", offset // BLOCK)
+    encryptor = Cipher(algorithms.AES(file_key.key_bytes), modes.CTR(counter)).encryptor()
+    return encryptor.update(data) + encryptor.finalize()
+
+
+def decrypt_region(file_key: FileKey, offset: int, data: bytes) -> bytes:
+    """CTR is its own inverse; named for readability at the call site."""
+    return encrypt_region(file_key, offset, data)
+
+
+def chunk_mac(file_key: FileKey, chunk: bytes) -> bytes:
+    """The CBC-MAC of one MEGA chunk of plaintext (one OpenSSL call)."""
+    padding = -len(chunk) % BLOCK
+    if padding:
+        chunk = chunk + bytes(padding)
+    iv = file_key.nonce_bytes * 2
+    encryptor = Cipher(algorithms.AES(file_key.key_bytes), modes.CBC(iv)).encryptor()
+    # An empty chunk never happens for a non-empty file; its MAC would be the IV.
+    return (encryptor.update(chunk) + encryptor.finalize())[-BLOCK:] if chunk else iv
+
+
+def file_mac(file_key: FileKey, chunk_macs: Sequence[bytes]) -> A32:
+    """CBC-MAC (zero IV) over the chunk MACs in file order, as four words."""
+    if not chunk_macs:
+        return bytes_a32(_ZERO_BLOCK)
+    encryptor = Cipher(algorithms.AES(file_key.key_bytes), modes.CBC(_ZERO_BLOCK)).encryptor()
+    return bytes_a32((encryptor.update(b"".join(chunk_macs)) + encryptor.finalize())[-BLOCK:])
+
+
+def meta_mac(mac: Sequence[int]) -> A32:
+    return (mac[0] ^ mac[1], mac[2] ^ mac[3])
+
+
+def node_key(file_key: FileKey, mm: Sequence[int]) -> A32:
+    """The 8-word key that goes (encrypted) into the node and (plain) into the link."""
+    k, n = file_key.key, file_key.nonce
+    return (k[0] ^ n[0], k[1] ^ n[1], k[2] ^ mm[0], k[3] ^ mm[1], n[0], n[1], mm[0], mm[1])
+
+
+def split_node_key(key: Sequence[int]) -> tuple[FileKey, A32]:
+    """The file key, nonce and meta MAC inside an 8-word node key."""
+    if len(key) != 8:
+        raise ValueError("a file node key has 8 words")
+    aes = (key[0] ^ key[4], key[1] ^ key[5], key[2] ^ key[6], key[3] ^ key[7])
+    return FileKey(key=aes, nonce=tuple(key[4:6])), tuple(key[6:8])
+
+
+@dataclass(slots=True)
+class MacAccumulator:
+    """Chunk MACs of a file, filled region by region (regions may be redone)."""
+
+    file_key: FileKey
+    macs: dict[int, bytes] = field(default_factory=dict)
+
+    def add_region(self, offset: int, plaintext: bytes) -> None:
+        """MAC every MEGA chunk inside a region that starts at chunk ``offset``."""
+        end = offset + len(plaintext)
+        for chunk_offset, length in chunk_bounds(end):
+            if chunk_offset >= offset:
+                start = chunk_offset - offset
+                chunk = plaintext[start : start + length]
+                self.macs[chunk_offset] = chunk_mac(self.file_key, chunk)
+
+    def meta_mac(self) -> A32:
+        return meta_mac(file_mac(self.file_key, [self.macs[o] for o in sorted(self.macs)]))
