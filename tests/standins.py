@@ -1,0 +1,69 @@
+"""Stand-in storage backends for failure paths that a real local disk cannot produce on demand.
+
+They implement the same small interface as the real backends; the HTTP layer under test
+is the real one.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+from app.storage.base import Readiness, StorageError, StoredFile
+
+
+class FailingBackend:
+    """Every upload fails with the given error."""
+
+    name = "local"
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+        self.seen: list[tuple[Path, str, int]] = []
+
+    def start(self) -> None:
+        pass
+
+    def store(self, source: Path, filename: str, size: int) -> StoredFile:
+        self.seen.append((source, filename, size))
+        assert source.exists(), "the spooled file must exist while the backend works"
+        raise self.error
+
+    def readiness(self) -> Readiness:
+        return Readiness(False, "stand-in backend never ready")
+
+    def delete(self, handle: str) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class GatedBackend:
+    """Blocks inside ``store`` until released: proves where storage work runs."""
+
+    name = "local"
+
+    def __init__(self) -> None:
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        self.sizes: list[int] = []
+
+    def start(self) -> None:
+        pass
+
+    def store(self, source: Path, filename: str, size: int) -> StoredFile:
+        self.sizes.append(source.stat().st_size)
+        self.entered.set()
+        if not self.release.wait(timeout=30):
+            raise StorageError("gate never opened")
+        return StoredFile(handle="gated", link="/nowhere")
+
+    def readiness(self) -> Readiness:
+        return Readiness(True)
+
+    def delete(self, handle: str) -> None:
+        pass
+
+    def close(self) -> None:
+        self.release.set()

@@ -1,0 +1,425 @@
+"""Upload API through the real ASGI app with the local backend."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from app.storage.base import StorageFull, StorageTimeout, UpstreamRejected
+from tests.standins import FailingBackend, GatedBackend
+
+
+def spool_leftovers(client: TestClient) -> list[Path]:
+    return list(client.app.state.services.spool.directory.iterdir())
+
+
+def stored_files(client: TestClient) -> list[Path]:
+    root = client.app.state.services.settings.local_storage_dir
+    return [path for path in root.rglob("*") if path.is_file()] if root.exists() else []
+
+
+def test_upload_answers_the_existing_contract_and_the_file_downloads_identically(
+    client: TestClient, auth: dict[str, str]
+) -> None:
+    data = os.urandom(300_000)
+    response = client.post(
+        "/upload?service=local", headers=auth, files={"file": ("report.pdf", data)}
+    )
+    assert response.status_code == 200
+    body = response.json()
+    # The first five keys, in order and with these values, are what existing clients parse.
+    assert list(body)[:5] == ["status", "message", "filename", "service", "link"]
+    assert body["status"] == "success"
+    assert body["message"] == "File uploaded successfully"
+    assert body["filename"] == "report.pdf"
+    assert body["service"] == "local"
+    assert body["size"] == len(data)
+    assert body["sha256"] == hashlib.sha256(data).hexdigest()
+    assert body["handle"] and body["handle"] in body["link"]
+    download = client.get(body["link"])
+    assert download.status_code == 200
+    assert download.content == data
+    assert download.headers["content-type"] == "application/octet-stream"
+    assert download.headers["content-disposition"].startswith("attachment")
+    assert download.headers["x-content-type-options"] == "nosniff"
+    assert spool_leftovers(client) == []
+
+
+def test_put_stores_the_raw_body_under_the_path_name(
+    client: TestClient, auth: dict[str, str]
+) -> None:
+    data = b"raw bytes \x00\xff" * 1000
+    response = client.put("/files/notes%20v2.txt", headers=auth, content=data)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["filename"] == "notes v2.txt"
+    assert body["size"] == len(data)
+    assert client.get(body["link"]).content == data
+
+
+def test_bearer_token_is_accepted_like_x_auth_token(client: TestClient, token: str) -> None:
+    response = client.put(
+        "/files/a.txt", headers={"Authorization": f"Bearer {token}"}, content=b"x"
+    )
+    assert response.status_code == 200
+
+
+def test_empty_file_is_stored(client: TestClient, auth: dict[str, str]) -> None:
+    response = client.post("/upload", headers=auth, files={"file": ("empty.bin", b"")})
+    assert response.status_code == 200
+    assert response.json()["size"] == 0
+    assert client.get(response.json()["link"]).content == b""
+
+
+@pytest.mark.parametrize(
+    ("headers", "status", "code"),
+    [
+        ({}, 401, "missing_token"),
+        ({"X-Auth-Token": ""}, 401, "missing_token"),
+        ({"Authorization": "Basic dXNlcjpwYXNz"}, 401, "missing_token"),
+        ({"X-Auth-Token": "wrong"}, 403, "invalid_token"),
+        ({"X-Auth-Token": "w" * 500}, 403, "invalid_token"),
+        ({"Authorization": "Bearer wrong-token-of-some-length"}, 403, "invalid_token"),
+    ],
+)
+def test_uploads_without_the_right_token_are_refused(
+    client: TestClient, headers: dict[str, str], status: int, code: str
+) -> None:
+    response = client.post("/upload", headers=headers, files={"file": ("a.txt", b"data")})
+    assert response.status_code == status
+    assert response.json() == {
+        "status": "error",
+        "message": response.json()["message"],
+        "code": code,
+    }
+    if status == 401:
+        assert response.headers["www-authenticate"] == "Bearer"
+    assert stored_files(client) == []
+    assert spool_leftovers(client) == []
+
+
+def test_non_ascii_token_is_refused_not_crashed(client: TestClient) -> None:
+    response = client.put("/files/a.txt", headers={"X-Auth-Token": "tökén".encode()}, content=b"x")
+    assert response.status_code == 403
+
+
+def test_auth_is_checked_before_the_size_limit(client: TestClient) -> None:
+    response = client.put(
+        "/files/a.txt",
+        headers={"X-Auth-Token": "wrong", "Content-Length": str(10**15)},
+        content=b"",
+    )
+    assert response.status_code == 403
+
+
+def test_unknown_service_is_a_400_naming_the_supported_ones(
+    client: TestClient, auth: dict[str, str]
+) -> None:
+    response = client.post(
+        "/upload?service=dropbox", headers=auth, files={"file": ("a.txt", b"data")}
+    )
+    assert response.status_code == 400
+    assert response.json()["code"] == "unsupported_service"
+    assert "local" in response.json()["message"]
+    response = client.post("/upload?service=mega", headers=auth, files={"file": ("a", b"d")})
+    assert response.status_code == 400
+    assert stored_files(client) == []
+
+
+def test_upload_over_limit_is_rejected_from_content_length_before_reading(
+    make_client, auth: dict[str, str]
+) -> None:
+    client = make_client(max_upload_bytes=1000)
+    response = client.put(
+        "/files/big.bin", headers={**auth, "Content-Length": "1001"}, content=b"x" * 1001
+    )
+    assert response.status_code == 413
+    assert response.json()["code"] == "too_large"
+    assert stored_files(client) == []
+
+
+def test_upload_over_limit_is_rejected_while_streaming(make_client, auth: dict[str, str]) -> None:
+    client = make_client(max_upload_bytes=100_000)
+
+    def body():  # no Content-Length: only counting while streaming can catch it
+        for _ in range(50):
+            yield b"y" * 10_000
+
+    response = client.put("/files/big.bin", headers=auth, content=body())
+    assert response.status_code == 413
+    assert stored_files(client) == []
+    assert spool_leftovers(client) == []
+
+
+def test_multipart_over_limit_is_rejected_while_streaming(
+    make_client, auth: dict[str, str]
+) -> None:
+    client = make_client(max_upload_bytes=100_000)
+    response = client.post("/upload", headers=auth, files={"file": ("b.bin", b"z" * 100_001)})
+    assert response.status_code == 413
+    assert spool_leftovers(client) == []
+    exact = client.post("/upload", headers=auth, files={"file": ("b.bin", b"z" * 100_000)})
+    assert exact.status_code == 200
+
+
+BOUNDARY = "xYzZY"
+
+
+def multipart(*parts: str) -> bytes:
+    return (
+        "".join(f"--{BOUNDARY}\r\n{part}\r\n" for part in parts) + f"--{BOUNDARY}--\r\n"
+    ).encode()
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body", "status", "code"),
+    [
+        ("application/json", b'{"file": "x"}', 415, "unsupported_media_type"),
+        ("multipart/form-data", b"--x\r\n", 400, "bad_multipart"),
+        (
+            f"multipart/form-data; boundary={BOUNDARY}",
+            f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; '
+            'filename="a.txt"\r\n\r\ntruncated without a closing boundary'.encode(),
+            400,
+            "bad_multipart",
+        ),
+        (
+            f"multipart/form-data; boundary={BOUNDARY}",
+            multipart('Content-Disposition: form-data; name="other"\r\n\r\nvalue'),
+            422,
+            "missing_file",
+        ),
+        (
+            f"multipart/form-data; boundary={BOUNDARY}",
+            multipart(
+                'Content-Disposition: form-data; name="file"; filename="a"\r\n\r\n1',
+                'Content-Disposition: form-data; name="file"; filename="b"\r\n\r\n2',
+            ),
+            400,
+            "too_many_files",
+        ),
+        (
+            f"multipart/form-data; boundary={BOUNDARY}",
+            multipart('Content-Disposition: form-data; name="file"; filename=""\r\n\r\ndata'),
+            400,
+            "invalid_filename",
+        ),
+        (
+            f"multipart/form-data; boundary={BOUNDARY}",
+            multipart('Content-Disposition: form-data; name="file"\r\n\r\ndata'),
+            400,
+            "invalid_filename",
+        ),
+        (
+            f"multipart/form-data; boundary={BOUNDARY}",
+            b"garbage that is not multipart at all",
+            400,
+            "bad_multipart",
+        ),
+    ],
+)
+def test_bad_multipart_gets_a_clear_error_and_leaves_nothing(
+    client: TestClient,
+    auth: dict[str, str],
+    content_type: str,
+    body: bytes,
+    status: int,
+    code: str,
+) -> None:
+    response = client.post("/upload", headers={**auth, "Content-Type": content_type}, content=body)
+    assert response.status_code == status, response.text
+    assert response.json()["status"] == "error"
+    assert response.json()["code"] == code
+    assert stored_files(client) == []
+    assert spool_leftovers(client) == []
+
+
+@pytest.mark.parametrize(
+    ("sent", "stored"),
+    [
+        ("../../etc/passwd", "passwd"),
+        ("C:\\Users\\me\\Desktop\\save.dat", "save.dat"),
+        ("bad\x00name\x1b[31m.txt", "badname[31m.txt"),
+        ("evil\u202etxt.exe", "eviltxt.exe"),
+        ("  spaced out.txt  ", "spaced out.txt"),
+        ("été 日本.txt", "été 日本.txt"),
+        (".hidden", ".hidden"),
+    ],
+)
+def test_client_file_names_are_kept_but_made_safe(
+    client: TestClient, auth: dict[str, str], sent: str, stored: str
+) -> None:
+    response = client.post(
+        "/upload",
+        headers={**auth, "Content-Type": f"multipart/form-data; boundary={BOUNDARY}"},
+        content=multipart(
+            f'Content-Disposition: form-data; name="file"; filename="{sent}"\r\n\r\ncontent'
+        ),
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["filename"] == stored
+    [path] = stored_files(client)
+    assert path.name == stored
+    assert path.parent.parent == client.app.state.services.settings.local_storage_dir
+
+
+def test_long_file_names_are_bounded_and_keep_their_extension(
+    client: TestClient, auth: dict[str, str]
+) -> None:
+    response = client.post("/upload", headers=auth, files={"file": ("é" * 400 + ".zip", b"1")})
+    name = response.json()["filename"]
+    assert len(name.encode()) <= 255
+    assert name.endswith(".zip")
+
+
+def test_rfc5987_file_names_are_understood(client: TestClient, auth: dict[str, str]) -> None:
+    response = client.post(
+        "/upload",
+        headers={**auth, "Content-Type": f"multipart/form-data; boundary={BOUNDARY}"},
+        content=multipart(
+            "Content-Disposition: form-data; name=\"file\"; filename*=UTF-8''%C3%A9t%C3%A9.txt"
+            "\r\n\r\ncontent"
+        ),
+    )
+    assert response.json()["filename"] == "été.txt"
+
+
+@pytest.mark.parametrize(
+    ("error", "status", "code"),
+    [
+        (StorageFull("MEGA storage quota exceeded"), 507, "storage_full"),
+        (StorageTimeout("MEGA did not answer in time"), 504, "storage_timeout"),
+        (UpstreamRejected("MEGA kept failing after 8 attempts"), 502, "storage_failed"),
+    ],
+)
+def test_storage_failures_map_to_their_status_and_leave_no_temp_file(
+    make_client, auth: dict[str, str], error: Exception, status: int, code: str
+) -> None:
+    backend = FailingBackend(error)
+    client = make_client(backend=backend)
+    response = client.post("/upload", headers=auth, files={"file": ("a.bin", b"q" * 5000)})
+    assert response.status_code == status
+    assert response.json() == {"status": "error", "message": str(error), "code": code}
+    assert backend.seen and backend.seen[0][1:] == ("a.bin", 5000)
+    assert spool_leftovers(client) == []
+
+
+def test_unexpected_errors_reveal_nothing_internal(
+    make_client, auth: dict[str, str], token: str
+) -> None:
+    secret_path = "/srv/secret/location"
+    client = make_client(
+        backend=FailingBackend(RuntimeError(f"boom at {secret_path} {token}")), raise_errors=False
+    )
+    response = client.post("/upload", headers=auth, files={"file": ("a.bin", b"q")})
+    assert response.status_code == 500
+    assert response.json() == {
+        "status": "error",
+        "message": "internal server error",
+        "code": "internal_error",
+    }
+    assert secret_path not in response.text and token not in response.text
+    assert spool_leftovers(client) == []
+
+
+def test_storage_work_runs_off_the_event_loop(make_client, auth: dict[str, str]) -> None:
+    backend = GatedBackend()
+    client = make_client(backend=backend)
+    result: dict[str, int] = {}
+
+    def upload() -> None:
+        result["status"] = client.put("/files/a.bin", headers=auth, content=b"d" * 10).status_code
+
+    uploader = threading.Thread(target=upload)
+    uploader.start()
+    try:
+        assert backend.entered.wait(timeout=10)
+        # If store() ran on the event loop, this request could not be answered until
+        # the gate opens, and the client's timeout would fail the test.
+        assert client.get("/health", timeout=5).status_code == 200
+    finally:
+        backend.release.set()
+        uploader.join(timeout=10)
+    assert result["status"] == 200
+    assert backend.sizes == [10]
+
+
+def test_too_many_concurrent_uploads_get_503_with_retry_after(
+    make_client, auth: dict[str, str]
+) -> None:
+    backend = GatedBackend()
+    client = make_client(backend=backend, max_concurrent_uploads=1)
+    uploader = threading.Thread(target=lambda: client.put("/files/a", headers=auth, content=b"1"))
+    uploader.start()
+    try:
+        assert backend.entered.wait(timeout=10)
+        response = client.put("/files/b", headers=auth, content=b"2")
+        assert response.status_code == 503
+        assert response.headers["retry-after"].isdigit()
+        assert response.json()["code"] == "too_many_uploads"
+    finally:
+        backend.release.set()
+        uploader.join(timeout=10)
+    assert client.put("/files/c", headers=auth, content=b"3").status_code == 200
+
+
+def test_start_up_sweeps_crash_leftovers_but_not_live_uploads(make_client, tmp_path: Path) -> None:
+    import fcntl
+
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    leftover = spool / "paimon-upload-crashed"
+    leftover.write_bytes(b"half an upload")
+    live = spool / "paimon-upload-live"
+    live.write_bytes(b"someone else's upload")
+    unrelated = spool / "keep-me.txt"
+    unrelated.write_bytes(b"not ours")
+    with live.open("rb") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # what a running worker holds on its upload
+        make_client()
+        assert not leftover.exists()
+        assert live.exists()
+        assert unrelated.exists()
+
+
+def test_spool_files_are_private(make_client, auth: dict[str, str]) -> None:
+    backend = GatedBackend()
+    client = make_client(backend=backend)
+    uploader = threading.Thread(target=lambda: client.put("/files/a", headers=auth, content=b"1"))
+    uploader.start()
+    try:
+        assert backend.entered.wait(timeout=10)
+        [temp] = spool_leftovers(client)
+        assert temp.stat().st_mode & 0o077 == 0
+        assert client.app.state.services.spool.directory.stat().st_mode & 0o077 == 0
+    finally:
+        backend.release.set()
+        uploader.join(timeout=10)
+    assert spool_leftovers(client) == []
+
+
+def test_download_of_unknown_or_traversing_links_is_404(client: TestClient) -> None:
+    for path in ["/files/AAAAAAAAAAAAAAAAAAAAAA/x", "/files/..%2F..%2Fetc/passwd", "/files/a/b"]:
+        response = client.get(path)
+        assert response.status_code == 404
+        assert response.json()["status"] == "error"
+
+
+def test_errors_for_unknown_routes_and_methods_are_json(client: TestClient) -> None:
+    missing = client.get("/nope")
+    assert missing.status_code == 404
+    assert missing.json() == {"status": "error", "message": "Not Found", "code": "not_found"}
+    wrong_method = client.get("/upload")
+    assert wrong_method.status_code == 405
+    assert wrong_method.json()["code"] == "method_not_allowed"
+
+
+def test_public_base_url_is_used_for_links(make_client, auth: dict[str, str]) -> None:
+    client = make_client(public_base_url="https://files.example.org/")
+    body = client.put("/files/a.txt", headers=auth, content=b"1").json()
+    assert body["link"].startswith("https://files.example.org/files/")
