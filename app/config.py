@@ -24,7 +24,7 @@ _PLACEHOLDER = re.compile(r"change|example|placeholder|your[-_ ]|secret|xxxx|tok
 _HINTS = {
     "auth_token": (
         f"set it to a random secret of at least {MIN_TOKEN_LENGTH} characters, e.g. the output of "
-        "python -c \"import secrets; print(secrets.token_urlsafe(32))\""
+        'python -c "import secrets; print(secrets.token_urlsafe(32))"'
     ),
     "storage_backend": "use 'mega' or 'local'",
     "mega_email": "set MEGA_EMAIL and MEGA_PASSWORD, or STORAGE_BACKEND=local",
@@ -52,6 +52,15 @@ class Settings(BaseSettings):
     mega_api_url: str = "https://g.api.mega.co.nz"
     mega_folder: str = "Paimon/uploads"
     mega_session_file: Path = Path("data/mega-session.json")
+    # MEGA network behaviour: per-request timeouts, the retry policy (per API request
+    # and per upload region) and the total time one upload may take.
+    mega_connect_timeout: float = Field(default=10.0, gt=0, le=300)
+    mega_read_timeout: float = Field(default=60.0, gt=0, le=3600)
+    mega_retry_attempts: int = Field(default=8, ge=1, le=100)
+    mega_retry_initial_seconds: float = Field(default=0.5, ge=0, le=60)
+    mega_retry_max_seconds: float = Field(default=15.0, ge=0, le=600)
+    mega_upload_deadline_seconds: float = Field(default=1800.0, gt=0, le=86400)
+    mega_upload_restarts: int = Field(default=3, ge=0, le=20)
     local_storage_dir: Path = Path("data/files")
     temp_upload_dir: Path = Path(tempfile.gettempdir()) / "paimon-uploads"
     max_upload_bytes: ByteSize = ByteSize(1024**3)

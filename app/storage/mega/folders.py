@@ -1,0 +1,169 @@
+"""The destination folder: find ``Paimon/uploads`` under the account's root, or create it.
+
+Folder names are encrypted attributes, so finding one means fetching the node list
+('f') and decrypting each folder's name with its key (itself encrypted with the
+master key). Creating one is a 'p' with ``t: 1``. A lock file serialises creation
+across worker processes, so two workers starting together do not make twin folders.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import secrets
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from mega.crypto import (
+    a32_to_base64,
+    base64_to_a32,
+    base64_url_decode,
+    base64_url_encode,
+    decrypt_attr,
+    decrypt_key,
+    encrypt_attr,
+    encrypt_key,
+    make_id,
+)
+
+from .crypto import bytes_a32
+from .errors import MegaBadAnswer, MegaError
+from .upload import ApiClient
+
+ROOT_TYPE = 2
+FOLDER_TYPE = 1
+_LOCK_POLL_S = 0.05
+
+
+class FolderLockTimeout(MegaError):
+    name = "login_lock"  # the table's "timed out waiting" rule fits this wait too
+
+    def __init__(self) -> None:
+        super().__init__("timed out waiting for another process to create the MEGA folder")
+
+
+def find_folder(client: ApiClient, path: str) -> str | None:
+    """The node id of folder ``path`` (``a/b``) under the root, or None if missing."""
+    nodes = _fetch_nodes(client)
+    parent = _root_id(nodes)
+    names = _folder_names(nodes, client.master_key)
+    for part in path.split("/"):
+        found = names.get((parent, part))
+        if found is None:
+            return None
+        parent = found
+    return parent
+
+
+def ensure_folder(client: ApiClient, path: str, lock_file: Path, lock_timeout_s: float) -> str:
+    """The node id of folder ``path``, creating the missing parts."""
+    found = find_folder(client, path)
+    if found is not None:
+        return found
+    with _locked(lock_file, lock_timeout_s):
+        # Another process may have created it while this one waited.
+        nodes = _fetch_nodes(client)
+        parent = _root_id(nodes)
+        names = _folder_names(nodes, client.master_key)
+        for part in path.split("/"):
+            found = names.get((parent, part))
+            parent = found if found is not None else _make_folder(client, part, parent)
+        return parent
+
+
+def _fetch_nodes(client: ApiClient) -> list[dict[str, Any]]:
+    answer = client.api({"a": "f", "c": 1})
+    nodes = answer.get("f") if isinstance(answer, dict) else None
+    if not isinstance(nodes, list):
+        raise MegaBadAnswer()
+    return [n for n in nodes if isinstance(n, dict)]
+
+
+def _root_id(nodes: list[dict[str, Any]]) -> str:
+    for node in nodes:
+        if node.get("t") == ROOT_TYPE and isinstance(node.get("h"), str):
+            return node["h"]
+    raise MegaBadAnswer()
+
+
+def _folder_names(nodes: list[dict[str, Any]], master_key: Any) -> dict[tuple[str, str], str]:
+    """(parent id, name) -> node id for every folder whose name decrypts.
+
+    When two folders share a name, the first one listed wins, every time.
+    """
+    result: dict[tuple[str, str], str] = {}
+    for node in nodes:
+        if node.get("t") != FOLDER_TYPE:
+            continue
+        name = _folder_name(node, master_key)
+        if name is not None:
+            result.setdefault((node.get("p", ""), name), node["h"])
+    return result
+
+
+def _folder_name(node: dict[str, Any], master_key: Any) -> str | None:
+    keys, attributes = node.get("k"), node.get("a")
+    if not isinstance(keys, str) or not isinstance(attributes, str):
+        return None
+    # 'k' is "<owner>:<key>[/<owner>:<key> ...]"; the account's own entry decrypts.
+    for entry in keys.split("/"):
+        _, _, encrypted = entry.partition(":")
+        try:
+            key = decrypt_key(base64_to_a32(encrypted), master_key)
+            attr = decrypt_attr(base64_url_decode(attributes), key)
+        except (ValueError, TypeError, UnicodeDecodeError):
+            continue
+        if isinstance(attr, dict) and isinstance(attr.get("n"), str):
+            return attr["n"]
+    return None
+
+
+def _make_folder(client: ApiClient, name: str, parent: str) -> str:
+    key = bytes_a32(secrets.token_bytes(16))
+    answer = client.api(
+        {
+            "a": "p",
+            "t": parent,
+            "i": make_id(10),
+            "n": [
+                {
+                    "h": "xxxxxxxx",
+                    "t": FOLDER_TYPE,
+                    "a": base64_url_encode(encrypt_attr({"n": name}, key)),
+                    "k": a32_to_base64(encrypt_key(key, client.master_key)),
+                }
+            ],
+        }
+    )
+    try:
+        return answer["f"][0]["h"]
+    except (TypeError, KeyError, IndexError):
+        raise MegaBadAnswer() from None
+
+
+@contextlib.contextmanager
+def _locked(path: Path, timeout_s: float) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        give_up_at = time.monotonic() + timeout_s
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as exc:
+                if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                    raise
+            if time.monotonic() >= give_up_at:
+                raise FolderLockTimeout()
+            time.sleep(_LOCK_POLL_S)
+        try:
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
