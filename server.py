@@ -50,9 +50,8 @@ def __getattr__(name: str) -> Any:
 
 def _development_settings() -> tuple[Settings, list[str]]:
     """Settings with two conveniences for a first run, announced, never silent."""
-    configured = {key.upper() for key in os.environ} | {
-        key.upper() for key in dotenv_values(".env")
-    }
+    given = {**dotenv_values(".env"), **os.environ}
+    configured = {key.upper() for key, value in given.items() if value}
     overrides: dict[str, Any] = {}
     notes = []
     if "AUTH_TOKEN" not in configured:
