@@ -9,6 +9,7 @@ import os
 import selectors
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -145,6 +146,18 @@ def test_v1_account_logs_in_and_reads_quota(emulator: MegaEmulator, tmp_path: Pa
     m.upload(str(source))
     assert m.get_storage_space()["used"] == source.stat().st_size
     assert m.get_files_in_node(2)  # the upload sits in the cloud drive root
+
+    # Private download ('g' by node handle), rename ('a') and move to the rubbish ('m').
+    found = m.find("small.txt")
+    assert found is not None
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    assert Path(m.download(found, dest_path=str(out_dir))).read_bytes() == source.read_bytes()
+    assert m.rename(found, "renamed.txt") == 0
+    renamed = m.find("renamed.txt")
+    assert renamed is not None and renamed[0] == found[0] and m.find("small.txt") is None
+    assert m.delete(found[0]) == 0
+    assert emulator.node(found[0])["p"] == m.get_node_by_type(4)[0]
 
 
 def test_wrong_password_unknown_user_and_blocked_account(emulator: MegaEmulator) -> None:
@@ -408,3 +421,77 @@ def test_process_mode_prints_url_serves_control_api_and_stops(tmp_path: Path) ->
             if proc.poll() is None:
                 proc.kill()
     assert proc.returncode == 0
+
+
+# -- transport details -----------------------------------------------------------------
+
+def test_chunked_transfer_encoding_and_concurrent_keep_alive_uploads(
+        emulator: MegaEmulator) -> None:
+    emulator.add_account(EMAIL, PASSWORD)
+    sid, root = session(emulator)
+    data = os.urandom(3 * 1024 * 1024 + 17)
+    url = upload_url(emulator, sid, len(data))
+
+    def pieces() -> Any:  # a generator body goes out chunked
+        for start in range(0, len(data), 100_000):
+            yield data[start:start + 100_000]
+
+    completion = requests.post(f"{url}/0", data=pieces(), timeout=TIMEOUT).text
+    node = put_file(emulator, sid, root, completion)["f"][0]
+    assert emulator.read_ciphertext(node["h"]) == data
+
+    # Four uploads at once, each over one reused connection, chunks interleaved.
+    blobs = [os.urandom(1024 * 1024 + i) for i in range(4)]
+    urls = [upload_url(emulator, sid, len(b)) for b in blobs]
+    results: dict[int, str] = {}
+    errors: list[Exception] = []
+
+    def upload(index: int) -> None:
+        try:
+            blob, target = blobs[index], urls[index]
+            with requests.Session() as http:
+                offsets = list(range(0, len(blob), 128 * 1024))[::-1]  # backwards
+                for offset in offsets:
+                    answer = http.post(f"{target}/{offset}", data=blob[offset:offset + 128 * 1024],
+                                       timeout=TIMEOUT)
+                    answer.raise_for_status()
+                    results[index] = answer.text
+        except (requests.RequestException, OSError) as exc:  # surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=upload, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=TIMEOUT)
+        assert not thread.is_alive()
+    assert not errors
+    for index, blob in enumerate(blobs):
+        handle = put_file(emulator, sid, root, results[index])["f"][0]["h"]
+        assert emulator.read_ciphertext(handle) == blob
+
+
+def test_seeded_fault_rolls_repeat() -> None:
+    def sequence(seed: int) -> list[int]:
+        with MegaEmulator(seed=seed, faults={"api_eagain_probability": 0.5}) as emu:
+            return [api(emu, [{"a": "us0", "user": "a@b.c"}]).json() == -3 for _ in range(20)]
+
+    first = sequence(11)
+    assert first == sequence(11)
+    assert 0 < sum(first) < 20
+
+
+def test_hashcash_on_every_request_and_delays(emulator: MegaEmulator) -> None:
+    emulator.faults.update(hashcash_easiness=255, hashcash_all_requests=True, api_delay=0.2)
+    started = time.monotonic()
+    challenged = api(emulator, [{"a": "us0", "user": EMAIL}])
+    assert challenged.status_code == 402
+    assert time.monotonic() - started >= 0.2
+    token = challenged.headers["X-Hashcash"].split(":")[3]
+    answer = api(emulator, [{"a": "us0", "user": EMAIL}],
+                 headers={"X-Hashcash": f"1:{token}:{solve_hashcash(token, 255)}"})
+    assert answer.status_code == 200 and answer.json() == [{"v": 1}]
+    # A token answers one challenge only.
+    replay = api(emulator, [{"a": "us0", "user": EMAIL}],
+                 headers={"X-Hashcash": f"1:{token}:{solve_hashcash(token, 255)}"})
+    assert replay.status_code == 402

@@ -47,13 +47,16 @@ class RequestHandler(BaseHTTPRequestHandler):
         if self.server.emulator.verbose:
             super().log_message(format, *args)
 
+    def parse_request(self) -> bool:
+        self._reader: BodyReader | None = None  # one body reader per request
+        return super().parse_request()
+
     def _body(self) -> BodyReader:
-        if not hasattr(self, "_reader") or self._reader_for is not self.raw_requestline:
+        if self._reader is None:
             length_header = self.headers.get("Content-Length")
             chunked = "chunked" in self.headers.get("Transfer-Encoding", "").lower()
             length = int(length_header) if length_header and not chunked else None
             self._reader = BodyReader(self.rfile, length, chunked)
-            self._reader_for = self.raw_requestline
         return self._reader
 
     def _send(self, status: int, body: bytes = b"", content_type: str = "application/json",
