@@ -1,0 +1,62 @@
+"""gunicorn settings for production: `gunicorn server:app --config gunicorn.conf.py`.
+
+Every value can be tuned through the environment, so the same file serves Render,
+Docker and a bare VM. Options given on the command line (e.g. --bind) win over this file.
+"""
+
+from __future__ import annotations
+
+import os
+
+
+def _int_env(name: str, default: int) -> int:
+    raw = os.environ.get(name, "").strip()
+    try:
+        return int(raw) if raw else default
+    except ValueError as error:
+        raise SystemExit(f"gunicorn.conf.py: {name} must be an integer, got {raw!r}") from error
+
+
+# Only used when --bind is not given. 0.0.0.0 because in a container or on a platform the
+# traffic arrives on an outside interface; set HOST=127.0.0.1 behind a local proxy.
+bind = [f"{os.environ.get('HOST', '0.0.0.0').strip() or '0.0.0.0'}:{_int_env('PORT', 8080)}"]
+
+# The maintained uvicorn worker class (uvicorn.workers.UvicornWorker is deprecated).
+worker_class = "uvicorn_worker.UvicornWorker"
+
+# Each worker is an asyncio process serving many connections. 2 fits a 512 MB instance:
+# uploads are streamed to disk, so memory per worker stays small, and a second worker
+# keeps /health answering while the other is busy starting up or recycling.
+workers = _int_env("WEB_CONCURRENCY", 2)
+
+# For the uvicorn worker this is NOT a request deadline: the worker's event loop pings
+# the master every `timeout` seconds, and the master only kills a worker that stopped
+# pinging (a blocked event loop). An upload streaming for an hour keeps pinging, so it
+# is never cut off by this value; the application bounds uploads itself
+# (MEGA_UPLOAD_DEADLINE_SECONDS).
+timeout = _int_env("GUNICORN_TIMEOUT", 120)
+
+# On SIGTERM (deploy, scale-down, docker stop) workers stop accepting connections and get
+# this long to finish in-flight uploads before they are killed. Keep it below the
+# platform's own kill delay: Render's maxShutdownDelaySeconds (300 in render.yaml), and
+# `docker stop --time` / `--stop-timeout` for containers (Docker's default is only 10 s).
+graceful_timeout = _int_env("GUNICORN_GRACEFUL_TIMEOUT", 270)
+
+# Idle keep-alive connections are held longer than typical load-balancer idle timeouts
+# (60 s), so the proxy never reuses a connection the server has just closed (a 502).
+keepalive = _int_env("GUNICORN_KEEPALIVE", 75)
+
+# Which proxies may set X-Forwarded-Proto/For; "*" on Render, whose proxy is the only way
+# in, so that links the service builds use https. The default trusts only localhost.
+forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1,::1")
+
+# Access and error logs go to stdout/stderr, where platforms and journald collect them.
+# Request lines and status codes only: tokens travel in headers, which are never logged.
+accesslog = "-"
+errorlog = "-"
+loglevel = os.environ.get("LOG_LEVEL", "info").strip().lower() or "info"
+
+# Worker heartbeat files on tmpfs when available: a container's overlay filesystem can
+# stall the heartbeat writes and get healthy workers killed.
+if os.path.isdir("/dev/shm"):
+    worker_tmp_dir = "/dev/shm"
