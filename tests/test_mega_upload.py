@@ -4,13 +4,28 @@ from __future__ import annotations
 
 import itertools
 import random
+import secrets
 import struct
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 from Crypto.Cipher import AES
 from Crypto.Util import Counter
 from mega.crypto import get_chunks
 
+from app.config import Settings
+from app.storage.base import (
+    Readiness,
+    StorageFull,
+    StorageLoginFailed,
+    StorageTimeout,
+    UpstreamRejected,
+)
+from app.storage.mega import MegaBackend
+from app.storage.mega.client import MegaClient
 from app.storage.mega.crypto import (
     FileKey,
     MacAccumulator,
@@ -20,10 +35,14 @@ from app.storage.mega.crypto import (
     regions,
     split_node_key,
 )
-from tests.mega_verify import meta_mac_of
+from app.storage.mega.errors import MegaError, to_storage_error
+from app.storage.mega.retry import RetryPolicy
+from app.storage.mega.upload import UploadLimits, export_link, put_node, send_file
+from tests.mega_emulator import MegaEmulator
+from tests.mega_verify import meta_mac_of, verify
 
 MiB = 1024 * 1024
-SIZES = [0, 1, 15, 16, 17, 131071, 131072, 131073, MiB + 5, 3 * MiB + 16]
+SIZES = [0, 1, 15, 16, 17, 131071, 131072, 131073, MiB + 5, 2 * MiB + 16]
 FIXED_KEY = FileKey(key=(0x01234567, 0x89ABCDEF, 0xFEDCBA98, 0x76543210), nonce=(0xDEADBEEF, 7))
 
 
@@ -138,3 +157,234 @@ def test_generated_keys_differ() -> None:
 def test_a_region_must_start_on_a_block_boundary() -> None:
     with pytest.raises(ValueError):
         encrypt_region(FIXED_KEY, 8, b"x")
+
+
+# -- the data path against the emulator ------------------------------------------------
+
+EMAIL, PASSWORD = "uploader@example.com", "emulated password 1"
+FAST = RetryPolicy(attempts=6, deadline_s=20, initial_s=0.01, max_s=0.05)
+
+
+@pytest.fixture
+def emulator() -> Iterator[MegaEmulator]:
+    with MegaEmulator(seed=11) as emu:
+        emu.add_account(EMAIL, PASSWORD)
+        yield emu
+
+
+def mega_settings(emu: MegaEmulator, tmp_path: Path, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "auth_token": secrets.token_urlsafe(24),
+        "storage_backend": "mega",
+        "mega_email": EMAIL,
+        "mega_password": PASSWORD,
+        "mega_api_url": emu.url,
+        "mega_session_file": tmp_path / "session.json",
+        "temp_upload_dir": tmp_path / "spool",
+        "mega_retry_initial_seconds": 0.01,
+        "mega_retry_max_seconds": 0.05,
+        "mega_upload_deadline_seconds": 20,
+    }
+    values.update(overrides)
+    return Settings(_env_file=None, **values)
+
+
+@pytest.fixture
+def backend(emulator: MegaEmulator, tmp_path: Path) -> Iterator[MegaBackend]:
+    store = MegaBackend(mega_settings(emulator, tmp_path))
+    store.start()
+    yield store
+    store.close()
+
+
+@pytest.fixture
+def client(emulator: MegaEmulator, tmp_path: Path) -> Iterator[MegaClient]:
+    mega = MegaClient(emulator.url, EMAIL, PASSWORD, tmp_path / "client-session.json",
+                      policy=FAST)
+    mega.ensure_login()
+    yield mega
+    mega.close()
+
+
+def source_file(tmp_path: Path, size: int, seed: int = 5) -> tuple[Path, bytes]:
+    data = payload(size, seed)
+    path = tmp_path / f"source-{size}"
+    path.write_bytes(data)
+    return path, data
+
+
+def root_of(client: MegaClient) -> str:
+    return next(n["h"] for n in client.api({"a": "f", "c": 1})["f"] if n["t"] == 2)
+
+
+def upload_to_root(client: MegaClient, path: Path, size: int, limits: UploadLimits) -> str:
+    sent = send_file(client, path, size, limits)
+    handle = put_node(client, root_of(client), sent, path.name)
+    return export_link(client, handle, sent.node_key)
+
+
+@pytest.mark.parametrize("size", [0, 1, 15, 16, 17, 131071, 131073, MiB + 5])
+def test_backend_stores_a_file_the_verifier_decrypts(
+    backend: MegaBackend, emulator: MegaEmulator, tmp_path: Path, size: int
+) -> None:
+    path, data = source_file(tmp_path, size)
+    stored = backend.store(path, "report (final).pdf", size)
+    assert stored.link.startswith("https://mega.nz/file/")
+    verify(emulator.url, stored.link, data, name="report (final).pdf")
+    node = emulator.node(stored.handle)
+    assert node["s"] == size and node["t"] == 0
+
+
+def test_a_failed_region_is_resent_alone(
+    client: MegaClient, emulator: MegaEmulator, tmp_path: Path
+) -> None:
+    path, data = source_file(tmp_path, 3 * MiB + 7)
+    limits = UploadLimits(region_bytes=MiB, chunk_policy=FAST)
+    planned = len(regions(3 * MiB + 7, MiB))
+    emulator.faults.update(chunk_http500_next=2, chunk_http503_next=1, chunk_http429_next=1)
+    emulator.reset_stats()
+    link = upload_to_root(client, path, len(data), limits)
+    verify(emulator.url, link, data)
+    stats = emulator.stats()
+    assert stats["commands"]["u"] == 1  # no restart of the file
+    assert stats["chunk_posts"] == planned + 4
+
+
+def test_a_dropped_connection_resends_the_region(
+    client: MegaClient, emulator: MegaEmulator, tmp_path: Path
+) -> None:
+    path, data = source_file(tmp_path, 2 * MiB + 1)
+    emulator.faults.chunk_drop_next = 2
+    link = upload_to_root(client, path, len(data), UploadLimits(region_bytes=MiB,
+                                                                 chunk_policy=FAST))
+    verify(emulator.url, link, data)
+    assert emulator.stats()["faults_injected"]["chunk_drop"] == 2
+
+
+@pytest.mark.parametrize("fault", ["chunk_error_next", "chunk_http403_next"])
+def test_a_dead_upload_url_restarts_the_file_on_a_fresh_one(
+    client: MegaClient, emulator: MegaEmulator, tmp_path: Path, fault: str
+) -> None:
+    path, data = source_file(tmp_path, MiB + 5)
+    emulator.faults.update(**{fault: 1})
+    emulator.reset_stats()
+    link = upload_to_root(client, path, len(data), UploadLimits(chunk_policy=FAST))
+    verify(emulator.url, link, data)
+    assert emulator.stats()["commands"]["u"] == 2
+
+
+def test_restarts_are_bounded(client: MegaClient, emulator: MegaEmulator, tmp_path: Path) -> None:
+    path, _ = source_file(tmp_path, 100)
+    emulator.faults.chunk_http403_next = 50
+    emulator.reset_stats()
+    with pytest.raises(MegaError) as caught:
+        send_file(client, path, 100, UploadLimits(restarts=2, chunk_policy=FAST))
+    assert isinstance(to_storage_error(caught.value), UpstreamRejected)
+    assert emulator.stats()["commands"]["u"] == 3
+
+
+def test_exhausted_transfer_quota_fails_at_once(
+    backend: MegaBackend, emulator: MegaEmulator, tmp_path: Path
+) -> None:
+    path, _ = source_file(tmp_path, 1000)
+    emulator.faults.chunk_http509_next = 1
+    with pytest.raises(StorageFull, match="MEGA transfer quota exceeded"):
+        backend.store(path, "a.bin", 1000)
+    assert emulator.stats()["chunk_posts"] == 1
+
+
+def test_a_full_account_is_storage_full(
+    backend: MegaBackend, emulator: MegaEmulator, tmp_path: Path
+) -> None:
+    path, _ = source_file(tmp_path, 1000)
+    emulator.faults.over_quota_upload_url = True
+    with pytest.raises(StorageFull):
+        backend.store(path, "a.bin", 1000)
+
+
+def test_slow_chunks_hit_the_total_deadline(
+    emulator: MegaEmulator, tmp_path: Path
+) -> None:
+    store = MegaBackend(mega_settings(emulator, tmp_path, mega_upload_deadline_seconds=1.5,
+                                      mega_read_timeout=0.5))
+    store.start()
+    path, _ = source_file(tmp_path, 3 * MiB)
+    store.store(path, "warm-up.bin", 3 * MiB)  # log-in and folder outside the measurement
+    emulator.faults.chunk_delay = 0.8
+    started = time.monotonic()
+    with pytest.raises(StorageTimeout):
+        store.store(path, "slow.bin", 3 * MiB)
+    assert time.monotonic() - started < 3.0
+    store.close()
+
+
+def test_a_removed_folder_is_made_again(
+    backend: MegaBackend, emulator: MegaEmulator, tmp_path: Path
+) -> None:
+    path, data = source_file(tmp_path, 20)
+    first = backend.store(path, "one.txt", 20)
+    parent = emulator.node(first.handle)["p"]
+    backend._ready_client().api({"a": "d", "n": parent})
+    second = backend.store(path, "two.txt", 20)
+    assert emulator.node(second.handle)["p"] != parent
+    verify(emulator.url, second.link, data, name="two.txt")
+
+
+def test_the_folder_is_created_once_and_nested(
+    backend: MegaBackend, emulator: MegaEmulator, tmp_path: Path
+) -> None:
+    path, _ = source_file(tmp_path, 3)
+    for name in ("a", "b", "c"):
+        backend.store(path, name, 3)
+    assert emulator.stats()["folders_created"] == 2  # Paimon and Paimon/uploads
+    other = MegaBackend(mega_settings(emulator, tmp_path))  # e.g. another worker process
+    other.store(path, "d", 3)
+    other.close()
+    assert emulator.stats()["folders_created"] == 2
+
+
+def test_readiness_reports_wrong_credentials_without_hammering_the_login(
+    emulator: MegaEmulator, tmp_path: Path
+) -> None:
+    store = MegaBackend(mega_settings(emulator, tmp_path, mega_password="not the password"))
+    store.start()
+    answers = [store.readiness() for _ in range(5)]
+    assert not any(a.ready for a in answers)
+    assert all("wrong email or password" in a.reason for a in answers)
+    assert "not the password" not in answers[0].reason
+    assert emulator.stats()["logins_failed"] == 1
+    path, _ = source_file(tmp_path, 3)
+    with pytest.raises(StorageLoginFailed):
+        store.store(path, "x", 3)
+    store.close()
+
+
+def test_readiness_is_true_once_logged_in_with_the_folder(
+    backend: MegaBackend, emulator: MegaEmulator
+) -> None:
+    assert backend.readiness() == Readiness(True)
+    assert emulator.stats()["folders_created"] == 2
+
+
+def test_start_does_no_network_io(tmp_path: Path) -> None:
+    store = MegaBackend(Settings(
+        _env_file=None, auth_token=secrets.token_urlsafe(24), mega_email=EMAIL,
+        mega_password=PASSWORD, mega_api_url="http://127.0.0.1:9",
+        mega_session_file=tmp_path / "s.json", mega_retry_attempts=1,
+        mega_connect_timeout=0.5,
+    ))
+    store.start()  # MEGA unreachable: still starts
+    state = store.readiness()
+    assert not state.ready and "MEGA" in state.reason
+    store.close()
+
+
+def test_delete_removes_the_node_and_ignores_a_missing_one(
+    backend: MegaBackend, emulator: MegaEmulator, tmp_path: Path
+) -> None:
+    path, _ = source_file(tmp_path, 10)
+    stored = backend.store(path, "gone.txt", 10)
+    backend.delete(stored.handle)
+    with pytest.raises(KeyError):
+        emulator.node(stored.handle)
+    backend.delete(stored.handle)
