@@ -1,0 +1,586 @@
+"""The MEGA client layer against the MEGA emulator: log-in, session sharing, retries,
+re-login, proof of work, the error table, and secrets staying out of logs and errors."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import stat
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from app.storage.base import (
+    StorageFull,
+    StorageLoginFailed,
+    StorageTimeout,
+    StorageUnavailable,
+    UpstreamRejected,
+)
+from app.storage.mega import hashcash
+from app.storage.mega.client import MegaClient
+from app.storage.mega.errors import (
+    RULES,
+    Action,
+    HashcashUnsolved,
+    MegaApiError,
+    MegaDeadlineExceeded,
+    MegaHttpError,
+    MegaLoginError,
+    MegaRetriesExhausted,
+    MegaTransportError,
+    action_for,
+    to_storage_error,
+)
+from app.storage.mega.retry import RetryPolicy, call_with_retries
+from tests.mega_emulator import MegaEmulator, verify_hashcash
+from tests.mega_emulator.hashcash import new_challenge
+
+ROOT = Path(__file__).resolve().parent.parent
+EMAIL = "owner@example.com"
+PASSWORD = "Tr0ub4dor-and-3-horses"
+FAST = RetryPolicy(attempts=6, deadline_s=10, initial_s=0.01, max_s=0.05)
+QUOTA = {"a": "uq", "strg": 1, "xfer": 1}
+CHILD_TIMEOUT_S = 60
+
+
+@pytest.fixture
+def emulator() -> Iterator[MegaEmulator]:
+    with MegaEmulator(seed=11) as emu:
+        emu.add_account(EMAIL, PASSWORD)
+        yield emu
+
+
+@pytest.fixture
+def session_file(tmp_path: Path) -> Path:
+    return tmp_path / "state" / "mega-session.json"
+
+
+@pytest.fixture
+def make_client(emulator: MegaEmulator, session_file: Path) -> Iterator[Callable[..., MegaClient]]:
+    clients: list[MegaClient] = []
+
+    def make(**kwargs: Any) -> MegaClient:
+        args: dict[str, Any] = {
+            "email": EMAIL,
+            "password": PASSWORD,
+            "session_file": session_file,
+            "policy": FAST,
+            "connect_timeout": 2,
+            "read_timeout": 5,
+        }
+        args.update(kwargs)
+        client = MegaClient(emulator.url, **args)
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        client.close()
+
+
+def logins(emulator: MegaEmulator) -> int:
+    return emulator.stats()["logins_ok"]
+
+
+# -- log-in and plain calls --------------------------------------------------------------
+
+
+def test_login_is_lazy_and_api_calls_work(
+    emulator: MegaEmulator, make_client: Callable[..., MegaClient]
+) -> None:
+    client = make_client()
+    assert not client.logged_in and logins(emulator) == 0  # nothing happens at construction
+    quota = client.api(QUOTA)
+    assert quota["mstrg"] > 0 and "cstrg" in quota
+    assert client.logged_in and client.login_count == 1 and logins(emulator) == 1
+    assert client.sid in emulator.store.sessions  # the sid decrypted from csid is the issued one
+    assert client.user_handle == emulator.store.accounts[EMAIL].user_handle
+    assert len(client.master_key) == 4
+    # mega.py's helpers go through the same transport.
+    created = client.create_folder("Paimon/uploads")
+    assert set(created) == {"Paimon", "uploads"}
+    assert client.find_path_descriptor("Paimon/uploads") == created["uploads"]
+    assert logins(emulator) == 1
+
+
+def test_v1_account_logs_in(emulator: MegaEmulator, make_client: Callable[..., MegaClient]) -> None:
+    emulator.add_account("legacy@example.com", "old-style-pass", version=1)
+    client = make_client(email="legacy@example.com", password="old-style-pass")
+    assert client.api({"a": "ug"})["email"] == "legacy@example.com"
+
+
+def test_session_cache_is_private_holds_no_password_and_is_keyed_to_the_account(
+    emulator: MegaEmulator, make_client: Callable[..., MegaClient], session_file: Path
+) -> None:
+    client = make_client()
+    client.ensure_login()
+    mode = stat.S_IMODE(session_file.stat().st_mode)
+    assert mode == 0o600
+    text = session_file.read_text()
+    assert PASSWORD not in text and EMAIL not in text
+    cached = json.loads(text)
+    assert cached["sid"] == client.sid and cached["master_key"] == client.master_key
+    lock_mode = stat.S_IMODE(session_file.with_name(session_file.name + ".lock").stat().st_mode)
+    assert lock_mode == 0o600
+
+    # Another account (or API URL) must not pick up this session.
+    emulator.add_account("other@example.com", "another-password-1")
+    other = make_client(email="other@example.com", password="another-password-1")
+    assert other.api({"a": "ug"})["email"] == "other@example.com"
+    assert logins(emulator) == 2
+
+
+def test_restart_reuses_the_cached_session(
+    emulator: MegaEmulator, make_client: Callable[..., MegaClient]
+) -> None:
+    make_client().api(QUOTA)
+    assert logins(emulator) == 1
+    restarted = make_client()
+    assert restarted.api({"a": "ug"})["email"] == EMAIL
+    assert restarted.login_count == 0 and logins(emulator) == 1
+    assert restarted.user_handle == emulator.store.accounts[EMAIL].user_handle
+
+
+def test_damaged_cache_leads_to_one_login(
+    emulator: MegaEmulator, make_client: Callable[..., MegaClient], session_file: Path
+) -> None:
+    session_file.parent.mkdir(parents=True)
+    session_file.write_text("{not json")
+    client = make_client()
+    client.api(QUOTA)
+    assert logins(emulator) == 1 and json.loads(session_file.read_text())["sid"] == client.sid
+
+
+def test_threads_and_two_clients_share_one_login(
+    emulator: MegaEmulator, make_client: Callable[..., MegaClient]
+) -> None:
+    emulator.faults.api_delay = 0.05  # widen the window in which log-ins could overlap
+    clients = [make_client(), make_client()]
+    errors: list[BaseException] = []
+
+    def work(client: MegaClient) -> None:
+        try:
+            client.api(QUOTA)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(clients[i % 2],)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert not errors and not any(t.is_alive() for t in threads)
+    assert logins(emulator) == 1
+    assert clients[0].sid == clients[1].sid
+
+
+_CHILD = """
+import sys, time
+from pathlib import Path
+from app.storage.mega.client import MegaClient
+from app.storage.mega.retry import RetryPolicy
+url, email, password, session_file, start_at = sys.argv[1:6]
+client = MegaClient(url, email, password, Path(session_file),
+                    policy=RetryPolicy(attempts=4, deadline_s=20, initial_s=0.01, max_s=0.1))
+time.sleep(max(0.0, float(start_at) - time.time()))
+client.api({"a": "uq", "strg": 1})
+print(client.login_count, flush=True)
+client.close()
+"""
+
+
+def test_two_processes_share_one_login(emulator: MegaEmulator, session_file: Path) -> None:
+    emulator.faults.api_delay = 0.05
+    start_at = time.time() + 2.0  # both children start their call at the same moment
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    argv = [sys.executable, "-c", _CHILD, emulator.url, EMAIL, PASSWORD, str(session_file)]
+    children = [
+        subprocess.Popen(
+            [*argv, str(start_at)],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    outputs = []
+    for child in children:
+        try:
+            out, err = child.communicate(timeout=CHILD_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.communicate()
+            pytest.fail("a child process did not finish in time")
+        assert child.returncode == 0, err[-2000:]
+        outputs.append(int(out.strip()))
+    assert sorted(outputs) == [0, 1]  # one child logged in, the other used its session
+    assert logins(emulator) == 1
+
+
+# -- re-login ----------------------------------------------------------------------------
+
+
+def test_expired_session_leads_to_exactly_one_new_login(
+    emulator: MegaEmulator, make_client: Callable[..., MegaClient], session_file: Path
+) -> None:
+    emulator.faults.session_expire_after_calls = 3
+    client = make_client()
+    for _ in range(3):
+        client.api(QUOTA)
+    first_sid = client.sid
+    assert logins(emulator) == 1
+    assert client.api(QUOTA)["mstrg"] > 0  # ESID -> log in -> the call is repeated
+    stats = emulator.stats()
+    assert stats["sessions_expired"] == 1 and stats["logins_ok"] == 2
+    assert client.sid != first_sid and client.login_count == 2
+    assert json.loads(session_file.read_text())["sid"] == client.sid  # the cache follows
+
+
+def test_relogin_in_one_process_is_picked_up_by_another_client(
+    emulator: MegaEmulator, make_client: Callable[..., MegaClient]
+) -> None:
+    first, second = make_client(), make_client()
+    first.api(QUOTA)
+    second.api(QUOTA)
+    emulator.expire_sessions()
+    first.api(QUOTA)  # logs in again and rewrites the cache
+    second.api(QUOTA)  # ESID, then finds the new session in the cache
+    assert logins(emulator) == 2 and second.login_count == 0
+
+
+def test_many_threads_hitting_an_expired_session_log_in_once(
+    emulator: MegaEmulator, make_client: Callable[..., MegaClient]
+) -> None:
+    client = make_client()
+    client.api(QUOTA)
+    emulator.expire_sessions()
+    emulator.faults.api_delay = 0.05
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            client.api(QUOTA)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert not errors and not any(t.is_alive() for t in threads)
+    assert logins(emulator) == 2 and client.login_count == 2
+
+
+def test_session_rejected_again_after_relogin_fails_instead_of_looping(
+    emulator: MegaEmulator, make_client: Callable[..., MegaClient]
+) -> None:
+    client = make_client()
+    client.ensure_login()
+    emulator.faults.session_expire_after_calls = 0  # every session dies at its first call
+    with pytest.raises(MegaApiError) as caught:
+        client.api(QUOTA)
+    assert caught.value.name == "ESID"
+    assert isinstance(to_storage_error(caught.value), UpstreamRejected)
+    assert logins(emulator) == 2  # one re-login, no more
+
+
+# -- retries -----------------------------------------------------------------------------
+
+
+def test_eagain_half_the_time_is_retried_until_success(
+    emulator: MegaEmulator, make_client: Callable[..., MegaClient]
+) -> None:
+    client = make_client(policy=RetryPolicy(attempts=20, deadline_s=20, initial_s=0.01, max_s=0.05))
+    client.ensure_login()
+    emulator.faults.api_eagain_probability = 0.5
+    for _ in range(10):
+        assert client.api(QUOTA)["mstrg"] > 0
+    assert emulator.stats()["faults_injected"]["api_eagain"] >= 3
+
+
+def test_eagain_always_fails_after_the_attempts(
+    emulator: MegaEmulator, make_client: Callable[..., MegaClient]
+) -> None:
+    client = make_client(policy=RetryPolicy(attempts=5, deadline_s=10, initial_s=0.01, max_s=0.05))
+    client.ensure_login()
+    emulator.faults.api_eagain_probability = 1.0
+    started = time.monotonic()
+    with pytest.raises(MegaRetriesExhausted) as caught:
+        client.api(QUOTA)
+    assert time.monotonic() - started < 2
+    assert emulator.stats()["faults_injected"]["api_eagain"] == 5
+    error = to_storage_error(caught.value)
+    assert type(error) is UpstreamRejected
+    assert str(error) == "MEGA kept failing after 5 attempts"
+
+
+def test_eagain_always_stops_at_the_deadline(
+    emulator: MegaEmulator, make_client: Callable[..., MegaClient]
+) -> None:
+    client = make_client(
+        policy=RetryPolicy(attempts=1000, deadline_s=1.0, initial_s=0.05, max_s=0.2)
+    )
+    client.ensure_login()
+    emulator.faults.api_eagain_probability = 1.0
+    started = time.monotonic()
+    with pytest.raises(MegaDeadlineExceeded) as caught:
+        client.api(QUOTA)
+    assert time.monotonic() - started < 1.5
+    assert isinstance(to_storage_error(caught.value), StorageTimeout)
+
+
+def test_read_timeouts_exhausted_become_storage_timeout(
+    emulator: MegaEmulator, make_client: Callable[..., MegaClient]
+) -> None:
+    client = make_client(
+        read_timeout=0.2, policy=RetryPolicy(attempts=3, deadline_s=10, initial_s=0.01, max_s=0.02)
+    )
+    client.ensure_login()
+    emulator.faults.api_delay = 1.0
+    started = time.monotonic()
+    with pytest.raises(MegaRetriesExhausted) as caught:
+        client.api(QUOTA)
+    assert time.monotonic() - started < 2.5
+    assert isinstance(caught.value.last, MegaTransportError)
+    assert isinstance(to_storage_error(caught.value), StorageTimeout)
+
+
+def test_unreachable_api_fails_after_bounded_attempts(tmp_path: Path) -> None:
+    client = MegaClient(
+        "http://127.0.0.1:9",
+        EMAIL,
+        PASSWORD,
+        tmp_path / "s.json",
+        connect_timeout=0.5,
+        policy=RetryPolicy(attempts=3, deadline_s=5, initial_s=0.01, max_s=0.02),
+    )
+    with pytest.raises(MegaRetriesExhausted) as caught:
+        client.ensure_login()
+    assert caught.value.last.name == "connection"
+    assert str(to_storage_error(caught.value)) == "MEGA kept failing after 3 attempts"
+    assert client.last_login_error == "MEGA kept failing after 3 attempts"
+    client.close()
+
+
+# -- failures that are final -------------------------------------------------------------
+
+
+def test_over_quota_is_storage_full_without_retry(
+    emulator: MegaEmulator, make_client: Callable[..., MegaClient]
+) -> None:
+    client = make_client()
+    client.ensure_login()
+    emulator.faults.over_quota_upload_url = True
+    with pytest.raises(MegaApiError) as caught:
+        client.api({"a": "u", "s": 1000})
+    assert caught.value.code == -17 and caught.value.name == "EOVERQUOTA"
+    error = to_storage_error(caught.value)
+    assert isinstance(error, StorageFull) and str(error) == "MEGA storage quota exceeded"
+    assert emulator.stats()["commands"]["u"] == 1
+
+
+def test_wrong_password_fails_once_then_cools_down(
+    emulator: MegaEmulator, make_client: Callable[..., MegaClient]
+) -> None:
+    client = make_client(password="not-the-password", login_cooldown_s=0.5)
+    for _ in range(5):  # e.g. readiness probes
+        with pytest.raises(MegaLoginError) as caught:
+            client.api(QUOTA)
+        error = to_storage_error(caught.value)
+        assert isinstance(error, StorageLoginFailed)
+        assert str(error) == "MEGA login failed: wrong email or password"
+    assert emulator.stats()["logins_failed"] == 1 and emulator.stats()["commands"]["us"] == 1
+    assert client.last_login_error == "MEGA login failed: wrong email or password"
+    time.sleep(0.6)
+    with pytest.raises(MegaLoginError):
+        client.ensure_login()
+    assert emulator.stats()["logins_failed"] == 2 and client.login_attempts == 2
+
+
+def test_blocked_account_is_a_login_failure(
+    emulator: MegaEmulator, make_client: Callable[..., MegaClient]
+) -> None:
+    emulator.add_account("blocked@example.com", "blocked-pass-1", blocked=True)
+    client = make_client(email="blocked@example.com", password="blocked-pass-1")
+    with pytest.raises(MegaLoginError) as caught:
+        client.ensure_login()
+    error = to_storage_error(caught.value)
+    assert isinstance(error, StorageLoginFailed) and "blocked" in str(error)
+    assert emulator.stats()["logins_failed"] == 1
+
+
+def test_secrets_never_reach_logs_or_errors(
+    emulator: MegaEmulator,
+    make_client: Callable[..., MegaClient],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    client = make_client()
+    client.api(QUOTA)
+    sid, key = client.sid, client.master_key
+    assert sid
+    messages: list[str] = []
+    # A re-login, retries, a wrong password and a final error, all at DEBUG.
+    emulator.expire_sessions()
+    emulator.faults.api_eagain_next = 2
+    client.api(QUOTA)
+    emulator.faults.api_eagain_probability = 1.0
+    with pytest.raises(MegaRetriesExhausted) as exhausted:
+        client.api(QUOTA)
+    messages += [str(exhausted.value), str(to_storage_error(exhausted.value))]
+    emulator.faults.api_eagain_probability = 0.0
+    wrong = make_client(
+        password="wrong-" + PASSWORD, session_file=client._store.path.with_name("x")
+    )
+    with pytest.raises(MegaLoginError) as refused:
+        wrong.ensure_login()
+    messages += [str(refused.value), str(to_storage_error(refused.value)), repr(wrong)]
+    text = caplog.text + "\n".join(messages)
+    assert "retrying in" in caplog.text and "EAGAIN" in caplog.text
+    assert "sid=<redacted>" in caplog.text
+    for secret in (PASSWORD, sid, client.sid, json.dumps(key)[1:-1]):
+        assert secret not in text
+
+
+# -- hashcash ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("easiness", "expected"),
+    [(0, 8), (1, 24), (63, 127 << 3), (64, 1 << 10), (192, 1 << 24), (255, 127 << 24)],
+)
+def test_hashcash_threshold(easiness: int, expected: int) -> None:
+    assert hashcash.threshold(easiness) == expected
+
+
+def _reference_check(token: bytes, prefix: bytes, easiness: int) -> bool:
+    """Straight from the description: counter, then the token in 262144 slots of 48 bytes."""
+    slot = token + bytes(-len(token) % 16)
+    slot = slot + bytes(48 - len(slot))
+    digest = hashlib.sha256(prefix + slot * 262144).digest()
+    value = (digest[0] << 24) | (digest[1] << 16) | (digest[2] << 8) | digest[3]
+    threshold = (((easiness & 63) << 1) + 1) << ((easiness >> 6) * 7 + 3)
+    return value <= threshold
+
+
+def test_hashcash_solution_verifies_independently_and_at_the_emulator() -> None:
+    token_text, header = new_challenge(200)  # about 1 in 15 tries passes
+    answer = hashcash.solve(header, deadline_s=30)
+    version, echoed, prefix_text = answer.split(":")
+    assert version == "1" and echoed == token_text
+    prefix = hashcash._b64url_decode(prefix_text)
+    assert len(prefix) == 4
+    assert _reference_check(hashcash._b64url_decode(token_text), prefix, 200)
+    assert verify_hashcash(token_text, prefix_text, 200)
+    # The counter is the first that works for its thread, so a neighbour usually fails.
+    assert not _reference_check(hashcash._b64url_decode(token_text), prefix, 0)
+
+
+def test_hashcash_rejects_other_versions_and_gives_up_at_the_deadline() -> None:
+    with pytest.raises(HashcashUnsolved):
+        hashcash.parse_challenge("2:200:0:AAAA")
+    _, header = new_challenge(0)  # 1 in 2**29: never within the deadline
+    started = time.monotonic()
+    with pytest.raises(HashcashUnsolved) as caught:
+        hashcash.solve(header, deadline_s=0.3)
+    assert time.monotonic() - started < 1.5
+    error = to_storage_error(caught.value)
+    assert isinstance(error, StorageUnavailable)
+    assert str(error) == "MEGA asked for a proof of work that could not be solved in time"
+
+
+def test_login_behind_a_hashcash_challenge(
+    emulator: MegaEmulator, make_client: Callable[..., MegaClient]
+) -> None:
+    emulator.faults.hashcash_easiness = 200
+    client = make_client(hashcash_deadline_s=30)
+    started = time.monotonic()
+    assert client.api(QUOTA)["mstrg"] > 0
+    assert time.monotonic() - started < 30
+    stats = emulator.stats()
+    assert stats["hashcash_issued"] == 1 and stats["hashcash_passed"] == 1
+    assert stats["logins_ok"] == 1
+
+
+def test_unsolvable_hashcash_fails_the_login_in_bounded_time(
+    emulator: MegaEmulator, make_client: Callable[..., MegaClient]
+) -> None:
+    emulator.faults.hashcash_easiness = 0
+    client = make_client(hashcash_deadline_s=0.3)
+    started = time.monotonic()
+    with pytest.raises(HashcashUnsolved):
+        client.ensure_login()
+    assert time.monotonic() - started < 2
+    assert emulator.stats()["logins_ok"] == 0
+    assert client.last_login_error == (
+        "MEGA asked for a proof of work that could not be solved in time"
+    )
+
+
+# -- the table and the retry helper ------------------------------------------------------
+
+
+def test_table_actions() -> None:
+    for code in (-3, -4, -18, -19):
+        assert action_for(MegaApiError(code)) is Action.RETRY
+    for kind in ("timeout", "connection"):
+        assert action_for(MegaTransportError(kind)) is Action.RETRY
+    assert action_for(MegaHttpError(503)) is Action.RETRY
+    assert action_for(MegaApiError(-15)) is Action.RELOGIN
+    assert action_for(MegaApiError(-8)) is Action.RESTART_UPLOAD
+    assert action_for(MegaApiError(-5)) is Action.RESTART_UPLOAD
+    for code in (-2, -9, -11, -16, -17, -1, -99):
+        assert action_for(MegaApiError(code)) is Action.FAIL
+    assert action_for(ValueError("x")) is Action.FAIL
+    assert all(rule.message for rule in RULES.values())
+
+
+def test_table_storage_errors() -> None:
+    assert type(to_storage_error(MegaApiError(-17))) is StorageFull
+    assert type(to_storage_error(MegaLoginError(-9))) is StorageLoginFailed
+    assert type(to_storage_error(MegaLoginError(-16))) is StorageLoginFailed
+    for code in (-2, -9, -11):
+        error = to_storage_error(MegaApiError(code))
+        assert type(error) is UpstreamRejected and str(error).startswith("MEGA rejected")
+    assert type(to_storage_error(MegaHttpError(509))) is StorageFull
+    # Unexpected exceptions never show their text.
+    error = to_storage_error(RuntimeError("/secret/path sid=abc"))
+    assert type(error) is UpstreamRejected and "secret" not in str(error)
+
+
+def test_retry_helper_retries_only_what_the_predicate_allows() -> None:
+    calls: list[int] = []
+
+    def flaky() -> str:
+        calls.append(1)
+        if len(calls) < 3:
+            raise MegaApiError(-3)
+        return "ok"
+
+    policy = RetryPolicy(attempts=5, deadline_s=5, initial_s=0.001, max_s=0.01)
+    assert call_with_retries(flaky, policy) == "ok" and len(calls) == 3
+
+    def final() -> None:
+        calls.append(1)
+        raise MegaApiError(-17)
+
+    calls.clear()
+    with pytest.raises(MegaApiError):
+        call_with_retries(final, policy)
+    assert len(calls) == 1
+    calls.clear()
+    with pytest.raises(MegaRetriesExhausted):
+        call_with_retries(final, policy, retryable=lambda exc: True)
+    assert len(calls) == 5
