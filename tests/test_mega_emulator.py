@@ -37,8 +37,12 @@ class EmulatedMega(Mega):
         self.api_url = api_url
         self.timeout = TIMEOUT
 
-    @retry(retry=retry_if_exception_type(RuntimeError), wait=wait_fixed(0.05),
-           stop=stop_after_attempt(5), reraise=True)
+    @retry(
+        retry=retry_if_exception_type(RuntimeError),
+        wait=wait_fixed(0.05),
+        stop=stop_after_attempt(5),
+        reraise=True,
+    )
     def _api_request(self, data: Any) -> Any:
         params: dict[str, Any] = {"id": self.sequence_num}
         self.sequence_num += 1
@@ -46,8 +50,9 @@ class EmulatedMega(Mega):
             params["sid"] = self.sid
         if not isinstance(data, list):
             data = [data]
-        response = requests.post(self.api_url, params=params, data=json.dumps(data),
-                                 timeout=self.timeout)
+        response = requests.post(
+            self.api_url, params=params, data=json.dumps(data), timeout=self.timeout
+        )
         json_resp = json.loads(response.text)
         int_resp = None
         if isinstance(json_resp, list):
@@ -72,13 +77,18 @@ def emulator(monkeypatch: pytest.MonkeyPatch) -> Any:
         yield emu
 
 
-def api(emu: MegaEmulator, commands: list[dict[str, Any]], sid: str | None = None,
-        headers: dict[str, str] | None = None) -> requests.Response:
+def api(
+    emu: MegaEmulator,
+    commands: list[dict[str, Any]],
+    sid: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> requests.Response:
     params = {"id": "1"}
     if sid:
         params["sid"] = sid
-    return requests.post(f"{emu.url}/cs", params=params, data=json.dumps(commands),
-                         headers=headers, timeout=TIMEOUT)
+    return requests.post(
+        f"{emu.url}/cs", params=params, data=json.dumps(commands), headers=headers, timeout=TIMEOUT
+    )
 
 
 def login(emu: MegaEmulator, email: str = EMAIL, password: str = PASSWORD) -> EmulatedMega:
@@ -86,6 +96,7 @@ def login(emu: MegaEmulator, email: str = EMAIL, password: str = PASSWORD) -> Em
 
 
 # -- mega.py round trips ---------------------------------------------------------
+
 
 def test_v2_account_round_trip_with_mega_py(emulator: MegaEmulator, tmp_path: Path) -> None:
     emulator.add_account(EMAIL, PASSWORD, version=2)
@@ -174,6 +185,7 @@ def test_wrong_password_unknown_user_and_blocked_account(emulator: MegaEmulator)
 
 # -- hashcash ---------------------------------------------------------------------
 
+
 def solve_hashcash(token: str, easiness: int, max_attempts: int = 200) -> str:
     """Reference solver: try 4-byte prefixes until the digest is under the threshold."""
     threshold = (((easiness & 63) << 1) + 1) << ((easiness >> 6) * 7 + 3)
@@ -219,20 +231,27 @@ def test_login_hashcash_challenge_and_retry(emulator: MegaEmulator) -> None:
     version, easiness, _timestamp, token = first.headers["X-Hashcash"].split(":")
     assert (version, easiness) == ("1", "255") and len(b64url_decode(token)) == 48
 
-    wrong = api(emulator, [{"a": "us", "user": EMAIL, "uh": "x"}],
-                headers={"X-Hashcash": f"1:{token}:{failing_prefix(token, 255)}"})
+    wrong = api(
+        emulator,
+        [{"a": "us", "user": EMAIL, "uh": "x"}],
+        headers={"X-Hashcash": f"1:{token}:{failing_prefix(token, 255)}"},
+    )
     assert wrong.status_code == 402
     fresh = wrong.headers["X-Hashcash"].split(":")[3]
     assert fresh != token
 
-    solved = api(emulator, [{"a": "us", "user": EMAIL, "uh": "x"}],
-                 headers={"X-Hashcash": f"1:{fresh}:{solve_hashcash(fresh, 255)}"})
+    solved = api(
+        emulator,
+        [{"a": "us", "user": EMAIL, "uh": "x"}],
+        headers={"X-Hashcash": f"1:{fresh}:{solve_hashcash(fresh, 255)}"},
+    )
     assert solved.status_code == 200 and solved.json() == [-9]  # bad uh, but past hashcash
     stats = emulator.stats()
     assert stats["hashcash_issued"] == 2 and stats["hashcash_passed"] == 1
 
 
 # -- API faults -------------------------------------------------------------------
+
 
 def test_eagain_is_a_bare_integer(emulator: MegaEmulator) -> None:
     emulator.add_account(EMAIL, PASSWORD)
@@ -270,6 +289,7 @@ def test_unauthenticated_and_unknown_commands(emulator: MegaEmulator) -> None:
 
 # -- upload protocol and chunk faults ------------------------------------------------
 
+
 def session(emu: MegaEmulator) -> tuple[str, str]:
     """(sid, root handle) of a fresh log-in."""
     m = login(emu)
@@ -283,9 +303,17 @@ def upload_url(emu: MegaEmulator, sid: str, size: int) -> str:
 
 
 def put_file(emu: MegaEmulator, sid: str, root: str, completion: str) -> Any:
-    return api(emu, [{"a": "p", "t": root, "n": [{"h": completion, "t": 0, "a": "QUJD",
-                                                   "k": "AAAAAAAAAAAAAAAAAAAAAA"}]}],
-               sid=sid).json()[0]
+    return api(
+        emu,
+        [
+            {
+                "a": "p",
+                "t": root,
+                "n": [{"h": completion, "t": 0, "a": "QUJD", "k": "AAAAAAAAAAAAAAAAAAAAAA"}],
+            }
+        ],
+        sid=sid,
+    ).json()[0]
 
 
 def test_chunks_in_any_order_with_resends(emulator: MegaEmulator) -> None:
@@ -345,8 +373,15 @@ def test_chunk_faults(emulator: MegaEmulator) -> None:
     assert len(completion) == 36
     assert emulator.read_ciphertext(put_file(emulator, sid, root, completion)["f"][0]["h"]) == data
     injected = emulator.stats()["faults_injected"]
-    for name in ("chunk_http500", "chunk_http403", "chunk_http503", "chunk_http429",
-                 "chunk_http509", "chunk_error", "chunk_drop"):
+    for name in (
+        "chunk_http500",
+        "chunk_http403",
+        "chunk_http503",
+        "chunk_http429",
+        "chunk_http509",
+        "chunk_error",
+        "chunk_drop",
+    ):
         assert injected[name] == 1, name
 
 
@@ -366,8 +401,9 @@ def test_over_quota_and_quota_size(emulator: MegaEmulator) -> None:
 
 
 def test_faults_validation_and_handles_without_dash() -> None:
-    with MegaEmulator(seed=3, avoid_dash_in_handles=True,
-                      faults={"chunk_http500_probability": 0.5}) as emu:
+    with MegaEmulator(
+        seed=3, avoid_dash_in_handles=True, faults={"chunk_http500_probability": 0.5}
+    ) as emu:
         with pytest.raises(ValueError):
             emu.faults.update(no_such_fault=1)
         with pytest.raises(ValueError):
@@ -379,12 +415,29 @@ def test_faults_validation_and_handles_without_dash() -> None:
 
 # -- process mode -------------------------------------------------------------------
 
+
 def test_process_mode_prints_url_serves_control_api_and_stops(tmp_path: Path) -> None:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.mega_emulator", "--port", "0",
-         "--account", f"{EMAIL}:{PASSWORD}", "--data-dir", str(tmp_path),
-         "--seed", "1", "--fault", "api_delay=0"],
-        cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-m",
+            "tests.mega_emulator",
+            "--port",
+            "0",
+            "--account",
+            f"{EMAIL}:{PASSWORD}",
+            "--data-dir",
+            str(tmp_path),
+            "--seed",
+            "1",
+            "--fault",
+            "api_delay=0",
+        ],
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert proc.stdout is not None
         selector = selectors.DefaultSelector()
@@ -395,15 +448,22 @@ def test_process_mode_prints_url_serves_control_api_and_stops(tmp_path: Path) ->
 
         stats = requests.get(f"{url}/_emulator/stats", timeout=TIMEOUT).json()
         assert stats["accounts"] == 1 and stats["logins_ok"] == 0
+        nodes = requests.get(
+            f"{url}/_emulator/nodes", params={"email": EMAIL}, timeout=TIMEOUT
+        ).json()
+        assert sorted(n["t"] for n in nodes) == [2, 3, 4]
 
-        changed = requests.post(f"{url}/_emulator/faults", json={"api_eagain_next": 1},
-                                timeout=TIMEOUT)
+        changed = requests.post(
+            f"{url}/_emulator/faults", json={"api_eagain_next": 1}, timeout=TIMEOUT
+        )
         assert changed.status_code == 200 and changed.json()["api_eagain_next"] == 1
         bad = requests.post(f"{url}/_emulator/faults", json={"nope": 1}, timeout=TIMEOUT)
         assert bad.status_code == 400
-        added = requests.post(f"{url}/_emulator/accounts",
-                              json={"email": "two@example.com", "password": "pw"},
-                              timeout=TIMEOUT)
+        added = requests.post(
+            f"{url}/_emulator/accounts",
+            json={"email": "two@example.com", "password": "pw"},
+            timeout=TIMEOUT,
+        )
         assert added.status_code == 200
 
         prelogin = [{"a": "us0", "user": "two@example.com"}]
@@ -425,8 +485,10 @@ def test_process_mode_prints_url_serves_control_api_and_stops(tmp_path: Path) ->
 
 # -- transport details -----------------------------------------------------------------
 
+
 def test_chunked_transfer_encoding_and_concurrent_keep_alive_uploads(
-        emulator: MegaEmulator) -> None:
+    emulator: MegaEmulator,
+) -> None:
     emulator.add_account(EMAIL, PASSWORD)
     sid, root = session(emulator)
     data = os.urandom(3 * 1024 * 1024 + 17)
@@ -434,7 +496,7 @@ def test_chunked_transfer_encoding_and_concurrent_keep_alive_uploads(
 
     def pieces() -> Any:  # a generator body goes out chunked
         for start in range(0, len(data), 100_000):
-            yield data[start:start + 100_000]
+            yield data[start : start + 100_000]
 
     completion = requests.post(f"{url}/0", data=pieces(), timeout=TIMEOUT).text
     node = put_file(emulator, sid, root, completion)["f"][0]
@@ -452,8 +514,11 @@ def test_chunked_transfer_encoding_and_concurrent_keep_alive_uploads(
             with requests.Session() as http:
                 offsets = list(range(0, len(blob), 128 * 1024))[::-1]  # backwards
                 for offset in offsets:
-                    answer = http.post(f"{target}/{offset}", data=blob[offset:offset + 128 * 1024],
-                                       timeout=TIMEOUT)
+                    answer = http.post(
+                        f"{target}/{offset}",
+                        data=blob[offset : offset + 128 * 1024],
+                        timeout=TIMEOUT,
+                    )
                     answer.raise_for_status()
                     results[index] = answer.text
         except (requests.RequestException, OSError) as exc:  # surfaced below
@@ -488,10 +553,16 @@ def test_hashcash_on_every_request_and_delays(emulator: MegaEmulator) -> None:
     assert challenged.status_code == 402
     assert time.monotonic() - started >= 0.2
     token = challenged.headers["X-Hashcash"].split(":")[3]
-    answer = api(emulator, [{"a": "us0", "user": EMAIL}],
-                 headers={"X-Hashcash": f"1:{token}:{solve_hashcash(token, 255)}"})
+    answer = api(
+        emulator,
+        [{"a": "us0", "user": EMAIL}],
+        headers={"X-Hashcash": f"1:{token}:{solve_hashcash(token, 255)}"},
+    )
     assert answer.status_code == 200 and answer.json() == [{"v": 1}]
     # A token answers one challenge only.
-    replay = api(emulator, [{"a": "us0", "user": EMAIL}],
-                 headers={"X-Hashcash": f"1:{token}:{solve_hashcash(token, 255)}"})
+    replay = api(
+        emulator,
+        [{"a": "us0", "user": EMAIL}],
+        headers={"X-Hashcash": f"1:{token}:{solve_hashcash(token, 255)}"},
+    )
     assert replay.status_code == 402

@@ -32,21 +32,34 @@ SHORTHANDS: dict[str, tuple[str, Any]] = {
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m tests.mega_emulator",
-                                     description="Local MEGA API emulator.")
+    parser = argparse.ArgumentParser(
+        prog="python -m tests.mega_emulator", description="Local MEGA API emulator."
+    )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
     parser.add_argument("--data-dir", help="where ciphertext is stored (default: a temp dir)")
-    parser.add_argument("--account", action="append", default=[], metavar="EMAIL:PASSWORD[:v1]",
-                        help="create an account (repeatable); ':v1' makes a v1 account")
+    parser.add_argument(
+        "--account",
+        action="append",
+        default=[],
+        metavar="EMAIL:PASSWORD[:v1]",
+        help="create an account (repeatable); ':v1' makes a v1 account",
+    )
     parser.add_argument("--seed", type=int, help="seed for handles and fault rolls")
-    parser.add_argument("--avoid-dash", action="store_true",
-                        help="no '-' in node and public handles")
-    parser.add_argument("--hashcash-all", action="store_true",
-                        help="challenge every API request, not only log-ins")
+    parser.add_argument(
+        "--avoid-dash", action="store_true", help="no '-' in node and public handles"
+    )
+    parser.add_argument(
+        "--hashcash-all", action="store_true", help="challenge every API request, not only log-ins"
+    )
     parser.add_argument("--over-quota", action="store_true", help="'u' answers -17")
-    parser.add_argument("--fault", action="append", default=[], metavar="NAME=JSON",
-                        help=f"any fault setting: {', '.join(FAULT_FIELDS)}")
+    parser.add_argument(
+        "--fault",
+        action="append",
+        default=[],
+        metavar="NAME=JSON",
+        help=f"any fault setting: {', '.join(FAULT_FIELDS)}",
+    )
     parser.add_argument("--verbose", action="store_true", help="log every request")
     for flag, (name, kind) in SHORTHANDS.items():
         parser.add_argument(flag, type=kind, dest=name, default=None, help=f"fault {name}")
@@ -76,9 +89,15 @@ def fault_settings(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        emulator = MegaEmulator(args.data_dir, host=args.host, port=args.port,
-                                faults=fault_settings(args), seed=args.seed,
-                                avoid_dash_in_handles=args.avoid_dash, verbose=args.verbose)
+        emulator = MegaEmulator(
+            args.data_dir,
+            host=args.host,
+            port=args.port,
+            faults=fault_settings(args),
+            seed=args.seed,
+            avoid_dash_in_handles=args.avoid_dash,
+            verbose=args.verbose,
+        )
     except (TypeError, ValueError) as exc:
         raise SystemExit(f"bad fault setting: {exc}") from exc
     for spec in args.account:

@@ -29,8 +29,14 @@ PUBLIC_COMMANDS = {"us0", "us", "g"}
 class ApiContext:
     """Everything a command handler may need for one request."""
 
-    def __init__(self, store: CloudStore, faults: Faults, stats: Stats,
-                 account: Account | None, base_url: str) -> None:
+    def __init__(
+        self,
+        store: CloudStore,
+        faults: Faults,
+        stats: Stats,
+        account: Account | None,
+        base_url: str,
+    ) -> None:
         self.store = store
         self.faults = faults
         self.stats = stats
@@ -93,9 +99,16 @@ def cmd_login(ctx: ApiContext, cmd: dict[str, Any]) -> Any:
 def cmd_user(ctx: ApiContext, cmd: dict[str, Any]) -> Any:
     account = ctx.require_account()
     return {
-        "u": account.user_handle, "email": account.email, "name": account.email.split("@")[0],
-        "k": account.encrypted_master_key, "privk": account.encrypted_privk,
-        "pubk": account.pubk, "c": 1, "s": 0, "since": account.since, "aav": account.version,
+        "u": account.user_handle,
+        "email": account.email,
+        "name": account.email.split("@")[0],
+        "k": account.encrypted_master_key,
+        "privk": account.encrypted_privk,
+        "pubk": account.pubk,
+        "c": 1,
+        "s": 0,
+        "since": account.since,
+        "aav": account.version,
     }
 
 
@@ -110,7 +123,12 @@ def cmd_fetch_nodes(ctx: ApiContext, cmd: dict[str, Any]) -> Any:
         account = ctx.require_account()
         nodes = [n.wire() for n in ctx.store.owned_nodes(account)]
         return {
-            "f": nodes, "ok": [], "s": [], "ps": [], "ipc": [], "opc": [],
+            "f": nodes,
+            "ok": [],
+            "s": [],
+            "ps": [],
+            "ipc": [],
+            "opc": [],
             "u": [{"u": account.user_handle, "c": 2, "m": account.email}],
             "sn": str(int(time.time() * 1000)),
         }
@@ -166,8 +184,14 @@ def cmd_put_nodes(ctx: ApiContext, cmd: dict[str, Any]) -> Any:
             plans.append((spec, source))
         created = []
         for spec, source in plans:
-            node = Node(store.new_node_handle(), target.handle, account.user_handle, spec["t"],
-                        attributes=spec["a"], key=f"{account.user_handle}:{spec['k']}")
+            node = Node(
+                store.new_node_handle(),
+                target.handle,
+                account.user_handle,
+                spec["t"],
+                attributes=spec["a"],
+                key=f"{account.user_handle}:{spec['k']}",
+            )
             if source is not None:
                 node.blob, node.size = source[1], source[2]
                 store.retain_blob(node.blob)
@@ -264,9 +288,17 @@ def cmd_quota(ctx: ApiContext, cmd: dict[str, Any]) -> Any:
             used[root] = [sum(n.size for n in files), len(files), len(inside) - len(files), 0, 0]
         total = sum(n.size for n in nodes if n.type == NODE_FILE)
     result: dict[str, Any] = {
-        "mstrg": ctx.faults.storage_quota_bytes, "cstrg": total, "cstrgn": used,
-        "mxfer": ctx.faults.transfer_quota_bytes, "caxfer": 0, "csxfer": 0,
-        "tuo": 0, "tua": 0, "srvratio": 0, "uslw": 9000, "utype": 0,
+        "mstrg": ctx.faults.storage_quota_bytes,
+        "cstrg": total,
+        "cstrgn": used,
+        "mxfer": ctx.faults.transfer_quota_bytes,
+        "caxfer": 0,
+        "csxfer": 0,
+        "tuo": 0,
+        "tua": 0,
+        "srvratio": 0,
+        "uslw": 9000,
+        "utype": 0,
     }
     if cmd.get("pro"):
         result["balance"] = []
@@ -287,6 +319,7 @@ HANDLERS: dict[str, Handler] = {
     "a": cmd_set_attributes,
     "uq": cmd_quota,
 }
+
 
 def run_command(ctx: ApiContext, cmd: Any) -> Any:
     if not isinstance(cmd, dict) or not isinstance(cmd.get("a"), str):

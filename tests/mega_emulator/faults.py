@@ -78,7 +78,8 @@ def _coerce(name: str, value: Any) -> Any:
         value = float(value)
     if name.endswith("_probability") and not 0.0 <= value <= 1.0:
         raise ValueError(f"fault {name} must be within [0, 1]")
-    if (name.endswith(("_next", "_delay", "_bytes")) or name == "session_expire_after_calls") and value < 0:
+    non_negative = name.endswith(("_next", "_delay", "_bytes", "_calls"))
+    if non_negative and value < 0:
         raise ValueError(f"fault {name} must not be negative")
     return value
 
@@ -89,8 +90,11 @@ class Faults:
     def __init__(self, seed: int | None = None, **settings: Any) -> None:
         object.__setattr__(self, "_lock", threading.Lock())
         object.__setattr__(self, "_rng", random.Random(seed))
-        object.__setattr__(self, "_values", {k: (list(d) if isinstance(d, list) else d)
-                                             for k, (_, d) in FAULT_FIELDS.items()})
+        object.__setattr__(
+            self,
+            "_values",
+            {k: (list(d) if isinstance(d, list) else d) for k, (_, d) in FAULT_FIELDS.items()},
+        )
         self.update(**settings)
 
     def __getattr__(self, name: str) -> Any:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import shutil
@@ -59,8 +60,13 @@ class RequestHandler(BaseHTTPRequestHandler):
             self._reader = BodyReader(self.rfile, length, chunked)
         return self._reader
 
-    def _send(self, status: int, body: bytes = b"", content_type: str = "application/json",
-              headers: dict[str, str] | None = None) -> None:
+    def _send(
+        self,
+        status: int,
+        body: bytes = b"",
+        content_type: str = "application/json",
+        headers: dict[str, str] | None = None,
+    ) -> None:
         if not self._body().done:
             # Answering before reading the body: drain it so that the
             # connection stays usable for the next request.
@@ -136,8 +142,13 @@ class RequestHandler(BaseHTTPRequestHandler):
             self.close_connection = True
 
     def do_OPTIONS(self) -> None:
-        self._send(200, headers={"Access-Control-Allow-Methods": "GET, POST",
-                                 "Access-Control-Allow-Headers": "*"})
+        self._send(
+            200,
+            headers={
+                "Access-Control-Allow-Methods": "GET, POST",
+                "Access-Control-Allow-Headers": "*",
+            },
+        )
 
     # -- /cs ---------------------------------------------------------------
     def _api(self, query: dict[str, list[str]]) -> None:
@@ -160,8 +171,10 @@ class RequestHandler(BaseHTTPRequestHandler):
             time.sleep(delay)
 
         easiness = faults.hashcash_easiness
-        challenged = easiness is not None and (faults.hashcash_all_requests or any(
-            isinstance(c, dict) and c.get("a") == "us" for c in commands))
+        challenged = easiness is not None and (
+            faults.hashcash_all_requests
+            or any(isinstance(c, dict) and c.get("a") == "us" for c in commands)
+        )
         if challenged and not emulator._hashcash_passes(self.headers.get("X-Hashcash")):
             assert easiness is not None
             token, header = hashcash.new_challenge(easiness)
@@ -169,8 +182,11 @@ class RequestHandler(BaseHTTPRequestHandler):
             self._send(402, headers={"X-Hashcash": header})
             return
 
-        for stem, code in (("api_eagain", errors.EAGAIN), ("api_ratelimit", errors.ERATELIMIT),
-                           ("api_tempunavail", errors.ETEMPUNAVAIL)):
+        for stem, code in (
+            ("api_eagain", errors.EAGAIN),
+            ("api_ratelimit", errors.ERATELIMIT),
+            ("api_tempunavail", errors.ETEMPUNAVAIL),
+        ):
             if faults.fires(stem):
                 stats.fault(stem)
                 self._send_json(code)
@@ -209,9 +225,13 @@ class RequestHandler(BaseHTTPRequestHandler):
         if upload is None:
             self._send(403)  # what an expired or unknown upload URL gets
             return
-        for stem, status in (("chunk_http403", 403), ("chunk_http509", 509),
-                             ("chunk_http429", 429), ("chunk_http503", 503),
-                             ("chunk_http500", 500)):
+        for stem, status in (
+            ("chunk_http403", 403),
+            ("chunk_http509", 509),
+            ("chunk_http429", 429),
+            ("chunk_http503", 503),
+            ("chunk_http500", 500),
+        ):
             if faults.fires(stem):
                 stats.fault(stem)
                 self._send(status, content_type="text/plain")
@@ -223,10 +243,8 @@ class RequestHandler(BaseHTTPRequestHandler):
             for _ in body.pieces(limit=(body.length or 0) // 2):
                 pass
             self.close_connection = True
-            try:
+            with contextlib.suppress(OSError):
                 self.connection.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
             return
         if faults.take("chunk_error_next"):
             stats.fault("chunk_error")
@@ -292,8 +310,9 @@ class RequestHandler(BaseHTTPRequestHandler):
         emulator._stats.add("downloads")
         self._serve_file(blob.path, blob.size, span, partial_status=bool(header))
 
-    def _serve_file(self, file_path: Path, size: int, span: tuple[int, int] | None,
-                    partial_status: bool = True) -> None:
+    def _serve_file(
+        self, file_path: Path, size: int, span: tuple[int, int] | None, partial_status: bool = True
+    ) -> None:
         start, end = span if span else (0, size - 1)
         length = max(0, end - start + 1)
         status = 206 if span and partial_status else 200
@@ -348,25 +367,37 @@ class RequestHandler(BaseHTTPRequestHandler):
             return
         try:
             account = self.server.emulator.add_account(
-                str(spec["email"]), str(spec["password"]), version=int(spec.get("version", 2)),
-                blocked=bool(spec.get("blocked", False)))
+                str(spec["email"]),
+                str(spec["password"]),
+                version=int(spec.get("version", 2)),
+                blocked=bool(spec.get("blocked", False)),
+            )
         except (KeyError, ValueError) as exc:
             self._send_json({"error": str(exc)}, 400)
             return
-        self._send_json({"email": account.email, "u": account.user_handle,
-                         "version": account.version})
+        self._send_json(
+            {"email": account.email, "u": account.user_handle, "version": account.version}
+        )
 
 
 class MegaEmulator:
     """A local MEGA service. Use as a context manager or start()/stop()."""
 
-    def __init__(self, data_dir: str | Path | None = None, *, host: str = "127.0.0.1",
-                 port: int = 0, faults: Faults | dict[str, Any] | None = None,
-                 seed: int | None = None, avoid_dash_in_handles: bool = False,
-                 verbose: bool = False) -> None:
+    def __init__(
+        self,
+        data_dir: str | Path | None = None,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        faults: Faults | dict[str, Any] | None = None,
+        seed: int | None = None,
+        avoid_dash_in_handles: bool = False,
+        verbose: bool = False,
+    ) -> None:
         self._own_dir = data_dir is None
-        self.data_dir = Path(tempfile.mkdtemp(prefix="mega-emulator-") if data_dir is None
-                             else data_dir)
+        self.data_dir = Path(
+            tempfile.mkdtemp(prefix="mega-emulator-") if data_dir is None else data_dir
+        )
         self.host = host
         self.port = port
         self.verbose = verbose
@@ -394,8 +425,12 @@ class MegaEmulator:
         server.emulator = self
         self.port = server.server_address[1]
         self._server = server
-        self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2},
-                                        name="mega-emulator", daemon=True)
+        self._thread = threading.Thread(
+            target=server.serve_forever,
+            kwargs={"poll_interval": 0.2},
+            name="mega-emulator",
+            daemon=True,
+        )
         self._thread.start()
         return self
 
@@ -416,8 +451,9 @@ class MegaEmulator:
         self.stop()
 
     # -- accounts --------------------------------------------------------------
-    def add_account(self, email: str, password: str, version: int = 2,
-                    blocked: bool = False) -> Account:
+    def add_account(
+        self, email: str, password: str, version: int = 2, blocked: bool = False
+    ) -> Account:
         account = self.store.add_account(email, password, version)
         if blocked:
             self.faults.blocked_emails = [*self.faults.blocked_emails, account.email]
@@ -426,8 +462,11 @@ class MegaEmulator:
     def expire_sessions(self, email: str | None = None) -> int:
         """Invalidate the sessions of one account (or all); returns how many."""
         with self.store.lock:
-            hit = [s for s in self.store.sessions.values()
-                   if not s.expired and (email is None or s.email == email.lower())]
+            hit = [
+                s
+                for s in self.store.sessions.values()
+                if not s.expired and (email is None or s.email == email.lower())
+            ]
             for session in hit:
                 session.expired = True
         return len(hit)

@@ -37,8 +37,13 @@ class Node:
     def wire(self) -> dict[str, Any]:
         """The node as 'f' and 'p' answer it."""
         data: dict[str, Any] = {
-            "h": self.handle, "p": self.parent, "u": self.owner, "t": self.type,
-            "a": self.attributes, "k": self.key, "ts": self.created,
+            "h": self.handle,
+            "p": self.parent,
+            "u": self.owner,
+            "t": self.type,
+            "a": self.attributes,
+            "k": self.key,
+            "ts": self.created,
         }
         if self.type == NODE_FILE:
             data["s"] = self.size
@@ -114,8 +119,9 @@ class CloudStore:
         return self._unique(self.nodes, 6)
 
     # -- accounts and sessions -------------------------------------------
-    def add_account(self, email: str, password: str, version: int = 2,
-                    rsa_key: RsaKey | None = None) -> Account:
+    def add_account(
+        self, email: str, password: str, version: int = 2, rsa_key: RsaKey | None = None
+    ) -> Account:
         with self.lock:
             user_handle = self._unique({a.user_handle for a in self.accounts.values()}, 8)
         # Key derivation is slow (v1 especially); do it outside the lock.
@@ -124,7 +130,8 @@ class CloudStore:
             if account.email in self.accounts:
                 raise ValueError(f"account {account.email} exists")
             self.accounts[account.email] = account
-            for attr, kind in (("root", NODE_ROOT), ("inbox", NODE_INBOX), ("rubbish", NODE_RUBBISH)):
+            specials = (("root", NODE_ROOT), ("inbox", NODE_INBOX), ("rubbish", NODE_RUBBISH))
+            for attr, kind in specials:
                 node = Node(self.new_node_handle(), "", user_handle, kind)
                 self.nodes[node.handle] = node
                 setattr(account, attr, node.handle)

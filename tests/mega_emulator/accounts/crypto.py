@@ -40,7 +40,7 @@ def v1_password_key(password: str) -> bytes:
     """MEGA's prepare_key. A single-block CBC with a zero IV is plain ECB, so
     one cipher per 16-byte password slice is enough (and much faster)."""
     raw = _words(password.encode("latin-1"))
-    slices = [raw[i:i + 16].ljust(16, b"\0") for i in range(0, len(raw), 16)]
+    slices = [raw[i : i + 16].ljust(16, b"\0") for i in range(0, len(raw), 16)]
     ciphers = [AES.new(key, AES.MODE_ECB) for key in slices]
     pkey = _V1_INITIAL_KEY
     for _ in range(0x10000):
