@@ -105,13 +105,6 @@ class SessionStore:
                 temp.unlink()
             raise
 
-    def discard(self, sid: str) -> None:
-        """Remove the cache if it still holds ``sid`` (a session MEGA rejected)."""
-        cached = self.load()
-        if cached is not None and cached.sid == sid:
-            with contextlib.suppress(FileNotFoundError):
-                self.path.unlink()
-
     @contextlib.contextmanager
     def locked(self, timeout_s: float) -> Iterator[None]:
         """Hold the cross-process log-in lock; LoginLockTimeout after ``timeout_s``."""
