@@ -12,6 +12,7 @@ import base64
 import json
 import re
 import struct
+import time
 from dataclasses import dataclass
 
 import requests
@@ -19,6 +20,8 @@ from Crypto.Cipher import AES
 from Crypto.Util import Counter
 
 TIMEOUT = 30
+TRANSIENT = (-3, -4, -18)  # EAGAIN, ERATELIMIT, ETEMPUNAVAIL: ask again
+TRANSIENT_ATTEMPTS = 30
 _LINK = re.compile(r"^https://mega\.nz/file/([A-Za-z0-9_-]+)#([A-Za-z0-9_-]+)$")
 
 
@@ -87,6 +90,22 @@ def decrypt_attributes(encrypted: str, aes_key: bytes) -> dict:
     return json.loads(text[4:])
 
 
+def _file_info(http: requests.Session, api_url: str, public_handle: str) -> dict:
+    """The 'g' answer, retried a bounded number of times while faults answer EAGAIN & co."""
+    answer: object = None
+    for _ in range(TRANSIENT_ATTEMPTS):
+        answer = http.post(
+            f"{api_url}/cs", params={"id": "1"},
+            data=json.dumps([{"a": "g", "g": 1, "p": public_handle}]), timeout=TIMEOUT,
+        ).json()
+        if isinstance(answer, list) and answer and isinstance(answer[0], dict):
+            return answer[0]
+        if answer not in TRANSIENT and not (isinstance(answer, list) and answer[0] in TRANSIENT):
+            break
+        time.sleep(0.01)
+    raise VerificationError(f"'g' failed with {answer!r}")
+
+
 @dataclass(frozen=True)
 class Downloaded:
     name: str
@@ -98,13 +117,7 @@ def download(api_url: str, link: str, session: requests.Session | None = None) -
     its MAC against the meta MAC in the link's key."""
     http = session or requests.Session()
     public_handle, key = parse_link(link)
-    answer = http.post(
-        f"{api_url}/cs", params={"id": "1"},
-        data=json.dumps([{"a": "g", "g": 1, "p": public_handle}]), timeout=TIMEOUT,
-    ).json()
-    if isinstance(answer, int) or not isinstance(answer[0], dict):
-        raise VerificationError(f"'g' failed with {answer!r}")
-    info = answer[0]
+    info = _file_info(http, api_url, public_handle)
     response = http.get(info["g"], timeout=TIMEOUT)
     response.raise_for_status()
     ciphertext = response.content

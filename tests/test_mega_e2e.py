@@ -1,0 +1,357 @@
+"""End to end: a real server process with STORAGE_BACKEND=mega against the MEGA emulator.
+
+Every upload is checked by downloading it through the returned link, decrypting it and
+checking its MAC (``tests.mega_verify``), and where mega.py can (no '-' in the handle,
+not empty, last chunk longer than 16 bytes) by mega.py's own ``download_url`` too.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import random
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import requests
+from mega import Mega
+from mega.crypto import get_chunks
+
+from tests.conftest import ServerProcess, start_server
+from tests.mega_emulator import MegaEmulator
+from tests.mega_verify import parse_link, verify
+
+EMAIL, PASSWORD = "e2e@example.com", "emulated e2e password"
+KiB, MiB = 1024, 1024 * 1024
+HTTP_TIMEOUT = 60
+MEGA_PY_CHECKS: list[int] = []  # sizes mega.py downloaded too; see the test after the sizes
+FAST_RETRIES = {
+    "MEGA_RETRY_INITIAL_SECONDS": "0.01",
+    "MEGA_RETRY_MAX_SECONDS": "0.1",
+    "MEGA_RETRY_ATTEMPTS": "10",
+    "MEGA_UPLOAD_DEADLINE_SECONDS": "30",
+    "MAX_CONCURRENT_UPLOADS": "16",
+    "LOG_LEVEL": "warning",
+}
+
+
+@pytest.fixture(scope="module")
+def emulator() -> Iterator[MegaEmulator]:
+    with MegaEmulator(seed=23) as emu:
+        emu.add_account(EMAIL, PASSWORD)
+        yield emu
+
+
+@pytest.fixture(autouse=True)
+def clean_emulator(emulator: MegaEmulator) -> None:
+    emulator.faults.reset()
+    emulator.reset_stats()
+
+
+class Service:
+    """A running server process and the calls the tests make to it."""
+
+    def __init__(self, server: ServerProcess) -> None:
+        self.server = server
+        self.url = server.url
+        self.http = httpx.Client(timeout=HTTP_TIMEOUT)
+        self.headers = {"X-Auth-Token": server.env["AUTH_TOKEN"]}
+        self.spool = Path(server.env["TEMP_UPLOAD_DIR"])
+
+    def upload(self, name: str, data: bytes) -> httpx.Response:
+        return self.http.post(
+            f"{self.url}/upload", params={"service": "mega"}, headers=self.headers,
+            files={"file": (name, data, "application/octet-stream")},
+        )
+
+    def health(self) -> int:
+        return self.http.get(f"{self.url}/health", timeout=5).status_code
+
+    def leftovers(self) -> list[str]:
+        return sorted(p.name for p in self.spool.iterdir()) if self.spool.exists() else []
+
+    def close(self) -> None:
+        self.http.close()
+        self.server.stop()
+
+
+def start_service(base: Path, emulator: MegaEmulator, argv: list[str] | None = None,
+                  **env: str) -> Service:
+    base.mkdir(parents=True, exist_ok=True)
+    settings = {
+        "STORAGE_BACKEND": "mega",
+        "MEGA_API_URL": emulator.url,
+        "MEGA_EMAIL": EMAIL,
+        "MEGA_PASSWORD": PASSWORD,
+        **FAST_RETRIES,
+        **env,
+    }
+    return Service(start_server(base, settings, argv))
+
+
+@pytest.fixture(scope="module")
+def service(emulator: MegaEmulator, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+    running = start_service(tmp_path_factory.mktemp("e2e-server"), emulator)
+    yield running
+    running.close()
+
+
+@pytest.fixture
+def new_service(
+    emulator: MegaEmulator, tmp_path: Path
+) -> Iterator[Callable[..., Service]]:
+    started: list[Service] = []
+
+    def start(name: str = "server", argv: list[str] | None = None, **env: str) -> Service:
+        running = start_service(tmp_path / name, emulator, argv, **env)
+        started.append(running)
+        return running
+
+    yield start
+    for running in started:
+        running.close()
+
+
+class EmulatorMega(Mega):
+    """mega.py's own download path, pointed at the emulator."""
+
+    def __init__(self, api_url: str) -> None:
+        super().__init__()
+        self.api_url = api_url
+
+    def _api_request(self, data: Any) -> Any:
+        answer = requests.post(f"{self.api_url}/cs", params={"id": "1"},
+                               data=json.dumps([data]), timeout=HTTP_TIMEOUT).json()
+        return answer[0]
+
+
+def mega_py_can_read(link: str, size: int) -> bool:
+    handle, _ = parse_link(link)
+    last = list(get_chunks(size))[-1][1] if size else 0
+    return "-" not in handle and size > 0 and last > 16
+
+
+def check_stored(emulator: MegaEmulator, response: httpx.Response, name: str, data: bytes,
+                 tmp_path: Path | None = None) -> None:
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["link"].startswith("https://mega.nz/file/")
+    assert body["size"] == len(data)
+    verify(emulator.url, body["link"], data, name=name)
+    if tmp_path is not None and mega_py_can_read(body["link"], len(data)):
+        target = tmp_path / "mega-py"
+        target.mkdir(exist_ok=True)
+        saved = EmulatorMega(emulator.url).download_url(body["link"], str(target), "copy")
+        assert Path(saved).read_bytes() == data
+        MEGA_PY_CHECKS.append(len(data))
+
+
+def payload(size: int, seed: int) -> bytes:
+    return random.Random(seed).randbytes(size)
+
+
+# -- sizes ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "size", [0, 1, 15, 16, 17, 128 * KiB - 1, 128 * KiB + 1, MiB + 5, 10 * MiB + 3]
+)
+def test_upload_of_each_size_is_stored_intact(
+    service: Service, emulator: MegaEmulator, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch, size: int,
+) -> None:
+    # mega.py downloads with requests.get and no timeout; give it one.
+    monkeypatch.setattr(requests, "get", functools.partial(requests.get, timeout=HTTP_TIMEOUT))
+    data = payload(size, size)
+    name = f"size {size}.bin"
+    check_stored(emulator, service.upload(name, data), name, data, tmp_path)
+    assert service.leftovers() == []
+
+
+def test_mega_py_read_some_of_the_uploads_too() -> None:
+    # Runs after the sizes above (file order); without it a handle format change could
+    # silently skip the second check for every size.
+    assert len(MEGA_PY_CHECKS) >= 2, MEGA_PY_CHECKS
+
+
+# -- faults ---------------------------------------------------------------------------
+
+SURVIVABLE = {
+    # Each with a counter too, so that the fault surely fires at least once.
+    "api_eagain": {"api_eagain_next": 2, "api_eagain_probability": 0.3},
+    "chunk_http500": {"chunk_http500_next": 2, "chunk_http500_probability": 0.3},
+    "chunk_dropped": {"chunk_drop_next": 1, "chunk_drop_probability": 0.2},
+    "chunk_answer_-4": {"chunk_error_next": 2, "chunk_error_code": -4},
+    "upload_url_403": {"chunk_http403_next": 2},
+    "session_expiry": {},  # handled in the test: expire the live sessions once
+}
+
+
+@pytest.mark.parametrize("fault", SURVIVABLE)
+def test_uploads_survive_fault(
+    service: Service, emulator: MegaEmulator, fault: str
+) -> None:
+    if fault == "session_expiry":
+        # Expire the sessions once (not every new one): MEGA logged the service out.
+        emulator.expire_sessions()
+    else:
+        emulator.faults.update(**SURVIVABLE[fault])
+    for index, size in enumerate([0, 17, 200 * KiB, 2 * MiB + 1]):
+        data = payload(size, index)
+        check_stored(emulator, service.upload(f"{fault}-{index}", data), f"{fault}-{index}", data)
+    emulator.faults.reset()
+    assert service.health() == 200
+    assert service.leftovers() == []
+    if fault == "session_expiry":
+        assert emulator.stats()["logins_ok"] == 1
+    else:
+        assert emulator.stats()["faults_injected"], "the fault never fired"
+
+
+def test_over_quota_is_507(service: Service, emulator: MegaEmulator) -> None:
+    emulator.faults.over_quota_upload_url = True
+    response = service.upload("full.bin", b"x" * 100)
+    assert response.status_code == 507
+    assert "quota" in response.json()["message"]
+    emulator.faults.reset()
+    emulator.faults.chunk_http509_next = 1
+    response = service.upload("transfer.bin", b"x" * 100)
+    assert response.status_code == 507
+    assert response.json()["message"] == "MEGA transfer quota exceeded"
+    assert service.health() == 200
+    assert service.leftovers() == []
+
+
+@pytest.mark.parametrize("slow", ["chunk_delay", "api_delay"])
+def test_slow_answers_end_at_the_deadline(
+    new_service: Callable[..., Service], emulator: MegaEmulator, slow: str
+) -> None:
+    deadline = 2.0
+    service = new_service(MEGA_UPLOAD_DEADLINE_SECONDS=str(deadline), MEGA_READ_TIMEOUT="0.4")
+    check_stored(emulator, service.upload("warm.bin", b"w"), "warm.bin", b"w")  # log-in, folder
+    emulator.faults.update(**{slow: 1.0})
+    started = time.monotonic()
+    response = service.upload("slow.bin", payload(300 * KiB, 1))
+    elapsed = time.monotonic() - started
+    emulator.faults.reset()
+    assert response.status_code in (502, 504), response.text
+    assert response.status_code == 504 or slow == "api_delay"
+    # Each of u, upload, p and l is cut at the deadline; together at most a few of them.
+    assert elapsed < deadline * 3, elapsed
+    assert service.health() == 200
+    assert service.leftovers() == []
+
+
+def test_failures_keep_secrets_out_of_answers(
+    service: Service, emulator: MegaEmulator
+) -> None:
+    emulator.faults.update(chunk_http500_probability=1.0)
+    response = service.upload("never.bin", b"abc")
+    emulator.faults.reset()
+    assert response.status_code == 502
+    text = response.text
+    assert PASSWORD not in text and emulator.url not in text and "/ul/" not in text
+
+
+# -- load ------------------------------------------------------------------------------
+
+
+def test_two_hundred_uploads_under_eagain_and_chunk_failures(
+    service: Service, emulator: MegaEmulator
+) -> None:
+    emulator.faults.update(api_eagain_probability=0.3, chunk_http500_probability=0.1,
+                           chunk_drop_probability=0.05, chunk_http503_probability=0.05)
+    rng = random.Random(200)
+    files = [(f"load-{i}.txt", rng.randbytes(rng.randrange(0, 40 * KiB))) for i in range(200)]
+
+    def one(item: tuple[str, bytes]) -> tuple[str, bytes, httpx.Response]:
+        return item[0], item[1], service.upload(*item)
+
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        results = list(pool.map(one, files, timeout=150))
+    emulator.faults.reset()
+    failed = [(name, r.status_code, r.text) for name, _, r in results if r.status_code != 200]
+    assert failed == []
+    for name, data, response in results:
+        verify(emulator.url, response.json()["link"], data, name=name)
+    stats = emulator.stats()
+    assert stats["faults_injected"].get("api_eagain", 0) > 20
+    assert stats["files_stored"] == 200
+    assert service.leftovers() == []
+
+
+def test_session_expiry_mid_run_costs_one_login(
+    new_service: Callable[..., Service], emulator: MegaEmulator
+) -> None:
+    service = new_service()
+    files = [(f"run-{i}.txt", payload(i * 100, i)) for i in range(40)]
+    expired = threading.Event()
+
+    def one(index: int) -> httpx.Response:
+        if index == 20 and not expired.is_set():
+            emulator.expire_sessions()
+            expired.set()
+        return service.upload(*files[index])
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        responses = list(pool.map(one, range(len(files)), timeout=120))
+    assert [r.status_code for r in responses] == [200] * len(files)
+    for (name, data), response in zip(files, responses, strict=True):
+        verify(emulator.url, response.json()["link"], data, name=name)
+    stats = emulator.stats()
+    assert stats["logins_ok"] == 2  # the first log-in, and one after the expiry
+
+
+# -- processes ---------------------------------------------------------------------------
+
+
+def test_gunicorn_workers_and_a_restart_share_one_login(
+    new_service: Callable[..., Service], emulator: MegaEmulator
+) -> None:
+    argv = [sys.executable, "-m", "gunicorn", "server:app", "--workers", "2",
+            "--worker-class", "uvicorn_worker.UvicornWorker", "--bind", "127.0.0.1:{port}"]
+    first = new_service("gunicorn", argv)
+
+    def burst(service: Service, tag: str) -> None:
+        items = [(f"{tag}-{i}", payload(1000 + i, i)) for i in range(16)]
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            responses = list(pool.map(lambda item: service.upload(*item), items, timeout=60))
+        for (name, data), response in zip(items, responses, strict=True):
+            check_stored(emulator, response, name, data)
+
+    burst(first, "first")
+    first.close()
+    # The same directory, so the same session file: a restart of the same deployment.
+    second = start_service(Path(first.server.env["TEMP_UPLOAD_DIR"]).parent, emulator, argv)
+    try:
+        burst(second, "second")
+    finally:
+        second.close()
+    assert emulator.stats()["logins_ok"] == 1
+    assert emulator.stats()["logins_failed"] == 0
+
+
+def test_ready_with_wrong_credentials_is_503_and_not_retried_per_probe(
+    new_service: Callable[..., Service], emulator: MegaEmulator
+) -> None:
+    service = new_service(MEGA_PASSWORD="a wrong password")
+    answers = [service.http.get(f"{service.url}/ready") for _ in range(4)]
+    assert [a.status_code for a in answers] == [503] * 4
+    assert "wrong email or password" in answers[0].json()["message"]
+    assert "a wrong password" not in answers[0].text
+    assert emulator.stats()["logins_failed"] == 1
+    assert service.health() == 200
+
+
+def test_ready_when_logged_in_with_the_folder(service: Service) -> None:
+    response = service.http.get(f"{service.url}/ready")
+    assert response.status_code == 200, response.text
+    assert response.json()["status"] == "ready"
+
