@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-from app.storage.base import Readiness, StorageError, StoredFile
+from app.storage.base import BodyStream, Readiness, StorageError, StoredFile
 
 
 class FailingBackend:
@@ -67,3 +67,20 @@ class GatedBackend:
 
     def close(self) -> None:
         self.release.set()
+
+
+class FailingStreamBackend(FailingBackend):
+    """Takes part of a streamed body, then fails: the sender must not be left hanging."""
+
+    def __init__(self, error: Exception, read_first: int) -> None:
+        super().__init__(error)
+        self.read_first = read_first
+        self.received = 0
+
+    def store_stream(self, body: BodyStream, filename: str, size: int) -> StoredFile:
+        while self.received < self.read_first:
+            block = body.read(min(65536, self.read_first - self.received))
+            if not block:
+                break
+            self.received += len(block)
+        raise self.error

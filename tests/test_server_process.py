@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import socket
@@ -55,39 +56,78 @@ def test_uploaded_files_download_byte_for_byte(live_server) -> None:
     assert spool_is_empty_soon(server.tmp / "spool")
 
 
-def test_client_disconnect_mid_upload_leaves_no_temp_file(live_server) -> None:
+def files_under(folder: Path) -> list[Path]:
+    return [path for path in folder.rglob("*") if path.is_file()] if folder.exists() else []
+
+
+def wait_for(condition, what: str) -> None:
+    deadline = time.monotonic() + WAIT_S
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+def send_part_of_an_upload(
+    server: ServerProcess, method: str, path: str, body: bytes
+) -> socket.socket:
+    """Announce 50 MiB, send only ``body``, and return the still-open socket."""
+    content_type = (
+        "multipart/form-data; boundary=b0undary" if method == "POST" else "application/octet-stream"
+    )
+    head = (
+        f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n"
+        f"X-Auth-Token: {server.env['AUTH_TOKEN']}\r\n"
+        f"Content-Type: {content_type}\r\nContent-Length: {50 * 1024 * 1024}\r\n\r\n"
+    ).encode()
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=WAIT_S)
+    sock.sendall(head + body)
+    return sock
+
+
+def test_client_disconnect_mid_upload_leaves_nothing_behind(live_server) -> None:
     server = live_server()
-    spool = server.tmp / "spool"
-    for path, content_type in [
-        ("/files/cut.bin", "application/octet-stream"),
-        ("/upload", "multipart/form-data; boundary=b0undary"),
+    spool, files = server.tmp / "spool", server.tmp / "files"
+    preamble = b'--b0undary\r\nContent-Disposition: form-data; name="file"; filename="c"\r\n\r\n'
+    # Multipart is spooled to a temporary file; a PUT with a length is relayed into storage.
+    for method, path, prefix, lands_in in [
+        ("POST", "/upload", preamble, spool),
+        ("PUT", "/files/cut.bin", b"", files),
     ]:
-        head = (
-            f"{'PUT' if path.startswith('/files') else 'POST'} {path} HTTP/1.1\r\n"
-            f"Host: 127.0.0.1\r\nX-Auth-Token: {server.env['AUTH_TOKEN']}\r\n"
-            f"Content-Type: {content_type}\r\nContent-Length: {50 * 1024 * 1024}\r\n\r\n"
-        ).encode()
-        preamble = (
-            b'--b0undary\r\nContent-Disposition: form-data; name="file"; filename="c"\r\n\r\n'
-            if path == "/upload"
-            else b""
-        )
-        with socket.create_connection(("127.0.0.1", server.port), timeout=WAIT_S) as sock:
-            sock.sendall(head + preamble + b"p" * (3 * 1024 * 1024))
-            # The server is now spooling this upload; then the client vanishes.
-            deadline = time.monotonic() + WAIT_S
-            while not any(spool.iterdir()) and time.monotonic() < deadline:
-                time.sleep(0.02)
-            assert any(spool.iterdir()), "the upload never reached the spool"
-        assert spool_is_empty_soon(spool)
-    assert not any((server.tmp / "files").rglob("*.bin"))
+        with send_part_of_an_upload(server, method, path, prefix + b"p" * (3 * 1024 * 1024)):
+            wait_for(lambda d=lands_in: files_under(d), f"the {method} upload to arrive")
+        # The client vanished mid-body.
+        wait_for(lambda: not files_under(spool) and not files_under(files), "the cleanup")
     assert httpx.get(f"{server.url}/health", timeout=WAIT_S).status_code == 200
+
+
+def test_put_with_a_length_is_relayed_without_a_temporary_file(live_server) -> None:
+    server = live_server()
+    spool, files = server.tmp / "spool", server.tmp / "files"
+    first, rest = os.urandom(4 * 1024 * 1024), os.urandom(4 * 1024 * 1024 + 3)
+    head = (
+        f"PUT /files/relayed.bin HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n"
+        f"X-Auth-Token: {server.env['AUTH_TOKEN']}\r\nContent-Length: {len(first + rest)}\r\n"
+        "Connection: close\r\n\r\n"
+    ).encode()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=WAIT_S) as sock:
+        sock.sendall(head + first)
+        # Half the body is in: storage is already being written, and nothing is spooled.
+        wait_for(lambda: files_under(files), "storage to receive the first bytes")
+        assert files_under(spool) == []
+        sock.sendall(rest)
+        answer = read_until_closed(sock).decode()
+    assert answer.startswith("HTTP/1.1 200"), answer
+    body = json.loads(answer.split("\r\n\r\n", 1)[1])
+    assert body["size"] == len(first + rest)
+    assert body["sha256"] == hashlib.sha256(first + rest).hexdigest()
+    assert httpx.get(body["link"], timeout=WAIT_S).content == first + rest
+    assert [path.name for path in files_under(files)] == ["relayed.bin"]
 
 
 def test_oversized_content_length_is_refused_before_the_body_is_sent(live_server) -> None:
     server = live_server(MAX_UPLOAD_BYTES="1MiB")
     request = (
-        "PUT /files/huge.iso HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        f"PUT /files/huge.iso HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n"
         f"X-Auth-Token: {server.env['AUTH_TOKEN']}\r\nContent-Length: {10**12}\r\n"
         "Expect: 100-continue\r\n\r\n"
     ).encode()

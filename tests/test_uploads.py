@@ -11,7 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.storage.base import StorageFull, StorageTimeout, UpstreamRejected
-from tests.standins import FailingBackend, GatedBackend
+from tests.standins import FailingBackend, FailingStreamBackend, GatedBackend
 
 
 def spool_leftovers(client: TestClient) -> list[Path]:
@@ -423,3 +423,16 @@ def test_public_base_url_is_used_for_links(make_client, auth: dict[str, str]) ->
     client = make_client(public_base_url="https://files.example.org/")
     body = client.put("/files/a.txt", headers=auth, content=b"1").json()
     assert body["link"].startswith("https://files.example.org/files/")
+
+
+def test_relayed_upload_that_storage_abandons_answers_promptly(
+    make_client, auth: dict[str, str]
+) -> None:
+    backend = FailingStreamBackend(StorageFull("MEGA storage quota exceeded"), 1024 * 1024)
+    client = make_client(backend=backend)
+    body = os.urandom(16 * 1024 * 1024)  # far more than the relay's queue holds
+    response = client.put("/files/big.bin", headers=auth, content=body, timeout=30)
+    assert response.status_code == 507
+    assert response.json()["code"] == "storage_full"
+    assert backend.received == 1024 * 1024
+    assert spool_leftovers(client) == []

@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
+from app.relay import SourceGone
 from app.spool import UploadTooLarge
 from app.storage.base import (
     StorageError,
@@ -90,7 +91,8 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(status, code, str(error), headers)
 
     @app.exception_handler(ClientDisconnect)
-    async def _gone(_: Request, __: ClientDisconnect) -> JSONResponse:
+    @app.exception_handler(SourceGone)
+    async def _gone(_: Request, __: Exception) -> JSONResponse:
         log.info("client disconnected before the upload finished")
         return error_response(400, "client_disconnected", "the client closed the connection")
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Annotated
 
 import anyio
@@ -21,8 +22,9 @@ from app.api.receive import (
     receive_raw,
 )
 from app.filenames import InvalidFilename, safe_filename
+from app.relay import BodyRelay
 from app.spool import SpoolSink
-from app.storage.base import StorageBackend
+from app.storage.base import StorageBackend, StoredFile, StreamingBackend, supports_streaming
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["uploads"])
@@ -102,6 +104,9 @@ async def upload_raw(
     backend = services.backend_for(service)
     name = _clean_name(filename)
     check_declared_length(request, services.spool.limit)
+    declared = request.headers.get("content-length")
+    if declared is not None and supports_streaming(backend):
+        return await _relay(request, services, backend, name, int(declared))
     return await _upload(request, services, backend, _raw_receiver, name)
 
 
@@ -109,13 +114,8 @@ async def _raw_receiver(request: Request, sink: SpoolSink) -> None:
     await receive_raw(request, sink)
 
 
-async def _upload(
-    request: Request,
-    services: Services,
-    backend: StorageBackend,
-    receive: Receiver,
-    name: str | None,
-) -> UploadResult:
+@contextlib.contextmanager
+def _upload_slot(services: Services) -> Iterator[None]:
     try:
         services.upload_slots.acquire_nowait()
     except anyio.WouldBlock:
@@ -126,20 +126,63 @@ async def _upload(
             {"Retry-After": RETRY_AFTER_BUSY},
         ) from None
     try:
-        with services.spool.open() as sink:
-            client_name = await receive(request, sink)
-            name = name or _clean_name(client_name or "")
-            spooled = await sink.finish()
-            stored = await to_thread.run_sync(backend.store, spooled.path, name, spooled.size)
+        yield
     finally:
         services.upload_slots.release()
-    log.info("stored %d bytes on %s as %s", spooled.size, backend.name, stored.handle)
+
+
+async def _upload(
+    request: Request,
+    services: Services,
+    backend: StorageBackend,
+    receive: Receiver,
+    name: str | None,
+) -> UploadResult:
+    """Spool the body to a temporary file, then hand the file to the backend."""
+    with _upload_slot(services), services.spool.open() as sink:
+        client_name = await receive(request, sink)
+        name = name or _clean_name(client_name or "")
+        spooled = await sink.finish()
+        stored = await to_thread.run_sync(backend.store, spooled.path, name, spooled.size)
+    return _result(request, services, backend, stored, name, spooled.size, spooled.sha256)
+
+
+async def _relay(
+    request: Request, services: Services, backend: StreamingBackend, name: str, size: int
+) -> UploadResult:
+    """Hand the body to the backend while it arrives: no temporary file, bounded memory."""
+    relay = BodyRelay(size)
+    failure: Exception | None = None
+    with _upload_slot(services):
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(relay.feed, request.stream())
+            try:
+                stored = await to_thread.run_sync(backend.store_stream, relay, name, size)
+            except Exception as error:  # re-raised below, outside the task group
+                failure = error
+            finally:
+                relay.stop()
+    if failure is not None:
+        raise failure
+    return _result(request, services, backend, stored, name, size, relay.sha256())
+
+
+def _result(
+    request: Request,
+    services: Services,
+    backend: StorageBackend,
+    stored: StoredFile,
+    name: str,
+    size: int,
+    sha256: str,
+) -> UploadResult:
+    log.info("stored %d bytes on %s as %s", size, backend.name, stored.handle)
     return UploadResult(
         filename=name,
         service=backend.name,
         link=_absolute(stored.link, request, services.settings.public_base_url),
-        size=spooled.size,
-        sha256=spooled.sha256,
+        size=size,
+        sha256=sha256,
         handle=stored.handle,
     )
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeGuard
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +48,30 @@ class StorageBackend(Protocol):
 
     def close(self) -> None:
         """Release connections and files; called once at shutdown."""
+
+
+class BodyStream(Protocol):
+    """A request body being received: blocking reads, in a worker thread."""
+
+    def read(self, size: int) -> bytes:
+        """Up to ``size`` bytes, fewer only at the end; raises if the client went away."""
+        ...
+
+
+class StreamingBackend(StorageBackend, Protocol):
+    """A backend that can store a body while it is still arriving, with no temporary file."""
+
+    def store_stream(self, body: BodyStream, filename: str, size: int) -> StoredFile:
+        """Store exactly ``size`` bytes from ``body``.
+
+        Exceptions raised by ``body.read`` (the client left) must propagate unchanged,
+        after anything partly stored has been removed.
+        """
+        ...
+
+
+def supports_streaming(backend: StorageBackend) -> TypeGuard[StreamingBackend]:
+    return callable(getattr(backend, "store_stream", None))
 
 
 class StorageError(Exception):

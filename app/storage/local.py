@@ -8,10 +8,11 @@ import os
 import re
 import secrets
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import quote
 
-from app.storage.base import Readiness, StorageFull, StoredFile, UpstreamRejected
+from app.storage.base import BodyStream, Readiness, StorageFull, StoredFile, UpstreamRejected
 
 log = logging.getLogger(__name__)
 
@@ -19,6 +20,7 @@ log = logging.getLogger(__name__)
 # strict pattern means a handle can never name anything outside the storage directory.
 _HANDLE = re.compile(r"[A-Za-z0-9_-]{22}")
 MIN_FREE_BYTES = 16 * 1024 * 1024
+COPY_BYTES = 1024 * 1024
 
 
 class LocalBackend:
@@ -33,20 +35,37 @@ class LocalBackend:
         self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
 
     def store(self, source: Path, filename: str, size: int) -> StoredFile:
+        return self._store(filename, size, lambda target: self._place(source, target))
+
+    def store_stream(self, body: BodyStream, filename: str, size: int) -> StoredFile:
+        return self._store(filename, size, lambda target: self._write(body, target))
+
+    def _store(self, filename: str, size: int, put: Callable[[Path], None]) -> StoredFile:
         if shutil.disk_usage(self.root).free < size + MIN_FREE_BYTES:
             raise StorageFull("the local storage disk is full")
         handle = secrets.token_urlsafe(16)
         folder = self.root / handle
         folder.mkdir(mode=0o700)
         try:
-            self._place(source, folder / filename)
+            put(folder / filename)
         except OSError as error:
             shutil.rmtree(folder, ignore_errors=True)
             if error.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise StorageFull("the local storage disk is full") from error
             log.error("local store failed: %s", error.strerror)
             raise UpstreamRejected("the file could not be written to local storage") from error
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)  # e.g. the client left mid-stream
+            raise
         return StoredFile(handle=handle, link=f"/files/{handle}/{quote(filename, safe='')}")
+
+    @staticmethod
+    def _write(body: BodyStream, target: Path) -> None:
+        partial = target.with_name(f".{target.name}.partial")
+        with partial.open("xb") as out:
+            while block := body.read(COPY_BYTES):
+                out.write(block)
+        os.replace(partial, target)
 
     @staticmethod
     def _place(source: Path, target: Path) -> None:
