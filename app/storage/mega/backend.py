@@ -61,6 +61,7 @@ class MegaBackend:
         self._client: MegaClient | None = None
         self._folder_id: str | None = None
         self._folder_lock = threading.Lock()
+        self._readiness_lock = threading.Lock()
         self._folder_lock_file = settings.mega_session_file.with_name(
             settings.mega_session_file.name + ".folder.lock"
         )
@@ -105,6 +106,16 @@ class MegaBackend:
 
     def readiness(self) -> Readiness:
         """Logged in (lazily, unless a refused log-in is cooling down) and the folder there."""
+        # Probes come every few seconds; while MEGA is slow or down one check may retry
+        # for long. Later probes answer at once instead of queueing more threads behind it.
+        if not self._readiness_lock.acquire(blocking=False):
+            return Readiness(False, "checking MEGA: a log-in or folder look-up is in progress")
+        try:
+            return self._check_readiness()
+        finally:
+            self._readiness_lock.release()
+
+    def _check_readiness(self) -> Readiness:
         try:
             self._ready_client()
         except Exception as exc:
