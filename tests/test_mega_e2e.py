@@ -241,8 +241,7 @@ def test_slow_answers_end_at_the_deadline(
     response = service.upload("slow.bin", payload(300 * KiB, 1))
     elapsed = time.monotonic() - started
     emulator.faults.reset()
-    assert response.status_code in (502, 504), response.text
-    assert response.status_code == 504 or slow == "api_delay"
+    assert response.status_code == 504, response.text
     # Each of u, upload, p and l is cut at the deadline; together at most a few of them.
     assert elapsed < deadline * 3, elapsed
     assert service.health() == 200
