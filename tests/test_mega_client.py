@@ -554,7 +554,7 @@ def test_table_storage_errors() -> None:
     for code in (-2, -9, -11):
         error = to_storage_error(MegaApiError(code))
         assert type(error) is UpstreamRejected and str(error).startswith("MEGA rejected")
-    assert type(to_storage_error(MegaHttpError(509))) is StorageFull
+    assert type(to_storage_error(MegaHttpError(509))) is UpstreamRejected
     # Unexpected exceptions never show their text.
     error = to_storage_error(RuntimeError("/secret/path sid=abc"))
     assert type(error) is UpstreamRejected and "secret" not in str(error)

@@ -288,7 +288,7 @@ def test_exhausted_transfer_quota_fails_at_once(
 ) -> None:
     path, _ = source_file(tmp_path, 1000)
     emulator.faults.chunk_http509_next = 1
-    with pytest.raises(StorageFull, match="MEGA transfer quota exceeded"):
+    with pytest.raises(UpstreamRejected, match="MEGA transfer quota exceeded"):
         backend.store(path, "a.bin", 1000)
     assert emulator.stats()["chunk_posts"] == 1
 

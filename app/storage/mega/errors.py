@@ -220,7 +220,7 @@ RULES: dict[str, Rule] = {
     "HTTP_403": Rule(Action.RESTART_UPLOAD, UpstreamRejected, "MEGA upload URL expired"),
     # Fail at once.
     "EOVERQUOTA": Rule(Action.FAIL, StorageFull, "MEGA storage quota exceeded"),
-    "HTTP_509": Rule(Action.FAIL, StorageFull, "MEGA transfer quota exceeded"),
+    "HTTP_509": Rule(Action.FAIL, UpstreamRejected, "MEGA transfer quota exceeded"),
     "EBLOCKED": Rule(Action.FAIL, StorageLoginFailed, "MEGA login failed: the account is blocked"),
     "login_rejected": Rule(
         Action.FAIL, StorageLoginFailed, "MEGA login failed: wrong email or password"
