@@ -13,7 +13,7 @@
 #      PyPI only (local pip configuration, find-links and extra indexes are ignored so
 #      the lock is the same on every machine). For PyPI, pip-compile records the sha256
 #      of every file of each pinned version, so the one lock installs on Python
-#      3.11-3.13, Linux x86_64/aarch64 and macOS.
+#      3.11-3.13, Linux x86_64/aarch64 and macOS (Apple silicon).
 #   3. mega.py is not in requirements.in because its metadata pins tenacity<6 and the
 #      `pathlib` backport, which no resolver accepts together with a working tenacity.
 #      mega.py==1.0.8 is appended afterwards with the hashes of all its files (read
@@ -144,7 +144,8 @@ out="$work/requirements.lock"
 #   dependencies. Everything mega.py needs at run time is pinned here instead.
 # --require-hashes: every pin carries the sha256 of every file published for that
 #   version, so the same file installs on Python 3.11-3.13, Linux x86_64/aarch64 and
-#   macOS, and a substituted download is refused.
+#   macOS on Apple silicon (cryptography 49+ ships no Intel-macOS wheels), and a
+#   substituted download is refused.
 # --only-binary :all:: installing never compiles anything (no Rust or C toolchain).
 # Afterwards \`pip check\` reports only mega.py's two unmet metadata pins (tenacity and
 # pathlib); see TROUBLESHOOTING.md.
