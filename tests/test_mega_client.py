@@ -32,6 +32,7 @@ from app.storage.mega.errors import (
     Action,
     HashcashUnsolved,
     MegaApiError,
+    MegaChunkError,
     MegaDeadlineExceeded,
     MegaHttpError,
     MegaLoginError,
@@ -545,6 +546,39 @@ def test_table_actions() -> None:
         assert action_for(MegaApiError(code)) is Action.FAIL
     assert action_for(ValueError("x")) is Action.FAIL
     assert all(rule.message for rule in RULES.values())
+
+
+def test_the_upload_server_has_its_own_row_for_minus_4() -> None:
+    # -4 from the API is a rate limit (retry); as a chunk answer it means "start again".
+    assert action_for(MegaApiError(-4)) is Action.RETRY
+    assert action_for(MegaChunkError(-4)) is Action.RESTART_UPLOAD
+    # Codes without a chunk row mean on the upload server what they mean in the API.
+    assert action_for(MegaChunkError(-3)) is Action.RETRY
+    assert action_for(MegaChunkError(-8)) is Action.RESTART_UPLOAD
+    assert type(to_storage_error(MegaChunkError(-17))) is StorageFull
+
+
+def test_an_api_call_ends_at_its_deadline(
+    emulator: MegaEmulator, make_client: Callable[..., MegaClient]
+) -> None:
+    client = make_client(read_timeout=30, policy=RetryPolicy(attempts=50, deadline_s=60,
+                                                             initial_s=0.01, max_s=0.05))
+    client.ensure_login()
+    emulator.faults.api_delay = 0.6
+    started = time.monotonic()
+    with pytest.raises(MegaDeadlineExceeded):
+        client.api(QUOTA, deadline_s=0.3)
+    assert time.monotonic() - started < 0.6 + 0.3  # one request, cut to what was left
+    emulator.faults.api_delay = 0.0
+    emulator.faults.api_eagain_probability = 1.0
+    started = time.monotonic()
+    with pytest.raises(MegaDeadlineExceeded):
+        client.api(QUOTA, deadline_s=0.5)
+    assert time.monotonic() - started < 1.0  # retries stop at the deadline, not at 50 tries
+    emulator.faults.api_eagain_probability = 0.0
+    with pytest.raises(MegaDeadlineExceeded):
+        client.api(QUOTA, deadline_s=0)
+    assert client.api(QUOTA) is not None  # no deadline left behind for the next call
 
 
 def test_table_storage_errors() -> None:

@@ -25,6 +25,7 @@ import logging
 import re
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,7 @@ from .errors import (
     HashcashUnsolved,
     MegaApiError,
     MegaBadAnswer,
+    MegaDeadlineExceeded,
     MegaError,
     MegaHttpError,
     MegaLoginError,
@@ -138,6 +140,9 @@ class MegaClient(Mega):
 
         self._store = SessionStore(Path(session_file), account_key(self._email, self.api_url))
         self._lock = threading.RLock()
+        # The deadline of the api() call running in this thread, for _request (mega.py's
+        # helpers reach _api_request without one).
+        self._call_deadline = threading.local()
         self._sequence = itertools.count(self.sequence_num)
         self._master_key: list[int] | None = None
         self._user_handle: str | None = None
@@ -173,10 +178,23 @@ class MegaClient(Mega):
             self._user_handle = str(self.api({"a": "ug"})["u"])
         return self._user_handle
 
-    def api(self, command: dict[str, Any]) -> Any:
+    def api(self, command: dict[str, Any], deadline_s: float | None = None) -> Any:
         """Send one command and return its result. Retries, re-login and proof of work
-        happen inside; failures raise a ``MegaError`` (``to_storage_error`` maps them)."""
-        return self._api_request(command)
+        happen inside; failures raise a ``MegaError`` (``to_storage_error`` maps them).
+
+        ``deadline_s`` bounds the whole call (retries, waits and each request's timeouts)
+        when it is nearer than the retry policy's own deadline: an upload passes what is
+        left of its total time, and the call ends with ``MegaDeadlineExceeded`` then.
+        """
+        if deadline_s is None:
+            return self._api_request(command)
+        if deadline_s <= 0:
+            raise MegaDeadlineExceeded(0, deadline_s, None)
+        self._call_deadline.value = deadline_s
+        try:
+            return self._api_request(command)
+        finally:
+            self._call_deadline.value = self._call_deadline.ends = None
 
     def ensure_login(self) -> None:
         """Have a session: the one in memory, the cached one, or a fresh log-in."""
@@ -229,10 +247,23 @@ class MegaClient(Mega):
         if sid:
             params["sid"] = sid
         body = json.dumps(commands, separators=(",", ":"))
-        deadline = Deadline(self.policy.deadline_s)
+        policy = self.policy
+        limit: float | None = getattr(self._call_deadline, "value", None)
+        if limit is not None:
+            # Set on the first request of an api() call; a re-login's repeat gets what is left.
+            self._call_deadline.value = None
+            self._call_deadline.ends = time.monotonic() + limit
+        ends: float | None = getattr(self._call_deadline, "ends", None)
+        if ends is not None:
+            left = ends - time.monotonic()
+            if left <= 0:
+                raise MegaDeadlineExceeded(0, policy.deadline_s, None)
+            if left < policy.deadline_s:
+                policy = replace(policy, deadline_s=left)
+        deadline = Deadline(policy.deadline_s)
         return call_with_retries(
             lambda: self._exchange(params, body, deadline),
-            self.policy,
+            policy,
             what=f"MEGA API call {_command_names(commands)}",
         )
 
@@ -258,14 +289,19 @@ class MegaClient(Mega):
     def _post(
         self, params: dict[str, Any], body: str, headers: dict[str, str], deadline: Deadline
     ) -> requests.Response:
-        read_timeout = max(0.5, min(self._read_timeout, deadline.remaining()))
+        remaining = deadline.remaining()
+        if remaining <= 0:
+            raise MegaTransportError("timeout")
+        # Each request ends by the deadline: both timeouts are cut to what is left of it.
+        read_timeout = max(0.05, min(self._read_timeout, remaining))
+        connect_timeout = max(0.05, min(self._connect_timeout, remaining))
         try:
             return self.http.post(
                 self._cs_url,
                 params=params,
                 data=body,
                 headers=headers,
-                timeout=(self._connect_timeout, read_timeout),
+                timeout=(connect_timeout, read_timeout),
             )
         # "from None": the requests exception's text holds the URL, and with it the sid.
         except requests.Timeout:

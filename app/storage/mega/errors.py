@@ -93,6 +93,24 @@ class MegaApiError(MegaError):
         super().__init__(f"MEGA answered {self.name} ({code})")
 
 
+class MegaChunkError(MegaApiError):
+    """The upload server answered a chunk POST with an error code. The codes are the API's,
+    but a few mean something else there: the table's ``chunk <NAME>`` rows say what."""
+
+    scope = "chunk"
+
+
+class StreamCannotRestart(MegaError):
+    """MEGA wants the upload started again on a fresh URL, but the body was streamed from
+    the client as it arrived and the part already sent is no longer held."""
+
+    name = "stream_restart"
+
+    def __init__(self, cause: MegaError) -> None:
+        self.cause = cause
+        super().__init__(f"MEGA asked to restart a streamed upload ({cause.name})")
+
+
 class MegaLoginError(MegaError):
     """MEGA refused to log in (wrong credentials, blocked account), or a recent refusal
     is still cooling down. ``code`` is the MEGA code of the refusal."""
@@ -218,6 +236,18 @@ RULES: dict[str, Rule] = {
     "EEXPIRED": Rule(Action.RESTART_UPLOAD, UpstreamRejected, "MEGA upload URL expired"),
     "EFAILED": Rule(Action.RESTART_UPLOAD, UpstreamRejected, "MEGA upload failed"),
     "HTTP_403": Rule(Action.RESTART_UPLOAD, UpstreamRejected, "MEGA upload URL expired"),
+    # On the upload server -4 is no rate limit: it says "start again on a fresh URL".
+    "chunk ERATELIMIT": Rule(
+        Action.RESTART_UPLOAD, UpstreamRejected, "MEGA asked to start the upload again"
+    ),
+    # A streamed body is sent while it arrives, so a restart from the start is impossible
+    # without keeping the whole file; the client is told to send it again instead.
+    "stream_restart": Rule(
+        Action.FAIL,
+        UpstreamRejected,
+        "MEGA asked to start the upload again, which a streamed upload cannot do; "
+        "send the file again",
+    ),
     # Fail at once.
     "EOVERQUOTA": Rule(Action.FAIL, StorageFull, "MEGA storage quota exceeded"),
     "HTTP_509": Rule(Action.FAIL, UpstreamRejected, "MEGA transfer quota exceeded"),
@@ -250,7 +280,11 @@ def failure_name(exc: BaseException) -> str:
 
 
 def rule_for(exc: BaseException) -> Rule:
-    return RULES.get(failure_name(exc), DEFAULT_RULE)
+    name = failure_name(exc)
+    scope = getattr(exc, "scope", None)
+    if scope is not None and f"{scope} {name}" in RULES:
+        return RULES[f"{scope} {name}"]
+    return RULES.get(name, DEFAULT_RULE)
 
 
 def action_for(exc: BaseException) -> Action:
