@@ -33,6 +33,7 @@ from app.storage.mega.crypto import (
     encrypt_region,
     node_key,
     regions,
+    seal_region,
     split_node_key,
 )
 from app.storage.mega.errors import MegaError, to_storage_error
@@ -114,6 +115,25 @@ def test_a_random_key_decrypts_and_verifies_through_the_link_key(size: int) -> N
                                                                initial_value=0)).decrypt(ciphertext)
     assert plain == data
     assert meta_mac_of(aes_key, nonce, plain) == tuple(full[6:8])
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_sealing_in_place_matches_the_reference(size: int) -> None:
+    data = payload(size, seed=3)
+    macs = MacAccumulator(FIXED_KEY)
+    out = bytearray()
+    for offset, length in regions(size, MiB):
+        buffer = bytearray(b"\xff" * (length + 40))  # stale bytes after the region
+        buffer[:length] = data[offset : offset + length]
+        macs.add_macs(seal_region(FIXED_KEY, offset, buffer, length))
+        out += buffer[:length]
+    assert bytes(out) == reference_ciphertext(FIXED_KEY, data)
+    assert macs.meta_mac() == reference_meta_mac(FIXED_KEY, data)
+
+
+def test_a_region_buffer_needs_room_for_the_padding() -> None:
+    with pytest.raises(ValueError):
+        seal_region(FIXED_KEY, 0, bytearray(20), 10)
 
 
 def test_node_key_layout() -> None:

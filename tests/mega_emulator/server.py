@@ -214,9 +214,17 @@ class RequestHandler(BaseHTTPRequestHandler):
 
     # -- uploads -----------------------------------------------------------
     def _chunk(self, path: str) -> None:
+        stats = self.server.emulator._stats
+        stats.add("chunk_posts")
+        stats.chunk_post_started()
+        try:
+            self._chunk_post(path)
+        finally:
+            stats.chunk_post_ended()
+
+    def _chunk_post(self, path: str) -> None:
         emulator = self.server.emulator
         faults, stats, store = emulator.faults, emulator._stats, emulator.store
-        stats.add("chunk_posts")
         parts = path.split("/")
         delay = faults.chunk_delay
         if delay:

@@ -21,6 +21,7 @@ SCALARS = (
     "folders_created",
     "downloads",
     "download_bytes",
+    "max_concurrent_chunk_posts",  # the most chunk POSTs being handled at one moment
 )
 
 
@@ -30,6 +31,17 @@ class Stats:
         self._scalars: Counter[str] = Counter()
         self._commands: Counter[str] = Counter()
         self._faults: Counter[str] = Counter()
+        self._chunk_posts_now = 0
+
+    def chunk_post_started(self) -> None:
+        with self._lock:
+            self._chunk_posts_now += 1
+            if self._chunk_posts_now > self._scalars["max_concurrent_chunk_posts"]:
+                self._scalars["max_concurrent_chunk_posts"] = self._chunk_posts_now
+
+    def chunk_post_ended(self) -> None:
+        with self._lock:
+            self._chunk_posts_now -= 1
 
     def add(self, name: str, amount: int = 1) -> None:
         with self._lock:

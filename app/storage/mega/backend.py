@@ -10,20 +10,34 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
-from dataclasses import replace
+from collections.abc import Callable
 from pathlib import Path
 
 from mega.crypto import make_id
 
 from app.config import Settings
-from app.storage.base import Readiness, StorageError, StorageTimeout, StoredFile
+from app.storage.base import BodyStream, Readiness, StorageError, StoredFile
 
 from .client import MegaClient
-from .errors import ENOENT, MegaApiError, failure_name, to_storage_error
+from .errors import (
+    ENOENT,
+    MegaApiError,
+    MegaDeadlineExceeded,
+    failure_name,
+    to_storage_error,
+)
 from .folders import ensure_folder
 from .retry import RetryPolicy
-from .upload import UploadLimits, export_link, put_node, send_file
+from .upload import (
+    SentFile,
+    SourceFailed,
+    UploadClock,
+    UploadLimits,
+    export_link,
+    put_node,
+    send_file,
+    send_stream,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +60,8 @@ class MegaBackend:
             max_s=settings.mega_retry_max_seconds,
         )
         self._limits = UploadLimits(
+            region_bytes=int(settings.mega_upload_region_bytes),
+            parallel=settings.mega_upload_parallel,
             restarts=settings.mega_upload_restarts,
             deadline_s=settings.mega_upload_deadline_seconds,
             connect_timeout_s=settings.mega_connect_timeout,
@@ -74,29 +90,61 @@ class MegaBackend:
         self._client = self._new_client()
 
     def store(self, source: Path, filename: str, size: int) -> StoredFile:
-        started = time.monotonic()
+        return self._store(
+            lambda client, clock: send_file(client, source, size, self._limits, clock),
+            filename,
+            size,
+        )
+
+    def store_stream(self, body: BodyStream, filename: str, size: int) -> StoredFile:
+        """Store ``size`` bytes read from ``body`` while they arrive (no temporary file).
+
+        The deadline covers receiving the body too. What ``body.read`` raises (the client
+        left) is re-raised unchanged; no node is made, so nothing is left in the drive
+        (MEGA drops an upload that never completes). A restart MEGA asks for cannot be
+        done from a stream and ends in a 502 (see ``upload.send``).
+        """
+        try:
+            return self._store(
+                lambda client, clock: send_stream(client, body, size, self._limits, clock),
+                filename,
+                size,
+            )
+        except SourceFailed as failed:
+            logger.info("upload of %d bytes abandoned: its body stopped arriving", size)
+            raise failed.error from None
+
+    def _store(
+        self,
+        send: Callable[[MegaClient, UploadClock], SentFile],
+        filename: str,
+        size: int,
+    ) -> StoredFile:
+        # One clock for the whole upload: log-in and folder look-up, the data, u/p/l.
+        clock = UploadClock(self._limits.deadline_s)
         try:
             client = self._ready_client()
             folder = self._folder()
-            # The deadline covers the log-in and folder look-up that came before.
-            left = self._limits.deadline_s - (time.monotonic() - started)
-            if left <= 0:
-                self._check_deadline(started)
-            sent = send_file(client, source, size, replace(self._limits, deadline_s=left))
-            self._check_deadline(started)
+            clock.check()
+            sent = send(client, clock)
+            clock.check()
             try:
-                handle = put_node(client, folder, sent, filename)
+                handle = put_node(client, folder, sent, filename, clock.remaining())
             except MegaApiError as exc:
                 if exc.code != ENOENT:
                     raise
                 # The folder was removed behind our back: find or create it once more.
                 logger.warning("MEGA destination folder is gone; looking it up again")
-                handle = put_node(client, self._folder(stale=folder), sent, filename)
-            self._check_deadline(started)
-            link = export_link(client, handle, sent.node_key)
-        except StorageError:
+                folder = self._folder(stale=folder)
+                handle = put_node(client, folder, sent, filename, clock.remaining())
+            link = export_link(client, handle, sent.node_key, clock.remaining())
+        except (StorageError, SourceFailed):
             raise
         except Exception as exc:
+            if isinstance(exc, MegaDeadlineExceeded):
+                # An API call cut to what was left reports that share; the client is told
+                # the upload's whole deadline.
+                exc = MegaDeadlineExceeded(exc.attempts, clock.seconds, exc.last)
             failure = to_storage_error(exc)
             logger.warning(
                 "MEGA upload of %d bytes failed: %s (%s)", size, failure_name(exc), failure
@@ -156,6 +204,8 @@ class MegaBackend:
             connect_timeout=settings.mega_connect_timeout,
             read_timeout=settings.mega_read_timeout,
             policy=self._policy,
+            # Every upload's region POSTs at once, with room for the API calls.
+            pool_size=max(16, settings.mega_upload_parallel * settings.max_concurrent_uploads + 4),
         )
 
     def _ready_client(self) -> MegaClient:
@@ -180,9 +230,3 @@ class MegaBackend:
                     FOLDER_LOCK_TIMEOUT_S,
                 )
             return self._folder_id
-
-    def _check_deadline(self, started: float) -> None:
-        limit = self._settings.mega_upload_deadline_seconds
-        if time.monotonic() - started > limit:
-            raise StorageTimeout(f"MEGA did not succeed within {limit:g} s")
-

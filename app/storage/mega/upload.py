@@ -1,25 +1,36 @@
-"""The upload data path: encrypt a local file, send it to MEGA's upload server, make a node.
+"""The upload data path: encrypt a file or a body as it arrives, send it to MEGA's upload
+server, make a node.
 
 mega.py's ``Mega.upload`` is not used: it takes keys from ``random``, computes MACs one
 16-byte block at a time in Python, opens a connection per chunk, has no chunk retry
 and crashes on files whose last chunk is 16 bytes or shorter. Here:
 
-* the file is read in *regions* of several whole MEGA chunks (``region_bytes``), each
-  encrypted and MACed by OpenSSL (see ``crypto``) and POSTed as one request to
-  ``<upload url>/<offset>`` on the client's pooled ``requests.Session``;
-* a failed region is resent on its own under the retry policy; failures that mean the
-  upload URL is dead (the error table's RESTART_UPLOAD) start the file again with a
-  fresh URL, a bounded number of times;
-* everything runs against one total deadline, after which the upload is given up.
+* the data is read in *regions* of several whole MEGA chunks (``region_bytes``) into
+  reused buffers, each MACed and encrypted in place by OpenSSL (``crypto.seal_region``)
+  and POSTed as one request to ``<upload url>/<offset>`` on the client's pooled
+  ``requests.Session``;
+* a pipeline keeps up to ``parallel`` regions in worker threads at once: sealing one
+  region overlaps the network sends of the others, and the thread that reads the source
+  (a spooled file, or the request body while it arrives) only reads. Chunk MACs are
+  collected by offset, so the file MAC is computed in file order whatever order the
+  regions finish in;
+* a failed region is resent on its own under the retry policy (its buffer is kept until
+  MEGA acknowledged it); failures that mean the upload URL is dead (the error table's
+  RESTART_UPLOAD) start the file again with a fresh URL, a bounded number of times;
+* everything runs against one total deadline, after which the upload is given up; the
+  API calls (``u``, ``p``, ``l``) are cut to it too.
 
-Only one region is held in memory at a time (plaintext and ciphertext).
+Memory is bounded by design: at most ``parallel + 1`` region buffers per upload (the
+ones in flight and the one being read), each ``region_bytes`` plus one AES block.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+import threading
 import time
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
@@ -27,17 +38,20 @@ from typing import Any, BinaryIO, Protocol
 import requests
 from mega.crypto import a32_to_base64, base64_url_encode, encrypt_attr, encrypt_key, make_id
 
-from .crypto import A32, FileKey, MacAccumulator, encrypt_region, node_key, regions
+from app.storage.base import BodyStream
+
+from .crypto import A32, BLOCK, FileKey, MacAccumulator, node_key, regions, seal_region
 from .errors import (
     EAGAIN,
-    ERATELIMIT,
     Action,
     MegaApiError,
     MegaBadAnswer,
+    MegaChunkError,
     MegaDeadlineExceeded,
     MegaError,
     MegaHttpError,
     MegaTransportError,
+    StreamCannotRestart,
     action_for,
 )
 from .retry import RetryPolicy, call_with_retries
@@ -48,6 +62,9 @@ MiB = 1024 * 1024
 LINK_BASE = "https://mega.nz/file/"
 _COMPLETION = re.compile(r"^[A-Za-z0-9_-]{36}$")
 _ERROR_CODE = re.compile(r"^-\d{1,3}$")
+# After the deadline, how long to wait for in-flight POSTs whose own timeouts are already
+# cut to the deadline.
+_DEADLINE_GRACE_S = 1.0
 
 
 class ApiClient(Protocol):
@@ -56,7 +73,7 @@ class ApiClient(Protocol):
     http: requests.Session
     master_key: Any
 
-    def api(self, command: dict[str, Any]) -> Any: ...
+    def api(self, command: dict[str, Any], deadline_s: float | None = None) -> Any: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,11 +81,16 @@ class UploadLimits:
     """How an upload is sent and how long it may take."""
 
     region_bytes: int = 8 * MiB
+    parallel: int = 3  # region POSTs in flight at once (each sealed in its own thread)
     restarts: int = 3  # fresh upload URLs after the first one
     deadline_s: float = 600.0  # the whole file: all regions, retries and restarts
     connect_timeout_s: float = 10.0
     read_timeout_s: float = 60.0
     chunk_policy: RetryPolicy = field(default_factory=RetryPolicy)
+
+    def __post_init__(self) -> None:
+        if self.parallel < 1 or self.region_bytes < 1:
+            raise ValueError("an upload needs parallel >= 1 and region_bytes >= 1")
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,7 +111,20 @@ class UploadUrlDead(MegaError):
         super().__init__(f"MEGA upload must restart ({cause.name})")
 
 
-class _Clock:
+class SourceFailed(Exception):
+    """Reading the data to upload failed (the client went away); ``error`` is what the
+    source raised, for the caller to re-raise unchanged."""
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+        super().__init__("reading the upload's source failed")
+
+
+class _Stopped(Exception):
+    """The pipeline is being torn down; an in-flight region does not try again."""
+
+
+class UploadClock:
     """The whole upload's deadline; every wait and timeout is cut to what is left."""
 
     def __init__(self, seconds: float) -> None:
@@ -104,25 +139,112 @@ class _Clock:
             raise MegaDeadlineExceeded(0, self.seconds, last)
 
 
-def send_file(client: ApiClient, source: Path, size: int, limits: UploadLimits) -> SentFile:
+# -- sources -------------------------------------------------------------------------
+
+
+class RegionSource(Protocol):
+    """Where the plaintext comes from, region after region, in file order."""
+
+    def read_into(self, view: memoryview) -> None:
+        """Fill ``view`` completely with the next bytes; raise ``SourceFailed`` otherwise."""
+        ...
+
+    def rewind(self) -> bool:
+        """Start again from byte 0 for a fresh upload URL; False when that is impossible."""
+        ...
+
+
+class FileSource:
+    """A spooled file: read with ``readinto`` straight into the region buffers."""
+
+    def __init__(self, stream: BinaryIO) -> None:
+        self._stream = stream
+
+    def read_into(self, view: memoryview) -> None:
+        filled = 0
+        while filled < len(view):
+            got = self._stream.readinto(view[filled:])
+            if not got:
+                raise OSError("the spooled upload file is shorter than announced")
+            filled += got
+
+    def rewind(self) -> bool:
+        self._stream.seek(0)
+        return True
+
+
+class BodySource:
+    """A request body while it arrives. It cannot be rewound: what was sent is gone."""
+
+    def __init__(self, body: BodyStream) -> None:
+        self._body = body
+
+    def read_into(self, view: memoryview) -> None:
+        filled = 0
+        while filled < len(view):
+            try:
+                data = self._body.read(len(view) - filled)
+            except Exception as exc:
+                raise SourceFailed(exc) from exc
+            if not data:
+                raise SourceFailed(EOFError("the body ended before its announced size"))
+            view[filled : filled + len(data)] = data
+            filled += len(data)
+
+    def rewind(self) -> bool:
+        return False
+
+
+# -- the upload ------------------------------------------------------------------------
+
+
+def send_file(
+    client: ApiClient, source: Path, size: int, limits: UploadLimits,
+    clock: UploadClock | None = None,
+) -> SentFile:
     """Encrypt ``source`` (``size`` bytes) and send it to a fresh upload URL.
 
     Returns the completion handle for the ``p`` command. Raises a ``MegaError`` (or a
     ``requests``-free failure from the client) that ``errors.to_storage_error`` turns
     into the client-facing error.
     """
-    clock = _Clock(limits.deadline_s)
+    with source.open("rb", buffering=0) as stream:
+        return send(client, FileSource(stream), size, limits, clock)
+
+
+def send_stream(
+    client: ApiClient, body: BodyStream, size: int, limits: UploadLimits,
+    clock: UploadClock | None = None,
+) -> SentFile:
+    """Like ``send_file`` for a body read while it arrives. ``SourceFailed`` carries what
+    ``body.read`` raised; a restart MEGA asks for fails with ``StreamCannotRestart``."""
+    return send(client, BodySource(body), size, limits, clock)
+
+
+def send(
+    client: ApiClient, source: RegionSource, size: int, limits: UploadLimits,
+    clock: UploadClock | None = None,
+) -> SentFile:
+    """The one upload loop behind ``send_file`` and ``send_stream``."""
+    clock = clock or UploadClock(limits.deadline_s)
     file_key = FileKey.generate()
     plan = regions(size, limits.region_bytes)
     last: MegaError | None = None
     for attempt in range(limits.restarts + 1):
         clock.check(last)
-        url = _upload_url(client, size)
+        url = _upload_url(client, size, clock)
         macs = MacAccumulator(file_key)
         try:
             completion = _send_regions(client, url, source, plan, file_key, macs, limits, clock)
         except UploadUrlDead as dead:
             last = dead.cause
+            if not source.rewind():
+                # A streamed body is encrypted and sent as it arrives; starting again
+                # would need all of it, which is exactly what streaming avoids holding
+                # (a 1 GiB body would have to be buffered for a rare failure). The client
+                # gets a 502 saying to send the file again; the spooled path (POST
+                # /upload, or a PUT without Content-Length) still restarts on its own.
+                raise StreamCannotRestart(dead.cause) from None
             logger.warning(
                 "MEGA upload URL rejected (%s); restarting the file (%d/%d)",
                 dead.cause.name,
@@ -136,7 +258,8 @@ def send_file(client: ApiClient, source: Path, size: int, limits: UploadLimits) 
 
 
 def put_node(
-    client: ApiClient, folder_id: str, sent: SentFile, filename: str
+    client: ApiClient, folder_id: str, sent: SentFile, filename: str,
+    deadline_s: float | None = None,
 ) -> str:
     """Turn a completed upload into a file node named ``filename`` in ``folder_id``."""
     key = sent.node_key
@@ -156,7 +279,8 @@ def put_node(
                     "k": a32_to_base64(encrypt_key(key, client.master_key)),
                 }
             ],
-        }
+        },
+        deadline_s=deadline_s,
     )
     try:
         handle = answer["f"][0]["h"]
@@ -167,9 +291,11 @@ def put_node(
     return handle
 
 
-def export_link(client: ApiClient, node_handle: str, key: A32) -> str:
+def export_link(
+    client: ApiClient, node_handle: str, key: A32, deadline_s: float | None = None
+) -> str:
     """Publish the node and build the link MEGA's web client and mega.py open."""
-    public = client.api({"a": "l", "n": node_handle})
+    public = client.api({"a": "l", "n": node_handle}, deadline_s=deadline_s)
     if not isinstance(public, str) or not public:
         raise MegaBadAnswer()
     return f"{LINK_BASE}{public}#{a32_to_base64(key)}"
@@ -178,8 +304,8 @@ def export_link(client: ApiClient, node_handle: str, key: A32) -> str:
 # -- internals ---------------------------------------------------------------------
 
 
-def _upload_url(client: ApiClient, size: int) -> str:
-    answer = client.api({"a": "u", "s": size})
+def _upload_url(client: ApiClient, size: int, clock: UploadClock) -> str:
+    answer = client.api({"a": "u", "s": size}, deadline_s=clock.remaining())
     url = answer.get("p") if isinstance(answer, dict) else None
     if not isinstance(url, str) or not url.startswith(("http://", "https://")):
         raise MegaBadAnswer()
@@ -189,22 +315,72 @@ def _upload_url(client: ApiClient, size: int) -> str:
 def _send_regions(
     client: ApiClient,
     url: str,
-    source: Path,
+    source: RegionSource,
     plan: list[tuple[int, int]],
     file_key: FileKey,
     macs: MacAccumulator,
     limits: UploadLimits,
-    clock: _Clock,
+    clock: UploadClock,
 ) -> str:
+    """Send every region of ``plan`` to ``url`` through the pipeline; the completion handle.
+
+    This thread reads the source into a free buffer and hands it to a worker, which seals
+    it (MAC, then CTR in place) and POSTs it with retries. At most ``limits.parallel``
+    workers run; one more buffer is being filled meanwhile.
+    """
+    stop = threading.Event()
+    biggest = max(length for _, length in plan)
+    free: list[bytearray] = []
+    buffers = 0
+    in_flight: dict[Future[tuple[dict[int, bytes], str | None]], bytearray] = {}
     completion: str | None = None
-    with source.open("rb") as stream:
-        for offset, length in plan:
-            body = _read_region(stream, offset, length)
-            macs.add_region(offset, body)
-            ciphertext = encrypt_region(file_key, offset, body)
-            del body
-            answer = _post_with_retries(client, url, offset, ciphertext, limits, clock)
+
+    def collect(block: bool) -> None:
+        nonlocal completion
+        timeout = max(0.0, clock.remaining()) + _DEADLINE_GRACE_S if block else 0
+        done, _ = wait(in_flight, timeout=timeout, return_when=FIRST_COMPLETED)
+        if block and not done:
+            raise MegaDeadlineExceeded(0, clock.seconds, None)
+        for future in done:
+            free.append(in_flight.pop(future))
+            region_macs, answer = future.result()  # a region's failure ends the attempt
+            macs.add_macs(region_macs)
             completion = answer or completion
+
+    def job(buffer: bytearray, offset: int, length: int) -> tuple[dict[int, bytes], str | None]:
+        if stop.is_set():
+            raise _Stopped()
+        region_macs = seal_region(file_key, offset, buffer, length)
+        # A memoryview goes to the socket without a copy; an empty body must be bytes, or
+        # requests would switch to chunked transfer encoding.
+        body: memoryview | bytes = memoryview(buffer)[:length] if length else b""
+        answer = _post_with_retries(client, url, offset, body, limits, clock, stop)
+        return region_macs, answer
+
+    pool = ThreadPoolExecutor(limits.parallel, thread_name_prefix="mega-upload")
+    try:
+        for offset, length in plan:
+            while len(in_flight) >= limits.parallel:
+                collect(block=True)
+            if in_flight:
+                collect(block=False)  # pick up finished regions early: failures stop sooner
+            clock.check()
+            if free:
+                buffer = free.pop()
+            else:
+                buffer = bytearray(biggest + BLOCK)
+                buffers += 1
+            source.read_into(memoryview(buffer)[:length])
+            in_flight[pool.submit(job, buffer, offset, length)] = buffer
+        while in_flight:
+            collect(block=True)
+    finally:
+        # On failure the other regions must not try again; the POSTs already on the wire
+        # end within their timeouts (cut to the deadline), and are waited for so that no
+        # buffer or request outlives the attempt.
+        stop.set()
+        pool.shutdown(wait=True, cancel_futures=True)
+    assert buffers <= limits.parallel + 1
     if completion is None:
         # Every region was accepted, yet the server does not consider the file
         # complete: some bytes were lost on its side. Only a fresh start helps.
@@ -212,21 +388,14 @@ def _send_regions(
     return completion
 
 
-def _read_region(stream: BinaryIO, offset: int, length: int) -> bytes:
-    stream.seek(offset)
-    data = stream.read(length)
-    if len(data) != length:
-        raise OSError("the spooled upload file is shorter than announced")
-    return data
-
-
 def _post_with_retries(
     client: ApiClient,
     url: str,
     offset: int,
-    ciphertext: bytes,
+    body: memoryview | bytes,
     limits: UploadLimits,
-    clock: _Clock,
+    clock: UploadClock,
+    stop: threading.Event,
 ) -> str | None:
     """POST one region, resending just this region on retryable failures."""
     clock.check()
@@ -238,48 +407,46 @@ def _post_with_retries(
     )
 
     def post() -> str | None:
+        if stop.is_set():
+            raise _Stopped()
         clock.check()
         try:
-            return _post_region(client, url, offset, ciphertext, limits, clock)
+            return _post_region(client, url, offset, body, limits, clock)
         except MegaError as exc:
-            action = _chunk_action(exc)
-            if action is Action.RESTART_UPLOAD:
+            if action_for(exc) is Action.RESTART_UPLOAD:
                 raise UploadUrlDead(exc) from None
             raise
 
+    def retryable(exc: BaseException) -> bool:
+        return action_for(exc) is Action.RETRY
+
     try:
         return call_with_retries(
-            post, policy, retryable=lambda exc: _chunk_action(exc) is Action.RETRY,
-            what=f"MEGA upload of region at {offset}",
+            post, policy, retryable=retryable, what=f"MEGA upload of region at {offset}"
         )
     except MegaDeadlineExceeded as exc:
         # The per-region policy's deadline is the upload's own when that is nearer.
         raise MegaDeadlineExceeded(exc.attempts, clock.seconds, exc.last) from exc.last
 
 
-def _chunk_action(exc: BaseException) -> Action:
-    """The error table's action, with the one meaning that differs on the upload server:
-    there, -4 (ERATELIMIT in the API) says the upload must start again on a fresh URL."""
-    if isinstance(exc, UploadUrlDead):
-        return Action.RESTART_UPLOAD
-    if isinstance(exc, MegaApiError) and exc.code == ERATELIMIT:
-        return Action.RESTART_UPLOAD
-    return action_for(exc)
-
-
 def _post_region(
     client: ApiClient,
     url: str,
     offset: int,
-    ciphertext: bytes,
+    body: memoryview | bytes,
     limits: UploadLimits,
-    clock: _Clock,
+    clock: UploadClock,
 ) -> str | None:
     """One POST: None while the file is incomplete, the completion handle at the end."""
     remaining = max(0.05, clock.remaining())
     timeout = (min(limits.connect_timeout_s, remaining), min(limits.read_timeout_s, remaining))
     try:
-        response = client.http.post(f"{url}/{offset}", data=ciphertext, timeout=timeout)
+        response = client.http.post(
+            f"{url}/{offset}",
+            data=body,
+            headers={"Content-Type": "application/octet-stream"},
+            timeout=timeout,
+        )
     except requests.Timeout:
         raise MegaTransportError("timeout") from None
     except requests.RequestException:
@@ -292,7 +459,8 @@ def _post_region(
     if not text:
         return None
     if _ERROR_CODE.match(text):
-        raise MegaApiError(int(text))
+        # The upload server's codes: the table's "chunk" rows decide what they mean here.
+        raise MegaChunkError(int(text))
     if not _COMPLETION.match(text):
         raise MegaBadAnswer()
     return text

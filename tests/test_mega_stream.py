@@ -1,0 +1,253 @@
+"""Streaming PUT into MEGA, and the upload pipeline, through a real server process.
+
+``PUT /files/<name>`` with a Content-Length hands the body to ``MegaBackend.store_stream``
+while it arrives; every upload is checked by downloading it through its link, decrypting
+it and checking its MAC (``tests.mega_verify``).
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from app.storage.base import UpstreamRejected
+from app.storage.mega.client import MegaClient
+from app.storage.mega.errors import StreamCannotRestart, to_storage_error
+from app.storage.mega.retry import RetryPolicy
+from app.storage.mega.upload import (
+    SourceFailed,
+    UploadLimits,
+    export_link,
+    put_node,
+    send_stream,
+)
+from tests.mega_emulator import MegaEmulator
+from tests.mega_verify import verify
+from tests.test_mega_e2e import Service, check_stored, payload, start_service
+
+EMAIL, PASSWORD = "e2e@example.com", "emulated e2e password"
+KiB, MiB = 1024, 1024 * 1024
+PIPELINE = {"MEGA_UPLOAD_REGION_BYTES": "1MiB", "MEGA_UPLOAD_PARALLEL": "3"}
+
+
+@pytest.fixture(scope="module")
+def emulator() -> Iterator[MegaEmulator]:
+    with MegaEmulator(seed=31) as emu:
+        emu.add_account(EMAIL, PASSWORD)
+        yield emu
+
+
+@pytest.fixture(autouse=True)
+def clean_emulator(emulator: MegaEmulator) -> None:
+    emulator.faults.reset()
+    emulator.reset_stats()
+
+
+@pytest.fixture(scope="module")
+def service(emulator: MegaEmulator, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+    # Small regions, so that a few MiB already make a pipeline of several regions.
+    running = start_service(tmp_path_factory.mktemp("stream-server"), emulator, **PIPELINE)
+    yield running
+    running.close()
+
+
+def put(service: Service, name: str, data: bytes) -> httpx.Response:
+    # httpx sends bytes content with a Content-Length: the streaming path.
+    return service.http.put(
+        f"{service.url}/files/{name}", params={"service": "mega"}, headers=service.headers,
+        content=data,
+    )
+
+
+@pytest.mark.parametrize("size", [0, 1, 17, 128 * KiB + 1, MiB + 5, 10 * MiB + 3])
+def test_streamed_put_of_each_size_is_stored_intact(
+    service: Service, emulator: MegaEmulator, size: int
+) -> None:
+    data = payload(size, size + 7)
+    name = f"stream {size}.bin"
+    check_stored(emulator, put(service, name, data), name, data)
+    assert emulator.stats()["files_stored"] == 1
+    assert service.leftovers() == []  # streamed: not even a temporary file was made
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        {"chunk_http500_next": 2, "chunk_http500_probability": 0.2},
+        {"chunk_http503_next": 2, "chunk_http503_probability": 0.2},
+        {"chunk_drop_next": 1, "chunk_drop_probability": 0.1},
+    ],
+    ids=["http500", "http503", "drop"],
+)
+def test_streamed_put_survives_chunk_faults(
+    service: Service, emulator: MegaEmulator, fault: dict[str, Any]
+) -> None:
+    emulator.faults.update(**fault)
+    data = payload(5 * MiB + 11, 3)
+    response = put(service, "faulty.bin", data)
+    emulator.faults.reset()
+    check_stored(emulator, response, "faulty.bin", data)
+    stats = emulator.stats()
+    assert stats["faults_injected"], "the fault never fired"
+    assert stats["commands"]["u"] == 1  # resent region by region, never restarted
+
+
+@pytest.mark.parametrize(
+    "fault", [{"chunk_error_next": 1, "chunk_error_code": -4}, {"chunk_http403_next": 1}],
+    ids=["answer-4", "http403"],
+)
+def test_streamed_put_that_needs_a_restart_is_502_with_a_clear_message(
+    service: Service, emulator: MegaEmulator, fault: dict[str, Any]
+) -> None:
+    emulator.faults.update(**fault)
+    started = time.monotonic()
+    response = put(service, "restart.bin", payload(3 * MiB, 4))
+    elapsed = time.monotonic() - started
+    assert response.status_code == 502, response.text
+    message = response.json()["message"]
+    assert "streamed upload cannot" in message and "send the file again" in message
+    assert elapsed < 30  # MEGA_UPLOAD_DEADLINE_SECONDS of the e2e settings
+    stats = emulator.stats()
+    assert stats["commands"]["u"] == 1 and stats["files_stored"] == 0
+    assert service.health() == 200
+    assert service.leftovers() == []
+
+
+def test_a_client_leaving_mid_put_leaves_nothing_behind(
+    service: Service, emulator: MegaEmulator
+) -> None:
+    size, sent = 8 * MiB, 3 * MiB + 5
+    host, port = service.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        head = (
+            f"PUT /files/gone.bin?service=mega HTTP/1.1\r\nHost: {host}\r\n"
+            f"X-Auth-Token: {service.headers['X-Auth-Token']}\r\n"
+            f"Content-Length: {size}\r\n\r\n"
+        )
+        sock.sendall(head.encode() + payload(sent, 5))
+        # Let the server start the upload (u, the first regions) before leaving.
+        deadline = time.monotonic() + 10
+        while emulator.stats()["chunk_posts"] < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert emulator.stats()["chunk_posts"] >= 2
+    # The upload ends when the server notices; nothing must become a node.
+    time.sleep(1.0)
+    assert service.health() == 200
+    stats = emulator.stats()
+    assert stats["files_stored"] == 0 and stats["commands"].get("p", 0) == 0
+    assert service.leftovers() == []
+    # And the service still stores the next upload.
+    data = payload(2 * MiB + 1, 6)
+    check_stored(emulator, put(service, "after.bin", data), "after.bin", data)
+
+
+def test_the_pipeline_overlaps_regions_and_never_exceeds_the_setting(
+    service: Service, emulator: MegaEmulator
+) -> None:
+    # A little delay per chunk POST makes the overlap visible; 10 regions of 1 MiB.
+    emulator.faults.chunk_delay = 0.05
+    data = payload(10 * MiB, 8)
+    response = put(service, "pipelined.bin", data)
+    emulator.faults.reset()
+    check_stored(emulator, response, "pipelined.bin", data)
+    peak = emulator.stats()["max_concurrent_chunk_posts"]
+    assert 2 <= peak <= 3, peak
+
+
+def test_one_region_at_a_time_when_parallel_is_1(
+    new_stream_service: Callable[..., Service], emulator: MegaEmulator
+) -> None:
+    service = new_stream_service(MEGA_UPLOAD_PARALLEL="1")
+    emulator.faults.chunk_delay = 0.05
+    data = payload(4 * MiB + 3, 9)
+    for method in (put, Service.upload):  # streamed and spooled share the pipeline
+        emulator.reset_stats()
+        check_stored(emulator, method(service, "serial.bin", data), "serial.bin", data)
+        assert emulator.stats()["max_concurrent_chunk_posts"] == 1
+    emulator.faults.reset()
+
+
+@pytest.fixture
+def new_stream_service(
+    emulator: MegaEmulator, tmp_path: Path
+) -> Iterator[Callable[..., Service]]:
+    started: list[Service] = []
+
+    def start(**env: str) -> Service:
+        running = start_service(tmp_path / f"server-{len(started)}", emulator,
+                                **{**PIPELINE, **env})
+        started.append(running)
+        return running
+
+    yield start
+    for running in started:
+        running.close()
+
+
+# -- the data path's streaming contract, without the HTTP layer --------------------------
+
+FAST = RetryPolicy(attempts=6, deadline_s=20, initial_s=0.01, max_s=0.05)
+
+
+@pytest.fixture
+def client(emulator: MegaEmulator, tmp_path: Path) -> Iterator[MegaClient]:
+    mega = MegaClient(emulator.url, EMAIL, PASSWORD, tmp_path / "session.json", policy=FAST)
+    mega.ensure_login()
+    yield mega
+    mega.close()
+
+
+class Body:
+    """A body that gives ``data`` in pieces, then raises ``error`` instead of the rest."""
+
+    def __init__(self, data: bytes, error: Exception | None = None) -> None:
+        self.data, self.error, self.position = data, error, 0
+
+    def read(self, size: int) -> bytes:
+        if self.position >= len(self.data) and self.error is not None:
+            raise self.error
+        piece = self.data[self.position : self.position + min(size, 300 * KiB)]
+        self.position += len(piece)
+        return piece
+
+
+def test_what_body_read_raises_comes_back_unchanged(
+    client: MegaClient, emulator: MegaEmulator
+) -> None:
+    gone = ConnectionAbortedError("client left")
+    limits = UploadLimits(region_bytes=MiB, chunk_policy=FAST)
+    with pytest.raises(SourceFailed) as caught:
+        send_stream(client, Body(payload(2 * MiB, 1), gone), 5 * MiB, limits)
+    assert caught.value.error is gone
+    assert emulator.stats()["commands"].get("p", 0) == 0
+
+
+def test_a_stream_is_never_restarted(client: MegaClient, emulator: MegaEmulator) -> None:
+    emulator.faults.chunk_http403_next = 1
+    limits = UploadLimits(region_bytes=MiB, chunk_policy=FAST)
+    with pytest.raises(StreamCannotRestart) as caught:
+        send_stream(client, Body(payload(3 * MiB, 2)), 3 * MiB, limits)
+    failure = to_storage_error(caught.value)
+    assert isinstance(failure, UpstreamRejected) and "send the file again" in str(failure)
+    assert emulator.stats()["commands"]["u"] == 1
+
+
+def test_a_stream_short_of_its_size_fails(client: MegaClient, emulator: MegaEmulator) -> None:
+    data = payload(MiB, 3)
+    with pytest.raises(SourceFailed):
+        send_stream(client, Body(data), MiB + 1, UploadLimits(chunk_policy=FAST))
+
+
+def test_a_small_streamed_file_verifies(client: MegaClient, emulator: MegaEmulator) -> None:
+    data = payload(3 * MiB + 17, 4)
+    sent = send_stream(client, Body(data), len(data), UploadLimits(region_bytes=MiB,
+                                                                    chunk_policy=FAST))
+    root = next(n["h"] for n in client.api({"a": "f", "c": 1})["f"] if n["t"] == 2)
+    link = export_link(client, put_node(client, root, sent, "s.bin"), sent.node_key)
+    verify(emulator.url, link, data, name="s.bin")
