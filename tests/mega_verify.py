@@ -141,3 +141,34 @@ def verify(api_url: str, link: str, original: bytes, name: str | None = None) ->
         raise VerificationError(f"the stored bytes differ ({sizes})")
     if name is not None and got.name != name:
         raise VerificationError(f"stored under {got.name!r}, expected {name!r}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m tests.mega_verify --api URL LINK [--output FILE]``: fetch a link's file."""
+    import argparse
+    import hashlib
+    from pathlib import Path
+
+    parser = argparse.ArgumentParser(
+        prog="python -m tests.mega_verify",
+        description="Download a MEGA link's file from an API (e.g. the emulator), decrypt it "
+        "and check its MAC.",
+    )
+    parser.add_argument("link", help="https://mega.nz/file/<handle>#<key>")
+    parser.add_argument("--api", required=True, help="MEGA API base URL, e.g. the emulator's")
+    parser.add_argument("--output", type=Path, help="write the decrypted file here")
+    args = parser.parse_args(argv)
+    try:
+        got = download(args.api.rstrip("/"), args.link)
+    except (VerificationError, requests.RequestException) as error:
+        print(f"FAIL: {error}")
+        return 1
+    if args.output:
+        args.output.write_bytes(got.plaintext)
+    digest = hashlib.sha256(got.plaintext).hexdigest()
+    print(f"OK: {got.name!r}, {len(got.plaintext)} bytes, sha256 {digest}, MAC verified")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
