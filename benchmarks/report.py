@@ -1,0 +1,183 @@
+"""RESULTS.md, results.json and the throughput chart from one run's figures."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+
+def _fmt(value: float | None, digits: int = 1) -> str:
+    return "n/a" if value is None else f"{value:,.{digits}f}"
+
+
+def _verdict(ok: bool) -> str:
+    return "PASS" if ok else "FAIL"
+
+
+def target_lines(r: dict[str, Any]) -> list[str]:
+    lines: list[str] = []
+    ratios = r["ratios"]
+    for method in ("POST", "PUT"):
+        ratio = ratios.get(f"server_{method.lower()}_vs_stock")
+        if ratio is None:
+            continue
+        stretch = " (stretch 30x: " + _verdict(ratio >= 30) + ")"
+        lines.append(
+            f"{_verdict(ratio >= 15)}: server {method} {r['reference_mib']} MiB ≥ 15x stock "
+            "mega.py — "
+            f"{ratio:.1f}x{stretch}"
+        )
+    share = ratios.get("data_path_vs_openssl_cbc")
+    if share is not None:
+        lines.append(
+            f"{_verdict(share >= 0.5)}: data path (single thread) ≥ 50% of OpenSSL "
+            f"single-core AES-128-CBC — {share * 100:.1f}%"
+        )
+    for method, rss in r["rss"].items():
+        peak_mb = rss["peak_mb"]
+        lines.append(
+            f"{_verdict(peak_mb < 150)}: peak server RSS < 150 MB during the "
+            f"{rss['size_mib']} MiB {method} — {peak_mb:.1f} MB"
+        )
+    health = r.get("health", {}).get("during_uploads", {})
+    if "p99_ms" in health:
+        lines.append(
+            f"{_verdict(health['p99_ms'] < 50)}: /health p99 < 50 ms during "
+            f"{r['health']['uploads']} concurrent uploads — {health['p99_ms']:.1f} ms"
+        )
+    return lines
+
+
+def write_json(r: dict[str, Any], path: Path) -> None:
+    path.write_text(json.dumps(r, indent=2, sort_keys=False) + "\n")
+
+
+def write_markdown(r: dict[str, Any], path: Path, chart_note: str) -> None:
+    m = r["machine"]
+    out: list[str] = ["# Upload benchmark results", ""]
+    out += [
+        f"- Date: {r['date']}",
+        f"- Command: `{r['command']}` ({r['mode']} mode; took {r['duration_s']:.0f} s)",
+        f"- Code: {r['code']}",
+        f"- Machine: {m['cpu']}, {m['cores']} cores, {m['ram_gib']:.1f} GiB RAM",
+        f"- Python {m['python']}; {m['openssl_cli']} (CLI); cryptography links "
+        f"{m['cryptography_openssl']}",
+        "- Libraries: " + ", ".join(f"{k} {v}" for k, v in m["libraries"].items()),
+        f"- 1-minute load average: {_fmt(r.get('load_before'), 2)} before the run, "
+        f"{_fmt(r.get('load_after'), 2)} at its end (the run itself keeps about 2 cores "
+        "busy; a load before it means other work shared the machine)",
+        f"- Emulator data dir: {r['emulator_data_dir']}; server spool (TEMP_UPLOAD_DIR): "
+        "a temp dir on disk",
+        "",
+        "## Targets (benchmark figures, not tests)",
+        "",
+    ]
+    out += [f"- {line}" for line in r["targets"]] + [""]
+
+    out += ["## Upload throughput (MB/s = 10^6 bytes/s, first request byte → JSON answer)", ""]
+    sizes = sorted({int(s) for series in r["throughput"].values() for s in series})
+    out.append("| File | " + " | ".join(f"{s} MiB" for s in sizes) + " |")
+    out.append("|---|" + "---:|" * len(sizes))
+    labels = {"server_post": "server POST /upload (multipart)",
+              "server_put": "server PUT /files/<name>", "stock": "stock mega.py Mega.upload"}
+    for key, label in labels.items():
+        series = r["throughput"].get(key, {})
+        cells = [_fmt(series.get(str(s), {}).get("mb_s")) for s in sizes]
+        out.append(f"| {label} | " + " | ".join(cells) + " |")
+    out += ["", f"Chart: {chart_note}", ""]
+
+    ratios = r["ratios"]
+    dp, libs, ossl = r["data_path"], r["libraries"], r["openssl"]
+    ref = str(r["reference_mib"])
+    out += ["## Figures and ratios", "", "| Figure | Value |", "|---|---:|"]
+    rows = [
+        (f"Server POST {ref} MiB (MB/s)", r["throughput"]["server_post"].get(ref, {}).get("mb_s")),
+        (f"Server PUT {ref} MiB (MB/s)", r["throughput"]["server_put"].get(ref, {}).get("mb_s")),
+        (f"Stock mega.py {ref} MiB (MB/s)", r["throughput"]["stock"].get(ref, {}).get("mb_s")),
+        (f"Ratio server POST / stock ({ref} MiB)", ratios.get("server_post_vs_stock")),
+        (f"Ratio server PUT / stock ({ref} MiB)", ratios.get("server_put_vs_stock")),
+        (f"Data path, 1 thread, {dp['bytes'] // 2**20} MiB in memory (MB/s)",
+         dp["single_thread_mb_s"]),
+        (f"Data path, {dp['threads']} threads (MB/s)", dp["threaded_mb_s"]),
+        ("OpenSSL aes-128-cbc, 16384-byte blocks, 1 core (MB/s)", ossl["mb_s"]),
+        ("Ratio data path (1 thread) / OpenSSL CBC", ratios.get("data_path_vs_openssl_cbc")),
+        ("Ratio data path (threads) / OpenSSL CBC",
+         ratios.get("data_path_threaded_vs_openssl_cbc")),
+        ("cryptography AES-128-CTR, 1 MiB buffers (MB/s)", libs["cryptography_ctr_mb_s"]),
+        ("pycryptodome AES-128-CTR, 1 MiB buffers (MB/s)", libs["pycryptodome_ctr_mb_s"]),
+        ("cryptography AES-128-CBC, 1 MiB buffers (MB/s)", libs["cryptography_cbc_mb_s"]),
+        ("pycryptodome AES-128-CBC, 1 MiB buffers (MB/s)", libs["pycryptodome_cbc_mb_s"]),
+    ]
+    for method, rss in r["rss"].items():
+        rows.append((f"Peak server RSS, {rss['size_mib']} MiB {method}: VmHWM (MB)",
+                     rss["vmhwm_mb"]))
+        rows.append((f"Peak server RSS, {rss['size_mib']} MiB {method}: max sampled VmRSS (MB)",
+                     rss["sampled_peak_mb"]))
+    health = r.get("health", {})
+    if health:
+        idle, busy = health["idle"], health["during_uploads"]
+        rows += [
+            ("/health idle p50 / p99 (ms)", None),
+            ("/health during uploads p50 (ms)", busy.get("p50_ms")),
+            ("/health during uploads p99 (ms)", busy.get("p99_ms")),
+            ("/health during uploads max (ms)", busy.get("max_ms")),
+            ("/health probes during uploads (count / errors)", None),
+            (f"{health['uploads']} concurrent uploads of {health['size_mib']} MiB, "
+             "aggregate (MB/s)", health["aggregate_mb_s"]),
+        ]
+    for label, value in rows:
+        if label.startswith("/health idle"):
+            text = f"{_fmt(idle.get('p50_ms'), 2)} / {_fmt(idle.get('p99_ms'), 2)}"
+        elif label.startswith("/health probes"):
+            text = f"{busy.get('count', 0)} / {busy.get('errors', 0)}"
+        elif label.startswith("Ratio data path"):
+            text = "n/a" if value is None else f"{value * 100:.1f}%"
+        elif label.startswith("Ratio"):
+            text = "n/a" if value is None else f"{value:.1f}x"
+        else:
+            text = _fmt(value)
+        out.append(f"| {label} | {text} |")
+    out += ["", "## Notes on method", ""]
+    out += [f"- {note}" for note in r["notes"]]
+    path.write_text("\n".join(out) + "\n")
+
+
+def write_chart(r: dict[str, Any], path: Path) -> str:
+    """Draw the chart; return a sentence for RESULTS.md saying what was drawn or why not."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        import matplotlib.ticker
+    except ImportError:
+        return ("not drawn: matplotlib is not installed (`python -m pip install --constraint "
+                "constraints.txt matplotlib`).")
+    figure, axes = plt.subplots(figsize=(8, 5), dpi=110)
+    styles = {"server_post": ("server POST /upload (multipart)", "o-"),
+              "server_put": ("server PUT /files/<name>", "s-"),
+              "stock": ("stock mega.py 1.0.8 Mega.upload", "^--")}
+    for key, (label, style) in styles.items():
+        series = r["throughput"].get(key, {})
+        sizes = sorted(int(s) for s in series)
+        if sizes:
+            axes.plot(sizes, [series[str(s)]["mb_s"] for s in sizes], style, label=label)
+    axes.set_xscale("log", base=2)
+    ticks = sorted({int(s) for series in r["throughput"].values() for s in series})
+    axes.set_xticks(ticks, [str(t) for t in ticks])
+    axes.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+    axes.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    axes.set_yscale("log")
+    axes.set_xlabel("file size (MiB)")
+    axes.set_ylabel("MB/s (first request byte → answer)")
+    cap = r["stock_max_mib"]
+    mode = (f"quick mode: stock mega.py only up to {cap} MiB" if r["mode"] == "quick"
+            else "full mode: every size")
+    axes.set_title(f"Upload throughput by file size, same machine and emulator\n({mode})")
+    axes.grid(True, which="both", alpha=0.3)
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+    return f"`{path.name}` ({mode})."
