@@ -9,12 +9,7 @@ across worker processes, so two workers starting together do not make twin folde
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
-import os
 import secrets
-import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,11 +27,11 @@ from mega.crypto import (
 
 from .crypto import bytes_a32
 from .errors import MegaBadAnswer, MegaError
+from .filelock import exclusive
 from .upload import ApiClient
 
 ROOT_TYPE = 2
 FOLDER_TYPE = 1
-_LOCK_POLL_S = 0.05
 
 
 class FolderLockTimeout(MegaError):
@@ -145,25 +140,5 @@ def _make_folder(client: ApiClient, name: str, parent: str) -> str:
         raise MegaBadAnswer() from None
 
 
-@contextlib.contextmanager
-def _locked(path: Path, timeout_s: float) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        give_up_at = time.monotonic() + timeout_s
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except OSError as exc:
-                if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                    raise
-            if time.monotonic() >= give_up_at:
-                raise FolderLockTimeout()
-            time.sleep(_LOCK_POLL_S)
-        try:
-            yield
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-    finally:
-        os.close(fd)
+def _locked(path: Path, timeout_s: float) -> contextlib.AbstractContextManager[None]:
+    return exclusive(path, timeout_s, FolderLockTimeout)

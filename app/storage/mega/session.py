@@ -11,23 +11,20 @@ the file again first, since another process may have logged in meanwhile.
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
 import hashlib
 import json
 import logging
 import os
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import LoginLockTimeout
+from .filelock import exclusive
 
 logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
-_LOCK_POLL_S = 0.05
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,26 +102,6 @@ class SessionStore:
                 temp.unlink()
             raise
 
-    @contextlib.contextmanager
-    def locked(self, timeout_s: float) -> Iterator[None]:
+    def locked(self, timeout_s: float) -> contextlib.AbstractContextManager[None]:
         """Hold the cross-process log-in lock; LoginLockTimeout after ``timeout_s``."""
-        self.lock_path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            give_up_at = time.monotonic() + timeout_s
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except OSError as exc:
-                    if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                        raise
-                if time.monotonic() >= give_up_at:
-                    raise LoginLockTimeout()
-                time.sleep(_LOCK_POLL_S)
-            try:
-                yield
-            finally:
-                fcntl.flock(fd, fcntl.LOCK_UN)
-        finally:
-            os.close(fd)
+        return exclusive(self.lock_path, timeout_s, LoginLockTimeout)
