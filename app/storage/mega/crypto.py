@@ -103,7 +103,7 @@ class FileKey:
         return a32_bytes(self.nonce)
 
 
-def encrypt_region(file_key: FileKey, offset: int, data: bytes | memoryview) -> bytearray:
+def encrypt_region(file_key: FileKey, offset: int, data: bytes | memoryview) -> bytes:
     """AES-128-CTR of ``data`` found at byte ``offset`` of the file.
 
     ``offset`` must be a multiple of 16, which every MEGA chunk boundary is.
@@ -112,10 +112,9 @@ def encrypt_region(file_key: FileKey, offset: int, data: bytes | memoryview) -> 
         raise ValueError("a region must start on a 16-byte boundary")
     counter = file_key.nonce_bytes + struct.pack(">Q", offset // BLOCK)
     encryptor = Cipher(algorithms.AES(file_key.key_bytes), modes.CTR(counter)).encryptor()
-    out = bytearray(len(data) + BLOCK)
-    written = encryptor.update_into(data, out)
-    del out[written:]
-    return out
+    # update() into a fresh bytes measured faster than update_into a fresh bytearray
+    # (which is zero-filled first); the upload path itself encrypts in place instead.
+    return encryptor.update(data) + encryptor.finalize()
 
 
 def seal_region(file_key: FileKey, offset: int, buffer: bytearray, length: int) -> dict[int, bytes]:
@@ -169,7 +168,7 @@ def _scratch() -> bytearray:
     return buffer
 
 
-def decrypt_region(file_key: FileKey, offset: int, data: bytes | memoryview) -> bytearray:
+def decrypt_region(file_key: FileKey, offset: int, data: bytes | memoryview) -> bytes:
     """CTR is its own inverse; named for readability at the call site."""
     return encrypt_region(file_key, offset, data)
 

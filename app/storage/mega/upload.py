@@ -176,6 +176,10 @@ class FileSource:
 class BodySource:
     """A request body while it arrives. It cannot be rewound: what was sent is gone."""
 
+    # Read in pieces of this size: a body hands out a fresh bytes per read, so one read of
+    # a whole region would hold a second copy of it (and a relay joins its parts: a third).
+    PIECE = 1024 * 1024
+
     def __init__(self, body: BodyStream) -> None:
         self._body = body
 
@@ -183,7 +187,7 @@ class BodySource:
         filled = 0
         while filled < len(view):
             try:
-                data = self._body.read(len(view) - filled)
+                data = self._body.read(min(self.PIECE, len(view) - filled))
             except Exception as exc:
                 raise SourceFailed(exc) from exc
             if not data:
