@@ -281,7 +281,9 @@ def test_a_dropped_connection_resends_the_region(
     assert emulator.stats()["faults_injected"]["chunk_drop"] == 2
 
 
-@pytest.mark.parametrize("fault", ["chunk_error_next", "chunk_http403_next"])
+@pytest.mark.parametrize(
+    "fault", ["chunk_error_next", "chunk_http403_next", "chunk_http404_next"]
+)
 def test_a_dead_upload_url_restarts_the_file_on_a_fresh_one(
     client: MegaClient, emulator: MegaEmulator, tmp_path: Path, fault: str
 ) -> None:

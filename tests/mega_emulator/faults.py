@@ -44,6 +44,7 @@ FAULT_FIELDS: dict[str, tuple[type, Any]] = {
     "chunk_http503_next": (int, 0),
     "chunk_http429_next": (int, 0),
     "chunk_http403_next": (int, 0),  # upload URL expired
+    "chunk_http404_next": (int, 0),  # upload URL unknown
     "chunk_http509_next": (int, 0),  # transfer quota exceeded
     "chunk_drop_probability": (float, 0.0),  # read part of the body, drop the socket
     "chunk_drop_next": (int, 0),

@@ -235,6 +235,7 @@ class RequestHandler(BaseHTTPRequestHandler):
             return
         for stem, status in (
             ("chunk_http403", 403),
+            ("chunk_http404", 404),
             ("chunk_http509", 509),
             ("chunk_http429", 429),
             ("chunk_http503", 503),

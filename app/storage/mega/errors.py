@@ -236,6 +236,7 @@ RULES: dict[str, Rule] = {
     "EEXPIRED": Rule(Action.RESTART_UPLOAD, UpstreamRejected, "MEGA upload URL expired"),
     "EFAILED": Rule(Action.RESTART_UPLOAD, UpstreamRejected, "MEGA upload failed"),
     "HTTP_403": Rule(Action.RESTART_UPLOAD, UpstreamRejected, "MEGA upload URL expired"),
+    "HTTP_404": Rule(Action.RESTART_UPLOAD, UpstreamRejected, "MEGA upload URL expired"),
     # On the upload server -4 is no rate limit: it says "start again on a fresh URL".
     "chunk ERATELIMIT": Rule(
         Action.RESTART_UPLOAD, UpstreamRejected, "MEGA asked to start the upload again"
