@@ -44,7 +44,8 @@ class BodyRelay:
         self.size = size
         self._queue: queue.Queue[bytes | SourceGone] = queue.Queue(queue_blocks)
         self._stopped = threading.Event()
-        self._rest = memoryview(b"")
+        self._block = b""
+        self._offset = 0
         self._hash = hashlib.sha256()
         self._read = 0
         self._received = 0
@@ -54,15 +55,18 @@ class BodyRelay:
 
     async def feed(self, chunks: AsyncIterator[bytes]) -> None:
         """Pass the body on in blocks; never raises, problems reach the reader."""
-        pending = bytearray()
+        pending: list[bytes] = []
+        pending_bytes = 0
         try:
             async for chunk in chunks:
-                pending += chunk
-                if len(pending) >= BLOCK_BYTES:
-                    await self._put(bytes(pending))
+                pending.append(chunk)
+                pending_bytes += len(chunk)
+                if pending_bytes >= BLOCK_BYTES:
+                    await self._put(b"".join(pending))  # the one copy on this side
                     pending.clear()
+                    pending_bytes = 0
             if pending:
-                await self._put(bytes(pending))
+                await self._put(b"".join(pending))
             await self._put(_EOF)
         except ClientDisconnect:
             with contextlib.suppress(_ReaderStopped):
@@ -94,20 +98,20 @@ class BodyRelay:
     # -- the worker thread's side ----------------------------------------------
 
     def read(self, size: int) -> bytes:
-        """Up to ``size`` bytes; fewer only at the end. Raises SourceGone if the client left."""
-        parts: list[bytes] = []
-        wanted = size
-        while wanted > 0:
-            if not self._rest:
-                if self._ended:
-                    break
-                self._rest = memoryview(self._next_block())
-                continue
-            piece = self._rest[:wanted]
-            self._rest = self._rest[len(piece) :]
-            parts.append(bytes(piece))
-            wanted -= len(piece)
-        data = b"".join(parts)
+        """Up to ``size`` bytes of what has arrived, at least one; b"" only at the end.
+
+        Raises SourceGone if the client left. A whole block is handed over as it is,
+        without a copy, whenever it fits.
+        """
+        if self._offset >= len(self._block):
+            if self._ended:
+                return b""
+            self._block, self._offset = self._next_block(), 0
+        if self._offset == 0 and len(self._block) <= size:
+            data = self._block
+        else:
+            data = self._block[self._offset : self._offset + size]
+        self._offset += len(data)
         self._hash.update(data)
         self._read += len(data)
         return data

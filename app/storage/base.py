@@ -54,7 +54,7 @@ class BodyStream(Protocol):
     """A request body being received: blocking reads, in a worker thread."""
 
     def read(self, size: int) -> bytes:
-        """Up to ``size`` bytes, fewer only at the end; raises if the client went away."""
+        """Up to ``size`` bytes (at least one); b"" only at the end; raises if the client left."""
         ...
 
 
