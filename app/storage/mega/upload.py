@@ -80,7 +80,7 @@ class ApiClient(Protocol):
 class UploadLimits:
     """How an upload is sent and how long it may take."""
 
-    region_bytes: int = 8 * MiB
+    region_bytes: int = 4 * MiB
     parallel: int = 3  # region POSTs in flight at once (each sealed in its own thread)
     restarts: int = 3  # fresh upload URLs after the first one
     deadline_s: float = 600.0  # the whole file: all regions, retries and restarts
