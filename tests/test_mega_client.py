@@ -370,8 +370,10 @@ def test_unreachable_api_fails_after_bounded_attempts(tmp_path: Path) -> None:
     with pytest.raises(MegaRetriesExhausted) as caught:
         client.ensure_login()
     assert caught.value.last.name == "connection"
-    assert str(to_storage_error(caught.value)) == "MEGA kept failing after 3 attempts"
-    assert client.last_login_error == "MEGA kept failing after 3 attempts"
+    error = to_storage_error(caught.value)
+    assert type(error) is StorageUnavailable
+    assert str(error) == "could not connect to MEGA after 3 attempts"
+    assert client.last_login_error == "could not connect to MEGA after 3 attempts"
     client.close()
 
 

@@ -302,9 +302,12 @@ def to_storage_error(exc: BaseException) -> StorageError:
     if isinstance(exc, StorageError):
         return exc
     if isinstance(exc, MegaRetriesExhausted):
-        # Out of attempts on timeouts is a timeout, not a rejection.
+        # Out of attempts on timeouts is a timeout, and on connection errors MEGA is out
+        # of reach (503, worth trying later), not a rejection.
         if failure_name(exc.last) == "timeout":
             return StorageTimeout(f"MEGA did not answer in time after {exc.attempts} attempts")
+        if failure_name(exc.last) == "connection":
+            return StorageUnavailable(f"could not connect to MEGA after {exc.attempts} attempts")
         return UpstreamRejected(RULES["exhausted"].message.format(attempts=exc.attempts))
     if isinstance(exc, MegaDeadlineExceeded):
         return StorageTimeout(RULES["deadline"].message.format(deadline=f"{exc.deadline_s:g}"))
