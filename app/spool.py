@@ -13,11 +13,12 @@ import hashlib
 import logging
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+import anyio
 from anyio import to_thread
 
 log = logging.getLogger(__name__)
@@ -118,17 +119,21 @@ class Spool:
             log.info("removed %d leftover temporary upload file(s)", removed)
         return removed
 
-    @contextlib.contextmanager
-    def open(self) -> Iterator[SpoolSink]:
-        """A new locked temporary file, removed when the block ends, whatever happens."""
-        fd, name = self._create_locked()
+    @contextlib.asynccontextmanager
+    async def open(self) -> AsyncIterator[SpoolSink]:
+        """A new locked temporary file, removed when the block ends, whatever happens.
+
+        Creating and removing run in a worker thread: unlinking a large file can wait on
+        the file system's journal, and the event loop must not wait with it.
+        """
+        fd, name = await to_thread.run_sync(self._create_locked)
         path = Path(name)
         file = os.fdopen(fd, "wb")
         try:
             yield SpoolSink(path, file, self.limit)
         finally:
-            path.unlink(missing_ok=True)
-            file.close()
+            with anyio.CancelScope(shield=True):
+                await to_thread.run_sync(_discard, path, file)
 
     def _create_locked(self) -> tuple[int, str]:
         while True:
@@ -138,3 +143,8 @@ class Spool:
             if os.fstat(fd).st_nlink:
                 return fd, name
             os.close(fd)  # a sweep removed it between create and lock: take another
+
+
+def _discard(path: Path, file: BinaryIO) -> None:
+    path.unlink(missing_ok=True)
+    file.close()

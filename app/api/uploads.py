@@ -139,11 +139,12 @@ async def _upload(
     name: str | None,
 ) -> UploadResult:
     """Spool the body to a temporary file, then hand the file to the backend."""
-    with _upload_slot(services), services.spool.open() as sink:
-        client_name = await receive(request, sink)
-        name = name or _clean_name(client_name or "")
-        spooled = await sink.finish()
-        stored = await to_thread.run_sync(backend.store, spooled.path, name, spooled.size)
+    with _upload_slot(services):
+        async with services.spool.open() as sink:
+            client_name = await receive(request, sink)
+            name = name or _clean_name(client_name or "")
+            spooled = await sink.finish()
+            stored = await to_thread.run_sync(backend.store, spooled.path, name, spooled.size)
     return _result(request, services, backend, stored, name, spooled.size, spooled.sha256)
 
 
