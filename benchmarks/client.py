@@ -70,8 +70,8 @@ def upload(
     if method == "POST":
         boundary = secrets.token_hex(16)
         preamble = (
-            f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; "
-            f"filename=\"{name}\"\r\nContent-Type: application/octet-stream\r\n\r\n"
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; '
+            f'filename="{name}"\r\nContent-Type: application/octet-stream\r\n\r\n'
         ).encode()
         epilogue = f"\r\n--{boundary}--\r\n".encode()
         target = "/upload?service=mega"

@@ -55,9 +55,23 @@ class Emulator:
     def start(cls, root: Path, data_dir: Path, account: str, log_path: Path) -> Emulator:
         log_file = log_path.open("wb")
         process = subprocess.Popen(
-            [sys.executable, "-m", "tests.mega_emulator", "--port", "0", "--seed", "1",
-             "--account", account, "--data-dir", str(data_dir)],
-            cwd=root, stdout=subprocess.PIPE, stderr=log_file, start_new_session=True,
+            [
+                sys.executable,
+                "-m",
+                "tests.mega_emulator",
+                "--port",
+                "0",
+                "--seed",
+                "1",
+                "--account",
+                account,
+                "--data-dir",
+                str(data_dir),
+            ],
+            cwd=root,
+            stdout=subprocess.PIPE,
+            stderr=log_file,
+            start_new_session=True,
         )
         # The emulator prints its URL on one line when it accepts connections; read that
         # line in a thread so that a silent or crashed emulator cannot hang the run.
@@ -105,9 +119,11 @@ class Server:
         full_env = {**os.environ, **env, "AUTH_TOKEN": token}
         log_file = log_path.open("ab")
         process = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "server:app", "--port", str(port),
-             "--no-access-log"],
-            cwd=root, env=full_env, stdout=log_file, stderr=subprocess.STDOUT,
+            [sys.executable, "-m", "uvicorn", "server:app", "--port", str(port), "--no-access-log"],
+            cwd=root,
+            env=full_env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
         server = cls(f"http://127.0.0.1:{port}", port, token, process, log_path, log_file)

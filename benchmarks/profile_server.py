@@ -64,20 +64,41 @@ def main() -> int:
         out_dir.mkdir(parents=True, exist_ok=True)
         collapsed = out_dir / f"profile-{args.method.lower()}.txt"
         recorder = subprocess.Popen(
-            [py_spy, "record", "--pid", str(server.pid), "--rate", "250", "--threads",
-             "--format", "raw", "--output", str(collapsed), "--nonblocking"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                py_spy,
+                "record",
+                "--pid",
+                str(server.pid),
+                "--rate",
+                "250",
+                "--threads",
+                "--format",
+                "raw",
+                "--output",
+                str(collapsed),
+                "--nonblocking",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         stack.callback(run.procs.stop_process, recorder)
         time.sleep(1.0)  # py-spy attaches before the upload starts
-        timing = client.upload(server.url, server.token, args.method, bench.files[args.mib],
-                               f"profile-{args.mib}MiB.bin")
+        timing = client.upload(
+            server.url,
+            server.token,
+            args.method,
+            bench.files[args.mib],
+            f"profile-{args.mib}MiB.bin",
+        )
         recorder.send_signal(2)  # SIGINT: py-spy writes its output and exits
         recorder.wait(timeout=60)
         print(f"{args.method} {args.mib} MiB: HTTP {timing.status}, {timing.mb_per_s:.1f} MB/s")
         own, inclusive = top_frames(collapsed, args.top)
-        total = sum(int(line.rpartition(" ")[2]) for line in
-                    collapsed.read_text().splitlines() if line.strip())
+        total = sum(
+            int(line.rpartition(" ")[2])
+            for line in collapsed.read_text().splitlines()
+            if line.strip()
+        )
         print(f"\n{total} samples; self time:")
         for frame, n in own:
             print(f"{n / total * 100:6.1f}%  {frame}")

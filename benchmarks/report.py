@@ -79,8 +79,11 @@ def write_markdown(r: dict[str, Any], path: Path, chart_note: str) -> None:
     sizes = sorted({int(s) for series in r["throughput"].values() for s in series})
     out.append("| File | " + " | ".join(f"{s} MiB" for s in sizes) + " |")
     out.append("|---|" + "---:|" * len(sizes))
-    labels = {"server_post": "server POST /upload (multipart)",
-              "server_put": "server PUT /files/<name>", "stock": "stock mega.py Mega.upload"}
+    labels = {
+        "server_post": "server POST /upload (multipart)",
+        "server_put": "server PUT /files/<name>",
+        "stock": "stock mega.py Mega.upload",
+    }
     for key, label in labels.items():
         series = r["throughput"].get(key, {})
         cells = [_fmt(series.get(str(s), {}).get("mb_s")) for s in sizes]
@@ -97,23 +100,32 @@ def write_markdown(r: dict[str, Any], path: Path, chart_note: str) -> None:
         (f"Stock mega.py {ref} MiB (MB/s)", r["throughput"]["stock"].get(ref, {}).get("mb_s")),
         (f"Ratio server POST / stock ({ref} MiB)", ratios.get("server_post_vs_stock")),
         (f"Ratio server PUT / stock ({ref} MiB)", ratios.get("server_put_vs_stock")),
-        (f"Data path, 1 thread, {dp['bytes'] // 2**20} MiB in memory (MB/s)",
-         dp["single_thread_mb_s"]),
+        (
+            f"Data path, 1 thread, {dp['bytes'] // 2**20} MiB in memory (MB/s)",
+            dp["single_thread_mb_s"],
+        ),
         (f"Data path, {dp['threads']} threads (MB/s)", dp["threaded_mb_s"]),
         ("OpenSSL aes-128-cbc, 16384-byte blocks, 1 core (MB/s)", ossl["mb_s"]),
         ("Ratio data path (1 thread) / OpenSSL CBC", ratios.get("data_path_vs_openssl_cbc")),
-        ("Ratio data path (threads) / OpenSSL CBC",
-         ratios.get("data_path_threaded_vs_openssl_cbc")),
+        (
+            "Ratio data path (threads) / OpenSSL CBC",
+            ratios.get("data_path_threaded_vs_openssl_cbc"),
+        ),
         ("cryptography AES-128-CTR, 1 MiB buffers (MB/s)", libs["cryptography_ctr_mb_s"]),
         ("pycryptodome AES-128-CTR, 1 MiB buffers (MB/s)", libs["pycryptodome_ctr_mb_s"]),
         ("cryptography AES-128-CBC, 1 MiB buffers (MB/s)", libs["cryptography_cbc_mb_s"]),
         ("pycryptodome AES-128-CBC, 1 MiB buffers (MB/s)", libs["pycryptodome_cbc_mb_s"]),
     ]
     for method, rss in r["rss"].items():
-        rows.append((f"Peak server RSS, {rss['size_mib']} MiB {method}: VmHWM (MB)",
-                     rss["vmhwm_mb"]))
-        rows.append((f"Peak server RSS, {rss['size_mib']} MiB {method}: max sampled VmRSS (MB)",
-                     rss["sampled_peak_mb"]))
+        rows.append(
+            (f"Peak server RSS, {rss['size_mib']} MiB {method}: VmHWM (MB)", rss["vmhwm_mb"])
+        )
+        rows.append(
+            (
+                f"Peak server RSS, {rss['size_mib']} MiB {method}: max sampled VmRSS (MB)",
+                rss["sampled_peak_mb"],
+            )
+        )
     health = r.get("health", {})
     if health:
         idle, busy = health["idle"], health["during_uploads"]
@@ -123,8 +135,11 @@ def write_markdown(r: dict[str, Any], path: Path, chart_note: str) -> None:
             ("/health during uploads p99 (ms)", busy.get("p99_ms")),
             ("/health during uploads max (ms)", busy.get("max_ms")),
             ("/health probes during uploads (count / errors)", None),
-            (f"{health['uploads']} concurrent uploads of {health['size_mib']} MiB, "
-             "aggregate (MB/s)", health["aggregate_mb_s"]),
+            (
+                f"{health['uploads']} concurrent uploads of {health['size_mib']} MiB, "
+                "aggregate (MB/s)",
+                health["aggregate_mb_s"],
+            ),
         ]
     for label, value in rows:
         if label.startswith("/health idle"):
@@ -152,12 +167,16 @@ def write_chart(r: dict[str, Any], path: Path) -> str:
         import matplotlib.pyplot as plt
         import matplotlib.ticker
     except ImportError:
-        return ("not drawn: matplotlib is not installed (`python -m pip install --constraint "
-                "constraints.txt matplotlib`).")
+        return (
+            "not drawn: matplotlib is not installed (`python -m pip install --constraint "
+            "constraints.txt matplotlib`)."
+        )
     figure, axes = plt.subplots(figsize=(8, 5), dpi=110)
-    styles = {"server_post": ("server POST /upload (multipart)", "o-"),
-              "server_put": ("server PUT /files/<name>", "s-"),
-              "stock": ("stock mega.py 1.0.8 Mega.upload", "^--")}
+    styles = {
+        "server_post": ("server POST /upload (multipart)", "o-"),
+        "server_put": ("server PUT /files/<name>", "s-"),
+        "stock": ("stock mega.py 1.0.8 Mega.upload", "^--"),
+    }
     for key, (label, style) in styles.items():
         series = r["throughput"].get(key, {})
         sizes = sorted(int(s) for s in series)
@@ -172,8 +191,11 @@ def write_chart(r: dict[str, Any], path: Path) -> str:
     axes.set_xlabel("file size (MiB)")
     axes.set_ylabel("MB/s (first request byte → answer)")
     cap = r["stock_max_mib"]
-    mode = (f"quick mode: stock mega.py only up to {cap} MiB" if r["mode"] == "quick"
-            else "full mode: every size")
+    mode = (
+        f"quick mode: stock mega.py only up to {cap} MiB"
+        if r["mode"] == "quick"
+        else "full mode: every size"
+    )
     axes.set_title(f"Upload throughput by file size, same machine and emulator\n({mode})")
     axes.grid(True, which="both", alpha=0.3)
     axes.legend()

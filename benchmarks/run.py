@@ -45,8 +45,18 @@ RSS_MIB = 1024
 HEALTH_UPLOADS = 8
 HEALTH_MIB = 32
 EMAIL, PASSWORD = "bench@example.com", "emulated benchmark password"
-LIBRARIES = ("cryptography", "pycryptodome", "mega.py", "requests", "fastapi", "starlette",
-             "uvicorn", "python-multipart", "httpx", "matplotlib")
+LIBRARIES = (
+    "cryptography",
+    "pycryptodome",
+    "mega.py",
+    "requests",
+    "fastapi",
+    "starlette",
+    "uvicorn",
+    "python-multipart",
+    "httpx",
+    "matplotlib",
+)
 
 
 class BenchmarkError(RuntimeError):
@@ -89,12 +99,15 @@ class Bench:
         stack.callback(shutil.rmtree, self.work, ignore_errors=True)
         shm = Path("/dev/shm")
         on_shm = shm.is_dir() and os.access(shm, os.W_OK)
-        self.emulator_dir = Path(tempfile.mkdtemp(prefix="paimon-bench-emulator-",
-                                                  dir=shm if on_shm else self.work))
+        self.emulator_dir = Path(
+            tempfile.mkdtemp(prefix="paimon-bench-emulator-", dir=shm if on_shm else self.work)
+        )
         stack.callback(shutil.rmtree, self.emulator_dir, ignore_errors=True)
-        self.emulator_dir_note = ("/dev/shm (tmpfs), so the emulator's writes do not cap the "
-                                  "measurement" if on_shm else
-                                  "a temp dir on disk (/dev/shm is not available)")
+        self.emulator_dir_note = (
+            "/dev/shm (tmpfs), so the emulator's writes do not cap the measurement"
+            if on_shm
+            else "a temp dir on disk (/dev/shm is not available)"
+        )
         self.emulator: procs.Emulator | None = None
         self.server: procs.Server | None = None
         self.files: dict[int, Path] = {}
@@ -102,8 +115,9 @@ class Bench:
 
     # -- processes ---------------------------------------------------------------------
     def start_emulator(self) -> procs.Emulator:
-        emulator = procs.Emulator.start(ROOT, self.emulator_dir, f"{EMAIL}:{PASSWORD}",
-                                        self.work / "emulator.log")
+        emulator = procs.Emulator.start(
+            ROOT, self.emulator_dir, f"{EMAIL}:{PASSWORD}", self.work / "emulator.log"
+        )
         self.stack.callback(emulator.stop)
         self.emulator = emulator
         return emulator
@@ -150,8 +164,10 @@ class Bench:
         assert self.server is not None
         timing = client.upload(self.server.url, self.server.token, method, path, name)
         if timing.status != 200 or timing.body.get("size") != timing.size:
-            raise BenchmarkError(f"{method} {name}: HTTP {timing.status} {timing.body}\n"
-                                 f"server log:\n{self.server.log_tail()}")
+            raise BenchmarkError(
+                f"{method} {name}: HTTP {timing.status} {timing.body}\n"
+                f"server log:\n{self.server.log_tail()}"
+            )
         self.check(timing.body["link"], path, name)
         return timing
 
@@ -186,8 +202,11 @@ class Bench:
                 self.check(link, self.files[size], name)
                 times.append(seconds)
             seconds = statistics.median(times)
-            series[str(size)] = {"mb_s": size * MiB / seconds / 1e6, "seconds": seconds,
-                                 "runs": len(times)}
+            series[str(size)] = {
+                "mb_s": size * MiB / seconds / 1e6,
+                "seconds": seconds,
+                "runs": len(times),
+            }
             say(f"stock mega.py {size} MiB: {series[str(size)]['mb_s']:.1f} MB/s (verified)")
         return series
 
@@ -198,35 +217,53 @@ class Bench:
         with procs.RssSampler(server.pid) as sampler:
             timing = client.upload(server.url, server.token, method, self.files[size], name)
         if timing.status != 200:
-            raise BenchmarkError(f"{method} {name}: HTTP {timing.status} {timing.body}\n"
-                                 f"server log:\n{server.log_tail()}")
+            raise BenchmarkError(
+                f"{method} {name}: HTTP {timing.status} {timing.body}\n"
+                f"server log:\n{server.log_tail()}"
+            )
         self.check(timing.body["link"], self.files[size], name)
         hwm = (sampler.hwm_kib or 0) * 1024 / 1e6
         sampled = sampler.peak_sampled_kib * 1024 / 1e6
-        rss = {"size_mib": size, "vmhwm_mb": hwm, "sampled_peak_mb": sampled,
-               "peak_mb": max(hwm, sampled), "samples": len(sampler.samples)}
-        say(f"server {method} {size} MiB: {timing.mb_per_s:.1f} MB/s, peak RSS "
-            f"{rss['peak_mb']:.1f} MB (verified)")
-        return rss, {"mb_s": timing.mb_per_s, "seconds": timing.seconds, "runs": 1,
-                     "request_sent_s": timing.sent_seconds}
+        rss = {
+            "size_mib": size,
+            "vmhwm_mb": hwm,
+            "sampled_peak_mb": sampled,
+            "peak_mb": max(hwm, sampled),
+            "samples": len(sampler.samples),
+        }
+        say(
+            f"server {method} {size} MiB: {timing.mb_per_s:.1f} MB/s, peak RSS "
+            f"{rss['peak_mb']:.1f} MB (verified)"
+        )
+        return rss, {
+            "mb_s": timing.mb_per_s,
+            "seconds": timing.seconds,
+            "runs": 1,
+            "request_sent_s": timing.sent_seconds,
+        }
 
     def health_under_load(self, size: int) -> dict[str, Any]:
         server = self.restart_server()
         with client.HealthProbe(server.url) as idle:
             time.sleep(1.0)
         path = self.files[size]
-        jobs = [("POST" if i % 2 == 0 else "PUT", f"bench-concurrent-{i}.bin")
-                for i in range(HEALTH_UPLOADS)]
+        jobs = [
+            ("POST" if i % 2 == 0 else "PUT", f"bench-concurrent-{i}.bin")
+            for i in range(HEALTH_UPLOADS)
+        ]
         with client.HealthProbe(server.url) as busy, ThreadPoolExecutor(len(jobs)) as pool:
             started = time.perf_counter()
-            futures = [pool.submit(client.upload, server.url, server.token, method, path, name)
-                       for method, name in jobs]
+            futures = [
+                pool.submit(client.upload, server.url, server.token, method, path, name)
+                for method, name in jobs
+            ]
             timings = [future.result() for future in futures]
             wall = time.perf_counter() - started
         for (method, name), timing in zip(jobs, timings, strict=True):
             if timing.status != 200:
-                raise BenchmarkError(f"concurrent {method} {name}: HTTP {timing.status} "
-                                     f"{timing.body}")
+                raise BenchmarkError(
+                    f"concurrent {method} {name}: HTTP {timing.status} {timing.body}"
+                )
             self.check(timing.body["link"], path, name)
         result = {
             "uploads": len(jobs),
@@ -237,9 +274,11 @@ class Bench:
             "idle": idle.summary(),
             "during_uploads": busy.summary(),
         }
-        say(f"/health during {len(jobs)} uploads: p50 "
+        say(
+            f"/health during {len(jobs)} uploads: p50 "
             f"{result['during_uploads'].get('p50_ms', float('nan')):.2f} ms, p99 "
-            f"{result['during_uploads'].get('p99_ms', float('nan')):.2f} ms (all verified)")
+            f"{result['during_uploads'].get('p99_ms', float('nan')):.2f} ms (all verified)"
+        )
         return result
 
 
@@ -250,14 +289,17 @@ def machine() -> dict[str, Any]:
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
                 break
-        mem_kib = next(int(line.split()[1]) for line in
-                       Path("/proc/meminfo").read_text().splitlines()
-                       if line.startswith("MemTotal"))
+        mem_kib = next(
+            int(line.split()[1])
+            for line in Path("/proc/meminfo").read_text().splitlines()
+            if line.startswith("MemTotal")
+        )
     except (OSError, StopIteration):
         mem_kib = 0
     try:
-        openssl_cli = subprocess.run(["openssl", "version"], capture_output=True, text=True,
-                                     timeout=10).stdout.strip()
+        openssl_cli = subprocess.run(
+            ["openssl", "version"], capture_output=True, text=True, timeout=10
+        ).stdout.strip()
     except (OSError, subprocess.TimeoutExpired):
         openssl_cli = "openssl: not found"
     from cryptography.hazmat.backends.openssl import backend
@@ -283,10 +325,20 @@ def code_description(label: str | None) -> str:
     if label:
         return label
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
-                                capture_output=True, text=True, timeout=10)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "app", "server.py"],
-                               cwd=ROOT, capture_output=True, text=True, timeout=10)
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "app", "server.py"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
     except (OSError, subprocess.TimeoutExpired):
         return "unknown (git not available)"
     if commit.returncode != 0:
@@ -336,8 +388,11 @@ def notes(args: argparse.Namespace, bench: Bench, stock_max: int) -> list[str]:
         "Stock mega.py 1.0.8: `Mega.upload` unchanged; only `_api_request` posts to "
         "<emulator>/cs (same body, params and EAGAIN retry). Its link is built from the "
         "node it made ('l' + the node key). Timed: `upload()` alone (log-in before). "
-        + (f"Quick mode: stock mega.py only up to {stock_max} MiB." if args.quick
-           else "Full mode: every size."),
+        + (
+            f"Quick mode: stock mega.py only up to {stock_max} MiB."
+            if args.quick
+            else "Full mode: every size."
+        ),
         "Data path: `app.storage.mega.crypto` (MacAccumulator.add_region + encrypt_region per "
         "region of UploadLimits.region_bytes, a region copied out of the buffer as a file "
         f"read would) over an in-memory {REFERENCE_MIB} MiB buffer, best of 2; one thread, "
@@ -360,8 +415,11 @@ def notes(args: argparse.Namespace, bench: Bench, stock_max: int) -> list[str]:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     started = time.perf_counter()
-    sizes = [s for s in args.sizes if s != args.rss_mib] if args.sizes else \
-        [s for s in SIZES_MIB if s != args.rss_mib]
+    sizes = (
+        [s for s in args.sizes if s != args.rss_mib]
+        if args.sizes
+        else [s for s in SIZES_MIB if s != args.rss_mib]
+    )
     stock_max = QUICK_STOCK_MAX_MIB if args.quick else max([*sizes, args.rss_mib])
     stock_sizes = [s for s in [*sizes, args.rss_mib] if s <= stock_max]
     reference = REFERENCE_MIB if REFERENCE_MIB in sizes else max(sizes)
@@ -377,16 +435,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     with ExitStack() as stack:
         bench = Bench(args, stack)
         results["emulator_data_dir"] = bench.emulator_dir_note
-        say(f"writing test files to a temp dir ({sum({*sizes, args.rss_mib, args.health_mib})}"
-            " MiB)")
+        say(
+            f"writing test files to a temp dir ({sum({*sizes, args.rss_mib, args.health_mib})} MiB)"
+        )
         bench.files = make_files(bench.work, [*sizes, args.rss_mib, args.health_mib])
 
         say("data path: encrypt + MAC in memory, OpenSSL speed, library comparison")
         results["data_path"] = datapath.data_path(reference * MiB)
         results["openssl"] = datapath.openssl_cbc()
         results["libraries"] = datapath.library_comparison()
-        say(f"data path {results['data_path']['single_thread_mb_s']:.0f} MB/s (1 thread), "
-            f"OpenSSL CBC {results['openssl']['mb_s']:.0f} MB/s")
+        say(
+            f"data path {results['data_path']['single_thread_mb_s']:.0f} MB/s (1 thread), "
+            f"OpenSSL CBC {results['openssl']['mb_s']:.0f} MB/s"
+        )
 
         bench.start_emulator()
         say(f"stock mega.py, sizes {stock_sizes} MiB")
@@ -405,8 +466,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
         results["health"] = bench.health_under_load(args.health_mib)
         stats = bench.emulator.stats() if bench.emulator else {}
-        results["emulator_stats"] = {k: v for k, v in stats.items()
-                                     if isinstance(v, int | float)}
+        results["emulator_stats"] = {k: v for k, v in stats.items() if isinstance(v, int | float)}
         results["notes"] = notes(args, bench, stock_max)
 
     ref = str(reference)
@@ -415,11 +475,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for method in ("post", "put"):
         server_ref = throughput[f"server_{method}"].get(ref, {}).get("mb_s")
         ratios[f"server_{method}_vs_stock"] = (
-            server_ref / stock_ref if server_ref and stock_ref else None)
+            server_ref / stock_ref if server_ref and stock_ref else None
+        )
     ratios["data_path_vs_openssl_cbc"] = (
-        results["data_path"]["single_thread_mb_s"] / results["openssl"]["mb_s"])
+        results["data_path"]["single_thread_mb_s"] / results["openssl"]["mb_s"]
+    )
     ratios["data_path_threaded_vs_openssl_cbc"] = (
-        results["data_path"]["threaded_mb_s"] / results["openssl"]["mb_s"])
+        results["data_path"]["threaded_mb_s"] / results["openssl"]["mb_s"]
+    )
     results["ratios"] = ratios
     results["reference_mib"] = reference
     results["duration_s"] = time.perf_counter() - started
@@ -430,19 +493,31 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true",
-                        help=f"stock mega.py only up to {QUICK_STOCK_MAX_MIB} MiB")
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks",
-                        help="directory for RESULTS.md, results.json, throughput.png")
+    parser.add_argument(
+        "--quick", action="store_true", help=f"stock mega.py only up to {QUICK_STOCK_MAX_MIB} MiB"
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=ROOT / "benchmarks",
+        help="directory for RESULTS.md, results.json, throughput.png",
+    )
     parser.add_argument("--label", help="what code was measured, if not this git checkout")
     # Smaller runs for trying the script out; the committed results use the defaults.
-    parser.add_argument("--sizes", type=lambda s: [int(x) for x in s.split(",")],
-                        help="comma-separated file sizes in MiB (default: "
-                        + ",".join(map(str, SIZES_MIB)) + ")")
-    parser.add_argument("--rss-mib", type=int, default=RSS_MIB,
-                        help="size of the memory-test uploads")
-    parser.add_argument("--health-mib", type=int, default=HEALTH_MIB,
-                        help="size of each concurrent upload in the /health test")
+    parser.add_argument(
+        "--sizes",
+        type=lambda s: [int(x) for x in s.split(",")],
+        help="comma-separated file sizes in MiB (default: " + ",".join(map(str, SIZES_MIB)) + ")",
+    )
+    parser.add_argument(
+        "--rss-mib", type=int, default=RSS_MIB, help="size of the memory-test uploads"
+    )
+    parser.add_argument(
+        "--health-mib",
+        type=int,
+        default=HEALTH_MIB,
+        help="size of each concurrent upload in the /health test",
+    )
     return parser.parse_args(argv)
 
 
@@ -463,8 +538,10 @@ def main(argv: list[str] | None = None) -> int:
     report.write_markdown(results, args.out / "RESULTS.md", chart_note)
     for line in results["targets"]:
         print(line)
-    say(f"wrote RESULTS.md, results.json and the chart to {args.out} "
-        f"in {results['duration_s']:.0f} s")
+    say(
+        f"wrote RESULTS.md, results.json and the chart to {args.out} "
+        f"in {results['duration_s']:.0f} s"
+    )
     return 0
 
 

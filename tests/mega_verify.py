@@ -95,8 +95,10 @@ def _file_info(http: requests.Session, api_url: str, public_handle: str) -> dict
     answer: object = None
     for _ in range(TRANSIENT_ATTEMPTS):
         answer = http.post(
-            f"{api_url}/cs", params={"id": "1"},
-            data=json.dumps([{"a": "g", "g": 1, "p": public_handle}]), timeout=TIMEOUT,
+            f"{api_url}/cs",
+            params={"id": "1"},
+            data=json.dumps([{"a": "g", "g": 1, "p": public_handle}]),
+            timeout=TIMEOUT,
         ).json()
         if isinstance(answer, list) and answer and isinstance(answer[0], dict):
             return answer[0]

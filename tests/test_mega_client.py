@@ -563,8 +563,9 @@ def test_the_upload_server_has_its_own_row_for_minus_4() -> None:
 def test_an_api_call_ends_at_its_deadline(
     emulator: MegaEmulator, make_client: Callable[..., MegaClient]
 ) -> None:
-    client = make_client(read_timeout=30, policy=RetryPolicy(attempts=50, deadline_s=60,
-                                                             initial_s=0.01, max_s=0.05))
+    client = make_client(
+        read_timeout=30, policy=RetryPolicy(attempts=50, deadline_s=60, initial_s=0.01, max_s=0.05)
+    )
     client.ensure_login()
     emulator.faults.api_delay = 0.6
     started = time.monotonic()

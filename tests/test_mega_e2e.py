@@ -69,7 +69,9 @@ class Service:
 
     def upload(self, name: str, data: bytes) -> httpx.Response:
         return self.http.post(
-            f"{self.url}/upload", params={"service": "mega"}, headers=self.headers,
+            f"{self.url}/upload",
+            params={"service": "mega"},
+            headers=self.headers,
             files={"file": (name, data, "application/octet-stream")},
         )
 
@@ -84,8 +86,9 @@ class Service:
         self.server.stop()
 
 
-def start_service(base: Path, emulator: MegaEmulator, argv: list[str] | None = None,
-                  **env: str) -> Service:
+def start_service(
+    base: Path, emulator: MegaEmulator, argv: list[str] | None = None, **env: str
+) -> Service:
     base.mkdir(parents=True, exist_ok=True)
     settings = {
         "STORAGE_BACKEND": "mega",
@@ -106,9 +109,7 @@ def service(emulator: MegaEmulator, tmp_path_factory: pytest.TempPathFactory) ->
 
 
 @pytest.fixture
-def new_service(
-    emulator: MegaEmulator, tmp_path: Path
-) -> Iterator[Callable[..., Service]]:
+def new_service(emulator: MegaEmulator, tmp_path: Path) -> Iterator[Callable[..., Service]]:
     started: list[Service] = []
 
     def start(name: str = "server", argv: list[str] | None = None, **env: str) -> Service:
@@ -129,8 +130,9 @@ class EmulatorMega(Mega):
         self.api_url = api_url
 
     def _api_request(self, data: Any) -> Any:
-        answer = requests.post(f"{self.api_url}/cs", params={"id": "1"},
-                               data=json.dumps([data]), timeout=HTTP_TIMEOUT).json()
+        answer = requests.post(
+            f"{self.api_url}/cs", params={"id": "1"}, data=json.dumps([data]), timeout=HTTP_TIMEOUT
+        ).json()
         return answer[0]
 
 
@@ -140,8 +142,13 @@ def mega_py_can_read(link: str, size: int) -> bool:
     return "-" not in handle and size > 0 and last > 16
 
 
-def check_stored(emulator: MegaEmulator, response: httpx.Response, name: str, data: bytes,
-                 tmp_path: Path | None = None) -> None:
+def check_stored(
+    emulator: MegaEmulator,
+    response: httpx.Response,
+    name: str,
+    data: bytes,
+    tmp_path: Path | None = None,
+) -> None:
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["link"].startswith("https://mega.nz/file/")
@@ -166,8 +173,11 @@ def payload(size: int, seed: int) -> bytes:
     "size", [0, 1, 15, 16, 17, 128 * KiB - 1, 128 * KiB + 1, MiB + 5, 10 * MiB + 3]
 )
 def test_upload_of_each_size_is_stored_intact(
-    service: Service, emulator: MegaEmulator, tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch, size: int,
+    service: Service,
+    emulator: MegaEmulator,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    size: int,
 ) -> None:
     # mega.py downloads with requests.get and no timeout; give it one.
     monkeypatch.setattr(requests, "get", functools.partial(requests.get, timeout=HTTP_TIMEOUT))
@@ -197,9 +207,7 @@ SURVIVABLE = {
 
 
 @pytest.mark.parametrize("fault", SURVIVABLE)
-def test_uploads_survive_fault(
-    service: Service, emulator: MegaEmulator, fault: str
-) -> None:
+def test_uploads_survive_fault(service: Service, emulator: MegaEmulator, fault: str) -> None:
     if fault == "session_expiry":
         # Expire the sessions once (not every new one): MEGA logged the service out.
         emulator.expire_sessions()
@@ -251,9 +259,7 @@ def test_slow_answers_end_at_the_deadline(
     assert service.leftovers() == []
 
 
-def test_failures_keep_secrets_out_of_answers(
-    service: Service, emulator: MegaEmulator
-) -> None:
+def test_failures_keep_secrets_out_of_answers(service: Service, emulator: MegaEmulator) -> None:
     emulator.faults.update(chunk_http500_probability=1.0)
     response = service.upload("never.bin", b"abc")
     emulator.faults.reset()
@@ -268,8 +274,12 @@ def test_failures_keep_secrets_out_of_answers(
 def test_two_hundred_uploads_under_eagain_and_chunk_failures(
     service: Service, emulator: MegaEmulator
 ) -> None:
-    emulator.faults.update(api_eagain_probability=0.3, chunk_http500_probability=0.1,
-                           chunk_drop_probability=0.05, chunk_http503_probability=0.05)
+    emulator.faults.update(
+        api_eagain_probability=0.3,
+        chunk_http500_probability=0.1,
+        chunk_drop_probability=0.05,
+        chunk_http503_probability=0.05,
+    )
     rng = random.Random(200)
     files = [(f"load-{i}.txt", rng.randbytes(rng.randrange(0, 40 * KiB))) for i in range(200)]
 
@@ -317,8 +327,18 @@ def test_session_expiry_mid_run_costs_one_login(
 def test_gunicorn_workers_and_a_restart_share_one_login(
     new_service: Callable[..., Service], emulator: MegaEmulator
 ) -> None:
-    argv = [sys.executable, "-m", "gunicorn", "server:app", "--workers", "2",
-            "--worker-class", "uvicorn_worker.UvicornWorker", "--bind", "127.0.0.1:{port}"]
+    argv = [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "server:app",
+        "--workers",
+        "2",
+        "--worker-class",
+        "uvicorn_worker.UvicornWorker",
+        "--bind",
+        "127.0.0.1:{port}",
+    ]
     first = new_service("gunicorn", argv)
 
     def burst(service: Service, tag: str) -> None:
@@ -356,4 +376,3 @@ def test_ready_when_logged_in_with_the_folder(service: Service) -> None:
     response = service.http.get(f"{service.url}/ready")
     assert response.status_code == 200, response.text
     assert response.json()["status"] == "ready"
-

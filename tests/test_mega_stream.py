@@ -60,7 +60,9 @@ def service(emulator: MegaEmulator, tmp_path_factory: pytest.TempPathFactory) ->
 def put(service: Service, name: str, data: bytes) -> httpx.Response:
     # httpx sends bytes content with a Content-Length: the streaming path.
     return service.http.put(
-        f"{service.url}/files/{name}", params={"service": "mega"}, headers=service.headers,
+        f"{service.url}/files/{name}",
+        params={"service": "mega"},
+        headers=service.headers,
         content=data,
     )
 
@@ -99,7 +101,8 @@ def test_streamed_put_survives_chunk_faults(
 
 
 @pytest.mark.parametrize(
-    "fault", [{"chunk_error_next": 1, "chunk_error_code": -4}, {"chunk_http403_next": 1}],
+    "fault",
+    [{"chunk_error_next": 1, "chunk_error_code": -4}, {"chunk_http403_next": 1}],
     ids=["answer-4", "http403"],
 )
 def test_streamed_put_that_needs_a_restart_is_502_with_a_clear_message(
@@ -179,14 +182,13 @@ def test_one_region_at_a_time_when_parallel_is_1(
 
 
 @pytest.fixture
-def new_stream_service(
-    emulator: MegaEmulator, tmp_path: Path
-) -> Iterator[Callable[..., Service]]:
+def new_stream_service(emulator: MegaEmulator, tmp_path: Path) -> Iterator[Callable[..., Service]]:
     started: list[Service] = []
 
     def start(**env: str) -> Service:
-        running = start_service(tmp_path / f"server-{len(started)}", emulator,
-                                **{**PIPELINE, **env})
+        running = start_service(
+            tmp_path / f"server-{len(started)}", emulator, **{**PIPELINE, **env}
+        )
         started.append(running)
         return running
 
@@ -251,8 +253,9 @@ def test_a_stream_short_of_its_size_fails(client: MegaClient, emulator: MegaEmul
 
 def test_a_small_streamed_file_verifies(client: MegaClient, emulator: MegaEmulator) -> None:
     data = payload(3 * MiB + 17, 4)
-    sent = send_stream(client, Body(data), len(data), UploadLimits(region_bytes=MiB,
-                                                                    chunk_policy=FAST))
+    sent = send_stream(
+        client, Body(data), len(data), UploadLimits(region_bytes=MiB, chunk_policy=FAST)
+    )
     root = next(n["h"] for n in client.api({"a": "f", "c": 1})["f"] if n["t"] == 2)
     link = export_link(client, put_node(client, root, sent, "s.bin"), sent.node_key)
     verify(emulator.url, link, data, name="s.bin")

@@ -111,8 +111,9 @@ def test_a_random_key_decrypts_and_verifies_through_the_link_key(size: int) -> N
     # The verifier the end-to-end tests use, fed with what a link carries.
     aes_key = struct.pack(">4I", *(full[i] ^ full[i + 4] for i in range(4)))
     nonce = struct.pack(">2I", *full[4:6])
-    plain = AES.new(aes_key, AES.MODE_CTR, counter=Counter.new(64, prefix=nonce,
-                                                               initial_value=0)).decrypt(ciphertext)
+    plain = AES.new(
+        aes_key, AES.MODE_CTR, counter=Counter.new(64, prefix=nonce, initial_value=0)
+    ).decrypt(ciphertext)
     assert plain == data
     assert meta_mac_of(aes_key, nonce, plain) == tuple(full[6:8])
 
@@ -140,7 +141,14 @@ def test_node_key_layout() -> None:
     mm = (0x11111111, 0x22222222)
     k, n = FIXED_KEY.key, FIXED_KEY.nonce
     assert node_key(FIXED_KEY, mm) == (
-        k[0] ^ n[0], k[1] ^ n[1], k[2] ^ mm[0], k[3] ^ mm[1], n[0], n[1], mm[0], mm[1]
+        k[0] ^ n[0],
+        k[1] ^ n[1],
+        k[2] ^ mm[0],
+        k[3] ^ mm[1],
+        n[0],
+        n[1],
+        mm[0],
+        mm[1],
     )
 
 
@@ -219,8 +227,7 @@ def backend(emulator: MegaEmulator, tmp_path: Path) -> Iterator[MegaBackend]:
 
 @pytest.fixture
 def client(emulator: MegaEmulator, tmp_path: Path) -> Iterator[MegaClient]:
-    mega = MegaClient(emulator.url, EMAIL, PASSWORD, tmp_path / "client-session.json",
-                      policy=FAST)
+    mega = MegaClient(emulator.url, EMAIL, PASSWORD, tmp_path / "client-session.json", policy=FAST)
     mega.ensure_login()
     yield mega
     mega.close()
@@ -275,15 +282,14 @@ def test_a_dropped_connection_resends_the_region(
 ) -> None:
     path, data = source_file(tmp_path, 2 * MiB + 1)
     emulator.faults.chunk_drop_next = 2
-    link = upload_to_root(client, path, len(data), UploadLimits(region_bytes=MiB,
-                                                                 chunk_policy=FAST))
+    link = upload_to_root(
+        client, path, len(data), UploadLimits(region_bytes=MiB, chunk_policy=FAST)
+    )
     verify(emulator.url, link, data)
     assert emulator.stats()["faults_injected"]["chunk_drop"] == 2
 
 
-@pytest.mark.parametrize(
-    "fault", ["chunk_error_next", "chunk_http403_next", "chunk_http404_next"]
-)
+@pytest.mark.parametrize("fault", ["chunk_error_next", "chunk_http403_next", "chunk_http404_next"])
 def test_a_dead_upload_url_restarts_the_file_on_a_fresh_one(
     client: MegaClient, emulator: MegaEmulator, tmp_path: Path, fault: str
 ) -> None:
@@ -324,11 +330,10 @@ def test_a_full_account_is_storage_full(
         backend.store(path, "a.bin", 1000)
 
 
-def test_slow_chunks_hit_the_total_deadline(
-    emulator: MegaEmulator, tmp_path: Path
-) -> None:
-    store = MegaBackend(mega_settings(emulator, tmp_path, mega_upload_deadline_seconds=1.5,
-                                      mega_read_timeout=0.5))
+def test_slow_chunks_hit_the_total_deadline(emulator: MegaEmulator, tmp_path: Path) -> None:
+    store = MegaBackend(
+        mega_settings(emulator, tmp_path, mega_upload_deadline_seconds=1.5, mega_read_timeout=0.5)
+    )
     store.start()
     path, _ = source_file(tmp_path, 3 * MiB)
     store.store(path, "warm-up.bin", 3 * MiB)  # log-in and folder outside the measurement
@@ -389,12 +394,18 @@ def test_readiness_is_true_once_logged_in_with_the_folder(
 
 
 def test_start_does_no_network_io(tmp_path: Path) -> None:
-    store = MegaBackend(Settings(
-        _env_file=None, auth_token=secrets.token_urlsafe(24), mega_email=EMAIL,
-        mega_password=PASSWORD, mega_api_url="http://127.0.0.1:9",
-        mega_session_file=tmp_path / "s.json", mega_retry_attempts=1,
-        mega_connect_timeout=0.5,
-    ))
+    store = MegaBackend(
+        Settings(
+            _env_file=None,
+            auth_token=secrets.token_urlsafe(24),
+            mega_email=EMAIL,
+            mega_password=PASSWORD,
+            mega_api_url="http://127.0.0.1:9",
+            mega_session_file=tmp_path / "s.json",
+            mega_retry_attempts=1,
+            mega_connect_timeout=0.5,
+        )
+    )
     store.start()  # MEGA unreachable: still starts
     state = store.readiness()
     assert not state.ready and "MEGA" in state.reason

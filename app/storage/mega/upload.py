@@ -203,7 +203,10 @@ class BodySource:
 
 
 def send_file(
-    client: ApiClient, source: Path, size: int, limits: UploadLimits,
+    client: ApiClient,
+    source: Path,
+    size: int,
+    limits: UploadLimits,
     clock: UploadClock | None = None,
 ) -> SentFile:
     """Encrypt ``source`` (``size`` bytes) and send it to a fresh upload URL.
@@ -217,7 +220,10 @@ def send_file(
 
 
 def send_stream(
-    client: ApiClient, body: BodyStream, size: int, limits: UploadLimits,
+    client: ApiClient,
+    body: BodyStream,
+    size: int,
+    limits: UploadLimits,
     clock: UploadClock | None = None,
 ) -> SentFile:
     """Like ``send_file`` for a body read while it arrives. ``SourceFailed`` carries what
@@ -226,7 +232,10 @@ def send_stream(
 
 
 def send(
-    client: ApiClient, source: RegionSource, size: int, limits: UploadLimits,
+    client: ApiClient,
+    source: RegionSource,
+    size: int,
+    limits: UploadLimits,
     clock: UploadClock | None = None,
 ) -> SentFile:
     """The one upload loop behind ``send_file`` and ``send_stream``."""
@@ -262,7 +271,10 @@ def send(
 
 
 def put_node(
-    client: ApiClient, folder_id: str, sent: SentFile, filename: str,
+    client: ApiClient,
+    folder_id: str,
+    sent: SentFile,
+    filename: str,
     deadline_s: float | None = None,
 ) -> str:
     """Turn a completed upload into a file node named ``filename`` in ``folder_id``."""
