@@ -73,6 +73,7 @@ class Settings(BaseSettings):
     temp_upload_dir: Path = Path(tempfile.gettempdir()) / "paimon-uploads"
     max_upload_bytes: ByteSize = ByteSize(1024**3)
     max_concurrent_uploads: int = Field(default=4, ge=1, le=1024)
+    client_idle_timeout_seconds: float = Field(default=60.0, gt=0, le=3600)
     public_base_url: str | None = None
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=1, le=65535)

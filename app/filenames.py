@@ -24,7 +24,10 @@ def safe_filename(raw: str) -> str:
     name = name.strip()
     if not name.strip("."):
         raise InvalidFilename("the file name is empty")
-    return _truncate(name)
+    name = _truncate(name)
+    if not name.strip("."):  # cutting a long name can leave only dots behind
+        raise InvalidFilename("the file name is empty")
+    return name
 
 
 def _truncate(name: str) -> str:

@@ -39,6 +39,11 @@ def create_app(settings: Settings, backend: StorageBackend | None = None) -> Fas
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        # Each upload holds a worker thread for as long as storing takes, and a relayed
+        # one a second while the client outpaces storage; anyio's default of 40 would
+        # leave spool writes and /ready waiting behind a full house of uploads.
+        limiter = to_thread.current_default_thread_limiter()
+        limiter.total_tokens = max(limiter.total_tokens, 2 * settings.max_concurrent_uploads + 16)
         await to_thread.run_sync(spool.prepare)
         await to_thread.run_sync(backend.start)
         log.info(

@@ -19,7 +19,6 @@ from starlette.requests import ClientDisconnect
 
 BLOCK_BYTES = 1024 * 1024
 QUEUE_BLOCKS = 4
-IDLE_TIMEOUT_S = 120.0  # a client that sends nothing for this long is treated as gone
 _PUT_POLL_S = 0.2
 
 
@@ -28,6 +27,13 @@ class SourceGone(Exception):
 
     def __init__(self, reason: str = "the client closed the connection") -> None:
         super().__init__(reason)
+
+
+class ClientTooSlow(SourceGone):
+    """The client sent nothing for too long (CLIENT_IDLE_TIMEOUT_SECONDS)."""
+
+    def __init__(self, idle_s: float) -> None:
+        super().__init__(f"the client sent nothing for {idle_s:g} s")
 
 
 class _ReaderStopped(Exception):
@@ -40,8 +46,9 @@ _EOF = b""
 class BodyRelay:
     """A bounded, one-way byte stream from the event loop to one reader thread."""
 
-    def __init__(self, size: int, queue_blocks: int = QUEUE_BLOCKS) -> None:
+    def __init__(self, size: int, idle_s: float, queue_blocks: int = QUEUE_BLOCKS) -> None:
         self.size = size
+        self._idle_s = idle_s
         self._queue: queue.Queue[bytes | SourceGone] = queue.Queue(queue_blocks)
         self._stopped = threading.Event()
         self._block = b""
@@ -71,6 +78,9 @@ class BodyRelay:
         except ClientDisconnect:
             with contextlib.suppress(_ReaderStopped):
                 await self._put(SourceGone())
+        except ClientTooSlow as slow:
+            with contextlib.suppress(_ReaderStopped):
+                await self._put(slow)
         except _ReaderStopped:
             pass
 
@@ -118,9 +128,10 @@ class BodyRelay:
 
     def _next_block(self) -> bytes:
         try:
-            item = self._queue.get(timeout=IDLE_TIMEOUT_S)
+            # A backstop: the feeding side already gives up on an idle client.
+            item = self._queue.get(timeout=2 * self._idle_s)
         except queue.Empty:
-            raise SourceGone("the client sent nothing for too long") from None
+            raise ClientTooSlow(2 * self._idle_s) from None
         if isinstance(item, SourceGone):
             raise item
         if item == _EOF:

@@ -8,23 +8,32 @@ no live upload (its owner crashed), while files of other running workers stay lo
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import logging
 import os
+import stat
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO, TypeVar
 
 import anyio
 from anyio import to_thread
 
+from app.storage.base import Readiness, StorageFull, StorageUnavailable
+
 log = logging.getLogger(__name__)
 
 PREFIX = "paimon-upload-"
+T = TypeVar("T")
 FLUSH_BYTES = 1024 * 1024  # bytes gathered before one write+hash in a worker thread
+
+
+class SpoolUnusable(RuntimeError):
+    """TEMP_UPLOAD_DIR cannot be used safely."""
 
 
 class UploadTooLarge(Exception):
@@ -67,7 +76,7 @@ class SpoolSink:
 
     async def finish(self) -> SpooledFile:
         await self._flush()
-        await to_thread.run_sync(self._file.flush)
+        await to_thread.run_sync(_disk_errors, self._file.flush)
         return SpooledFile(self.path, self.size, self._hash.hexdigest())
 
     async def _flush(self) -> None:
@@ -78,7 +87,7 @@ class SpoolSink:
         self._pending_bytes = 0
         # hashlib and file writes release the GIL on large buffers, so the event loop
         # keeps serving other requests while a thread does this.
-        await to_thread.run_sync(self._write_block, block)
+        await to_thread.run_sync(_disk_errors, self._write_block, block)
 
     def _write_block(self, block: bytes) -> None:
         self._hash.update(block)
@@ -94,8 +103,23 @@ class Spool:
 
     def prepare(self) -> int:
         """Create the directory (private to this user) and remove crash leftovers."""
-        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._make_directory()
         return self.sweep()
+
+    def _make_directory(self) -> None:
+        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        # A directory someone else made first (a shared /tmp) would let them swap an
+        # upload for a link to any file this service can read: refuse to use it.
+        info = self.directory.lstat()
+        if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid():
+            raise SpoolUnusable(f"TEMP_UPLOAD_DIR {self.directory} is not a directory of this user")
+        if info.st_mode & 0o077:
+            self.directory.chmod(0o700)
+
+    def readiness(self) -> Readiness:
+        if not self.directory.is_dir() or not os.access(self.directory, os.W_OK | os.X_OK):
+            return Readiness(False, "the temporary upload directory is not writable")
+        return Readiness(True)
 
     def sweep(self) -> int:
         """Delete temporary files that no live upload holds; return how many."""
@@ -138,7 +162,12 @@ class Spool:
     def _create_locked(self) -> tuple[int, str]:
         while True:
             # mkstemp: O_EXCL and mode 0600, so no other user can read an upload.
-            fd, name = tempfile.mkstemp(prefix=PREFIX, dir=self.directory)
+            try:
+                fd, name = _disk_errors(tempfile.mkstemp, prefix=PREFIX, dir=self.directory)
+            except StorageUnavailable:
+                # Temp cleaners remove idle directories under /tmp: make it again, once.
+                self._make_directory()
+                fd, name = _disk_errors(tempfile.mkstemp, prefix=PREFIX, dir=self.directory)
             fcntl.flock(fd, fcntl.LOCK_EX)
             if os.fstat(fd).st_nlink:
                 return fd, name
@@ -146,5 +175,18 @@ class Spool:
 
 
 def _discard(path: Path, file: BinaryIO) -> None:
-    path.unlink(missing_ok=True)
-    file.close()
+    try:
+        path.unlink(missing_ok=True)
+    finally:
+        file.close()  # also releases the lock, so a later sweep can remove what is left
+
+
+def _disk_errors(action: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Run ``action``; a full disk is StorageFull (507), other disk failures 503."""
+    try:
+        return action(*args, **kwargs)
+    except OSError as error:
+        if error.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise StorageFull("the server's temporary storage is full") from error
+        log.error("temporary upload storage failed: %s", error.strerror)
+        raise StorageUnavailable("the server cannot store uploads right now") from error

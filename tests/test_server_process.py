@@ -205,3 +205,24 @@ def test_development_run_generates_a_token_and_serves_local_storage(
     assert response.json()["service"] == "local"
     assert (tmp_path / "data" / "files" / response.json()["handle"] / "first.txt").exists()
     assert httpx.put(f"{server.url}/files/x", content=b"1", timeout=WAIT_S).status_code == 401
+
+
+def test_a_client_that_stops_sending_gets_408_and_frees_its_slot(live_server) -> None:
+    server = live_server(CLIENT_IDLE_TIMEOUT_SECONDS="1", MAX_CONCURRENT_UPLOADS="1")
+    spool, files = server.tmp / "spool", server.tmp / "files"
+    preamble = b'--b0undary\r\nContent-Disposition: form-data; name="file"; filename="s"\r\n\r\n'
+    for method, path, body in [
+        ("PUT", "/files/stalled.bin", b"x" * 1000),
+        ("POST", "/upload", preamble + b"x" * 1000),
+    ]:
+        # Announces 50 MiB, sends a little, then keeps the connection open and silent.
+        with send_part_of_an_upload(server, method, path, body) as sock:
+            answer = read_until_closed(sock).decode(errors="replace")
+        assert answer.startswith("HTTP/1.1 408"), answer
+        assert '"code":"client_timeout"' in answer
+        wait_for(lambda: not files_under(spool) and not files_under(files), "the cleanup")
+    # The only upload slot is free again.
+    response = httpx.put(
+        f"{server.url}/files/next.txt", headers=token_of(server), content=b"ok", timeout=WAIT_S
+    )
+    assert response.status_code == 200

@@ -6,10 +6,12 @@ import hashlib
 import os
 import threading
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 from fastapi.testclient import TestClient
 
+from app.spool import SpoolUnusable
 from app.storage.base import StorageFull, StorageTimeout, UpstreamRejected
 from tests.standins import FailingBackend, FailingStreamBackend, GatedBackend
 
@@ -154,6 +156,15 @@ def test_upload_over_limit_is_rejected_while_streaming(make_client, auth: dict[s
     assert response.status_code == 413
     assert stored_files(client) == []
     assert spool_leftovers(client) == []
+
+
+def test_multipart_over_limit_by_content_length_names_the_configured_limit(
+    make_client, auth: dict[str, str]
+) -> None:
+    client = make_client(max_upload_bytes=100_000)
+    response = client.post("/upload", headers=auth, files={"file": ("b.bin", b"z" * 200_000)})
+    assert response.status_code == 413
+    assert response.json()["message"] == "the file is larger than the limit of 100000 bytes"
 
 
 def test_multipart_over_limit_is_rejected_while_streaming(
@@ -436,3 +447,77 @@ def test_relayed_upload_that_storage_abandons_answers_promptly(
     assert response.json()["code"] == "storage_full"
     assert backend.received == 1024 * 1024
     assert spool_leftovers(client) == []
+
+
+def test_names_that_truncate_to_dots_are_refused(client: TestClient, auth: dict[str, str]) -> None:
+    response = client.put("/files/" + quote("." + " " * 300 + "y"), headers=auth, content=b"1")
+    assert response.status_code == 400
+    assert response.json()["code"] == "invalid_filename"
+    assert stored_files(client) == []
+
+
+@pytest.mark.parametrize("streamed", [True, False])
+def test_names_at_the_length_limit_are_stored(
+    client: TestClient, auth: dict[str, str], streamed: bool
+) -> None:
+    name = "n" * 250 + ".bin"
+    headers = auth if streamed else {**auth, "Transfer-Encoding": "chunked"}
+    content = b"data" if streamed else iter([b"da", b"ta"])
+    response = client.put("/files/" + name, headers=headers, content=content)
+    assert response.status_code == 200, response.text
+    [path] = stored_files(client)
+    assert path.name == name
+    assert path.read_bytes() == b"data"
+
+
+def test_an_overlong_multipart_boundary_is_a_400(client: TestClient, auth: dict[str, str]) -> None:
+    boundary = "b" * 300
+    body = f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="a"\r\n\r\n1'
+    response = client.post(
+        "/upload",
+        headers={**auth, "Content-Type": f"multipart/form-data; boundary={boundary}"},
+        content=(body + f"\r\n--{boundary}--\r\n").encode(),
+    )
+    assert response.status_code == 400
+    assert response.json()["code"] == "bad_multipart"
+
+
+def test_a_removed_spool_directory_is_made_again(client: TestClient, auth: dict[str, str]) -> None:
+    spool = client.app.state.services.spool.directory
+    spool.rmdir()  # what temp cleaners do to an idle directory under /tmp
+    response = client.post("/upload", headers=auth, files={"file": ("a.txt", b"still works")})
+    assert response.status_code == 200
+    assert spool.stat().st_mode & 0o777 == 0o700
+
+
+def test_ready_is_503_when_uploads_cannot_be_spooled(client: TestClient) -> None:
+    spool = client.app.state.services.spool.directory
+    spool.rmdir()
+    spool.write_bytes(b"")  # a file where the directory should be
+    response = client.get("/ready")
+    assert response.status_code == 503
+    assert "temporary upload directory" in response.json()["message"]
+
+
+def test_a_spool_directory_of_another_user_is_refused(make_client, tmp_path: Path) -> None:
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    os.chown(spool, 54321, 54321)
+    with pytest.raises(SpoolUnusable):
+        make_client()
+
+
+def test_an_open_spool_directory_is_made_private(make_client, tmp_path: Path) -> None:
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    spool.chmod(0o777)
+    make_client()
+    assert spool.stat().st_mode & 0o777 == 0o700
+
+
+def test_worker_threads_cover_the_upload_limit(make_client) -> None:
+    from anyio import to_thread
+
+    client = make_client(max_concurrent_uploads=100)
+    tokens = client.portal.call(lambda: to_thread.current_default_thread_limiter().total_tokens)
+    assert tokens >= 2 * 100 + 16

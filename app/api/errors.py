@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
-from app.relay import SourceGone
+from app.relay import ClientTooSlow, SourceGone
 from app.spool import UploadTooLarge
 from app.storage.base import (
     StorageError,
@@ -89,6 +89,10 @@ def install_error_handlers(app: FastAPI) -> None:
         log.warning("upload failed: %s (%s)", code, error)
         headers = {"Retry-After": "30"} if status == 503 else None
         return error_response(status, code, str(error), headers)
+
+    @app.exception_handler(ClientTooSlow)
+    async def _slow(_: Request, error: ClientTooSlow) -> JSONResponse:
+        return error_response(408, "client_timeout", str(error), {"Connection": "close"})
 
     @app.exception_handler(ClientDisconnect)
     @app.exception_handler(SourceGone)

@@ -42,9 +42,12 @@ async def ready(services: ServicesDep) -> ReadyState | JSONResponse:
     backend = services.backend
     reason = ""
     with anyio.move_on_after(READY_TIMEOUT_SECONDS):
-        state = await to_thread.run_sync(backend.readiness, abandon_on_cancel=True)
-        if state.ready:
+        for check in (services.spool.readiness, backend.readiness):
+            state = await to_thread.run_sync(check, abandon_on_cancel=True)
+            if not state.ready:
+                reason = state.reason or "the storage backend is not ready"
+                break
+        else:
             return ReadyState(status="ready", service=backend.name)
-        reason = state.reason or "the storage backend is not ready"
     reason = reason or "the storage backend did not answer the readiness check in time"
     return error_response(503, "not_ready", reason, {"Retry-After": "10"})

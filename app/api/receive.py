@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from email.message import Message
 
+import anyio
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import Request
 
 from app.api.errors import ApiError
+from app.relay import ClientTooSlow
 from app.spool import SpoolSink
 
 FILE_FIELD = "file"
@@ -17,14 +20,17 @@ FILE_FIELD = "file"
 MULTIPART_OVERHEAD = 64 * 1024
 
 
-def check_declared_length(request: Request, limit: int) -> None:
-    """Refuse a body whose Content-Length is already over the limit, before reading it."""
+def check_declared_length(request: Request, limit: int, overhead: int = 0) -> None:
+    """Refuse a body whose Content-Length is already over the limit, before reading it.
+
+    ``overhead`` is what the body may carry beside the file itself (multipart framing).
+    """
     declared = request.headers.get("content-length")
     if declared is None:
         return
     if not declared.isdigit():
         raise ApiError(400, "bad_request", "the Content-Length header is not a number")
-    if int(declared) > limit:
+    if int(declared) > limit + overhead:
         raise ApiError(
             413,
             "too_large",
@@ -33,8 +39,27 @@ def check_declared_length(request: Request, limit: int) -> None:
         )
 
 
+async def body_chunks(request: Request) -> AsyncIterator[bytes]:
+    """The request body as it arrives; ClientTooSlow when it stalls.
+
+    Without this, a client that stops sending (or a connection that silently died) would
+    hold its upload slot and everything kept for it for as long as the socket lives.
+    """
+    idle_s = request.app.state.services.settings.client_idle_timeout_seconds
+    chunks = request.stream().__aiter__()
+    while True:
+        with anyio.move_on_after(idle_s) as waiting:
+            try:
+                chunk = await chunks.__anext__()
+            except StopAsyncIteration:
+                return
+        if waiting.cancelled_caught:
+            raise ClientTooSlow(idle_s)
+        yield chunk
+
+
 async def receive_raw(request: Request, sink: SpoolSink) -> None:
-    async for chunk in request.stream():
+    async for chunk in body_chunks(request):
         await sink.write(chunk)
 
 
@@ -100,8 +125,11 @@ async def receive_multipart(request: Request, sink: SpoolSink) -> str:
     if not boundary:
         raise ApiError(400, "bad_multipart", "the multipart Content-Type has no boundary")
     parts = _Parts()
-    parser = MultipartParser(boundary, callbacks=_callbacks(parts))
-    async for chunk in request.stream():
+    try:
+        parser = MultipartParser(boundary, callbacks=_callbacks(parts))
+    except ValueError:  # e.g. a boundary longer than the standard allows
+        raise ApiError(400, "bad_multipart", "the multipart boundary is invalid") from None
+    async for chunk in body_chunks(request):
         try:
             parser.write(chunk)
         except MultipartParseError:

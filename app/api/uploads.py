@@ -17,6 +17,7 @@ from app.api.models import ErrorBody, UploadResult
 from app.api.receive import (
     FILE_FIELD,
     MULTIPART_OVERHEAD,
+    body_chunks,
     check_declared_length,
     receive_multipart,
     receive_raw,
@@ -83,7 +84,7 @@ async def upload_form(
     request: Request, services: ServicesDep, service: ServiceParam = None
 ) -> UploadResult:
     backend = services.backend_for(service)
-    check_declared_length(request, services.spool.limit + MULTIPART_OVERHEAD)
+    check_declared_length(request, services.spool.limit, MULTIPART_OVERHEAD)
     return await _upload(request, services, backend, receive_multipart, None)
 
 
@@ -152,17 +153,19 @@ async def _relay(
     request: Request, services: Services, backend: StreamingBackend, name: str, size: int
 ) -> UploadResult:
     """Hand the body to the backend while it arrives: no temporary file, bounded memory."""
-    relay = BodyRelay(size)
+    relay = BodyRelay(size, services.settings.client_idle_timeout_seconds)
     failure: Exception | None = None
     with _upload_slot(services):
         async with anyio.create_task_group() as tasks:
-            tasks.start_soon(relay.feed, request.stream())
+            tasks.start_soon(relay.feed, body_chunks(request))
             try:
                 stored = await to_thread.run_sync(backend.store_stream, relay, name, size)
             except Exception as error:  # re-raised below, outside the task group
                 failure = error
             finally:
                 relay.stop()
+                # The rest of the body is not wanted: stop waiting for it now.
+                tasks.cancel_scope.cancel()
     if failure is not None:
         raise failure
     return _result(request, services, backend, stored, name, size, relay.sha256())

@@ -61,7 +61,7 @@ class LocalBackend:
 
     @staticmethod
     def _write(body: BodyStream, target: Path) -> None:
-        partial = target.with_name(f".{target.name}.partial")
+        partial = _partial_beside(target)
         with partial.open("xb") as out:
             while block := body.read(COPY_BYTES):
                 out.write(block)
@@ -76,7 +76,7 @@ class LocalBackend:
         except OSError as error:
             if error.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
                 raise
-            partial = target.with_name(f".{target.name}.partial")
+            partial = _partial_beside(target)
             shutil.copyfile(source, partial)
             os.replace(partial, target)
 
@@ -102,3 +102,9 @@ class LocalBackend:
 
     def close(self) -> None:
         """Nothing to release."""
+
+
+def _partial_beside(target: Path) -> Path:
+    """Where ``target`` is written before it is complete: in its own folder, so a failed
+    upload's cleanup removes it, and short, so a name at the length limit still fits."""
+    return target.parent / f".partial-{secrets.token_hex(4)}"
