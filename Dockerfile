@@ -1,5 +1,5 @@
 # Paimon-server image. Build: docker build -t paimon-server .
-# Run:   docker run -p 8080:8080 --env-file .env paimon-server   (see DEPLOYMENT.md)
+# Run:   docker run -p 8080:8080 --env-file .env --stop-timeout 300 paimon-server   (see DEPLOYMENT.md)
 FROM python:3.12-slim
 
 # No .pyc files in a read-mostly image; logs unbuffered so they appear at once.

@@ -18,7 +18,8 @@ def _int_env(name: str, default: int) -> int:
 
 
 # Only used when --bind is not given. 0.0.0.0 because in a container or on a platform the
-# traffic arrives on an outside interface; set HOST=127.0.0.1 behind a local proxy.
+# traffic arrives on an outside interface. The documented start commands pass --bind,
+# which wins: behind a local proxy, change --bind there.
 bind = [f"{os.environ.get('HOST', '0.0.0.0').strip() or '0.0.0.0'}:{_int_env('PORT', 8080)}"]
 
 # The maintained uvicorn worker class (uvicorn.workers.UvicornWorker is deprecated).
