@@ -350,9 +350,15 @@ def test_storage_work_runs_off_the_event_loop(make_client, auth: dict[str, str])
     uploader.start()
     try:
         assert backend.entered.wait(timeout=10)
-        # If store() ran on the event loop, this request could not be answered until
-        # the gate opens, and the client's timeout would fail the test.
-        assert client.get("/health", timeout=5).status_code == 200
+        # If store() ran on the event loop, /health could not be answered until the gate
+        # opens. TestClient has no timeout of its own, so the probe runs in a thread.
+        probe: dict[str, int] = {}
+        prober = threading.Thread(
+            target=lambda: probe.update(status=client.get("/health").status_code)
+        )
+        prober.start()
+        prober.join(timeout=5)
+        assert probe == {"status": 200}, "/health waited for the storage work"
     finally:
         backend.release.set()
         uploader.join(timeout=10)
@@ -442,7 +448,7 @@ def test_relayed_upload_that_storage_abandons_answers_promptly(
     backend = FailingStreamBackend(StorageFull("MEGA storage quota exceeded"), 1024 * 1024)
     client = make_client(backend=backend)
     body = os.urandom(16 * 1024 * 1024)  # far more than the relay's queue holds
-    response = client.put("/files/big.bin", headers=auth, content=body, timeout=30)
+    response = client.put("/files/big.bin", headers=auth, content=body)
     assert response.status_code == 507
     assert response.json()["code"] == "storage_full"
     assert backend.received == 1024 * 1024
