@@ -8,7 +8,6 @@ not empty, last chunk longer than 16 bytes) by mega.py's own ``download_url`` to
 from __future__ import annotations
 
 import functools
-import json
 import random
 import sys
 import threading
@@ -16,16 +15,15 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 import requests
-from mega import Mega
 from mega.crypto import get_chunks
 
 from tests.conftest import ServerProcess, start_server
 from tests.mega_emulator import MegaEmulator
+from tests.mega_emulator.stock_client import EmulatedMega
 from tests.mega_verify import parse_link, verify
 
 EMAIL, PASSWORD = "e2e@example.com", "emulated e2e password"
@@ -122,20 +120,6 @@ def new_service(emulator: MegaEmulator, tmp_path: Path) -> Iterator[Callable[...
         running.close()
 
 
-class EmulatorMega(Mega):
-    """mega.py's own download path, pointed at the emulator."""
-
-    def __init__(self, api_url: str) -> None:
-        super().__init__()
-        self.api_url = api_url
-
-    def _api_request(self, data: Any) -> Any:
-        answer = requests.post(
-            f"{self.api_url}/cs", params={"id": "1"}, data=json.dumps([data]), timeout=HTTP_TIMEOUT
-        ).json()
-        return answer[0]
-
-
 def mega_py_can_read(link: str, size: int) -> bool:
     handle, _ = parse_link(link)
     last = list(get_chunks(size))[-1][1] if size else 0
@@ -157,7 +141,9 @@ def check_stored(
     if tmp_path is not None and mega_py_can_read(body["link"], len(data)):
         target = tmp_path / "mega-py"
         target.mkdir(exist_ok=True)
-        saved = EmulatorMega(emulator.url).download_url(body["link"], str(target), "copy")
+        saved = EmulatedMega(emulator.url, timeout=HTTP_TIMEOUT).download_url(
+            body["link"], str(target), "copy"
+        )
         assert Path(saved).read_bytes() == data
         MEGA_PY_CHECKS.append(len(data))
 

@@ -16,56 +16,15 @@ from typing import Any
 
 import pytest
 import requests
-from mega import Mega
 from mega.errors import RequestError
-from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_fixed
 
 from tests.mega_emulator import MegaEmulator, verify_hashcash
 from tests.mega_emulator.codec import b64url_decode, b64url_encode
+from tests.mega_emulator.stock_client import EmulatedMega
 
 TIMEOUT = 30
 REPO_ROOT = Path(__file__).resolve().parent.parent
 EMAIL, PASSWORD = "user@example.com", "correct horse"
-
-
-class EmulatedMega(Mega):
-    """mega.py pointed at the emulator; the same request as the original,
-    with a bounded retry instead of retrying -3 forever."""
-
-    def __init__(self, api_url: str) -> None:
-        super().__init__()
-        self.api_url = api_url
-        self.timeout = TIMEOUT
-
-    @retry(
-        retry=retry_if_exception_type(RuntimeError),
-        wait=wait_fixed(0.05),
-        stop=stop_after_attempt(5),
-        reraise=True,
-    )
-    def _api_request(self, data: Any) -> Any:
-        params: dict[str, Any] = {"id": self.sequence_num}
-        self.sequence_num += 1
-        if self.sid:
-            params["sid"] = self.sid
-        if not isinstance(data, list):
-            data = [data]
-        response = requests.post(
-            self.api_url, params=params, data=json.dumps(data), timeout=self.timeout
-        )
-        json_resp = json.loads(response.text)
-        int_resp = None
-        if isinstance(json_resp, list):
-            int_resp = json_resp[0] if json_resp and isinstance(json_resp[0], int) else None
-        elif isinstance(json_resp, int):
-            int_resp = json_resp
-        if int_resp is not None:
-            if int_resp == 0:
-                return int_resp
-            if int_resp == -3:
-                raise RuntimeError("Request failed, retrying")
-            raise RequestError(int_resp)
-        return json_resp[0]
 
 
 @pytest.fixture
@@ -92,7 +51,7 @@ def api(
 
 
 def login(emu: MegaEmulator, email: str = EMAIL, password: str = PASSWORD) -> EmulatedMega:
-    return EmulatedMega(f"{emu.url}/cs").login(email, password)
+    return EmulatedMega(emu.url, timeout=TIMEOUT).login(email, password)
 
 
 # -- mega.py round trips ---------------------------------------------------------
