@@ -393,11 +393,11 @@ def notes(args: argparse.Namespace, bench: Bench, stock_max: int) -> list[str]:
             if args.quick
             else "Full mode: every size."
         ),
-        "Data path: `app.storage.mega.crypto` (MacAccumulator.add_region + encrypt_region per "
-        "region of UploadLimits.region_bytes, a region copied out of the buffer as a file "
-        f"read would) over an in-memory {REFERENCE_MIB} MiB buffer, best of 2; one thread, "
-        "and a thread pool of one worker per core (the current upload path has no "
-        "parallelism of its own; the pool shows what one would get).",
+        "Data path: `app.storage.mega.crypto.seal_region` per region of "
+        "UploadLimits.region_bytes (the region copied into a reused buffer as a file read "
+        "would fill it, then MACed and encrypted in place, as upload.py does) over an "
+        f"in-memory {REFERENCE_MIB} MiB buffer, best of 2; one thread, and one worker per "
+        "core (the upload pipeline seals regions in worker threads too).",
         "OpenSSL reference: `openssl speed -evp aes-128-cbc -seconds 3` (single core), the "
         "16384-byte column. MEGA needs CTR for the data and a CBC-MAC of every byte, so an "
         "ideal data path is bounded by CBC (serial) plus CTR (parallel in AES-NI).",

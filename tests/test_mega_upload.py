@@ -30,7 +30,6 @@ from app.storage.mega.crypto import (
     FileKey,
     MacAccumulator,
     chunk_bounds,
-    encrypt_region,
     node_key,
     regions,
     seal_region,
@@ -82,13 +81,15 @@ def reference_ciphertext(key: FileKey, data: bytes) -> bytes:
 
 
 def encrypt_and_mac(key: FileKey, data: bytes, limit: int) -> tuple[bytes, tuple[int, ...]]:
+    """The upload path's crypto: each region sealed in place in its own buffer."""
     macs = MacAccumulator(key)
-    out = []
+    out = bytearray()
     for offset, length in regions(len(data), limit):
-        plain = data[offset : offset + length]
-        macs.add_region(offset, plain)
-        out.append(encrypt_region(key, offset, plain))
-    return b"".join(out), macs.meta_mac()
+        buffer = bytearray(length + 16)
+        buffer[:length] = data[offset : offset + length]
+        macs.add_macs(seal_region(key, offset, buffer, length))
+        out += buffer[:length]
+    return bytes(out), macs.meta_mac()
 
 
 @pytest.mark.parametrize("size", SIZES)
@@ -184,7 +185,7 @@ def test_generated_keys_differ() -> None:
 
 def test_a_region_must_start_on_a_block_boundary() -> None:
     with pytest.raises(ValueError):
-        encrypt_region(FIXED_KEY, 8, b"x")
+        seal_region(FIXED_KEY, 8, bytearray(32), 1)
 
 
 # -- the data path against the emulator ------------------------------------------------

@@ -103,20 +103,6 @@ class FileKey:
         return a32_bytes(self.nonce)
 
 
-def encrypt_region(file_key: FileKey, offset: int, data: bytes | memoryview) -> bytes:
-    """AES-128-CTR of ``data`` found at byte ``offset`` of the file.
-
-    ``offset`` must be a multiple of 16, which every MEGA chunk boundary is.
-    """
-    if offset % BLOCK:
-        raise ValueError("a region must start on a 16-byte boundary")
-    counter = file_key.nonce_bytes + struct.pack(">Q", offset // BLOCK)
-    encryptor = Cipher(algorithms.AES(file_key.key_bytes), modes.CTR(counter)).encryptor()
-    # update() into a fresh bytes measured faster than update_into a fresh bytearray
-    # (which is zero-filled first); the upload path itself encrypts in place instead.
-    return encryptor.update(data) + encryptor.finalize()
-
-
 def seal_region(file_key: FileKey, offset: int, buffer: bytearray, length: int) -> dict[int, bytes]:
     """MAC the MEGA chunks of the plaintext region at file ``offset`` held in
     ``buffer[:length]``, then CTR-encrypt it in place; returns the chunk MACs by offset.
@@ -168,28 +154,6 @@ def _scratch() -> bytearray:
     return buffer
 
 
-def decrypt_region(file_key: FileKey, offset: int, data: bytes | memoryview) -> bytes:
-    """CTR is its own inverse; named for readability at the call site."""
-    return encrypt_region(file_key, offset, data)
-
-
-def chunk_mac(file_key: FileKey, chunk: bytes | memoryview) -> bytes:
-    """The CBC-MAC of one MEGA chunk of plaintext (one OpenSSL call)."""
-    iv = file_key.nonce_bytes * 2
-    if not len(chunk):
-        # An empty chunk never happens for a non-empty file; its MAC would be the IV.
-        return iv
-    padding = -len(chunk) % BLOCK
-    if padding:  # only a file's last chunk: one copy of at most 1 MiB
-        chunk = bytes(chunk) + bytes(padding)
-    scratch = _scratch()
-    if len(chunk) + BLOCK > len(scratch):
-        scratch = bytearray(len(chunk) + BLOCK)
-    encryptor = Cipher(algorithms.AES(file_key.key_bytes), modes.CBC(iv)).encryptor()
-    written = encryptor.update_into(chunk, scratch)
-    return bytes(scratch[written - BLOCK : written])
-
-
 def file_mac(file_key: FileKey, chunk_macs: Sequence[bytes]) -> A32:
     """CBC-MAC (zero IV) over the chunk MACs in file order, as four words."""
     if not chunk_macs:
@@ -223,15 +187,8 @@ class MacAccumulator:
     file_key: FileKey
     macs: dict[int, bytes] = field(default_factory=dict)
 
-    def add_region(self, offset: int, plaintext: bytes | memoryview) -> None:
-        """MAC every MEGA chunk inside a region that starts at chunk ``offset``."""
-        view = memoryview(plaintext)  # slices without copies
-        for chunk_offset, length in _chunks_in(offset, len(view)):
-            start = chunk_offset - offset
-            self.macs[chunk_offset] = chunk_mac(self.file_key, view[start : start + length])
-
     def add_macs(self, macs: dict[int, bytes]) -> None:
-        """Chunk MACs computed elsewhere (``seal_region``), in any order."""
+        """Chunk MACs from ``seal_region``, in any order (a resent region replaces its own)."""
         self.macs.update(macs)
 
     def meta_mac(self) -> A32:
