@@ -31,6 +31,7 @@ from typing import Any
 
 import requests
 from mega import Mega
+from pydantic import SecretStr
 from requests.adapters import HTTPAdapter
 
 from . import hashcash
@@ -59,21 +60,6 @@ LOGIN_COMMANDS = frozenset({"us0", "us"})
 # A request may be challenged again after an answer (a new token); this many times at most.
 MAX_CHALLENGES = 3
 _SID_IN_URL = re.compile(r"(sid=)[^&\s\"]+")
-
-
-class _Secret:
-    """Holds the password so that no repr, traceback local dump or log shows it."""
-
-    __slots__ = ("_value",)
-
-    def __init__(self, value: str) -> None:
-        self._value = value
-
-    def get(self) -> str:
-        return self._value
-
-    def __repr__(self) -> str:
-        return "_Secret('**********')"
 
 
 class _RedactSid(logging.Filter):
@@ -120,7 +106,7 @@ class MegaClient(Mega):
         self.api_url = api_url.rstrip("/")
         self._cs_url = self.api_url + "/cs"
         self._email = email.strip().lower()
-        self._password = _Secret(password)
+        self._password = SecretStr(password)  # no repr, traceback or log shows it
         self.policy = policy or RetryPolicy()
         self._connect_timeout = connect_timeout
         self._read_timeout = read_timeout
@@ -347,7 +333,7 @@ class MegaClient(Mega):
         logger.info("logging in to MEGA")
         try:
             # mega.py's log-in without its login(), which would also fetch every node.
-            self._login_user(self._email, self._password.get())
+            self._login_user(self._email, self._password.get_secret_value())
             if self.sid is None or self._master_key is None:
                 raise MegaBadAnswer()
         except MegaApiError as exc:
