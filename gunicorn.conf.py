@@ -22,8 +22,11 @@ def _int_env(name: str, default: int) -> int:
 # which wins: behind a local proxy, change --bind there.
 bind = [f"{os.environ.get('HOST', '0.0.0.0').strip() or '0.0.0.0'}:{_int_env('PORT', 8080)}"]
 
-# The maintained uvicorn worker class (uvicorn.workers.UvicornWorker is deprecated).
-worker_class = "uvicorn_worker.UvicornWorker"
+# The maintained uvicorn worker (uvicorn_worker.UvicornWorker) with the service's HTTP
+# protocol limits: gunicorn's own limit_request_* settings do not reach uvicorn workers,
+# so request-head size, head deadline and connections per client address are enforced by
+# app/serving/protocol.py (MAX_REQUEST_HEAD_BYTES, REQUEST_HEAD_TIMEOUT_SECONDS, ...).
+worker_class = "app.serving.worker.PaimonWorker"
 
 # Each worker is an asyncio process serving many connections. 2 fits a 512 MB instance:
 # uploads are streamed to disk, so memory per worker stays small, and a second worker
@@ -47,8 +50,11 @@ graceful_timeout = _int_env("GUNICORN_GRACEFUL_TIMEOUT", 270)
 # (60 s), so the proxy never reuses a connection the server has just closed (a 502).
 keepalive = _int_env("GUNICORN_KEEPALIVE", 75)
 
-# Which proxies may set X-Forwarded-Proto/For; "*" on Render, whose proxy is the only way
-# in, so that links the service builds use https. The default trusts only localhost.
+# Which peers may set X-Forwarded-For/Proto: the client address (logs, the brake on wrong
+# tokens, the connection cap) is then the rightmost X-Forwarded-For entry that is not one
+# of them, the one the proxy itself appended. Never "*": with it, uvicorn takes the
+# leftmost entry, which the client writes. The default trusts only localhost; Render's
+# value is in render.yaml. Links never depend on it: they come from PUBLIC_BASE_URL.
 forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1,::1")
 
 # Access and error logs go to stdout/stderr, where platforms and journald collect them.
@@ -56,6 +62,14 @@ forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1,::1")
 accesslog = "-"
 errorlog = "-"
 loglevel = os.environ.get("LOG_LEVEL", "info").strip().lower() or "info"
+
+# gunicorn 25+ opens a control socket for `gunicornc` by default, in $XDG_RUNTIME_DIR or
+# $HOME/.gunicorn: an error line where that is not writable (a container), and on a host
+# it takes the place of another gunicorn's socket of the same user. Off unless an
+# operator names a path for it.
+control_socket_disable = not os.environ.get("GUNICORN_CONTROL_SOCKET", "").strip()
+if not control_socket_disable:
+    control_socket = os.environ["GUNICORN_CONTROL_SOCKET"].strip()
 
 # Worker heartbeat files on tmpfs when available: a container's overlay filesystem can
 # stall the heartbeat writes and get healthy workers killed.

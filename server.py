@@ -13,8 +13,16 @@ from typing import Any
 
 from dotenv import dotenv_values
 
-from app.config import ConfigError, Settings, generate_token, load_settings
+from app.config import (
+    ConfigError,
+    Settings,
+    check_served_settings,
+    generate_token,
+    load_settings,
+)
 from app.main import create_app
+from app.serving.logs import install_redaction
+from app.serving.protocol import limited_protocol
 
 # gunicorn stops, instead of restarting workers forever, when a worker exits with 3.
 BOOT_ERROR = 3
@@ -37,6 +45,8 @@ def _configure_logging(settings: Settings) -> None:
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    secrets = [settings.auth_token, settings.mega_password]
+    install_redaction(secret.get_secret_value() for secret in secrets if secret is not None)
 
 
 def __getattr__(name: str) -> Any:
@@ -47,6 +57,7 @@ def __getattr__(name: str) -> Any:
     if _app is None:
         try:
             settings = load_settings()
+            check_served_settings(settings)
         except ConfigError as error:
             _exit_with(error)
         _configure_logging(settings)
@@ -66,7 +77,13 @@ def _development_settings() -> tuple[Settings, list[str]]:
     if "STORAGE_BACKEND" not in configured and "MEGA_EMAIL" not in configured:
         overrides["storage_backend"] = "local"
         notes.append("STORAGE_BACKEND and MEGA_EMAIL are not set; storing files on local disk")
-    return load_settings(**overrides), notes
+    settings = load_settings(**overrides)
+    if "PUBLIC_BASE_URL" not in configured and settings.storage_backend == "local":
+        # Never from the request's Host header, which any client chooses.
+        host = "localhost" if settings.host in {"0.0.0.0", "::", "127.0.0.1"} else settings.host
+        settings = load_settings(**overrides, public_base_url=f"http://{host}:{settings.port}")
+        notes.append(f"PUBLIC_BASE_URL is not set; links point at {settings.public_base_url}")
+    return settings, notes
 
 
 def main() -> None:
@@ -85,6 +102,8 @@ def main() -> None:
         port=settings.port,
         log_level=settings.log_level,
         timeout_graceful_shutdown=30,
+        # The request-head limits and per-address connection cap (app/serving/protocol.py).
+        http=limited_protocol(settings),
     )
 
 

@@ -75,6 +75,13 @@ class Settings(BaseSettings):
     max_concurrent_uploads: int = Field(default=4, ge=1, le=1024)
     client_idle_timeout_seconds: float = Field(default=60.0, gt=0, le=3600)
     public_base_url: str | None = None
+    # Exposure to the internet (DEPLOYMENT.md, "Exposure"): HTTP protocol limits applied
+    # by the server itself (app/serving/protocol.py) and the brake on wrong tokens.
+    max_request_line_bytes: int = Field(default=8 * 1024, ge=1024, le=1024**2)
+    max_request_head_bytes: int = Field(default=32 * 1024, ge=4 * 1024, le=4 * 1024**2)
+    request_head_timeout_seconds: float = Field(default=10.0, gt=0, le=600)
+    max_connections_per_client: int = Field(default=64, ge=0, le=1_000_000)
+    auth_failures_per_minute: int = Field(default=20, ge=1, le=1_000_000)
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=1, le=65535)
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
@@ -158,6 +165,21 @@ def load_settings(**overrides: Any) -> Settings:
         return Settings(**overrides)
     except ValidationError as error:
         raise ConfigError(describe_errors(error)) from None
+
+
+def check_served_settings(settings: Settings) -> None:
+    """What the service needs beyond valid values once it is served to a network.
+
+    Links to files stored locally point back at this service. Built from the request's
+    Host header, a client could make the service answer with a link to a host of its
+    choosing, so they come from PUBLIC_BASE_URL only.
+    """
+    if settings.storage_backend == "local" and settings.public_base_url is None:
+        raise ConfigError(
+            "PUBLIC_BASE_URL is not set but STORAGE_BACKEND is local (the links it returns "
+            "point back at this service: set the address clients use, e.g. "
+            "https://files.example.org or http://localhost:8080)"
+        )
 
 
 def generate_token() -> str:

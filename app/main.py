@@ -14,6 +14,7 @@ from app.api import downloads, health, uploads
 from app.api.deps import Services
 from app.api.errors import install_error_handlers
 from app.config import Settings
+from app.serving.startup import OneLineStartupErrors
 from app.spool import Spool
 from app.storage.base import StorageBackend
 from app.storage.factory import build_backend
@@ -62,6 +63,7 @@ def create_app(settings: Settings, backend: StorageBackend | None = None) -> Fas
         title="Paimon-server", version=__version__, description=DESCRIPTION, lifespan=lifespan
     )
     app.state.services = services
+    app.add_middleware(OneLineStartupErrors)
     install_error_handlers(app)
     app.include_router(uploads.router)
     app.include_router(health.router)

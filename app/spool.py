@@ -13,6 +13,7 @@ import fcntl
 import hashlib
 import logging
 import os
+import shutil
 import stat
 import tempfile
 from collections.abc import AsyncIterator, Callable
@@ -23,16 +24,19 @@ from typing import Any, BinaryIO, TypeVar
 import anyio
 from anyio import to_thread
 
-from app.storage.base import Readiness, StorageFull, StorageUnavailable
+from app.leftovers import remove_if_abandoned
+from app.storage.base import Readiness, StartupError, StorageFull, StorageUnavailable
 
 log = logging.getLogger(__name__)
 
 PREFIX = "paimon-upload-"
 T = TypeVar("T")
 FLUSH_BYTES = 1024 * 1024  # bytes gathered before one write+hash in a worker thread
+# Below this much free space the spool reports itself not ready: uploads would fail.
+MIN_FREE_BYTES = 16 * 1024 * 1024
 
 
-class SpoolUnusable(RuntimeError):
+class SpoolUnusable(StartupError):
     """TEMP_UPLOAD_DIR cannot be used safely."""
 
 
@@ -107,38 +111,33 @@ class Spool:
         return self.sweep()
 
     def _make_directory(self) -> None:
-        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        # A directory someone else made first (a shared /tmp) would let them swap an
-        # upload for a link to any file this service can read: refuse to use it.
-        info = self.directory.lstat()
+        setting = f"TEMP_UPLOAD_DIR {self.directory}"
+        try:
+            self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            info = self.directory.lstat()
+        except FileExistsError:
+            raise SpoolUnusable(f"{setting} is a file, not a directory") from None
+        except OSError as error:
+            raise SpoolUnusable(f"{setting} cannot be created: {error.strerror}") from None
+        # A directory someone else made first (a shared /tmp), or a symlink to one, would
+        # let them swap an upload for a link to any file this service can read.
+        if stat.S_ISLNK(info.st_mode):
+            raise SpoolUnusable(f"{setting} is a symlink; name the real directory")
         if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid():
-            raise SpoolUnusable(f"TEMP_UPLOAD_DIR {self.directory} is not a directory of this user")
+            raise SpoolUnusable(f"{setting} is not a directory of this user")
         if info.st_mode & 0o077:
             self.directory.chmod(0o700)
 
     def readiness(self) -> Readiness:
         if not self.directory.is_dir() or not os.access(self.directory, os.W_OK | os.X_OK):
             return Readiness(False, "the temporary upload directory is not writable")
+        if shutil.disk_usage(self.directory).free < MIN_FREE_BYTES:
+            return Readiness(False, "the temporary upload disk is full")
         return Readiness(True)
 
     def sweep(self) -> int:
         """Delete temporary files that no live upload holds; return how many."""
-        removed = 0
-        for path in self.directory.glob(f"{PREFIX}*"):
-            try:
-                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-            except OSError:
-                continue
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                os.close(fd)
-                continue  # a running upload owns it
-            try:
-                path.unlink(missing_ok=True)
-                removed += 1
-            finally:
-                os.close(fd)
+        removed = sum(remove_if_abandoned(path) for path in self.directory.glob(f"{PREFIX}*"))
         if removed:
             log.info("removed %d leftover temporary upload file(s)", removed)
         return removed
@@ -166,7 +165,11 @@ class Spool:
                 fd, name = _disk_errors(tempfile.mkstemp, prefix=PREFIX, dir=self.directory)
             except StorageUnavailable:
                 # Temp cleaners remove idle directories under /tmp: make it again, once.
-                self._make_directory()
+                try:
+                    self._make_directory()
+                except SpoolUnusable as error:
+                    log.error("%s", error)
+                    raise StorageUnavailable("the server cannot store uploads right now") from None
                 fd, name = _disk_errors(tempfile.mkstemp, prefix=PREFIX, dir=self.directory)
             fcntl.flock(fd, fcntl.LOCK_EX)
             if os.fstat(fd).st_nlink:
@@ -178,7 +181,11 @@ def _discard(path: Path, file: BinaryIO) -> None:
     try:
         path.unlink(missing_ok=True)
     finally:
-        file.close()  # also releases the lock, so a later sweep can remove what is left
+        # Closing also releases the lock, so a later sweep can remove what is left. After
+        # a failed write (a full disk) closing retries it and fails again; that second
+        # error must not replace the first, and the file's bytes are not wanted anyway.
+        with contextlib.suppress(OSError):
+            file.close()
 
 
 def _disk_errors(action: Callable[..., T], *args: Any, **kwargs: Any) -> T:

@@ -74,6 +74,13 @@ def supports_streaming(backend: StorageBackend) -> TypeGuard[StreamingBackend]:
     return callable(getattr(backend, "store_stream", None))
 
 
+class StartupError(Exception):
+    """A local resource that a setting names cannot be used.
+
+    ``str(error)`` is one line for the operator that starts with the setting's name.
+    """
+
+
 class StorageError(Exception):
     """A failure to store a file. ``str(error)`` is safe to show to a client."""
 

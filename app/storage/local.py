@@ -2,17 +2,30 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import fcntl
 import logging
 import os
 import re
 import secrets
 import shutil
-from collections.abc import Callable
+import stat
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import BinaryIO
 from urllib.parse import quote
 
-from app.storage.base import BodyStream, Readiness, StorageFull, StoredFile, UpstreamRejected
+from app.leftovers import remove_if_abandoned
+from app.storage.base import (
+    BodyStream,
+    Readiness,
+    StartupError,
+    StorageFull,
+    StorageUnavailable,
+    StoredFile,
+    UpstreamRejected,
+)
 
 log = logging.getLogger(__name__)
 
@@ -21,6 +34,8 @@ log = logging.getLogger(__name__)
 _HANDLE = re.compile(r"[A-Za-z0-9_-]{22}")
 MIN_FREE_BYTES = 16 * 1024 * 1024
 COPY_BYTES = 1024 * 1024
+PARTIAL_PREFIX = ".partial-"
+_NOT_WRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)
 
 
 class LocalBackend:
@@ -32,28 +47,64 @@ class LocalBackend:
         self.root = root
 
     def start(self) -> None:
-        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        """Create the storage directory and remove what killed uploads left in it."""
+        try:
+            self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except FileExistsError:
+            message = f"LOCAL_STORAGE_DIR {self.root} is a file, not a directory"
+            raise StartupError(message) from None
+        except OSError as error:
+            raise StartupError(
+                f"LOCAL_STORAGE_DIR {self.root} cannot be created: {error.strerror}"
+            ) from None
+        if not self.root.is_dir():
+            raise StartupError(f"LOCAL_STORAGE_DIR {self.root} is not a directory")
+        self.sweep()
+
+    def sweep(self) -> int:
+        """Delete ``.partial`` files no live upload holds (its writer was killed); return how many.
+
+        Walks only real directories: a symlink under the storage directory is never followed.
+        """
+        removed = 0
+        with contextlib.suppress(OSError), os.scandir(self.root) as folders:
+            for folder in folders:
+                if not (_HANDLE.fullmatch(folder.name) and folder.is_dir(follow_symlinks=False)):
+                    continue
+                with contextlib.suppress(OSError), os.scandir(folder.path) as entries:
+                    partials = [e.path for e in entries if e.name.startswith(PARTIAL_PREFIX)]
+                for partial in partials:
+                    if remove_if_abandoned(Path(partial)):
+                        removed += 1
+                        with contextlib.suppress(OSError):
+                            os.rmdir(folder.path)  # only when nothing else is in it
+        if removed:
+            log.info("removed %d leftover partial file(s) from local storage", removed)
+        return removed
 
     def store(self, source: Path, filename: str, size: int) -> StoredFile:
-        return self._store(filename, size, lambda target: self._place(source, target))
+        # A spooled file on the same file system is hard-linked: it takes no more room,
+        # and its bytes already count as used in the free space.
+        same_disk = _device(source) == _device(self.root)
+        return self._store(
+            filename, 0 if same_disk else size, lambda target: self._place(source, target)
+        )
 
     def store_stream(self, body: BodyStream, filename: str, size: int) -> StoredFile:
         return self._store(filename, size, lambda target: self._write(body, target))
 
-    def _store(self, filename: str, size: int, put: Callable[[Path], None]) -> StoredFile:
-        if shutil.disk_usage(self.root).free < size + MIN_FREE_BYTES:
-            raise StorageFull("the local storage disk is full")
+    def _store(self, filename: str, needed: int, put: Callable[[Path], None]) -> StoredFile:
+        """Run ``put`` on the new file's path; ``needed`` is the room it takes on this disk."""
         handle = secrets.token_urlsafe(16)
         folder = self.root / handle
-        folder.mkdir(mode=0o700)
         try:
+            if shutil.disk_usage(self.root).free < needed + MIN_FREE_BYTES:
+                raise StorageFull("the local storage disk is full")
+            folder.mkdir(mode=0o700)
             put(folder / filename)
         except OSError as error:
             shutil.rmtree(folder, ignore_errors=True)
-            if error.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise StorageFull("the local storage disk is full") from error
-            log.error("local store failed: %s", error.strerror)
-            raise UpstreamRejected("the file could not be written to local storage") from error
+            raise _storage_error(error) from error
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)  # e.g. the client left mid-stream
             raise
@@ -61,11 +112,9 @@ class LocalBackend:
 
     @staticmethod
     def _write(body: BodyStream, target: Path) -> None:
-        partial = _partial_beside(target)
-        with partial.open("xb") as out:
+        with _partial_file(target) as out:
             while block := body.read(COPY_BYTES):
                 out.write(block)
-        os.replace(partial, target)
 
     @staticmethod
     def _place(source: Path, target: Path) -> None:
@@ -76,21 +125,31 @@ class LocalBackend:
         except OSError as error:
             if error.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
                 raise
-            partial = _partial_beside(target)
-            shutil.copyfile(source, partial)
-            os.replace(partial, target)
+            with source.open("rb") as data, _partial_file(target) as out:
+                shutil.copyfileobj(data, out, COPY_BYTES)
 
     def locate(self, handle: str, filename: str) -> Path | None:
-        """The stored file for a download link, or None when there is none."""
-        if not _HANDLE.fullmatch(handle):
+        """The stored file for a download link, or None when there is none.
+
+        Only a regular file in a real folder of the storage directory: a symlink is never
+        followed (one pointing at /etc would otherwise serve /etc/passwd), and a name the
+        file system refuses (too long, a NUL byte) is simply not found.
+        """
+        if not _HANDLE.fullmatch(handle) or filename in {"", ".", ".."} or "/" in filename:
             return None
-        path = self.root / handle / filename
-        if path.parent != self.root / handle or not path.is_file():
+        folder = self.root / handle
+        path = folder / filename
+        try:
+            if not stat.S_ISDIR(folder.lstat().st_mode):
+                return None
+            if not stat.S_ISREG(path.lstat().st_mode):
+                return None
+        except (OSError, ValueError):
             return None
         return path
 
     def readiness(self) -> Readiness:
-        if not self.root.is_dir() or not os.access(self.root, os.W_OK | os.X_OK):
+        if not self.root.is_dir() or not _writable(self.root):
             return Readiness(False, "the local storage directory is not writable")
         if shutil.disk_usage(self.root).free < MIN_FREE_BYTES:
             return Readiness(False, "the local storage disk is full")
@@ -104,7 +163,49 @@ class LocalBackend:
         """Nothing to release."""
 
 
-def _partial_beside(target: Path) -> Path:
-    """Where ``target`` is written before it is complete: in its own folder, so a failed
-    upload's cleanup removes it, and short, so a name at the length limit still fits."""
-    return target.parent / f".partial-{secrets.token_hex(4)}"
+@contextlib.contextmanager
+def _partial_file(target: Path) -> Iterator[BinaryIO]:
+    """A new file that becomes ``target`` when the block ends without an error.
+
+    It is written in ``target``'s own folder, so a failed upload's cleanup removes it,
+    under a short name, so a name at the length limit still fits, and under ``flock``
+    until it is renamed, so the start-up sweep of another worker leaves it alone.
+    """
+    partial = target.parent / f"{PARTIAL_PREFIX}{secrets.token_hex(4)}"
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    out = os.fdopen(fd, "wb")
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield out
+        out.flush()
+        os.replace(partial, target)
+    finally:
+        # After a failed write, closing tries the same write again and would fail again,
+        # hiding the first error (a full disk): the file is discarded anyway.
+        with contextlib.suppress(OSError):
+            out.close()
+
+
+def _writable(directory: Path) -> bool:
+    """Whether files can be made in ``directory``; os.access alone says yes to root on a
+    read-only file system."""
+    if not os.access(directory, os.W_OK | os.X_OK):
+        return False
+    return not os.statvfs(directory).f_flag & os.ST_RDONLY
+
+
+def _device(path: Path) -> int | None:
+    try:
+        return os.stat(path).st_dev
+    except OSError:
+        return None
+
+
+def _storage_error(error: OSError) -> Exception:
+    """The storage error for a failed disk operation; its message names no path."""
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return StorageFull("the local storage disk is full")
+    if error.errno in _NOT_WRITABLE:
+        return StorageUnavailable("the local storage directory is not writable")
+    log.error("local store failed: %s", error.strerror)
+    return UpstreamRejected("the file could not be written to local storage")

@@ -1,0 +1,215 @@
+"""HTTP/1.1 protocol limits that uvicorn's httptools protocol does not have.
+
+uvicorn with httptools accepts a request head of any size (httptools gathers a header
+value in Python bytes until it ends) and waits for it forever. Facing the internet, one
+endless header grows the process by hundreds of MiB, and a few hundred connections that
+trickle a byte now and then hold every file descriptor. This subclass adds, per
+connection:
+
+- a size limit on the request line (414) and on the whole head (431), counted on the
+  bytes received while a head is incomplete, so at most one socket read lies beyond it;
+- a deadline for a complete head, from the connection's start or a request's first byte
+  (408); an idle keep-alive connection is closed by uvicorn's own keep-alive timeout;
+- a cap on connections open at once from one client address (429), except from the
+  trusted proxies of FORWARDED_ALLOW_IPS, which carry everyone's connections;
+- the service's JSON error body for every answer given here, including uvicorn's 400
+  for bytes that are not HTTP.
+
+Each refusal closes the connection and writes one log line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import json
+import logging
+from collections import Counter
+from typing import Any, ClassVar
+
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+
+from app.config import Settings
+
+log = logging.getLogger("paimon.http")
+
+
+def client_key(host: str) -> str:
+    """The address a per-client limit counts: the IPv4 address, or the IPv6 /64.
+
+    One IPv6 subscriber usually holds a whole /64, so counting single addresses would
+    let one client open a fresh address per connection.
+    """
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    if address.version == 6 and address.ipv4_mapped is None:
+        return str(ipaddress.ip_network(f"{address}/64", strict=False))
+    return str(address.ipv4_mapped or address)
+
+
+class TrustedProxies:
+    """The FORWARDED_ALLOW_IPS list: addresses and networks, or "*" for any."""
+
+    def __init__(self, spec: str | list[str]) -> None:
+        items = spec if isinstance(spec, list) else spec.split(",")
+        items = [item.strip() for item in items if item.strip()]
+        self.everyone = "*" in items
+        self.networks = []
+        for item in items:
+            if item != "*":
+                try:
+                    self.networks.append(ipaddress.ip_network(item, strict=False))
+                except ValueError:
+                    continue  # e.g. a unix socket name: never a TCP peer's address
+
+    def __contains__(self, host: str) -> bool:
+        if self.everyone:
+            return True
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            return False
+        return any(address in network for network in self.networks)
+
+
+def raw_error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> bytes:
+    """A complete HTTP/1.1 error response with the service's JSON body, closing the connection."""
+    body = json.dumps({"status": "error", "message": message, "code": code}).encode()
+    lines = [STATUS_LINE[status]]
+    fields = {
+        "content-type": "application/json",
+        "content-length": str(len(body)),
+        "connection": "close",
+        **(headers or {}),
+    }
+    lines += [f"{name}: {value}\r\n".encode("latin-1") for name, value in fields.items()]
+    return b"".join([*lines, b"\r\n", body])
+
+
+class LimitedHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with the limits above; see ``limited_protocol``."""
+
+    settings: ClassVar[Settings]
+    open_per_client: ClassVar[Counter[str]]
+    trusted: ClassVar[TrustedProxies | None] = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        cls = type(self)
+        if cls.trusted is None:  # parsed once per server, on its first connection
+            cls.trusted = TrustedProxies(self.config.forwarded_allow_ips)
+        self._trusted = cls.trusted
+        self._client_key: str | None = None
+        self._in_head = True
+        self._head_bytes = 0
+        self._head_timer: asyncio.TimerHandle | None = None
+
+    # Connection life.
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        host = self.client[0] if self.client else None
+        cap = self.settings.max_connections_per_client
+        if host and cap and host not in self._trusted:
+            key = client_key(host)
+            if self.open_per_client[key] >= cap:
+                self._refuse(
+                    429,
+                    "too_many_connections",
+                    f"more than {cap} connections at once from one address",
+                    {"Retry-After": "10"},
+                )
+                return
+            self.open_per_client[key] += 1
+            self._client_key = key
+        self._arm_head_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_head_timer()
+        if self._client_key is not None:
+            self.open_per_client[self._client_key] -= 1
+            if self.open_per_client[self._client_key] <= 0:
+                del self.open_per_client[self._client_key]
+            self._client_key = None
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self.transport.is_closing():
+            return
+        if self._in_head:
+            self._head_bytes += len(data)
+        super().data_received(data)
+        if not self._in_head or self.transport.is_closing():
+            return
+        if len(getattr(self, "url", b"")) > self.settings.max_request_line_bytes:
+            self._refuse(414, "uri_too_long", "the request line is too long")
+        elif self._head_bytes > self.settings.max_request_head_bytes:
+            self._refuse(431, "headers_too_large", "the request headers are too large")
+
+    # Parser callbacks: a head ends with its headers; the next one starts after its message.
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        if self._head_timer is None:
+            self._arm_head_timer()
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        self._head_bytes = 0
+        self._cancel_head_timer()
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self._in_head = True  # whatever arrives next is the next request's head
+
+    # What uvicorn answers itself.
+
+    def send_400_response(self, msg: str) -> None:
+        self._refuse(400, "bad_request", "the request is not valid HTTP/1.1")
+
+    # Helpers.
+
+    def _arm_head_timer(self) -> None:
+        self._cancel_head_timer()
+        self._head_timer = self.loop.call_later(
+            self.settings.request_head_timeout_seconds, self._head_deadline_passed
+        )
+
+    def _cancel_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_deadline_passed(self) -> None:
+        self._head_timer = None
+        if self.transport.is_closing():
+            return
+        if self.cycle is not None and not self.cycle.response_complete:
+            # A pipelined head behind a response still being sent: end after that one.
+            self.cycle.keep_alive = False
+            return
+        self._refuse(408, "request_timeout", "the request headers did not arrive in time")
+
+    def _refuse(
+        self, status: int, code: str, message: str, headers: dict[str, str] | None = None
+    ) -> None:
+        self._cancel_head_timer()
+        self._in_head = False
+        peer = self.client[0] if self.client else "unknown client"
+        log.warning("refused %s with %d: %s", peer, status, message)
+        if not self.transport.is_closing():
+            self.transport.write(raw_error(status, code, message, headers))
+            self.transport.close()
+
+
+def limited_protocol(settings: Settings) -> type[LimitedHttpToolsProtocol]:
+    """A protocol class for uvicorn's ``http=`` option, with its own connection counts.
+
+    A fresh class per server, so that each process (each gunicorn worker) counts only the
+    connections it holds itself.
+    """
+    attributes = {"settings": settings, "open_per_client": Counter()}
+    return type("PaimonHttpProtocol", (LimitedHttpToolsProtocol,), attributes)

@@ -1,0 +1,23 @@
+"""The gunicorn worker class: uvicorn's worker with the service's HTTP protocol limits.
+
+gunicorn's own ``limit_request_*`` settings do not reach uvicorn workers, so the limits
+live in the protocol (``app.serving.protocol``) and this worker installs it. Named in
+gunicorn.conf.py as ``worker_class``.
+"""
+
+from __future__ import annotations
+
+from uvicorn_worker import UvicornWorker
+
+from app.config import load_settings
+from app.serving.protocol import limited_protocol
+
+
+class PaimonWorker(UvicornWorker):
+    """uvicorn's gunicorn worker, serving through ``limited_protocol``."""
+
+    async def _serve(self) -> None:
+        # Runs in the worker process after the app was loaded, so the settings are valid
+        # here (a bad value already stopped the worker with its one-line message).
+        self.config.http = limited_protocol(load_settings())
+        await super()._serve()
