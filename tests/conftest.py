@@ -144,6 +144,8 @@ def start_server(
             "MEGA_SESSION_FILE": str(tmp_path / "mega-session.json"),
             "HOST": "127.0.0.1",
             "PORT": str(port),
+            # Served local storage needs it: links never come from the Host header.
+            "PUBLIC_BASE_URL": f"http://127.0.0.1:{port}",
             "PYTHONUNBUFFERED": "1",
         }
     )

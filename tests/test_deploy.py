@@ -157,7 +157,8 @@ def test_render_blueprint_values() -> None:
     assert env["STORAGE_BACKEND"]["value"] == "mega"
     assert env["MEGA_FOLDER"]["value"]
     assert str(env["WEB_CONCURRENCY"]["value"]) == "2"
-    assert env["FORWARDED_ALLOW_IPS"]["value"] == "*"
+    # Never "*": uvicorn would then take the leftmost X-Forwarded-For entry, the client's.
+    assert "*" not in env["FORWARDED_ALLOW_IPS"]["value"]
 
 
 def test_graceful_timeout_fits_inside_render_shutdown_delay() -> None:
@@ -306,7 +307,8 @@ def load_gunicorn_config(env: dict[str, str]) -> dict[str, Any]:
 
 def test_gunicorn_config_defaults_and_environment() -> None:
     config = load_gunicorn_config({})
-    assert config["worker_class"] == "uvicorn_worker.UvicornWorker"
+    assert config["worker_class"] == "app.serving.worker.PaimonWorker"
+    assert config["control_socket_disable"] is True, "no control socket unless asked for"
     assert config["bind"] == ["0.0.0.0:8080"]
     assert config["workers"] == 2
     assert config["timeout"] >= 60, "the uvicorn worker timeout is only a heartbeat"
@@ -355,6 +357,7 @@ def test_start_command_serves_health_and_stops_on_sigterm(tmp_path: Path) -> Non
         MEGA_SESSION_FILE=str(tmp_path / "mega-session.json"),
         WEB_CONCURRENCY="1",
         PORT=str(port),
+        PUBLIC_BASE_URL=f"http://127.0.0.1:{port}",
     )
     log_path = tmp_path / "gunicorn.log"
     with log_path.open("wb") as log:

@@ -160,6 +160,7 @@ def test_production_start_never_falls_back_to_local_disk(tmp_path: Path) -> None
 def test_env_file_is_read(tmp_path: Path) -> None:
     (tmp_path / ".env").write_text(
         "AUTH_TOKEN=token-from-the-env-file-123\nSTORAGE_BACKEND=local\n"
+        "PUBLIC_BASE_URL=http://localhost:8080\n"
         f"LOCAL_STORAGE_DIR={tmp_path / 'files'}\nTEMP_UPLOAD_DIR={tmp_path / 'spool'}\n"
     )
     result = run_import({}, tmp_path)

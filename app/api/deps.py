@@ -9,6 +9,7 @@ from typing import Annotated
 import anyio
 from fastapi import Depends, Header, Request
 
+from app.api.auth_brake import AuthBrake
 from app.api.errors import ApiError
 from app.config import Settings
 from app.spool import Spool
@@ -25,9 +26,11 @@ class Services:
     backend: StorageBackend
     spool: Spool
     upload_slots: anyio.Semaphore = field(init=False)
+    auth_brake: AuthBrake = field(init=False)
 
     def __post_init__(self) -> None:
         self.upload_slots = anyio.Semaphore(self.settings.max_concurrent_uploads)
+        self.auth_brake = AuthBrake(self.settings.auth_failures_per_minute)
 
     def backend_for(self, service: str | None) -> StorageBackend:
         """The backend a request names; None means the configured one."""
@@ -48,13 +51,15 @@ ServicesDep = Annotated[Services, Depends(get_services)]
 
 
 def require_token(
+    request: Request,
     services: ServicesDep,
     x_auth_token: Annotated[str | None, Header(description="The service's auth token.")] = None,
     authorization: Annotated[
         str | None, Header(description="Alternatively: `Bearer <token>`.")
     ] = None,
 ) -> None:
-    """401 when no token is sent, 403 when it is wrong; compared in constant time."""
+    """401 when no token is sent, 403 when it is wrong (429 after too many from one
+    address, see auth_brake); compared in constant time."""
     offered = x_auth_token
     if offered is None and authorization is not None:
         scheme, _, credentials = authorization.partition(" ")
@@ -64,8 +69,11 @@ def require_token(
         raise ApiError(
             401, "missing_token", "an auth token is required", {"WWW-Authenticate": "Bearer"}
         )
+    address = request.client.host if request.client else ""
+    services.auth_brake.check(address)  # 429 after too many wrong tokens from here
     expected = services.settings.auth_token.get_secret_value().encode()
     if not hmac.compare_digest(offered.encode("utf-8", "surrogateescape"), expected):
+        services.auth_brake.failed(address)
         raise ApiError(403, "invalid_token", "the auth token is not valid")
 
 

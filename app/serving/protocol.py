@@ -29,24 +29,10 @@ from typing import Any, ClassVar
 
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
+from app.addresses import client_key
 from app.config import Settings
 
 log = logging.getLogger("paimon.http")
-
-
-def client_key(host: str) -> str:
-    """The address a per-client limit counts: the IPv4 address, or the IPv6 /64.
-
-    One IPv6 subscriber usually holds a whole /64, so counting single addresses would
-    let one client open a fresh address per connection.
-    """
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return host
-    if address.version == 6 and address.ipv4_mapped is None:
-        return str(ipaddress.ip_network(f"{address}/64", strict=False))
-    return str(address.ipv4_mapped or address)
 
 
 class TrustedProxies:

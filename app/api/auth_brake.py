@@ -1,0 +1,52 @@
+"""The brake on guessing tokens: too many wrong tokens from one address answer 429.
+
+Failures are counted per client address (IPv6 per /64) in a moving one-minute window by
+the ``limits`` library. Once an address has sent AUTH_FAILURES_PER_MINUTE wrong tokens,
+its token checks are refused with 429 and ``Retry-After`` until the oldest failure leaves
+the window, without comparing the token: answering a right token from that address
+would keep telling the guesser when it has found one. Other addresses are never
+affected, so a client presenting the right token from its own address always gets in.
+
+The counts live in this process (``memory://``). The storage is a ``limits`` storage
+URI, so a shared one (``redis://...``) serves several processes without code changes.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+from limits import RateLimitItemPerMinute
+from limits.storage import storage_from_string
+from limits.strategies import MovingWindowRateLimiter
+
+from app.addresses import client_key
+from app.api.errors import ApiError
+
+NAMESPACE = "auth-failures"
+
+
+class AuthBrake:
+    """Counts wrong tokens per client address and stops an address that sent too many."""
+
+    def __init__(self, failures_per_minute: int, storage_uri: str = "memory://") -> None:
+        self.limit = RateLimitItemPerMinute(failures_per_minute)
+        self._limiter = MovingWindowRateLimiter(storage_from_string(storage_uri))
+
+    def check(self, address: str) -> None:
+        """Raise 429 when ``address`` may not try a token now."""
+        key = client_key(address)
+        if self._limiter.test(self.limit, NAMESPACE, key):
+            return
+        reset = self._limiter.get_window_stats(self.limit, NAMESPACE, key).reset_time
+        wait_s = max(1, math.ceil(reset - time.time()))
+        raise ApiError(
+            429,
+            "too_many_failures",
+            f"too many wrong tokens from this address; try again in {wait_s} s",
+            {"Retry-After": str(wait_s)},
+        )
+
+    def failed(self, address: str) -> None:
+        """Count one wrong token from ``address``."""
+        self._limiter.hit(self.limit, NAMESPACE, client_key(address))
