@@ -104,6 +104,8 @@ def main() -> None:
         timeout_graceful_shutdown=30,
         # The request-head limits and per-address connection cap (app/serving/protocol.py).
         http=limited_protocol(settings),
+        # One process: WEB_CONCURRENCY, which uvicorn would read, is gunicorn's setting.
+        workers=1,
     )
 
 

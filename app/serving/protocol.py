@@ -33,6 +33,10 @@ from app.addresses import client_key
 from app.config import Settings
 
 log = logging.getLogger("paimon.http")
+# How long, and how much, a refused connection may still send (its bytes are dropped)
+# before it is closed; past LINGER_BYTES it is no longer read at all.
+LINGER_S = 2.0
+LINGER_BYTES = 256 * 1024
 
 
 class TrustedProxies:
@@ -91,6 +95,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._in_head = True
         self._head_bytes = 0
         self._head_timer: asyncio.TimerHandle | None = None
+        self._refused = False
 
     # Connection life.
 
@@ -122,12 +127,16 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        if self.transport.is_closing():
+        if self._refused or self.transport.is_closing():
+            # The rest of a refused request: dropped until the close, up to a point.
+            self._head_bytes += len(data)
+            if self._head_bytes > LINGER_BYTES:
+                self.transport.pause_reading()
             return
         if self._in_head:
             self._head_bytes += len(data)
         super().data_received(data)
-        if not self._in_head or self.transport.is_closing():
+        if not self._in_head or self._refused or self.transport.is_closing():
             return
         if len(getattr(self, "url", b"")) > self.settings.max_request_line_bytes:
             self._refuse(414, "uri_too_long", "the request line is too long")
@@ -171,7 +180,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     def _head_deadline_passed(self) -> None:
         self._head_timer = None
-        if self.transport.is_closing():
+        if self._refused or self.transport.is_closing():
             return
         if self.cycle is not None and not self.cycle.response_complete:
             # A pipelined head behind a response still being sent: end after that one.
@@ -182,13 +191,25 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     def _refuse(
         self, status: int, code: str, message: str, headers: dict[str, str] | None = None
     ) -> None:
+        """Answer, then close once the client has had a moment to read the answer.
+
+        Closing at once, with the client's unread bytes still arriving, makes the kernel
+        reset the connection, and a reset can destroy the answer before the client reads
+        it. So, like nginx's lingering close: send the answer and a FIN, discard what
+        still arrives, and close after LINGER_S at the latest.
+        """
         self._cancel_head_timer()
         self._in_head = False
+        if self._refused or self.transport.is_closing():
+            return
+        self._refused = True
+        self._head_bytes = 0
         peer = self.client[0] if self.client else "unknown client"
         log.warning("refused %s with %d: %s", peer, status, message)
-        if not self.transport.is_closing():
-            self.transport.write(raw_error(status, code, message, headers))
-            self.transport.close()
+        self.transport.write(raw_error(status, code, message, headers))
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        self.loop.call_later(LINGER_S, self.transport.close)
 
 
 def limited_protocol(settings: Settings) -> type[LimitedHttpToolsProtocol]:
