@@ -445,6 +445,13 @@ def test_links_never_come_from_the_host_header(serve) -> None:
     assert response.json()["link"].startswith(server.env["PUBLIC_BASE_URL"] + "/files/")
 
 
+def test_development_run_links_point_at_itself_not_the_host_header(live_server) -> None:
+    server = live_server(argv=SERVE["uvicorn"], PUBLIC_BASE_URL=None)
+    response = upload(server, b"data", Host="evil.example")
+    assert response.status_code == 200
+    assert response.json()["link"].startswith(f"http://localhost:{server.port}/files/")
+
+
 def test_served_local_storage_without_public_base_url_stops_in_one_line(tmp_path) -> None:
     with pytest.raises(AssertionError, match="PUBLIC_BASE_URL is not set"):
         start_server(tmp_path, {"PUBLIC_BASE_URL": None}, SERVE["gunicorn"])
