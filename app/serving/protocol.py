@@ -24,6 +24,7 @@ import asyncio
 import ipaddress
 import json
 import logging
+import time
 from collections import Counter
 from typing import Any, ClassVar
 
@@ -78,11 +79,36 @@ def raw_error(status: int, code: str, message: str, headers: dict[str, str] | No
     return b"".join([*lines, b"\r\n", body])
 
 
+class RefusalLog:
+    """One log line per kind of refusal and second at most, with a count of the rest.
+
+    Under attack every refused connection would otherwise write its own line: hundreds at
+    once when a slowloris's deadlines pass together, which costs the event loop time and
+    floods the log.
+    """
+
+    def __init__(self, interval_s: float = 1.0) -> None:
+        self.interval_s = interval_s
+        self._last: dict[int, float] = {}
+        self._unlogged: Counter[int] = Counter()
+
+    def log(self, peer: str, status: int, message: str) -> None:
+        now = time.monotonic()
+        if now - self._last.get(status, -self.interval_s) < self.interval_s:
+            self._unlogged[status] += 1
+            return
+        self._last[status] = now
+        more = self._unlogged.pop(status, 0)
+        suffix = f" (and {more} more since the last such line)" if more else ""
+        log.warning("refused %s with %d: %s%s", peer, status, message, suffix)
+
+
 class LimitedHttpToolsProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with the limits above; see ``limited_protocol``."""
 
     settings: ClassVar[Settings]
     open_per_client: ClassVar[Counter[str]]
+    refusals: ClassVar[RefusalLog]
     trusted: ClassVar[TrustedProxies | None] = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -204,8 +230,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             return
         self._refused = True
         self._head_bytes = 0
-        peer = self.client[0] if self.client else "unknown client"
-        log.warning("refused %s with %d: %s", peer, status, message)
+        self.refusals.log(self.client[0] if self.client else "unknown client", status, message)
         self.transport.write(raw_error(status, code, message, headers))
         if self.transport.can_write_eof():
             self.transport.write_eof()
@@ -218,5 +243,5 @@ def limited_protocol(settings: Settings) -> type[LimitedHttpToolsProtocol]:
     A fresh class per server, so that each process (each gunicorn worker) counts only the
     connections it holds itself.
     """
-    attributes = {"settings": settings, "open_per_client": Counter()}
+    attributes = {"settings": settings, "open_per_client": Counter(), "refusals": RefusalLog()}
     return type("PaimonHttpProtocol", (LimitedHttpToolsProtocol,), attributes)
