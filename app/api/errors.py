@@ -58,11 +58,15 @@ _HTTP_CODES = {
 }
 
 
+def error_body(code: str, message: str) -> dict[str, str]:
+    """The JSON body of every error the service answers, from the app or the protocol."""
+    return {"status": "error", "message": message, "code": code}
+
+
 def error_response(
     status: int, code: str, message: str, headers: dict[str, str] | None = None
 ) -> JSONResponse:
-    body = {"status": "error", "message": message, "code": code}
-    return JSONResponse(body, status_code=status, headers=headers)
+    return JSONResponse(error_body(code, message), status_code=status, headers=headers)
 
 
 def storage_error_status(error: StorageError) -> tuple[int, str]:

@@ -31,6 +31,7 @@ from typing import Any, ClassVar
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from app.addresses import client_key
+from app.api.errors import error_body
 from app.config import Settings
 
 log = logging.getLogger("paimon.http")
@@ -67,7 +68,7 @@ class TrustedProxies:
 
 def raw_error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> bytes:
     """A complete HTTP/1.1 error response with the service's JSON body, closing the connection."""
-    body = json.dumps({"status": "error", "message": message, "code": code}).encode()
+    body = json.dumps(error_body(code, message)).encode()
     lines = [STATUS_LINE[status]]
     fields = {
         "content-type": "application/json",
