@@ -49,12 +49,17 @@ MiB = 1024 * 1024
 
 
 @pytest.fixture(params=sorted(SERVE))
-def serve(request, live_server) -> Callable[..., ServerProcess]:
+def serve_how(request) -> str:
+    return request.param
+
+
+@pytest.fixture
+def serve(serve_how: str, live_server) -> Callable[..., ServerProcess]:
     """Start the service the way it ships: `python server.py`, then gunicorn (2 workers)."""
 
     def start(**env: str | None) -> ServerProcess:
         env.setdefault("WEB_CONCURRENCY", "2")
-        return live_server(argv=SERVE[request.param], **env)
+        return live_server(argv=SERVE[serve_how], **env)
 
     return start
 
@@ -312,6 +317,62 @@ def test_connections_per_client_address_are_capped(serve) -> None:
         time.sleep(0.1)
     else:
         raise AssertionError("the address stayed refused after its connections closed")
+
+
+HOARD = """
+import contextlib, json, socket, sys, time
+port, count = int(sys.argv[1]), int(sys.argv[2])
+socks, answers = [], {}
+for _ in range(count):
+    with contextlib.suppress(OSError):
+        sock = socket.create_connection(("127.0.0.1", port), timeout=2)
+        sock.setblocking(False)
+        socks.append(sock)
+print("open", flush=True)
+stop = time.monotonic() + 4
+while time.monotonic() < stop:  # hold every connection open for 4 s, noting answers
+    for sock in socks:
+        if sock not in answers:
+            with contextlib.suppress(BlockingIOError):
+                try:
+                    answers[sock] = sock.recv(4096)[9:12].decode() or "closed"
+                except OSError:
+                    answers[sock] = "reset"
+    time.sleep(0.1)
+statuses = list(answers.values())
+print(json.dumps({"held": len(socks) - len(statuses), "statuses": statuses}))
+"""
+
+
+def with_open_files_limit(argv: list[str], limit: int) -> list[str]:
+    """``argv`` run under the common open-files limit of ``limit`` (as under systemd)."""
+    code = (
+        "import os, resource, sys;"
+        f"resource.setrlimit(resource.RLIMIT_NOFILE, ({limit}, {limit}));"
+        "os.execv(sys.argv[1], sys.argv[1:])"
+    )
+    return [sys.executable, "-c", code, *argv]
+
+
+def test_one_address_cannot_use_up_the_open_file_limit(serve_how, live_server) -> None:
+    server = live_server(
+        argv=with_open_files_limit(SERVE[serve_how], 1024),
+        FORWARDED_ALLOW_IPS="192.0.2.1",
+        WEB_CONCURRENCY="1",
+    )
+    attacker = subprocess.Popen(
+        [sys.executable, "-c", HOARD, str(server.port), "1100"], stdout=subprocess.PIPE, text=True
+    )
+    assert attacker.stdout is not None
+    assert attacker.stdout.readline().strip() == "open"
+    # While 1,100 connections from one address are open, everyone else is still served.
+    latencies = [health_latency_s(server) for _ in range(20)]
+    result = json.loads(attacker.communicate(timeout=60)[0])
+    assert max(latencies) < 5
+    assert result["held"] <= 64, "the cap holds; the rest were answered and closed"
+    assert set(result["statuses"]) <= {"429", "closed", "reset"}
+    assert "429" in result["statuses"]
+    assert "with 429: more than 64 connections at once from one address" in server.log()
 
 
 def test_protocol_errors_are_json(serve) -> None:

@@ -133,11 +133,14 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         if host and cap and host not in self._trusted:
             key = client_key(host)
             if self.open_per_client[key] >= cap:
+                # Closed at once, not after a lingering close: the point is to give the
+                # file descriptor back, and the client has rarely sent anything yet.
                 self._refuse(
                     429,
                     "too_many_connections",
                     f"more than {cap} connections at once from one address",
                     {"Retry-After": "10"},
+                    linger=False,
                 )
                 return
             self.open_per_client[key] += 1
@@ -216,7 +219,12 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._refuse(408, "request_timeout", "the request headers did not arrive in time")
 
     def _refuse(
-        self, status: int, code: str, message: str, headers: dict[str, str] | None = None
+        self,
+        status: int,
+        code: str,
+        message: str,
+        headers: dict[str, str] | None = None,
+        linger: bool = True,
     ) -> None:
         """Answer, then close once the client has had a moment to read the answer.
 
@@ -233,6 +241,9 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._head_bytes = 0
         self.refusals.log(self.client[0] if self.client else "unknown client", status, message)
         self.transport.write(raw_error(status, code, message, headers))
+        if not linger:
+            self.transport.close()  # after the answer is written
+            return
         if self.transport.can_write_eof():
             self.transport.write_eof()
         self.loop.call_later(LINGER_S, self.transport.close)
