@@ -27,6 +27,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from app.api.auth_brake import AuthBrake
+from app.api.errors import ApiError
+from app.serving.logs import Redactor
 from tests.conftest import ROOT, ServerProcess, free_port, start_server
 
 WAIT_S = 20
@@ -626,3 +629,28 @@ def test_gunicorn_opens_no_control_socket(live_server, tmp_path: Path) -> None:
     assert health_latency_s(server) < 5
     assert not (home / ".gunicorn").exists()
     assert "control" not in server.log().lower()
+
+
+# --- the pieces, in process ----------------------------------------------------------
+
+
+def test_redactor_hides_secrets_query_values_and_bearer_tokens() -> None:
+    redact = Redactor(["s3cret-value-123456"])
+    line = redact(
+        '127.0.0.1:5 - "POST /upload?token=abc&service=mega&key=s3cret-value-123456 HTTP/1.1" '
+        "Authorization: Bearer xyz s3cret-value-123456"
+    )
+    assert "abc" not in line and "xyz" not in line and "s3cret" not in line
+    assert "service=mega" in line and "token=[redacted]" in line
+
+
+def test_brake_counts_per_address_and_ipv6_per_64() -> None:
+    brake = AuthBrake(2)
+    for _ in range(2):
+        brake.check("2001:db8::1")
+        brake.failed("2001:db8::1")
+    with pytest.raises(ApiError) as refused:
+        brake.check("2001:db8::ffff")  # the same /64
+    assert refused.value.status == 429 and 1 <= int(refused.value.headers["Retry-After"]) <= 60
+    brake.check("2001:db8:0:1::1")  # another /64
+    brake.check("192.0.2.1")

@@ -36,6 +36,7 @@ _ERRORS = {
     403: "The auth token is wrong.",
     413: "The file is larger than MAX_UPLOAD_BYTES.",
     422: "The form has no `file` field.",
+    429: "Too many wrong tokens from this address; see Retry-After.",
     502: "The storage backend failed after retries, or refused the service's login.",
     503: "Too many uploads in progress (see Retry-After), or storage not ready.",
     504: "The storage backend timed out.",
