@@ -47,6 +47,11 @@ def _configure_logging(settings: Settings) -> None:
     )
     secrets = [settings.auth_token, settings.mega_password]
     install_redaction(secret.get_secret_value() for secret in secrets if secret is not None)
+    if "*" in os.environ.get("FORWARDED_ALLOW_IPS", ""):
+        logging.getLogger("paimon.http").warning(
+            "FORWARDED_ALLOW_IPS is '*': every client may write the address the service "
+            "sees (X-Forwarded-For), dodging the per-address limits; list the proxy instead"
+        )
 
 
 def __getattr__(name: str) -> Any:

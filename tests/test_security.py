@@ -546,6 +546,11 @@ def test_client_address_is_the_one_the_trusted_proxy_appended(serve) -> None:
     assert "203.0.113.9" in log and "6.6.6.6" not in log
 
 
+def test_trusting_every_peer_is_warned_about(serve) -> None:
+    server = serve(FORWARDED_ALLOW_IPS="*")
+    assert "FORWARDED_ALLOW_IPS is '*'" in server.log()
+
+
 # --- 10. operator errors and logs ----------------------------------------------------
 
 
