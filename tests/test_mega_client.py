@@ -28,7 +28,7 @@ from app.storage.base import (
     UpstreamRejected,
 )
 from app.storage.mega import hashcash
-from app.storage.mega.client import MegaClient, MemorySessionStore
+from app.storage.mega.client import MegaClient
 from app.storage.mega.errors import (
     Action,
     HashcashUnsolved,
@@ -44,6 +44,7 @@ from app.storage.mega.errors import (
 )
 from app.storage.mega.folders import ensure_folder, find_folder
 from app.storage.mega.retry import Deadline, RetryPolicy, call_with_retries
+from app.storage.mega.session import MemorySessionStore
 from app.storage.mega.totp import totp
 from tests.mega_emulator import MegaEmulator, verify_hashcash
 from tests.mega_emulator.hashcash import new_challenge
@@ -193,7 +194,7 @@ def test_threads_and_two_clients_share_one_login(
 _CHILD = """
 import sys, time
 from pathlib import Path
-from app.storage.mega.client import MegaClient, MemorySessionStore
+from app.storage.mega.client import MegaClient
 from app.storage.mega.retry import RetryPolicy
 url, email, password, session_file, start_at = sys.argv[1:6]
 client = MegaClient(url, email, password, Path(session_file),
@@ -732,9 +733,10 @@ def test_the_log_in_deadline_fits_easiness_100_on_one_core() -> None:
     buffer = hashcash._buffer(token)
     times = []
     for _ in range(5):
-        started = time.perf_counter()
+        # The thread's own CPU time: what one core takes, however busy the machine is.
+        started = time.thread_time()
         hashlib.sha256(buffer).digest()
-        times.append(time.perf_counter() - started)
+        times.append(time.thread_time() - started)
     expected_tries = 2**32 / (hashcash.threshold(100) + 1)
     assert 50_000 < expected_tries < 60_000
     expected_s = expected_tries * min(times)

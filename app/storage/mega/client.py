@@ -23,7 +23,6 @@ Nothing here logs or raises a password, TOTP secret, session id or key.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import itertools
 import json
@@ -32,7 +31,6 @@ import re
 import secrets
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +55,6 @@ from .errors import (
     LOGIN_REASONS,
     SESSION_GONE,
     HashcashUnsolved,
-    LoginLockTimeout,
     MegaApiError,
     MegaBadAnswer,
     MegaError,
@@ -70,12 +67,13 @@ from .retry import Deadline, RetryPolicy, call_with_retries
 from .session import (
     CachedSession,
     FileSessionStore,
+    MemorySessionStore,
     SessionStore,
     account_key,
     decode_session,
     encode_session,
 )
-from .settings import MegaSettings
+from .settings import MegaSettings, setting_default
 from .totp import totp
 
 logger = logging.getLogger(__name__)
@@ -83,6 +81,8 @@ logger = logging.getLogger(__name__)
 # A request answered with a fresh challenge right after a correct answer, this many times
 # in a row, is given up (a server that never accepts would otherwise loop until the deadline).
 MAX_REJECTED_ANSWERS = 3
+# After MEGA refused the credentials, no new log-in for this long (probes, uploads).
+LOGIN_COOLDOWN_S = 60.0
 _SID_IN_URL = re.compile(r"(sid=)[^&\s\"]+")
 
 
@@ -102,33 +102,6 @@ def _install_sid_redaction() -> None:
         target.addFilter(_RedactSid())
 
 
-class MemorySessionStore:
-    """A session store for one process that shares nothing (the mega-session command)."""
-
-    def __init__(self) -> None:
-        self._session: CachedSession | None = None
-        self._lock = threading.Lock()
-
-    def load(self) -> CachedSession | None:
-        return self._session
-
-    def save(self, session: CachedSession) -> None:
-        self._session = session
-
-    def clear(self, sid: str) -> None:
-        if self._session is not None and self._session.sid == sid:
-            self._session = None
-
-    @contextlib.contextmanager
-    def locked(self, timeout_s: float) -> Iterator[None]:
-        if not self._lock.acquire(timeout=timeout_s):
-            raise LoginLockTimeout()
-        try:
-            yield
-        finally:
-            self._lock.release()
-
-
 class MegaClient:
     """A MEGA session for one account, safe to share between threads."""
 
@@ -143,11 +116,11 @@ class MegaClient:
         store: SessionStore | None = None,
         totp_secret: str | None = None,
         session: str | None = None,
-        connect_timeout: float = 10,
-        read_timeout: float = 60,
-        login_cooldown_s: float = 60.0,
-        login_deadline_s: float = 3600.0,
-        login_wait_s: float = 15.0,
+        connect_timeout: float = setting_default("mega_connect_timeout"),
+        read_timeout: float = setting_default("mega_read_timeout"),
+        login_cooldown_s: float = LOGIN_COOLDOWN_S,
+        login_deadline_s: float = setting_default("mega_login_deadline_seconds"),
+        login_wait_s: float = setting_default("mega_login_wait_seconds"),
         hashcash_budget_s: float = hashcash.CHALLENGE_BUDGET_S,
         hashcash_threads: int | None = None,
         pool_size: int = 16,
@@ -377,7 +350,6 @@ class MegaClient:
             if self._sid is not None and self._sid != stale_sid:
                 return  # another thread already logged in again
             self._sid = None
-            self._store.clear(stale_sid)
             self._get_session(stale_sid, self._login_deadline(deadline))
         finally:
             self._lock.release()
@@ -395,6 +367,8 @@ class MegaClient:
             if cached is not None and cached.sid != stale_sid:
                 self._adopt(cached, "the session store")
                 return
+            if cached is not None:
+                self._store.clear(stale_sid)  # MEGA rejected it: no one else should try it
             if self._given is not None:
                 self._adopt(self._given, "MEGA_SESSION")
                 return

@@ -24,7 +24,9 @@ import hashlib
 import json
 import logging
 import os
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -185,3 +187,30 @@ class FileSessionStore:
     def locked(self, timeout_s: float) -> contextlib.AbstractContextManager[None]:
         """Hold the cross-process log-in lock; LoginLockTimeout after ``timeout_s``."""
         return exclusive(self.lock_path, timeout_s, LoginLockTimeout)
+
+
+class MemorySessionStore:
+    """A session store for one process that shares nothing (the mega-session command)."""
+
+    def __init__(self) -> None:
+        self._session: CachedSession | None = None
+        self._lock = threading.Lock()
+
+    def load(self) -> CachedSession | None:
+        return self._session
+
+    def save(self, session: CachedSession) -> None:
+        self._session = session
+
+    def clear(self, sid: str) -> None:
+        if self._session is not None and self._session.sid == sid:
+            self._session = None
+
+    @contextlib.contextmanager
+    def locked(self, timeout_s: float) -> Iterator[None]:
+        if not self._lock.acquire(timeout=timeout_s):
+            raise LoginLockTimeout()
+        try:
+            yield
+        finally:
+            self._lock.release()

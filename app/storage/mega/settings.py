@@ -9,6 +9,7 @@ restates a number.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, SecretStr
 
@@ -18,6 +19,22 @@ from .retry import RetryPolicy
 
 # One API call never retries for longer than this, unless its caller's deadline is nearer.
 API_CALL_DEADLINE_S = 120.0
+
+
+def setting_default(name: str) -> Any:
+    """A setting's default, written once in ``app.config.Settings``; for the keyword
+    defaults of classes that scripts and tests build without the settings."""
+    return Settings.model_fields[name].default
+
+
+def default_retry_policy() -> RetryPolicy:
+    """The retry policy the settings' defaults make."""
+    return RetryPolicy(
+        attempts=setting_default("mega_retry_attempts"),
+        deadline_s=min(API_CALL_DEADLINE_S, setting_default("mega_upload_deadline_seconds")),
+        initial_s=setting_default("mega_retry_initial_seconds"),
+        max_s=setting_default("mega_retry_max_seconds"),
+    )
 
 
 class MegaSettings(BaseModel):

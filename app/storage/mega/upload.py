@@ -36,13 +36,12 @@ import logging
 import re
 import threading
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
 from mega.crypto import a32_to_base64, encrypt_key, make_id
 
-from app.config import Settings
 from app.storage.base import BodyStream
 
 from .crypto import (
@@ -68,6 +67,7 @@ from .errors import (
     action_for,
 )
 from .retry import Deadline, RetryPolicy, call_with_retries
+from .settings import default_retry_policy, setting_default
 
 logger = logging.getLogger(__name__)
 
@@ -94,21 +94,16 @@ class ApiClient(Protocol):
     def post_region(self, url: str, body: memoryview | bytes, deadline: Deadline) -> str: ...
 
 
-def _default(name: str) -> Any:
-    """A setting's default, written once in ``app.config.Settings``."""
-    return Settings.model_fields[name].default
-
-
 @dataclass(frozen=True, slots=True)
 class UploadLimits:
     """How an upload is sent and how long it may take (the settings' defaults unless given)."""
 
-    chunk_policy: RetryPolicy
-    region_bytes: int = int(_default("mega_upload_region_bytes"))
-    parallel: int = _default("mega_upload_parallel")  # region POSTs in flight at once
-    restarts: int = _default("mega_upload_restarts")  # fresh upload URLs after the first
-    deadline_s: float = _default("mega_upload_deadline_seconds")  # the whole file
-    window_bytes: int = int(_default("mega_upload_window_bytes"))
+    chunk_policy: RetryPolicy = field(default_factory=default_retry_policy)
+    region_bytes: int = int(setting_default("mega_upload_region_bytes"))
+    parallel: int = setting_default("mega_upload_parallel")  # region POSTs in flight at once
+    restarts: int = setting_default("mega_upload_restarts")  # fresh URLs after the first
+    deadline_s: float = setting_default("mega_upload_deadline_seconds")  # the whole file
+    window_bytes: int = int(setting_default("mega_upload_window_bytes"))
 
     def __post_init__(self) -> None:
         if self.parallel < 1 or self.region_bytes < 1 or self.window_bytes < 1:
