@@ -139,7 +139,7 @@ def sdk_read_name(attributes: str, encrypted_key: str, master_key: bytes) -> str
         return None
     if not plain.startswith(b'MEGA{"'):
         return None
-    found = re.search(rb'"n":"((?:[^"\\]|\\.)*)"', plain[4:])
+    found = re.search(rb'"n"\s*:\s*"((?:[^"\\]|\\.)*)"', plain[4:])
     if found is None:
         return None
     raw, out, i = found.group(1), bytearray(), 0
