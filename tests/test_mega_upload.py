@@ -37,6 +37,7 @@ from app.storage.mega.crypto import (
 )
 from app.storage.mega.errors import MegaError, to_storage_error
 from app.storage.mega.retry import RetryPolicy
+from app.storage.mega.session import MemorySessionStore
 from app.storage.mega.upload import UploadLimits, export_link, put_node, send_file
 from tests.mega_emulator import MegaEmulator
 from tests.mega_verify import meta_mac_of, verify
@@ -552,3 +553,18 @@ def test_pieces_never_run_past_the_window(
 def test_the_default_window_is_the_sdks() -> None:
     limits = UploadLimits(chunk_policy=FAST)
     assert limits.window_bytes == 256 * MiB
+
+
+def test_backends_sharing_a_session_store_log_in_once(
+    emulator: MegaEmulator, tmp_path: Path
+) -> None:
+    # The session store is the one seam for where the session lives (a file by default).
+    store = MemorySessionStore()
+    settings = mega_settings(emulator, tmp_path)
+    path, _ = source_file(tmp_path, 10)
+    for name in ("a", "b"):
+        backend = MegaBackend(settings, store)
+        backend.store(path, name, 10)
+        backend.close()
+    assert emulator.stats()["logins_ok"] == 1
+    assert not settings.session_file.exists()

@@ -25,6 +25,7 @@ from .client import MegaClient
 from .errors import ENOENT, MegaApiError, MegaLoggingIn, failure_name, to_storage_error
 from .folders import ensure_folder
 from .retry import Deadline
+from .session import SessionStore
 from .settings import MegaSettings
 from .upload import (
     SentFile,
@@ -47,8 +48,10 @@ class MegaBackend:
 
     name = "mega"
 
-    def __init__(self, settings: MegaSettings) -> None:
+    def __init__(self, settings: MegaSettings, store: SessionStore | None = None) -> None:
+        """``store`` keeps the session and the log-in lock; by default the session file."""
         self._settings = settings
+        self._session_store = store
         policy = settings.retry_policy()
         self._limits = UploadLimits(
             chunk_policy=policy,
@@ -71,7 +74,7 @@ class MegaBackend:
     def start(self) -> None:
         """Build the client; no network I/O (``connect`` logs in, in the background)."""
         self._settings.session_file.parent.mkdir(parents=True, exist_ok=True)
-        self._client = MegaClient.from_settings(self._settings)
+        self._client = MegaClient.from_settings(self._settings, self._session_store)
 
     def connect(self) -> None:
         """Log in (or check the stored or given session) and find the folder."""
@@ -116,7 +119,7 @@ class MegaBackend:
         # One deadline for the whole upload: log-in and folder look-up, the data, u/p/l.
         deadline = Deadline(self._limits.deadline_s)
         try:
-            client = self._ready_client()
+            client = self._ready_client(deadline=deadline)
             folder = self._folder(deadline)
             sent = send(client, deadline)
             try:
@@ -180,13 +183,15 @@ class MegaBackend:
 
     # -- internals -------------------------------------------------------------------
 
-    def _ready_client(self, wait: bool = True) -> MegaClient:
+    def _ready_client(self, wait: bool = True, deadline: Deadline | None = None) -> MegaClient:
+        """The client with a session. ``wait=False``: a log-in running elsewhere is reported
+        at once instead of waited for (probes)."""
         if self._client is None:  # used without start(), e.g. from a script
             self.start()
         assert self._client is not None
         if not wait and not self._client.logged_in and self._client.login_running:
             raise MegaLoggingIn()
-        self._client.ensure_login()
+        self._client.ensure_login(deadline)
         return self._client
 
     def _folder(self, deadline: Deadline, stale: str | None = None) -> str:

@@ -163,13 +163,15 @@ class MegaClient:
         self._refused: tuple[float, MegaLoginError] | None = None
 
     @classmethod
-    def from_settings(cls, settings: MegaSettings) -> MegaClient:
+    def from_settings(cls, settings: MegaSettings, store: SessionStore | None = None) -> MegaClient:
+        """The production client; ``store`` defaults to the file ``settings.session_file``."""
         return cls(
             settings.api_url,
             settings.email,
             settings.password.get_secret_value(),
             settings.session_file,
             policy=settings.retry_policy(),
+            store=store,
             totp_secret=settings.totp_secret.get_secret_value() if settings.totp_secret else None,
             session=settings.session.get_secret_value() if settings.session else None,
             connect_timeout=settings.connect_timeout_s,

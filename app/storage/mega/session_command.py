@@ -38,7 +38,7 @@ def print_session(settings: Settings) -> int:
     try:
         line = client.export_session()
     except MegaError as exc:
-        print(f"paimon-server: MEGA log-in failed: {to_storage_error(exc)}", file=sys.stderr)
+        print(f"paimon-server: {to_storage_error(exc)}", file=sys.stderr)
         return 1
     finally:
         client.close()
