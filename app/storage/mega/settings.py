@@ -27,13 +27,21 @@ def setting_default(name: str) -> Any:
     return Settings.model_fields[name].default
 
 
+def retry_policy(
+    attempts: int, initial_s: float, max_s: float, upload_deadline_s: float
+) -> RetryPolicy:
+    # One API request never retries for longer than a whole upload may take.
+    deadline_s = min(API_CALL_DEADLINE_S, upload_deadline_s)
+    return RetryPolicy(attempts=attempts, deadline_s=deadline_s, initial_s=initial_s, max_s=max_s)
+
+
 def default_retry_policy() -> RetryPolicy:
     """The retry policy the settings' defaults make."""
-    return RetryPolicy(
-        attempts=setting_default("mega_retry_attempts"),
-        deadline_s=min(API_CALL_DEADLINE_S, setting_default("mega_upload_deadline_seconds")),
-        initial_s=setting_default("mega_retry_initial_seconds"),
-        max_s=setting_default("mega_retry_max_seconds"),
+    return retry_policy(
+        setting_default("mega_retry_attempts"),
+        setting_default("mega_retry_initial_seconds"),
+        setting_default("mega_retry_max_seconds"),
+        setting_default("mega_upload_deadline_seconds"),
     )
 
 
@@ -90,9 +98,6 @@ class MegaSettings(BaseModel):
         )
 
     def retry_policy(self) -> RetryPolicy:
-        return RetryPolicy(
-            attempts=self.retry_attempts,
-            deadline_s=min(API_CALL_DEADLINE_S, self.upload_deadline_s),
-            initial_s=self.retry_initial_s,
-            max_s=self.retry_max_s,
+        return retry_policy(
+            self.retry_attempts, self.retry_initial_s, self.retry_max_s, self.upload_deadline_s
         )
