@@ -511,8 +511,11 @@ def test_hashcash_rejects_other_versions_and_gives_up_at_the_deadline() -> None:
 
 
 def test_login_behind_a_hashcash_challenge(
-    emulator: MegaEmulator, make_client: Callable[..., MegaClient]
+    emulator: MegaEmulator,
+    make_client: Callable[..., MegaClient],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.INFO)
     emulator.faults.hashcash_easiness = 200
     client = make_client(login_deadline_s=30)
     started = time.monotonic()
@@ -521,6 +524,8 @@ def test_login_behind_a_hashcash_challenge(
     stats = emulator.stats()
     assert stats["hashcash_issued"] == 1 and stats["hashcash_passed"] == 1
     assert stats["logins_ok"] == 1
+    # The log says how big the work is, so a long start-up is understood.
+    assert "easiness 200: about 15 tries of 12 MiB" in caplog.text
 
 
 def test_unsolvable_hashcash_fails_the_login_in_bounded_time(

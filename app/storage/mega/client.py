@@ -314,7 +314,11 @@ class MegaClient:
             if deadline.remaining() <= 0:
                 raise HashcashUnsolved("deadline")
             budget = min(self._hashcash_budget_s, deadline.remaining())
-            logger.info("MEGA asked for a proof of work; solving it (at most %.0f s)", budget)
+            logger.info(
+                "MEGA asked for a proof of work (%s); solving it, at most %.0f s on this challenge",
+                hashcash.describe(challenge, self._hashcash_threads),
+                budget,
+            )
             started = time.monotonic()
             headers["X-Hashcash"] = hashcash.solve(challenge, budget, self._hashcash_threads)
             spent = time.monotonic() - started

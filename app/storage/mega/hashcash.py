@@ -107,6 +107,18 @@ def parse_challenge(header: str) -> Challenge:
     return Challenge(easiness, parts[3], token_bytes)
 
 
+def describe(header: str, threads: int | None = None) -> str:
+    """A challenge's size for the log: its easiness, the tries it takes on average, and
+    the threads that will work on it (so operators can tell minutes from seconds)."""
+    try:
+        easiness = parse_challenge(header).easiness
+    except HashcashUnsolved:
+        return "a malformed challenge"
+    tries = 2**32 / (threshold(easiness) + 1)
+    workers = threads or usable_cpus()
+    return f"easiness {easiness}: about {tries:,.0f} tries of 12 MiB on {workers} threads"
+
+
 def answer_header(challenge: Challenge, prefix: bytes) -> str:
     return f"{VERSION}:{challenge.token}:{_b64url_encode(prefix)}"
 
