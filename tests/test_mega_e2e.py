@@ -481,3 +481,22 @@ def test_ready_when_logged_in_with_the_folder(service: Service) -> None:
     response = service.http.get(f"{service.url}/ready")
     assert response.status_code == 200, response.text
     assert response.json()["status"] == "ready"
+
+
+def test_the_session_command_with_a_refused_password_says_why(
+    emulator: MegaEmulator, tmp_path: Path
+) -> None:
+    env = _mega_env(emulator, tmp_path, MEGA_PASSWORD="a wrong password")
+    result = subprocess.run(
+        [sys.executable, "server.py", "mega-session"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=START_TIMEOUT_S * 3,
+    )
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr.strip().splitlines()[-1] == (
+        "paimon-server: MEGA login failed: wrong email or password"
+    )
+    assert "a wrong password" not in result.stderr
