@@ -1,6 +1,7 @@
 """Entry point.
 
-``python server.py`` runs a single development server. ``server:app`` is what gunicorn
+``python server.py`` runs a single development server; ``python server.py mega-session``
+logs in to MEGA once and prints a ``MEGA_SESSION`` value. ``server:app`` is what gunicorn
 and uvicorn import; it is built on first access, so importing this module reads nothing.
 """
 
@@ -23,6 +24,7 @@ from app.config import (
 from app.main import create_app
 from app.serving.logs import install_redaction
 from app.serving.protocol import limited_protocol
+from app.storage.base import StorageLoginFailed
 
 # gunicorn stops, instead of restarting workers forever, when a worker exits with 3.
 BOOT_ERROR = 3
@@ -40,12 +42,24 @@ def _exit_with(error: ConfigError) -> None:
     raise SystemExit(BOOT_ERROR)
 
 
+def _refused(error: StorageLoginFailed) -> None:
+    """Credentials MEGA refuses can never work: stop, so that the deploy fails visibly.
+    Exit status 3 also makes gunicorn stop instead of starting the worker again."""
+    print(f"paimon-server: cannot start: {error}", file=sys.stderr, flush=True)
+    os._exit(BOOT_ERROR)
+
+
 def _configure_logging(settings: Settings) -> None:
     logging.basicConfig(
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    secrets = [settings.auth_token, settings.mega_password]
+    secrets = [
+        settings.auth_token,
+        settings.mega_password,
+        settings.mega_totp_secret,
+        settings.mega_session,
+    ]
     install_redaction(secret.get_secret_value() for secret in secrets if secret is not None)
     if "*" in os.environ.get("FORWARDED_ALLOW_IPS", ""):
         logging.getLogger("paimon.http").warning(
@@ -66,7 +80,7 @@ def __getattr__(name: str) -> Any:
         except ConfigError as error:
             _exit_with(error)
         _configure_logging(settings)
-        _app = create_app(settings)
+        _app = create_app(settings, on_refused=_refused)
     return _app
 
 
@@ -91,8 +105,23 @@ def _development_settings() -> tuple[Settings, list[str]]:
     return settings, notes
 
 
+def mega_session() -> None:
+    """Log in to MEGA with MEGA_EMAIL/MEGA_PASSWORD(/MEGA_TOTP_SECRET) and print one line
+    for MEGA_SESSION. The line is a credential; it goes to stdout only, never to a log."""
+    from app.storage.mega.session_command import print_session
+
+    try:
+        settings = load_settings(auth_token=generate_token(), storage_backend="mega")
+    except ConfigError as error:
+        _exit_with(error)
+    raise SystemExit(print_session(settings))
+
+
 def main() -> None:
     import uvicorn
+
+    if sys.argv[1:] == ["mega-session"]:
+        mega_session()
 
     try:
         settings, notes = _development_settings()
@@ -102,7 +131,7 @@ def main() -> None:
     for note in notes:
         print(f"paimon-server (development run): {note}", file=sys.stderr, flush=True)
     uvicorn.run(
-        create_app(settings),
+        create_app(settings, on_refused=_refused),
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,

@@ -17,6 +17,8 @@ from pydantic import ByteSize, Field, SecretStr, ValidationError, field_validato
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MIN_TOKEN_LENGTH = 16
+# How a MEGA_SESSION value begins (app.storage.mega.session writes and reads the rest).
+SESSION_PREFIX = "mega-session-v1."
 # Values people paste from examples and forget to change; running with one of them
 # would publish the service to anyone who read the same example.
 _PLACEHOLDER = re.compile(r"change|example|placeholder|your[-_ ]|secret|xxxx|token-here", re.I)
@@ -29,6 +31,7 @@ _HINTS = {
     "storage_backend": "use 'mega' or 'local'",
     "mega_email": "set MEGA_EMAIL and MEGA_PASSWORD, or STORAGE_BACKEND=local",
     "mega_password": "set MEGA_EMAIL and MEGA_PASSWORD, or STORAGE_BACKEND=local",
+    "mega_session": "print a fresh one with: python server.py mega-session",
     "max_upload_bytes": "give a size such as 1073741824, 500MB or 2GiB",
     "log_level": "use one of critical, error, warning, info, debug",
 }
@@ -49,6 +52,11 @@ class Settings(BaseSettings):
     storage_backend: Literal["mega", "local"] = "mega"
     mega_email: str | None = None
     mega_password: SecretStr | None = None
+    # The base32 secret MEGA shows when two-factor authentication is turned on; the
+    # current code is computed from it at each log-in.
+    mega_totp_secret: SecretStr | None = None
+    # A session printed by `python server.py mega-session`: used instead of logging in.
+    mega_session: SecretStr | None = None
     mega_api_url: str = "https://g.api.mega.co.nz"
     mega_folder: str = "Paimon/uploads"
     mega_session_file: Path = Path("data/mega-session.json")
@@ -61,6 +69,16 @@ class Settings(BaseSettings):
     mega_retry_max_seconds: float = Field(default=15.0, ge=0, le=600)
     mega_upload_deadline_seconds: float = Field(default=1800.0, gt=0, le=86400)
     mega_upload_restarts: int = Field(default=3, ge=0, le=20)
+    # No piece is sent further than this past the earliest one MEGA has not confirmed
+    # (MEGA's SDK keeps 256 MiB; its upload servers refuse pieces beyond with -4).
+    mega_upload_window_bytes: ByteSize = Field(
+        default=ByteSize(256 * 1024**2), ge=1024**2, le=256 * 1024**2
+    )
+    # How long one log-in may take, proof of work included. MEGA may ask for about 57,000
+    # hashes of 12 MiB (easiness 100): about 8 minutes on one core, twice that on half a CPU.
+    mega_login_deadline_seconds: float = Field(default=3600.0, gt=0, le=86400)
+    # How long an upload waits for a log-in in progress before it is answered 503.
+    mega_login_wait_seconds: float = Field(default=15.0, ge=0, le=600)
     # The upload pipeline: region POSTs in flight per upload, and the size of a region
     # (whole MEGA chunks). Memory per upload is about (parallel + 1) x region. Measured on
     # one worker with 4 PUTs and 4 POSTs at once: peak RSS 183 MB with 4 MiB regions, 231 MB
@@ -116,6 +134,28 @@ class Settings(BaseSettings):
         if not re.fullmatch(r"https?://[^\s/?#]+(/[^\s?#]*)?", value):
             raise ValueError("must be an http:// or https:// URL without query or fragment")
         return value.rstrip("/")
+
+    @field_validator("mega_totp_secret", "mega_session", mode="before")
+    @classmethod
+    def _blank_secret_is_unset(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("mega_totp_secret")
+    @classmethod
+    def _totp_is_base32(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return None
+        text = re.sub(r"[\s-]", "", value.get_secret_value()).upper().rstrip("=")
+        if len(text) < 16 or not re.fullmatch(r"[A-Z2-7]+", text):
+            raise ValueError("is not a base32 secret such as MEGA shows when 2FA is turned on")
+        return SecretStr(text)
+
+    @field_validator("mega_session")
+    @classmethod
+    def _session_is_ours(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().strip().startswith(SESSION_PREFIX):
+            raise ValueError("is not a session printed by the mega-session command")
+        return value
 
     @field_validator("mega_folder")
     @classmethod

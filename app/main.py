@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
+import anyio
 from anyio import to_thread
 from fastapi import FastAPI
 
@@ -16,7 +17,7 @@ from app.api.errors import install_error_handlers
 from app.config import Settings
 from app.serving.startup import OneLineStartupErrors
 from app.spool import Spool
-from app.storage.base import StorageBackend
+from app.storage.base import StorageBackend, StorageError, StorageLoginFailed, supports_connect
 from app.storage.factory import build_backend
 from app.storage.local import LocalBackend
 
@@ -32,8 +33,43 @@ Authenticate uploads with the header `X-Auth-Token: <token>` or
 """
 
 
-def create_app(settings: Settings, backend: StorageBackend | None = None) -> FastAPI:
-    """Build the service for ``settings``; ``backend`` replaces the configured one if given."""
+# After a failed start-up connection (MEGA slow or unreachable), try again this often.
+CONNECT_RETRY_S = 30.0
+
+
+async def _connect(
+    backend: StorageBackend, on_refused: Callable[[StorageLoginFailed], None] | None
+) -> None:
+    """Connect the backend in a worker thread until it works, so that the first upload
+    does not pay for the log-in; /health answers all along. Refused credentials can never
+    start working: ``on_refused`` (the entry point's, which stops the service) is told."""
+    if not supports_connect(backend):
+        return
+    while True:
+        try:
+            await to_thread.run_sync(backend.connect, abandon_on_cancel=True)
+        except StorageLoginFailed as refused:
+            log.error("storage refused the credentials: %s", refused)
+            if on_refused is not None:
+                on_refused(refused)
+            return
+        except StorageError as error:
+            log.warning(
+                "storage not reachable yet (%s); trying again in %g s", error, CONNECT_RETRY_S
+            )
+            await anyio.sleep(CONNECT_RETRY_S)
+            continue
+        log.info("storage connected")
+        return
+
+
+def create_app(
+    settings: Settings,
+    backend: StorageBackend | None = None,
+    on_refused: Callable[[StorageLoginFailed], None] | None = None,
+) -> FastAPI:
+    """Build the service for ``settings``; ``backend`` replaces the configured one if given.
+    ``on_refused`` is called when the storage refuses the credentials at start-up."""
     backend = backend or build_backend(settings)
     spool = Spool(settings.temp_upload_dir, int(settings.max_upload_bytes))
     services = Services(settings=settings, backend=backend, spool=spool)
@@ -54,10 +90,13 @@ def create_app(settings: Settings, backend: StorageBackend | None = None) -> Fas
             spool.limit,
             settings.max_concurrent_uploads,
         )
-        try:
-            yield
-        finally:
-            await to_thread.run_sync(backend.close)
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(_connect, backend, on_refused)
+            try:
+                yield
+            finally:
+                tasks.cancel_scope.cancel()
+                await to_thread.run_sync(backend.close)
 
     app = FastAPI(
         title="Paimon-server", version=__version__, description=DESCRIPTION, lifespan=lifespan

@@ -152,7 +152,7 @@ def test_render_blueprint_values() -> None:
     assert 1 <= service["maxShutdownDelaySeconds"] <= 300
     env = render_env()
     assert env["AUTH_TOKEN"] == {"key": "AUTH_TOKEN", "generateValue": True}
-    for secret in ("MEGA_EMAIL", "MEGA_PASSWORD"):
+    for secret in ("MEGA_EMAIL", "MEGA_PASSWORD", "MEGA_TOTP_SECRET", "MEGA_SESSION"):
         assert env[secret] == {"key": secret, "sync": False}, "secrets are never committed"
     assert env["STORAGE_BACKEND"]["value"] == "mega"
     assert env["MEGA_FOLDER"]["value"]

@@ -8,7 +8,10 @@ not empty, last chunk longer than 16 bytes) by mega.py's own ``download_url`` to
 from __future__ import annotations
 
 import functools
+import os
 import random
+import secrets
+import subprocess
 import sys
 import threading
 import time
@@ -21,10 +24,11 @@ import pytest
 import requests
 from mega.crypto import get_chunks
 
-from tests.conftest import ServerProcess, start_server
+from tests.conftest import ROOT, START_TIMEOUT_S, ServerProcess, free_port, start_server
 from tests.mega_emulator import MegaEmulator
 from tests.mega_emulator.stock_client import EmulatedMega
 from tests.mega_verify import parse_link, verify
+from tests.test_deploy import start_command_argv
 
 EMAIL, PASSWORD = "e2e@example.com", "emulated e2e password"
 KiB, MiB = 1024, 1024 * 1024
@@ -346,19 +350,153 @@ def test_gunicorn_workers_and_a_restart_share_one_login(
     assert emulator.stats()["logins_failed"] == 0
 
 
-def test_ready_with_wrong_credentials_is_503_and_not_retried_per_probe(
+def _mega_env(emulator: MegaEmulator, tmp_path: Path, **extra: str) -> dict[str, str]:
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("MEGA_", "AUTH_", "STORAGE_", "WEB_CONCURRENCY"))
+    }
+    env.update(
+        AUTH_TOKEN=secrets.token_urlsafe(24),
+        STORAGE_BACKEND="mega",
+        MEGA_API_URL=emulator.url,
+        MEGA_EMAIL=EMAIL,
+        MEGA_PASSWORD=PASSWORD,
+        MEGA_SESSION_FILE=str(tmp_path / "mega-session.json"),
+        TEMP_UPLOAD_DIR=str(tmp_path / "spool"),
+        HOST="127.0.0.1",
+        PORT=str(free_port()),
+        PYTHONUNBUFFERED="1",
+    )
+    env.update(extra)
+    return env
+
+
+@pytest.mark.parametrize("command", ["gunicorn", "python server.py"])
+def test_a_refused_password_fails_the_start_command(
+    emulator: MegaEmulator, tmp_path: Path, command: str
+) -> None:
+    env = _mega_env(emulator, tmp_path, MEGA_PASSWORD="a wrong password", WEB_CONCURRENCY="1")
+    port = int(env["PORT"])
+    argv = start_command_argv(port) if command == "gunicorn" else [sys.executable, "server.py"]
+    result = subprocess.run(
+        argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=START_TIMEOUT_S * 3
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 3, output
+    causes = [line for line in output.splitlines() if line.startswith("paimon-server:")]
+    assert causes == ["paimon-server: cannot start: MEGA login failed: wrong email or password"]
+    assert "a wrong password" not in output
+    assert emulator.stats()["logins_failed"] == 1
+
+
+def test_the_log_in_happens_at_start_up_not_in_the_first_upload(
     new_service: Callable[..., Service], emulator: MegaEmulator
 ) -> None:
-    service = new_service(MEGA_PASSWORD="a wrong password")
-    answers = [service.http.get(f"{service.url}/ready") for _ in range(4)]
-    assert [a.status_code for a in answers] == [503] * 4
-    assert "wrong email or password" in answers[0].json()["message"]
-    assert "a wrong password" not in answers[0].text
-    assert emulator.stats()["logins_failed"] == 1
+    service = new_service()
+    # Nothing but /health is asked: the service logs in on its own.
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while emulator.stats()["logins_ok"] == 0 and time.monotonic() < deadline:
+        assert service.health() == 200
+        time.sleep(0.1)
+    assert emulator.stats()["logins_ok"] == 1  # before any upload
+    assert wait_ready(service) == 200
+    emulator.reset_stats()
+    check_stored(emulator, service.upload("first.bin", b"first"), "first.bin", b"first")
+    assert emulator.stats()["commands"].get("us", 0) == 0
+
+
+def test_while_logging_in_health_answers_and_uploads_get_503_retry_after(
+    new_service: Callable[..., Service], emulator: MegaEmulator
+) -> None:
+    # A proof of work nobody solves quickly: the log-in runs on and on.
+    emulator.faults.update(hashcash_easiness=0)
+    service = new_service(MEGA_LOGIN_WAIT_SECONDS="0.5")
+    started = time.monotonic()
+    for _ in range(5):
+        assert service.health() == 200
+    assert time.monotonic() - started < 2.5
+    response = service.upload("early.bin", b"early")
+    assert response.status_code == 503, response.text
+    assert "logging in to MEGA" in response.json()["message"]
+    assert int(response.headers["Retry-After"]) > 0
+    ready = service.http.get(f"{service.url}/ready")
+    assert ready.status_code == 503 and "logging in" in ready.json()["message"]
+
+
+def test_unreachable_mega_keeps_the_service_up_but_not_ready(
+    new_service: Callable[..., Service],
+) -> None:
+    service = new_service(MEGA_API_URL=f"http://127.0.0.1:{free_port()}", MEGA_RETRY_ATTEMPTS="2")
+    time.sleep(1.0)
     assert service.health() == 200
+    assert service.server.process.poll() is None
+    assert service.http.get(f"{service.url}/ready").status_code == 503
+
+
+def test_a_session_from_the_session_command_needs_no_log_in(
+    new_service: Callable[..., Service], emulator: MegaEmulator, tmp_path: Path
+) -> None:
+    env = _mega_env(emulator, tmp_path)
+    result = subprocess.run(
+        [sys.executable, "server.py", "mega-session"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=START_TIMEOUT_S * 3,
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("mega-session-v1.")
+    assert "credential" in result.stderr  # the operator is told to keep it secret
+    assert not (tmp_path / "mega-session.json").exists()  # printed, not stored
+    assert emulator.stats()["logins_ok"] == 1
+    emulator.reset_stats()
+
+    service = new_service("with-session", MEGA_SESSION=lines[0])
+    assert wait_ready(service) == 200
+    check_stored(emulator, service.upload("s.bin", b"session"), "s.bin", b"session")
+    assert emulator.stats()["logins_ok"] == 0  # zero log-ins at MEGA
+    assert lines[0] not in service.server.log()  # a credential: never logged
+
+    # MEGA ended that session: the service falls back to a log-in with the password.
+    emulator.expire_sessions()
+    check_stored(emulator, service.upload("t.bin", b"again"), "t.bin", b"again")
+    assert emulator.stats()["logins_ok"] == 1
+
+
+def wait_ready(service: Service, timeout_s: float = START_TIMEOUT_S) -> int:
+    deadline = time.monotonic() + timeout_s
+    status = 0
+    while time.monotonic() < deadline:
+        status = service.http.get(f"{service.url}/ready").status_code
+        if status == 200:
+            break
+        time.sleep(0.1)
+    return status
 
 
 def test_ready_when_logged_in_with_the_folder(service: Service) -> None:
     response = service.http.get(f"{service.url}/ready")
     assert response.status_code == 200, response.text
     assert response.json()["status"] == "ready"
+
+
+def test_the_session_command_with_a_refused_password_says_why(
+    emulator: MegaEmulator, tmp_path: Path
+) -> None:
+    env = _mega_env(emulator, tmp_path, MEGA_PASSWORD="a wrong password")
+    result = subprocess.run(
+        [sys.executable, "server.py", "mega-session"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=START_TIMEOUT_S * 3,
+    )
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr.strip().splitlines()[-1] == (
+        "paimon-server: MEGA login failed: wrong email or password"
+    )
+    assert "a wrong password" not in result.stderr

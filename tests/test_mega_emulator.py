@@ -323,8 +323,8 @@ def test_chunk_faults(emulator: MegaEmulator) -> None:
         assert post().status_code == 403
         faults.update(chunk_http503_next=1, chunk_http429_next=1, chunk_http509_next=1)
         assert sorted(post().status_code for _ in range(3)) == [429, 503, 509]
-        faults.chunk_error_next = 1
-        assert post().text == "-4"
+        faults.update(chunk_error_next=1, chunk_error_code=-14)  # only this piece again
+        assert post().text == "-14"
         faults.chunk_drop_next = 1
         with pytest.raises(requests.ConnectionError):
             post()
@@ -525,3 +525,47 @@ def test_hashcash_on_every_request_and_delays(emulator: MegaEmulator) -> None:
         headers={"X-Hashcash": f"1:{token}:{solve_hashcash(token, 255)}"},
     )
     assert replay.status_code == 402
+
+
+@pytest.mark.parametrize("code", [-3, -4, -6])
+def test_after_a_restart_code_the_upload_url_is_dead(emulator: MegaEmulator, code: int) -> None:
+    # src/transferslot.cpp: the upload "cannot be continued on that server".
+    emulator.add_account(EMAIL, PASSWORD)
+    sid, _ = session(emulator)
+    url = upload_url(emulator, sid, 10)
+    emulator.faults.update(chunk_error_next=1, chunk_error_code=code)
+    with requests.Session() as http:
+        answers = [http.post(f"{url}/0", data=b"x" * 10, timeout=TIMEOUT).text for _ in range(3)]
+    assert answers == [str(code)] * 3
+    fresh = upload_url(emulator, sid, 10)
+    assert len(requests.post(f"{fresh}/0", data=b"x" * 10, timeout=TIMEOUT).text) == 36
+
+
+def test_pieces_beyond_the_window_are_refused(emulator: MegaEmulator) -> None:
+    emulator.add_account(EMAIL, PASSWORD)
+    sid, _ = session(emulator)
+    emulator.faults.upload_window_bytes = 1000
+    url = upload_url(emulator, sid, 3000)
+    with requests.Session() as http:
+        assert http.post(f"{url}/0", data=b"x" * 500, timeout=TIMEOUT).text == ""
+        assert http.post(f"{url}/1200", data=b"x" * 500, timeout=TIMEOUT).text == "-4"
+    assert emulator.stats()["window_refusals"] == 1
+
+
+def test_upload_urls_record_the_ssl_flag(emulator: MegaEmulator) -> None:
+    emulator.add_account(EMAIL, PASSWORD)
+    sid, _ = session(emulator)
+    api(emulator, [{"a": "u", "s": 1, "ssl": 2}], sid=sid)
+    api(emulator, [{"a": "u", "s": 1}], sid=sid)
+    stats = emulator.stats()
+    assert stats["upload_urls_ssl"] == 1 and stats["upload_urls_without_ssl"] == 1
+
+
+def test_error_objects_and_2fa_accounts(emulator: MegaEmulator) -> None:
+    emulator.add_account(EMAIL, PASSWORD, totp_secret="GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ")
+    emulator.faults.error_objects = True
+    assert api(emulator, [{"a": "ug"}]).json() == [{"err": -11}]
+    assert api(emulator, [{"a": "ug"}], sid="nope").json() == [{"err": -15}]
+    with pytest.raises(Exception):  # noqa: B017 - mega.py's own log-in cannot pass 2FA
+        login(emulator)
+    assert emulator.stats()["logins_mfa_required"] >= 1

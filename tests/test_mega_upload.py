@@ -24,7 +24,7 @@ from app.storage.base import (
     StorageTimeout,
     UpstreamRejected,
 )
-from app.storage.mega import MegaBackend
+from app.storage.mega import MegaBackend, MegaSettings
 from app.storage.mega.client import MegaClient
 from app.storage.mega.crypto import (
     FileKey,
@@ -37,6 +37,7 @@ from app.storage.mega.crypto import (
 )
 from app.storage.mega.errors import MegaError, to_storage_error
 from app.storage.mega.retry import RetryPolicy
+from app.storage.mega.session import MemorySessionStore
 from app.storage.mega.upload import UploadLimits, export_link, put_node, send_file
 from tests.mega_emulator import MegaEmulator
 from tests.mega_verify import meta_mac_of, verify
@@ -201,7 +202,7 @@ def emulator() -> Iterator[MegaEmulator]:
         yield emu
 
 
-def mega_settings(emu: MegaEmulator, tmp_path: Path, **overrides: Any) -> Settings:
+def mega_settings(emu: MegaEmulator, tmp_path: Path, **overrides: Any) -> MegaSettings:
     values: dict[str, Any] = {
         "auth_token": secrets.token_urlsafe(24),
         "storage_backend": "mega",
@@ -215,7 +216,7 @@ def mega_settings(emu: MegaEmulator, tmp_path: Path, **overrides: Any) -> Settin
         "mega_upload_deadline_seconds": 20,
     }
     values.update(overrides)
-    return Settings(_env_file=None, **values)
+    return MegaSettings.from_settings(Settings(_env_file=None, **values))
 
 
 @pytest.fixture
@@ -396,15 +397,17 @@ def test_readiness_is_true_once_logged_in_with_the_folder(
 
 def test_start_does_no_network_io(tmp_path: Path) -> None:
     store = MegaBackend(
-        Settings(
-            _env_file=None,
-            auth_token=secrets.token_urlsafe(24),
-            mega_email=EMAIL,
-            mega_password=PASSWORD,
-            mega_api_url="http://127.0.0.1:9",
-            mega_session_file=tmp_path / "s.json",
-            mega_retry_attempts=1,
-            mega_connect_timeout=0.5,
+        MegaSettings.from_settings(
+            Settings(
+                _env_file=None,
+                auth_token=secrets.token_urlsafe(24),
+                mega_email=EMAIL,
+                mega_password=PASSWORD,
+                mega_api_url="http://127.0.0.1:9",
+                mega_session_file=tmp_path / "s.json",
+                mega_retry_attempts=1,
+                mega_connect_timeout=0.5,
+            )
         )
     )
     store.start()  # MEGA unreachable: still starts
@@ -422,3 +425,146 @@ def test_delete_removes_the_node_and_ignores_a_missing_one(
     with pytest.raises(KeyError):
         emulator.node(stored.handle)
     backend.delete(stored.handle)
+
+
+# -- as MEGA's own clients upload ----------------------------------------------------------
+
+
+def test_upload_urls_are_asked_for_over_ssl(
+    backend: MegaBackend, emulator: MegaEmulator, tmp_path: Path
+) -> None:
+    path, _ = source_file(tmp_path, 1000)
+    backend.store(path, "a.bin", 1000)
+    stats = emulator.stats()
+    assert stats["upload_urls_ssl"] == 1 and stats["upload_urls_without_ssl"] == 0
+
+
+@pytest.fixture
+def tls_emulator(monkeypatch: pytest.MonkeyPatch) -> Iterator[MegaEmulator]:
+    with MegaEmulator(seed=12, tls=True) as emu:
+        emu.add_account(EMAIL, PASSWORD)
+        assert emu.ca_file is not None and emu.url.startswith("https://")
+        monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(emu.ca_file))
+        yield emu
+
+
+def test_over_https_file_data_goes_only_to_https_upload_urls(
+    tls_emulator: MegaEmulator, tmp_path: Path
+) -> None:
+    path, data = source_file(tmp_path, 3 * MiB)
+    store = MegaBackend(mega_settings(tls_emulator, tmp_path))
+    store.start()
+    try:
+        stored = store.store(path, "secure.bin", len(data))
+        assert tls_emulator.stats()["upload_urls_without_ssl"] == 0
+        # MEGA handing out an http:// URL anyway: not one byte is sent to it.
+        tls_emulator.faults.plain_upload_urls = True
+        tls_emulator.reset_stats()
+        with pytest.raises(UpstreamRejected, match="unencrypted upload URL"):
+            store.store(path, "plain.bin", len(data))
+        assert tls_emulator.stats()["chunk_posts"] == 0
+    finally:
+        store.close()
+    assert stored.link.startswith("https://mega.nz/file/")
+
+
+@pytest.mark.parametrize(
+    "name", ["résumé.pdf", "报告.docx", "emoji 🎉 name.txt", 'quote " and \\ slash.bin']
+)
+def test_names_read_by_mega_apps_as_written(
+    backend: MegaBackend, emulator: MegaEmulator, tmp_path: Path, name: str
+) -> None:
+    path, data = source_file(tmp_path, 100)
+    stored = backend.store(path, name, 100)
+    # The name as the SDK (desktop and mobile apps, MEGAcmd) reads the attribute block.
+    assert name in emulator.sdk_names(EMAIL)
+    verify(emulator.url, stored.link, data, name=name)
+
+
+def test_folder_names_are_raw_utf8_too_and_found_again(
+    emulator: MegaEmulator, tmp_path: Path
+) -> None:
+    path, _ = source_file(tmp_path, 10)
+    first = MegaBackend(mega_settings(emulator, tmp_path, mega_folder="Téléversés/报告"))
+    first.store(path, "a", 10)
+    first.close()
+    assert {"Téléversés", "报告"} <= set(emulator.sdk_names(EMAIL))
+    second = MegaBackend(
+        mega_settings(
+            emulator,
+            tmp_path,
+            mega_folder="Téléversés/报告",
+            mega_session_file=tmp_path / "other" / "s.json",
+        )
+    )
+    second.store(path, "b", 10)
+    second.close()
+    assert emulator.stats()["folders_created"] == 2  # found, not made twice
+
+
+@pytest.mark.parametrize("code", [-3, -6])
+def test_upload_server_restart_codes_start_over_on_a_fresh_url(
+    client: MegaClient, emulator: MegaEmulator, tmp_path: Path, code: int
+) -> None:
+    path, data = source_file(tmp_path, 2 * MiB + 3)
+    emulator.reset_stats()
+    emulator.faults.update(chunk_error_next=1, chunk_error_code=code)
+    link = upload_to_root(
+        client, path, len(data), UploadLimits(region_bytes=MiB, chunk_policy=FAST)
+    )
+    verify(emulator.url, link, data)
+    # Retrying on the same URL would only meet the same code again (the emulator keeps
+    # answering it there, as MEGA's upload servers do).
+    assert emulator.stats()["commands"]["u"] == 2
+
+
+def test_upload_server_minus_14_resends_the_same_piece(
+    client: MegaClient, emulator: MegaEmulator, tmp_path: Path
+) -> None:
+    path, data = source_file(tmp_path, 2 * MiB + 3)
+    emulator.reset_stats()
+    emulator.faults.update(chunk_error_next=1, chunk_error_code=-14)
+    link = upload_to_root(
+        client, path, len(data), UploadLimits(region_bytes=MiB, chunk_policy=FAST)
+    )
+    verify(emulator.url, link, data)
+    assert emulator.stats()["commands"]["u"] == 1  # the same URL, the piece sent again
+
+
+def test_pieces_never_run_past_the_window(
+    client: MegaClient, emulator: MegaEmulator, tmp_path: Path
+) -> None:
+    # The first piece is slow; the others must not run more than the window past it, or
+    # the upload server gives up on the upload (-4) as MEGA's do beyond 256 MiB.
+    path, data = source_file(tmp_path, 6 * MiB)
+    emulator.reset_stats()
+    emulator.faults.update(
+        upload_window_bytes=2 * MiB, chunk_delay_offset=0, chunk_offset_delay=0.5
+    )
+    limits = UploadLimits(
+        region_bytes=MiB, parallel=3, window_bytes=2 * MiB, restarts=1, chunk_policy=FAST
+    )
+    link = upload_to_root(client, path, len(data), limits)
+    verify(emulator.url, link, data)
+    stats = emulator.stats()
+    assert stats["window_refusals"] == 0 and stats["commands"]["u"] == 1
+
+
+def test_the_default_window_is_the_sdks() -> None:
+    limits = UploadLimits(chunk_policy=FAST)
+    assert limits.window_bytes == 256 * MiB
+
+
+def test_backends_sharing_a_session_store_log_in_once(
+    emulator: MegaEmulator, tmp_path: Path
+) -> None:
+    # The session store is the one seam for where the session lives (a file by default).
+    store = MemorySessionStore()
+    settings = mega_settings(emulator, tmp_path)
+    path, _ = source_file(tmp_path, 10)
+    for name in ("a", "b"):
+        backend = MegaBackend(settings, store)
+        backend.store(path, name, 10)
+        backend.close()
+    assert emulator.stats()["logins_ok"] == 1
+    assert not settings.session_file.exists()

@@ -50,6 +50,19 @@ class StorageBackend(Protocol):
         """Release connections and files; called once at shutdown."""
 
 
+class ConnectingBackend(StorageBackend, Protocol):
+    """A backend that must connect (log in) before it can store; done once at start-up,
+    in a worker thread, while the service already answers /health."""
+
+    def connect(self) -> None:
+        """Connect, or raise: ``StorageLoginFailed`` when the credentials are refused (the
+        deploy can never work), another ``StorageError`` when it is worth trying later."""
+
+
+def supports_connect(backend: StorageBackend) -> TypeGuard[ConnectingBackend]:
+    return callable(getattr(backend, "connect", None))
+
+
 class BodyStream(Protocol):
     """A request body being received: blocking reads, in a worker thread."""
 

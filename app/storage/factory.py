@@ -10,6 +10,7 @@ from app.storage.local import LocalBackend
 def build_backend(settings: Settings) -> StorageBackend:
     if settings.storage_backend == "local":
         return LocalBackend(settings.local_storage_dir)
-    from app.storage.mega import MegaBackend  # mega.py is only imported when it is used
+    # mega.py is only imported when it is used.
+    from app.storage.mega import MegaBackend, MegaSettings
 
-    return MegaBackend(settings)
+    return MegaBackend(MegaSettings.from_settings(settings))

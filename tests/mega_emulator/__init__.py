@@ -43,6 +43,22 @@ unknown or expired sid) are a bare integer body, per-command ones an integer
 in the result array (-9 wrong credentials, -16 blocked, -17 over quota, -11
 for an account command sent without a session).
 
+Behaviour learnt from MEGA's own clients (the C++ SDK and the web client; each
+place cites the file it follows):
+
+* ``error_objects``: per-command errors as ``{"err": N}`` (ESID included);
+* two-factor accounts (``add_account(..., totp_secret=...)``) answer ``us``
+  with -26 until it carries the current RFC 6238 code as ``mfa``;
+* ``u`` records whether ``ssl: 2`` was sent and, over TLS (``tls=True``,
+  trust ``ca_file``), hands out ``http://`` URLs to clients that did not;
+* the upload server: after -3, -4 or -6 an upload URL is dead (every later
+  piece gets the code again); -14 asks for one piece again; pieces ending more
+  than ``upload_window_bytes`` past the first missing byte get -4;
+* hashcash: an empty answer (``1:<token>:``) gets a fresh challenge;
+  ``hashcash_hard_challenges_next`` issues unsolvable ones first;
+* ``sdk_names(email)``: node names as the SDK reads attribute blocks (a
+  ``\\uXXXX`` escape keeps only its low byte).
+
 Throughput: chunk bodies go to disk in 1 MiB pieces. A plain ``requests`` POST
 of 256 MiB measured 130-210 MB/s on a 2-vCPU machine with the emulator in its
 own process; a bare socket reader writing the same file there reached

@@ -42,8 +42,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--account",
         action="append",
         default=[],
-        metavar="EMAIL:PASSWORD[:v1]",
-        help="create an account (repeatable); ':v1' makes a v1 account",
+        metavar="EMAIL:PASSWORD[:v1][:totp=BASE32]",
+        help="create an account (repeatable); ':v1' makes a v1 account, ':totp=SECRET' "
+        "one with two-factor authentication",
     )
     parser.add_argument("--seed", type=int, help="seed for handles and fault rolls")
     parser.add_argument(
@@ -102,12 +103,15 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"bad fault setting: {exc}") from exc
     for spec in args.account:
         email, sep, rest = spec.partition(":")
+        rest, totp_mark, totp_secret = rest.partition(":totp=")
         password, version = rest, 2
         if rest.endswith(":v1"):
             password, version = rest[:-3], 1
         if not sep or not email:
             raise SystemExit(f"--account expects EMAIL:PASSWORD, got {spec!r}")
-        emulator.add_account(email, password, version=version)
+        emulator.add_account(
+            email, password, version=version, totp_secret=totp_secret if totp_mark else None
+        )
 
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):

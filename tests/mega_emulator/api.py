@@ -1,20 +1,25 @@
 """The /cs command processor: one handler per MEGA API command.
 
 A request is a JSON array of commands; the answer is an array with one result
-per command, where a failed command is just its negative error code. Errors
-about the request as a whole (EAGAIN, ESID, ...) are answered by the server
-module as a bare integer instead.
+per command, where a failed command is its negative error code, or ``{"err": N}``
+when the ``error_objects`` fault is on (both forms are errors to the SDK:
+``Command::checkError`` in ``src/command.cpp``). Errors about the request as a
+whole (EAGAIN, ESID, ...) are answered by the server module as a bare integer.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
+import re
 import time
 from collections.abc import Callable
 from typing import Any
 
 from . import errors
 from .accounts import Account
-from .codec import b64url_encode
+from .codec import b64url_decode, b64url_encode
 from .errors import ApiError
 from .faults import Faults
 from .stats import Stats
@@ -36,12 +41,15 @@ class ApiContext:
         stats: Stats,
         account: Account | None,
         base_url: str,
+        plain_url: str | None = None,
     ) -> None:
         self.store = store
         self.faults = faults
         self.stats = stats
         self.account = account
         self.base_url = base_url
+        # Over TLS, the http:// address MEGA hands out to clients that do not ask for ssl.
+        self.plain_url = plain_url or base_url
 
     def require_account(self) -> Account:
         if self.account is None:
@@ -81,6 +89,11 @@ def cmd_login(ctx: ApiContext, cmd: dict[str, Any]) -> Any:
     if account is None or user_hash != account.user_hash:
         ctx.stats.add("logins_failed")
         raise ApiError(errors.ENOENT)
+    if account.totp_secret is not None and not _mfa_ok(account.totp_secret, cmd.get("mfa")):
+        # src/commands.cpp (CommandLogin): a 2FA account answers -26 until 'us' carries
+        # the current code as 'mfa'.
+        ctx.stats.add("logins_mfa_required")
+        raise ApiError(errors.EMFAREQUIRED)
     if email in ctx.faults.blocked_emails:
         ctx.stats.add("logins_failed")
         ctx.stats.fault("blocked")
@@ -94,6 +107,54 @@ def cmd_login(ctx: ApiContext, cmd: dict[str, Any]) -> Any:
         "u": account.user_handle,
         "ach": 1,
     }
+
+
+def _totp(secret: str, step: int) -> str:
+    """RFC 6238 (HMAC-SHA1, 30 s, 6 digits), written here apart from the service's own."""
+    key = base64.b32decode(secret + "=" * (-len(secret) % 8))
+    mac = hmac.new(key, step.to_bytes(8, "big"), hashlib.sha1).digest()
+    start = mac[19] & 15
+    return str((int.from_bytes(mac[start : start + 4], "big") & 0x7FFFFFFF) % 1000000).zfill(6)
+
+
+def _mfa_ok(secret: str, code: Any) -> bool:
+    step = int(time.time() // 30)
+    # One step either side, for clocks a little apart, as authenticator servers allow.
+    return isinstance(code, str) and any(code == _totp(secret, step + d) for d in (-1, 0, 1))
+
+
+def sdk_read_name(attributes: str, encrypted_key: str, master_key: bytes) -> str | None:
+    """A node's name as MEGA's C++ SDK reads it from the attribute block: the bytes as
+    they are, with each ``\\uXXXX`` escape cut to its low byte (``JSON::unescape`` in
+    ``src/json.cpp``); bytes are then shown as UTF-8. None when it does not decrypt."""
+    from Crypto.Cipher import AES
+
+    try:
+        key_bytes = AES.new(master_key, AES.MODE_ECB).decrypt(b64url_decode(encrypted_key))
+        if len(key_bytes) == 32:  # a file key: the AES key is the two halves XORed
+            key_bytes = bytes(a ^ b for a, b in zip(key_bytes[:16], key_bytes[16:], strict=True))
+        block = b64url_decode(attributes)
+        plain = AES.new(key_bytes, AES.MODE_CBC, bytes(16)).decrypt(block).rstrip(b"\0")
+    except ValueError:
+        return None
+    if not plain.startswith(b'MEGA{"'):
+        return None
+    found = re.search(rb'"n"\s*:\s*"((?:[^"\\]|\\.)*)"', plain[4:])
+    if found is None:
+        return None
+    raw, out, i = found.group(1), bytearray(), 0
+    while i < len(raw):
+        if raw[i] == 0x5C and i + 1 < len(raw):  # backslash
+            if raw[i + 1] == ord("u"):
+                out.append(int(raw[i + 4 : i + 6], 16))
+                i += 6
+                continue
+            out.append({ord("n"): 10, ord("t"): 9, ord("r"): 13}.get(raw[i + 1], raw[i + 1]))
+            i += 2
+            continue
+        out.append(raw[i])
+        i += 1
+    return out.decode("utf-8", errors="replace")
 
 
 def cmd_user(ctx: ApiContext, cmd: dict[str, Any]) -> Any:
@@ -141,11 +202,16 @@ def cmd_upload_url(ctx: ApiContext, cmd: dict[str, Any]) -> Any:
         raise ApiError(errors.EARGS)
     if ctx.faults.over_quota_upload_url:
         ctx.stats.fault("over_quota_upload_url")
-        raise ApiError(errors.EOVERQUOTA)
+        raise ApiError(ctx.faults.over_quota_code)
     if ctx.store.used_bytes(account) + size > ctx.faults.storage_quota_bytes:
         raise ApiError(errors.EOVERQUOTA)
+    # The SDK always asks with "ssl": 2 (src/commands.cpp, CommandPutFile); without it
+    # MEGA may answer with an http:// upload URL.
+    ssl = cmd.get("ssl")
+    ctx.stats.add("upload_urls_ssl" if ssl == 2 else "upload_urls_without_ssl")
     upload = ctx.store.new_upload(account.user_handle, size)
-    return {"p": f"{ctx.base_url}/ul/{upload.token}"}
+    base = ctx.base_url if ssl == 2 and not ctx.faults.plain_upload_urls else ctx.plain_url
+    return {"p": f"{base}/ul/{upload.token}"}
 
 
 def cmd_put_nodes(ctx: ApiContext, cmd: dict[str, Any]) -> Any:
@@ -200,6 +266,7 @@ def cmd_put_nodes(ctx: ApiContext, cmd: dict[str, Any]) -> Any:
                 ctx.stats.add("files_stored")
             else:
                 ctx.stats.add("folders_created")
+            node.sdk_name = sdk_read_name(spec["a"], spec["k"], account.master_key)
             store.nodes[node.handle] = node
             created.append(node.wire())
     return {"f": created}
@@ -322,16 +389,20 @@ HANDLERS: dict[str, Handler] = {
 
 
 def run_command(ctx: ApiContext, cmd: Any) -> Any:
+    try:
+        return _run(ctx, cmd)
+    except ApiError as exc:
+        return {"err": exc.code} if ctx.faults.error_objects else exc.code
+
+
+def _run(ctx: ApiContext, cmd: Any) -> Any:
     if not isinstance(cmd, dict) or not isinstance(cmd.get("a"), str):
-        return errors.EARGS
+        raise ApiError(errors.EARGS)
     name = cmd["a"]
     ctx.stats.command(name)
     handler = HANDLERS.get(name)
     if handler is None:
-        return errors.EARGS
+        raise ApiError(errors.EARGS)
     if name not in PUBLIC_COMMANDS and ctx.account is None:
-        return errors.EACCESS
-    try:
-        return handler(ctx, cmd)
-    except ApiError as exc:
-        return exc.code
+        raise ApiError(errors.EACCESS)
+    return handler(ctx, cmd)

@@ -19,6 +19,9 @@ GiB = 1024**3
 FAULT_FIELDS: dict[str, tuple[type, Any]] = {
     # Log-in hashcash: easiness of the 402 challenge, None = no challenge.
     "hashcash_easiness": (int, None),
+    # The next N challenges are issued at easiness 0 (about 2**29 tries: never solved),
+    # to see a client give up on one and ask for a fresh one with an empty answer.
+    "hashcash_hard_challenges_next": (int, 0),
     # Challenge every API request rather than only the ones carrying 'us'.
     "hashcash_all_requests": (bool, False),
     # Whole-request bare error codes on /cs.
@@ -34,6 +37,13 @@ FAULT_FIELDS: dict[str, tuple[type, Any]] = {
     # -17 EOVERQUOTA on 'u' (upload URL) and/or 'p' (put nodes).
     "over_quota_upload_url": (bool, False),
     "over_quota_put_nodes": (bool, False),
+    # 'u' answers http:// upload URLs even when asked for ssl.
+    "plain_upload_urls": (bool, False),
+    # The code 'u' answers when over quota: -17, -24 (going over) or -29 (paywall).
+    "over_quota_code": (int, -17),
+    # Per-command errors as {"err": N} objects instead of bare numbers, as MEGA's API
+    # answers newer commands (the SDK's Command::checkError reads both forms).
+    "error_objects": (bool, False),
     "storage_quota_bytes": (int, 20 * GiB),
     "transfer_quota_bytes": (int, 10 * GiB),
     # Upload chunk POSTs.
@@ -50,6 +60,12 @@ FAULT_FIELDS: dict[str, tuple[type, Any]] = {
     "chunk_drop_next": (int, 0),
     "chunk_error_next": (int, 0),  # answer 200 with chunk_error_code as the body
     "chunk_error_code": (int, -4),
+    # The upload server refuses a piece ending more than this past the first byte it has
+    # not received yet (-4), as MEGA's do beyond the SDK's 256 MiB gap.
+    "upload_window_bytes": (int, 256 * 1024**2),
+    # POSTs of the piece at this offset wait chunk_offset_delay seconds first.
+    "chunk_delay_offset": (int, None),
+    "chunk_offset_delay": (float, 0.0),
     # Download GETs.
     "download_http509_next": (int, 0),
 }

@@ -7,6 +7,7 @@ import json
 import re
 import shutil
 import socket
+import ssl
 import tempfile
 import threading
 import time
@@ -177,6 +178,8 @@ class RequestHandler(BaseHTTPRequestHandler):
         )
         if challenged and not emulator._hashcash_passes(self.headers.get("X-Hashcash")):
             assert easiness is not None
+            if faults.take("hashcash_hard_challenges_next"):
+                easiness = 0
             token, header = hashcash.new_challenge(easiness)
             emulator._hashcash_issue(token, easiness)
             self._send(402, headers={"X-Hashcash": header})
@@ -205,11 +208,14 @@ class RequestHandler(BaseHTTPRequestHandler):
                         stats.add("sessions_expired")
                         stats.fault("session_expired")
                 if session is None or session.expired:
-                    self._send_json(errors.ESID)
+                    if faults.error_objects:  # the same error as a per-command object
+                        self._send_json([{"err": errors.ESID} for _ in commands])
+                    else:
+                        self._send_json(errors.ESID)
                     return
                 account = store.accounts[session.email]
 
-        ctx = ApiContext(store, faults, stats, account, emulator.url)
+        ctx = ApiContext(store, faults, stats, account, emulator.url, emulator.plain_url)
         self._send_json([run_command(ctx, command) for command in commands])
 
     # -- uploads -----------------------------------------------------------
@@ -233,6 +239,16 @@ class RequestHandler(BaseHTTPRequestHandler):
         if upload is None:
             self._send(403)  # what an expired or unknown upload URL gets
             return
+        if upload.dead_code is not None:
+            stats.add("chunk_posts_to_dead_uploads")
+            self._send(200, str(upload.dead_code).encode(), "text/plain")
+            return
+        try:
+            offset = int(parts[3])
+        except ValueError:
+            offset = -1
+        if offset == faults.chunk_delay_offset and faults.chunk_offset_delay:
+            time.sleep(faults.chunk_offset_delay)
         for stem, status in (
             ("chunk_http403", 403),
             ("chunk_http404", 404),
@@ -257,12 +273,22 @@ class RequestHandler(BaseHTTPRequestHandler):
             return
         if faults.take("chunk_error_next"):
             stats.fault("chunk_error")
-            self._send(200, str(faults.chunk_error_code).encode(), "text/plain")
+            code = faults.chunk_error_code
+            # src/transferslot.cpp: after -3, -4 or -6 the upload "cannot be continued on
+            # that server"; -14 (integrity check) only asks for that piece again.
+            if code in (errors.EAGAIN, errors.ERATELIMIT, errors.ETOOMANY):
+                upload.dead_code = code
+            self._send(200, str(code).encode(), "text/plain")
             return
-        try:
-            offset = int(parts[3])
-        except ValueError:
-            offset = -1
+        end = offset + (body.length or 0)
+        if offset >= 0 and end - upload.first_missing() > faults.upload_window_bytes:
+            # Past the window the server gives up on the upload (-4): the SDK never sends
+            # a piece more than 256 MiB past the earliest unconfirmed one
+            # (TransferSlot::MAX_GAP_SIZE, src/transferslot.cpp).
+            stats.add("window_refusals")
+            upload.dead_code = errors.ERATELIMIT
+            self._send(200, str(errors.ERATELIMIT).encode(), "text/plain")
+            return
         if offset < 0 or (body.length is not None and offset + body.length > upload.size):
             self._send(200, str(errors.EARGS).encode(), "text/plain")
             return
@@ -380,6 +406,7 @@ class RequestHandler(BaseHTTPRequestHandler):
                 str(spec["password"]),
                 version=int(spec.get("version", 2)),
                 blocked=bool(spec.get("blocked", False)),
+                totp_secret=spec.get("totp_secret"),
             )
         except (KeyError, ValueError) as exc:
             self._send_json({"error": str(exc)}, 400)
@@ -402,6 +429,7 @@ class MegaEmulator:
         seed: int | None = None,
         avoid_dash_in_handles: bool = False,
         verbose: bool = False,
+        tls: bool = False,
     ) -> None:
         self._own_dir = data_dir is None
         self.data_dir = Path(
@@ -410,6 +438,9 @@ class MegaEmulator:
         self.host = host
         self.port = port
         self.verbose = verbose
+        self.tls = tls
+        # Over TLS: a self-signed certificate for 127.0.0.1, for clients to trust.
+        self.ca_file: Path | None = None
         if isinstance(faults, Faults):
             self.faults = faults
         else:
@@ -427,10 +458,20 @@ class MegaEmulator:
         if self._server is None:
             raise RuntimeError("emulator not started")
         advertised = "127.0.0.1" if self.host in ("", "0.0.0.0") else self.host
-        return f"http://{advertised}:{self.port}"
+        return f"{'https' if self.tls else 'http'}://{advertised}:{self.port}"
+
+    @property
+    def plain_url(self) -> str:
+        """The http:// form of the address (over TLS nothing answers plain HTTP there)."""
+        return self.url.replace("https://", "http://", 1)
 
     def start(self) -> Self:
         server = _HttpServer((self.host, self.port), RequestHandler)
+        if self.tls:
+            self.ca_file = _self_signed(self.data_dir)
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(self.ca_file, self.ca_file)
+            server.socket = context.wrap_socket(server.socket, server_side=True)
         server.emulator = self
         self.port = server.server_address[1]
         self._server = server
@@ -461,9 +502,16 @@ class MegaEmulator:
 
     # -- accounts --------------------------------------------------------------
     def add_account(
-        self, email: str, password: str, version: int = 2, blocked: bool = False
+        self,
+        email: str,
+        password: str,
+        version: int = 2,
+        blocked: bool = False,
+        totp_secret: str | None = None,
     ) -> Account:
+        """``totp_secret`` (base32) makes it a two-factor account."""
         account = self.store.add_account(email, password, version)
+        account.totp_secret = totp_secret
         if blocked:
             self.faults.blocked_emails = [*self.faults.blocked_emails, account.email]
         return account
@@ -500,6 +548,16 @@ class MegaEmulator:
             return []
         return [n.wire() for n in self.store.owned_nodes(account)]
 
+    def sdk_names(self, email: str) -> list[str | None]:
+        """The names of the account's files and folders as MEGA's SDK-based apps show them."""
+        account = self.store.accounts.get(email.lower())
+        with self.store.lock:
+            return [
+                n.sdk_name
+                for n in self.store.nodes.values()
+                if account is not None and n.owner == account.user_handle and n.type in (0, 1)
+            ]
+
     def node(self, handle: str) -> dict[str, Any]:
         with self.store.lock:
             return self.store.nodes[handle].wire()
@@ -530,6 +588,10 @@ class MegaEmulator:
         if answer is None:
             return False
         token, prefix = answer
+        if not prefix:
+            # src/posix/net.cpp: a solver out of time sends "1:<token>:"; MEGA answers
+            # with a fresh challenge.
+            self._stats.add("hashcash_empty_answers")
         with self._challenge_lock:
             # A token answers exactly one challenge.
             easiness = self._challenges.pop(token, None)
@@ -538,3 +600,44 @@ class MegaEmulator:
             return True
         self._stats.add("hashcash_failed")
         return False
+
+
+def _self_signed(directory: Path) -> Path:
+    """A key and self-signed certificate for 127.0.0.1 in one PEM file."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    import ipaddress
+
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    path = directory / "tls.pem"
+    path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        + cert.public_bytes(serialization.Encoding.PEM)
+    )
+    return path

@@ -7,6 +7,12 @@ from collections import Counter
 from typing import Any
 
 SCALARS = (
+    "logins_mfa_required",
+    "hashcash_empty_answers",
+    "upload_urls_ssl",
+    "upload_urls_without_ssl",
+    "window_refusals",
+    "chunk_posts_to_dead_uploads",
     "api_requests",
     "logins_ok",
     "logins_failed",

@@ -33,6 +33,8 @@ class Node:
     size: int = 0
     blob: str | None = None
     created: int = field(default_factory=lambda: int(time.time()))
+    # The name as MEGA's C++ SDK (desktop and mobile apps, MEGAcmd) would show it.
+    sdk_name: str | None = None
 
     def wire(self) -> dict[str, Any]:
         """The node as 'f' and 'p' answer it."""
@@ -76,6 +78,13 @@ class Upload:
     path: Path
     ranges: list[tuple[int, int]] = field(default_factory=list)  # merged [start, end)
     completion: str | None = None
+    # Set once the upload server gave up on this upload (-3, -4, -6): every later piece
+    # gets that code again, and only a fresh upload URL helps.
+    dead_code: int | None = None
+
+    def first_missing(self) -> int:
+        """The first byte not received yet."""
+        return self.ranges[0][1] if self.ranges and self.ranges[0][0] == 0 else 0
 
     def add_range(self, start: int, end: int) -> None:
         merged: list[tuple[int, int]] = []

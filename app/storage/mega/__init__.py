@@ -1,5 +1,6 @@
-"""The MEGA backend: API client (mega.py wrapped), upload data path, error table, retries."""
+"""The MEGA backend: client (transport, session, log-in), upload data path, error catalogue."""
 
 from .backend import MegaBackend
+from .settings import MegaSettings
 
-__all__ = ["MegaBackend"]
+__all__ = ["MegaBackend", "MegaSettings"]

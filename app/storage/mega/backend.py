@@ -1,9 +1,13 @@
 """``MegaBackend``: the storage backend that puts uploads into a MEGA folder.
 
-It ties the client layer (session, retries, error table) to the data path
-(``upload``) and the destination folder (``folders``). Nothing here talks HTTP to the
-service's own clients: every failure leaves as a ``StorageError`` whose text the
-error table chose, and only the failure's table name is logged.
+It ties the client (transport, session, log-in) to the data path (``upload``) and the
+destination folder (``folders``). Nothing here talks HTTP to the service's own clients:
+every failure leaves as a ``StorageError`` whose text the catalogue chose, and only the
+failure's name is logged.
+
+The log-in happens at start-up (``connect``, run in the background by the app), so the
+first upload does not pay for it; uploads that arrive while it runs wait at most
+``login_wait_s`` and are then answered 503 "the service is logging in to MEGA".
 """
 
 from __future__ import annotations
@@ -15,23 +19,17 @@ from pathlib import Path
 
 from mega.crypto import make_id
 
-from app.config import Settings
 from app.storage.base import BodyStream, Readiness, StorageError, StoredFile
 
 from .client import MegaClient
-from .errors import (
-    ENOENT,
-    MegaApiError,
-    MegaDeadlineExceeded,
-    failure_name,
-    to_storage_error,
-)
+from .errors import ENOENT, MegaApiError, MegaLoggingIn, failure_name, to_storage_error
 from .folders import ensure_folder
-from .retry import RetryPolicy
+from .retry import Deadline
+from .session import SessionStore
+from .settings import MegaSettings
 from .upload import (
     SentFile,
     SourceFailed,
-    UploadClock,
     UploadLimits,
     export_link,
     put_node,
@@ -46,52 +44,50 @@ FOLDER_LOCK_TIMEOUT_S = 60.0
 
 
 class MegaBackend:
-    """Stores files in ``settings.mega_folder`` of the configured MEGA account."""
+    """Stores files in the configured folder of the configured MEGA account."""
 
     name = "mega"
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: MegaSettings, store: SessionStore | None = None) -> None:
+        """``store`` keeps the session and the log-in lock; by default the session file."""
         self._settings = settings
-        policy = RetryPolicy(
-            attempts=settings.mega_retry_attempts,
-            # One API request never retries for longer than a whole upload may take.
-            deadline_s=min(120.0, settings.mega_upload_deadline_seconds),
-            initial_s=settings.mega_retry_initial_seconds,
-            max_s=settings.mega_retry_max_seconds,
-        )
+        self._session_store = store
+        policy = settings.retry_policy()
         self._limits = UploadLimits(
-            region_bytes=int(settings.mega_upload_region_bytes),
-            parallel=settings.mega_upload_parallel,
-            restarts=settings.mega_upload_restarts,
-            deadline_s=settings.mega_upload_deadline_seconds,
-            connect_timeout_s=settings.mega_connect_timeout,
-            read_timeout_s=settings.mega_read_timeout,
-            chunk_policy=RetryPolicy(
-                attempts=settings.mega_retry_attempts,
-                deadline_s=settings.mega_upload_deadline_seconds,
-                initial_s=settings.mega_retry_initial_seconds,
-                max_s=settings.mega_retry_max_seconds,
-            ),
+            chunk_policy=policy,
+            region_bytes=settings.upload_region_bytes,
+            parallel=settings.upload_parallel,
+            restarts=settings.upload_restarts,
+            deadline_s=settings.upload_deadline_s,
+            window_bytes=settings.upload_window_bytes,
         )
-        self._policy = policy
         self._client: MegaClient | None = None
         self._folder_id: str | None = None
         self._folder_lock = threading.Lock()
         self._readiness_lock = threading.Lock()
-        self._folder_lock_file = settings.mega_session_file.with_name(
-            settings.mega_session_file.name + ".folder.lock"
+        self._folder_lock_file = settings.session_file.with_name(
+            settings.session_file.name + ".folder.lock"
         )
 
     # -- StorageBackend ------------------------------------------------------------
 
     def start(self) -> None:
-        """Build the client; no network I/O (MEGA may be down at boot, log-in is lazy)."""
-        self._settings.mega_session_file.parent.mkdir(parents=True, exist_ok=True)
-        self._client = self._new_client()
+        """Build the client; no network I/O (``connect`` logs in, in the background)."""
+        self._settings.session_file.parent.mkdir(parents=True, exist_ok=True)
+        self._client = MegaClient.from_settings(self._settings, self._session_store)
+
+    def connect(self) -> None:
+        """Log in (or check the stored or given session) and find the folder."""
+        try:
+            self._folder(Deadline(self._settings.login_deadline_s))
+        except StorageError:
+            raise
+        except Exception as exc:
+            raise to_storage_error(exc) from None
 
     def store(self, source: Path, filename: str, size: int) -> StoredFile:
         return self._store(
-            lambda client, clock: send_file(client, source, size, self._limits, clock),
+            lambda client, deadline: send_file(client, source, size, self._limits, deadline),
             filename,
             size,
         )
@@ -106,7 +102,7 @@ class MegaBackend:
         """
         try:
             return self._store(
-                lambda client, clock: send_stream(client, body, size, self._limits, clock),
+                lambda client, deadline: send_stream(client, body, size, self._limits, deadline),
                 filename,
                 size,
             )
@@ -116,35 +112,29 @@ class MegaBackend:
 
     def _store(
         self,
-        send: Callable[[MegaClient, UploadClock], SentFile],
+        send: Callable[[MegaClient, Deadline], SentFile],
         filename: str,
         size: int,
     ) -> StoredFile:
-        # One clock for the whole upload: log-in and folder look-up, the data, u/p/l.
-        clock = UploadClock(self._limits.deadline_s)
+        # One deadline for the whole upload: log-in and folder look-up, the data, u/p/l.
+        deadline = Deadline(self._limits.deadline_s)
         try:
-            client = self._ready_client()
-            folder = self._folder()
-            clock.check()
-            sent = send(client, clock)
-            clock.check()
+            client = self._ready_client(deadline=deadline)
+            folder = self._folder(deadline)
+            sent = send(client, deadline)
             try:
-                handle = put_node(client, folder, sent, filename, clock.remaining())
+                handle = put_node(client, folder, sent, filename, deadline)
             except MegaApiError as exc:
                 if exc.code != ENOENT:
                     raise
                 # The folder was removed behind our back: find or create it once more.
                 logger.warning("MEGA destination folder is gone; looking it up again")
-                folder = self._folder(stale=folder)
-                handle = put_node(client, folder, sent, filename, clock.remaining())
-            link = export_link(client, handle, sent.node_key, clock.remaining())
+                folder = self._folder(deadline, stale=folder)
+                handle = put_node(client, folder, sent, filename, deadline)
+            link = export_link(client, handle, sent.node_key, deadline)
         except (StorageError, SourceFailed):
             raise
         except Exception as exc:
-            if isinstance(exc, MegaDeadlineExceeded):
-                # An API call cut to what was left reports that share; the client is told
-                # the upload's whole deadline.
-                exc = MegaDeadlineExceeded(exc.attempts, clock.seconds, exc.last)
             failure = to_storage_error(exc)
             logger.warning(
                 "MEGA upload of %d bytes failed: %s (%s)", size, failure_name(exc), failure
@@ -153,7 +143,7 @@ class MegaBackend:
         return StoredFile(handle=handle, link=link)
 
     def readiness(self) -> Readiness:
-        """Logged in (lazily, unless a refused log-in is cooling down) and the folder there."""
+        """Logged in and the folder there; never starts a log-in of its own while one runs."""
         # Probes come every few seconds; while MEGA is slow or down one check may retry
         # for long. Later probes answer at once instead of queueing more threads behind it.
         if not self._readiness_lock.acquire(blocking=False):
@@ -165,13 +155,13 @@ class MegaBackend:
 
     def _check_readiness(self) -> Readiness:
         try:
-            self._ready_client()
+            self._ready_client(wait=False)
         except Exception as exc:
             return Readiness(False, str(to_storage_error(exc)))
         try:
-            self._folder()
+            self._folder(Deadline(self._limits.chunk_policy.deadline_s))
         except Exception as exc:
-            reason = f"MEGA folder {self._settings.mega_folder!r} is not available"
+            reason = f"MEGA folder {self._settings.folder!r} is not available"
             return Readiness(False, f"{reason}: {to_storage_error(exc)}")
         return Readiness(True)
 
@@ -193,40 +183,30 @@ class MegaBackend:
 
     # -- internals -------------------------------------------------------------------
 
-    def _new_client(self) -> MegaClient:
-        settings = self._settings
-        assert settings.mega_email is not None and settings.mega_password is not None
-        return MegaClient(
-            settings.mega_api_url,
-            settings.mega_email,
-            settings.mega_password.get_secret_value(),
-            settings.mega_session_file,
-            connect_timeout=settings.mega_connect_timeout,
-            read_timeout=settings.mega_read_timeout,
-            policy=self._policy,
-            # Every upload's region POSTs at once, with room for the API calls.
-            pool_size=max(16, settings.mega_upload_parallel * settings.max_concurrent_uploads + 4),
-        )
-
-    def _ready_client(self) -> MegaClient:
+    def _ready_client(self, wait: bool = True, deadline: Deadline | None = None) -> MegaClient:
+        """The client with a session. ``wait=False``: a log-in running elsewhere is reported
+        at once instead of waited for (probes)."""
         if self._client is None:  # used without start(), e.g. from a script
             self.start()
         assert self._client is not None
-        self._client.ensure_login()
+        if not wait and not self._client.logged_in and self._client.login_running:
+            raise MegaLoggingIn()
+        self._client.ensure_login(deadline)
         return self._client
 
-    def _folder(self, stale: str | None = None) -> str:
+    def _folder(self, deadline: Deadline, stale: str | None = None) -> str:
         """The destination folder's node id, cached; ``stale`` is an id MEGA no longer knows."""
         folder = self._folder_id
         if folder is not None and folder != stale:
             return folder
+        client = self._ready_client()
         with self._folder_lock:
             if self._folder_id is None or self._folder_id == stale:
-                assert self._client is not None
                 self._folder_id = ensure_folder(
-                    self._client,
-                    self._settings.mega_folder,
+                    client,
+                    self._settings.folder,
                     self._folder_lock_file,
                     FOLDER_LOCK_TIMEOUT_S,
+                    deadline,
                 )
             return self._folder_id

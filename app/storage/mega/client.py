@@ -1,64 +1,88 @@
-"""The MEGA API client: mega.py's ``Mega`` with our transport, retries, log-in and session cache.
+"""The MEGA API client: our transport, session and log-in, on mega.py's crypto primitives.
 
-mega.py builds its own API URL, opens a new connection per request and retries EAGAIN
-forever. ``MegaClient`` keeps mega.py's log-in cryptography and node helpers (``find``,
-``create_folder``, ``export``, ``destroy`` ...) and replaces ``_api_request``, through
-which all of them talk to MEGA, with a bounded one:
+``MegaClient`` owns everything that talks to MEGA over HTTP:
 
-* one pooled ``requests.Session`` (``http``) to ``api_url + "/cs"``, connect and read
-  timeouts, the retry policy of ``retry.py``, the decisions of the table in ``errors.py``;
-* HTTP 402 + ``X-Hashcash`` answered with a solved proof of work;
+* one pooled ``requests.Session`` for API posts (``api``) and upload-region posts
+  (``post_region``), with one place for timeouts and exception wrapping;
+* one ``Deadline`` passed explicitly into every call, the retry policy of ``retry.py`` and
+  the decisions of the catalogue in ``errors.py``;
+* MEGA's answers read as its own clients read them: a request-level code, a per-command
+  code, or a per-command ``{"err": N}`` object (``src/command.cpp``, ``Command::checkError``
+  in the SDK; ``js/utils/api.js`` in the web client) are all errors;
+* HTTP 402 + ``X-Hashcash`` answered with a proof of work; when its budget runs out the
+  request goes again with an empty answer for a fresh challenge (``hashcash.py``);
 * ESID: log in again (once; other threads and processes reuse that log-in) and repeat
   the call once;
-* a lazy log-in under a thread lock and a cross-process file lock, with the session
-  cached in a private file so that worker processes and restarts share one log-in, and a
-  cool-down after MEGA refused the credentials so that probes cannot hammer it.
+* the log-in itself (``us0``, key derivation, ``us`` with ``mfa`` for two-factor accounts,
+  the session id decrypted with the account's RSA key) built from mega.py's primitives,
+  under a bounded thread lock and the session store's cross-process lock, with a cool-down
+  after MEGA refused the credentials so that probes cannot hammer it.
 
-Nothing here logs or raises a password, session id or key.
+Nothing here logs or raises a password, TOTP secret, session id or key.
 """
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import logging
 import re
+import secrets
 import threading
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import requests
-from mega import Mega
+from mega.crypto import (
+    a32_to_str,
+    base64_to_a32,
+    base64_url_decode,
+    base64_url_encode,
+    decrypt_key,
+    encrypt_key,
+    mpi_to_int,
+    prepare_key,
+    str_to_a32,
+    stringhash,
+)
 from pydantic import SecretStr
 from requests.adapters import HTTPAdapter
 
 from . import hashcash
 from .errors import (
-    EBLOCKED,
-    ENOENT,
-    Action,
+    LOGIN_REASONS,
+    SESSION_GONE,
     HashcashUnsolved,
     MegaApiError,
     MegaBadAnswer,
-    MegaDeadlineExceeded,
     MegaError,
     MegaHttpError,
+    MegaLoggingIn,
     MegaLoginError,
     MegaTransportError,
-    action_for,
-    to_storage_error,
 )
 from .retry import Deadline, RetryPolicy, call_with_retries
-from .session import CachedSession, SessionStore, account_key
+from .session import (
+    CachedSession,
+    FileSessionStore,
+    MemorySessionStore,
+    SessionStore,
+    account_key,
+    decode_session,
+    encode_session,
+)
+from .settings import MegaSettings, setting_default
+from .totp import totp
 
 logger = logging.getLogger(__name__)
 
-# Commands that log in; they run without a session and never trigger a log-in themselves.
-LOGIN_COMMANDS = frozenset({"us0", "us"})
-# A request may be challenged again after an answer (a new token); this many times at most.
-MAX_CHALLENGES = 3
+# A request answered with a fresh challenge right after a correct answer, this many times
+# in a row, is given up (a server that never accepts would otherwise loop until the deadline).
+MAX_REJECTED_ANSWERS = 3
+# After MEGA refused the credentials, no new log-in for this long (probes, uploads).
+LOGIN_COOLDOWN_S = 60.0
 _SID_IN_URL = re.compile(r"(sid=)[^&\s\"]+")
 
 
@@ -78,12 +102,7 @@ def _install_sid_redaction() -> None:
         target.addFilter(_RedactSid())
 
 
-def _command_names(commands: list[Any]) -> str:
-    names = [str(c.get("a", "?")) if isinstance(c, dict) else "?" for c in commands]
-    return ",".join(names)[:60]
-
-
-class MegaClient(Mega):
+class MegaClient:
     """A MEGA session for one account, safe to share between threads."""
 
     def __init__(
@@ -91,51 +110,76 @@ class MegaClient(Mega):
         api_url: str,
         email: str,
         password: str,
-        session_file: Path,
+        session_file: Path | None = None,
         *,
-        connect_timeout: float = 10,
-        read_timeout: float = 60,
-        policy: RetryPolicy | None = None,
-        login_cooldown_s: float = 60.0,
-        hashcash_deadline_s: float = 60.0,
+        policy: RetryPolicy,
+        store: SessionStore | None = None,
+        totp_secret: str | None = None,
+        session: str | None = None,
+        connect_timeout: float = setting_default("mega_connect_timeout"),
+        read_timeout: float = setting_default("mega_read_timeout"),
+        login_cooldown_s: float = LOGIN_COOLDOWN_S,
+        login_deadline_s: float = setting_default("mega_login_deadline_seconds"),
+        login_wait_s: float = setting_default("mega_login_wait_seconds"),
+        hashcash_budget_s: float = hashcash.CHALLENGE_BUDGET_S,
         hashcash_threads: int | None = None,
         pool_size: int = 16,
     ) -> None:
-        super().__init__()
         _install_sid_redaction()
         self.api_url = api_url.rstrip("/")
         self._cs_url = self.api_url + "/cs"
         self._email = email.strip().lower()
         self._password = SecretStr(password)  # no repr, traceback or log shows it
-        self.policy = policy or RetryPolicy()
+        self._totp_secret = SecretStr(totp_secret) if totp_secret else None
+        self.policy = policy
         self._connect_timeout = connect_timeout
         self._read_timeout = read_timeout
-        # mega.py's own download helpers pass self.timeout to requests.
-        self.timeout = (connect_timeout, read_timeout)
         self._login_cooldown_s = login_cooldown_s
-        self._hashcash_deadline_s = hashcash_deadline_s
+        self._login_deadline_s = login_deadline_s
+        self._login_wait_s = login_wait_s
+        self._hashcash_budget_s = hashcash_budget_s
         self._hashcash_threads = hashcash_threads
         # Long enough for another process's whole log-in, including a proof of work.
-        self._lock_timeout_s = 2 * self.policy.deadline_s + hashcash_deadline_s
+        self._lock_timeout_s = login_deadline_s + 2 * policy.deadline_s
 
-        self.http = requests.Session()
+        self._http = requests.Session()
         adapter = HTTPAdapter(pool_connections=4, pool_maxsize=pool_size, max_retries=0)
-        self.http.mount("https://", adapter)
-        self.http.mount("http://", adapter)
-        self.http.headers["User-Agent"] = "paimon-server"
+        self._http.mount("https://", adapter)
+        self._http.mount("http://", adapter)
+        self._http.headers["User-Agent"] = "paimon-server"
 
-        self._store = SessionStore(Path(session_file), account_key(self._email, self.api_url))
-        self._lock = threading.RLock()
-        # The deadline of the api() call running in this thread, for _request (mega.py's
-        # helpers reach _api_request without one).
-        self._call_deadline = threading.local()
-        self._sequence = itertools.count(self.sequence_num)
+        self.account = account_key(self._email, self.api_url)
+        if store is None:
+            store = FileSessionStore(Path(session_file), self.account) if session_file else None
+        self._store: SessionStore = store or MemorySessionStore()
+        self._given = decode_session(session, self.account) if session else None
+        if session and self._given is None:
+            logger.warning("MEGA_SESSION was made for another account or is damaged; ignoring it")
+        self._lock = threading.Lock()
+        self._sequence = itertools.count(secrets.randbelow(0xFFFFFFFF))
+        self._sid: str | None = None
         self._master_key: list[int] | None = None
         self._user_handle: str | None = None
         self._refused: tuple[float, MegaLoginError] | None = None
-        self.login_count = 0  # successful log-ins by this instance
-        self.login_attempts = 0
-        self.last_login_error: str | None = None
+
+    @classmethod
+    def from_settings(cls, settings: MegaSettings, store: SessionStore | None = None) -> MegaClient:
+        """The production client; ``store`` defaults to the file ``settings.session_file``."""
+        return cls(
+            settings.api_url,
+            settings.email,
+            settings.password.get_secret_value(),
+            settings.session_file,
+            policy=settings.retry_policy(),
+            store=store,
+            totp_secret=settings.totp_secret.get_secret_value() if settings.totp_secret else None,
+            session=settings.session.get_secret_value() if settings.session else None,
+            connect_timeout=settings.connect_timeout_s,
+            read_timeout=settings.read_timeout_s,
+            login_deadline_s=settings.login_deadline_s,
+            login_wait_s=settings.login_wait_s,
+            pool_size=settings.pool_size,
+        )
 
     def __repr__(self) -> str:
         return f"MegaClient(api_url={self.api_url!r}, logged_in={self.logged_in})"
@@ -144,7 +188,17 @@ class MegaClient(Mega):
 
     @property
     def logged_in(self) -> bool:
-        return self.sid is not None
+        return self._sid is not None
+
+    @property
+    def login_running(self) -> bool:
+        """Whether a thread of this process is getting a session right now."""
+        return self._lock.locked()
+
+    @property
+    def secure(self) -> bool:
+        """Whether the API is reached over https (then upload data must be too)."""
+        return self.api_url.startswith("https://")
 
     @property
     def master_key(self) -> list[int]:
@@ -154,233 +208,292 @@ class MegaClient(Mega):
         assert self._master_key is not None
         return self._master_key
 
-    @master_key.setter
-    def master_key(self, value: Any) -> None:  # mega.py's _login_process assigns it
-        self._master_key = [int(word) for word in value]
-
     @property
     def user_handle(self) -> str:
         if self._user_handle is None:
             self._user_handle = str(self.api({"a": "ug"})["u"])
         return self._user_handle
 
-    def api(self, command: dict[str, Any], deadline_s: float | None = None) -> Any:
+    def api(self, command: dict[str, Any], deadline: Deadline | None = None) -> Any:
         """Send one command and return its result. Retries, re-login and proof of work
         happen inside; failures raise a ``MegaError`` (``to_storage_error`` maps them).
 
-        ``deadline_s`` bounds the whole call (retries, waits and each request's timeouts)
-        when it is nearer than the retry policy's own deadline: an upload passes what is
-        left of its total time, and the call ends with ``MegaDeadlineExceeded`` then.
+        ``deadline`` bounds the whole call (retries, waits and each request's timeouts)
+        when it is nearer than the retry policy's own deadline for one call.
         """
-        if deadline_s is None:
-            return self._api_request(command)
-        if deadline_s <= 0:
-            raise MegaDeadlineExceeded(0, deadline_s, None)
-        self._call_deadline.value = deadline_s
+        deadline = Deadline(self.policy.deadline_s) if deadline is None else deadline
+        deadline = deadline.sooner(self.policy.deadline_s)
+        deadline.check()
+        sid = self._current_sid(deadline)
         try:
-            return self._api_request(command)
-        finally:
-            self._call_deadline.value = self._call_deadline.ends = None
-
-    def ensure_login(self) -> None:
-        """Have a session: the one in memory, the cached one, or a fresh log-in."""
-        if self.sid is not None:
-            return
-        with self._lock:
-            if self.sid is not None:
-                return
-            self._get_session(stale_sid=None)
-
-    def close(self) -> None:
-        self.http.close()
-
-    # -- mega.py hooks ---------------------------------------------------------------
-
-    def _api_request(self, data: Any) -> Any:
-        commands = data if isinstance(data, list) else [data]
-        if any(isinstance(c, dict) and c.get("a") in LOGIN_COMMANDS for c in commands):
-            return self._request(commands, sid=None)
-        sid = self._current_sid()
-        try:
-            return self._request(commands, sid)
+            return self._request(command, sid, deadline)
         except MegaApiError as exc:
-            if action_for(exc) is not Action.RELOGIN:
+            if exc.failure is not SESSION_GONE:
                 raise
         logger.info("MEGA rejected the session; logging in again")
-        self._relogin(stale_sid=sid)
-        return self._request(commands, self._current_sid())
+        self._relogin(stale_sid=sid, deadline=deadline)
+        return self._request(command, self._current_sid(deadline), deadline)
 
-    def _login_process(self, resp: Any, password: Any) -> None:
-        super()._login_process(resp, password)
-        user = resp.get("u") if isinstance(resp, dict) else None
-        self._user_handle = user if isinstance(user, str) else None
+    def post_region(self, url: str, body: memoryview | bytes, deadline: Deadline) -> str:
+        """POST one piece of an upload to ``url`` (upload URL + offset); the answer's text."""
+        response = self._post(
+            url,
+            deadline,
+            data=body,
+            headers={"Content-Type": "application/octet-stream"},
+        )
+        if response.status_code != 200:
+            raise MegaHttpError(response.status_code)
+        return response.text.strip()
+
+    def ensure_login(self, deadline: Deadline | None = None) -> None:
+        """Have a session: the one in memory, a stored one, ``MEGA_SESSION``, or a fresh
+        log-in. While another thread is logging in, wait at most ``login_wait_s``, then
+        raise ``MegaLoggingIn`` (the caller answers "try again shortly")."""
+        if self._sid is not None:
+            return
+        if not self._lock.acquire(timeout=self._login_wait_s):
+            raise MegaLoggingIn()
+        try:
+            if self._sid is None:
+                self._get_session(None, self._login_deadline(deadline))
+        finally:
+            self._lock.release()
+
+    def export_session(self) -> str:
+        """The current session as one ``MEGA_SESSION`` line (a credential: keep it secret)."""
+        self.ensure_login()
+        assert self._sid is not None and self._master_key is not None
+        session = CachedSession(self._sid, list(self._master_key), self._user_handle)
+        return encode_session(session, self.account)
+
+    def close(self) -> None:
+        self._http.close()
 
     # -- transport ---------------------------------------------------------------------
 
-    def _current_sid(self) -> str:
-        sid = self.sid
-        if sid is not None:
-            return sid
-        with self._lock:
-            self.ensure_login()
-            assert self.sid is not None
-            return self.sid
+    def _login_deadline(self, deadline: Deadline | None) -> Deadline:
+        own = Deadline(self._login_deadline_s)
+        return own if deadline is None else deadline.sooner(self._login_deadline_s)
 
-    def _request(self, commands: list[Any], sid: str | None) -> Any:
+    def _current_sid(self, deadline: Deadline) -> str:
+        sid = self._sid
+        if sid is None:
+            self.ensure_login(deadline)
+            sid = self._sid
+        assert sid is not None
+        return sid
+
+    def _request(self, command: dict[str, Any], sid: str | None, deadline: Deadline) -> Any:
         """One logical request: same id through retries and proof-of-work resends, so MEGA
         can recognise a repeat of a request it already carried out."""
         params: dict[str, Any] = {"id": next(self._sequence)}
         if sid:
             params["sid"] = sid
-        body = json.dumps(commands, separators=(",", ":"))
-        policy = self.policy
-        limit: float | None = getattr(self._call_deadline, "value", None)
-        if limit is not None:
-            # Set on the first request of an api() call; a re-login's repeat gets what is left.
-            self._call_deadline.value = None
-            self._call_deadline.ends = time.monotonic() + limit
-        ends: float | None = getattr(self._call_deadline, "ends", None)
-        if ends is not None:
-            left = ends - time.monotonic()
-            if left <= 0:
-                raise MegaDeadlineExceeded(0, policy.deadline_s, None)
-            if left < policy.deadline_s:
-                policy = replace(policy, deadline_s=left)
-        deadline = Deadline(policy.deadline_s)
+        body = json.dumps([command], separators=(",", ":"))
         return call_with_retries(
             lambda: self._exchange(params, body, deadline),
-            policy,
-            what=f"MEGA API call {_command_names(commands)}",
+            self.policy,
+            deadline,
+            what=f"MEGA API call {str(command.get('a', '?'))[:20]}",
         )
 
     def _exchange(self, params: dict[str, Any], body: str, deadline: Deadline) -> Any:
         headers = {"Content-Type": "application/json"}
-        for _ in range(MAX_CHALLENGES + 1):
-            response = self._post(params, body, headers, deadline)
+        rejected = 0
+        while True:
+            response = self._post(self._cs_url, deadline, params=params, data=body, headers=headers)
             challenge = response.headers.get("X-Hashcash")
             if response.status_code != 402 or not challenge:
                 break
-            logger.info("MEGA asked for a proof of work; solving it")
-            started = time.monotonic()
-            headers["X-Hashcash"] = hashcash.solve(
-                challenge, self._hashcash_deadline_s, self._hashcash_threads
+            answered = headers.get("X-Hashcash")
+            if answered is not None and not answered.endswith(":"):
+                rejected += 1  # a solved answer, yet challenged again
+                if rejected >= MAX_REJECTED_ANSWERS:
+                    raise HashcashUnsolved("challenged repeatedly")
+            if deadline.remaining() <= 0:
+                raise HashcashUnsolved("deadline")
+            budget = min(self._hashcash_budget_s, deadline.remaining())
+            logger.info(
+                "MEGA asked for a proof of work (%s); solving it, at most %.0f s on this challenge",
+                hashcash.describe(challenge, self._hashcash_threads),
+                budget,
             )
-            logger.info("proof of work solved in %.2f s", time.monotonic() - started)
-        else:
-            raise HashcashUnsolved("challenged repeatedly")
+            started = time.monotonic()
+            headers["X-Hashcash"] = hashcash.solve(challenge, budget, self._hashcash_threads)
+            spent = time.monotonic() - started
+            if headers["X-Hashcash"].endswith(":"):
+                if deadline.remaining() <= 0:
+                    raise HashcashUnsolved("deadline")
+                logger.info(
+                    "proof of work unsolved after %.1f s; asking for a fresh challenge", spent
+                )
+            else:
+                logger.info("proof of work solved in %.2f s", spent)
         if response.status_code != 200:
             raise MegaHttpError(response.status_code)
         return _result(response.content)
 
-    def _post(
-        self, params: dict[str, Any], body: str, headers: dict[str, str], deadline: Deadline
-    ) -> requests.Response:
-        remaining = deadline.remaining()
-        if remaining <= 0:
-            raise MegaTransportError("timeout")
-        # Each request ends by the deadline: both timeouts are cut to what is left of it.
-        read_timeout = max(0.05, min(self._read_timeout, remaining))
-        connect_timeout = max(0.05, min(self._connect_timeout, remaining))
+    def _post(self, url: str, deadline: Deadline, **kwargs: Any) -> requests.Response:
+        """The one place HTTP happens: timeouts cut to the deadline, exceptions wrapped."""
+        deadline.check()
+        timeout = deadline.timeouts(self._connect_timeout, self._read_timeout)
         try:
-            return self.http.post(
-                self._cs_url,
-                params=params,
-                data=body,
-                headers=headers,
-                timeout=(connect_timeout, read_timeout),
-            )
-        # "from None": the requests exception's text holds the URL, and with it the sid.
+            return self._http.post(url, timeout=timeout, **kwargs)
+        # "from None": the requests exception's text holds the URL, and with it the sid
+        # (API) or the upload token (upload server).
         except requests.Timeout:
-            raise MegaTransportError("timeout") from None
+            raise MegaTransportError(timed_out=True) from None
         except requests.RequestException:
-            raise MegaTransportError("connection") from None
+            raise MegaTransportError(timed_out=False) from None
 
-    # -- log-in and session cache -------------------------------------------------------
+    # -- log-in and session store ---------------------------------------------------------
 
-    def _relogin(self, stale_sid: str) -> None:
-        with self._lock:
-            if self.sid is not None and self.sid != stale_sid:
+    def _relogin(self, stale_sid: str, deadline: Deadline) -> None:
+        if not self._lock.acquire(timeout=self._login_wait_s):
+            raise MegaLoggingIn()
+        try:
+            if self._sid is not None and self._sid != stale_sid:
                 return  # another thread already logged in again
-            self.sid = None
-            self._get_session(stale_sid=stale_sid)
+            self._sid = None
+            self._get_session(stale_sid, self._login_deadline(deadline))
+        finally:
+            self._lock.release()
 
-    def _get_session(self, stale_sid: str | None) -> None:
-        """Under self._lock: adopt another process's session from the cache, or log in."""
+    def _get_session(self, stale_sid: str | None, deadline: Deadline) -> None:
+        """Under self._lock: adopt a stored session or MEGA_SESSION, or log in."""
         self._check_cooldown()
+        if self._given is not None and self._given.sid == stale_sid:
+            logger.warning(
+                "MEGA rejected the session of MEGA_SESSION; logging in with the password"
+            )
+            self._given = None
         with self._store.locked(self._lock_timeout_s):
             cached = self._store.load()
             if cached is not None and cached.sid != stale_sid:
-                self._adopt(cached)
+                self._adopt(cached, "the session store")
                 return
-            self._log_in()
+            if cached is not None:
+                self._store.clear(stale_sid)  # MEGA rejected it: no one else should try it
+            if self._given is not None:
+                self._adopt(self._given, "MEGA_SESSION")
+                return
+            self._log_in(deadline)
 
     def _check_cooldown(self) -> None:
         if self._refused is None:
             return
         refused_at, failure = self._refused
         if time.monotonic() - refused_at < self._login_cooldown_s:
-            raise MegaLoginError(failure.code, cooling_down=True)
+            raise MegaLoginError(
+                failure.code, cooling_down=True, mfa_sent=self._totp_secret is not None
+            )
         self._refused = None
 
-    def _adopt(self, cached: CachedSession) -> None:
-        self._master_key = list(cached.master_key)
-        self._user_handle = cached.user_handle
-        self.sid = cached.sid
-        logger.info("MEGA session loaded from the cache")
+    def _adopt(self, session: CachedSession, source: str) -> None:
+        self._master_key = list(session.master_key)
+        self._user_handle = session.user_handle
+        self._sid = session.sid
+        logger.info("MEGA session taken from %s", source)
 
-    def _log_in(self) -> None:
-        self.login_attempts += 1
+    def _log_in(self, deadline: Deadline) -> None:
         logger.info("logging in to MEGA")
         try:
-            # mega.py's log-in without its login(), which would also fetch every node.
-            self._login_user(self._email, self._password.get_secret_value())
-            if self.sid is None or self._master_key is None:
-                raise MegaBadAnswer()
+            session = self._authenticate(deadline)
         except MegaApiError as exc:
-            self.sid = None
-            if exc.code in (ENOENT, EBLOCKED):
-                failure = MegaLoginError(exc.code)
-                self._refused = (time.monotonic(), failure)
-                self.last_login_error = str(failure)
-                logger.warning("%s; not trying again for %g s", failure, self._login_cooldown_s)
-                raise failure from None
-            self.last_login_error = str(to_storage_error(exc))
-            raise
-        except MegaError as exc:
-            self.sid = None
-            self.last_login_error = str(to_storage_error(exc))
-            raise
-        except (KeyError, ValueError, TypeError, IndexError):
-            # mega.py could not decode the answer; its text may hold key material.
-            self.sid = None
-            failure = MegaBadAnswer()
-            self.last_login_error = str(failure)
+            if exc.code not in LOGIN_REASONS:
+                raise
+            failure = MegaLoginError(exc.code, mfa_sent=self._totp_secret is not None)
+            self._refused = (time.monotonic(), failure)
+            logger.warning("%s; not trying again for %g s", failure, self._login_cooldown_s)
             raise failure from None
-        self.login_count += 1
-        self.last_login_error = None
+        except MegaError:
+            raise
+        except (KeyError, ValueError, TypeError, IndexError, ZeroDivisionError):
+            # The answer could not be decoded; its text may hold key material.
+            raise MegaBadAnswer() from None
+        self._adopt(session, "a fresh log-in")
         logger.info("logged in to MEGA")
         try:
-            self._store.save(CachedSession(self.sid, list(self._master_key), self._user_handle))
+            self._store.save(session)
         except OSError as exc:
             # Still usable; only the sharing with other processes is lost.
             logger.warning("could not write the MEGA session cache (%s)", type(exc).__name__)
 
+    def _authenticate(self, deadline: Deadline) -> CachedSession:
+        """MEGA's log-in (the SDK's ``CommandPrelogin`` + ``CommandLogin``) with mega.py's
+        key derivation and key helpers."""
+        password = self._password.get_secret_value()
+        pre = self._request({"a": "us0", "user": self._email}, None, deadline)
+        salt = pre.get("s") if isinstance(pre, dict) else None
+        if isinstance(salt, str) and salt:  # a v2 account: PBKDF2-SHA512, 100,000 rounds
+            derived = hashlib.pbkdf2_hmac(
+                "sha512", password.encode(), a32_to_str(base64_to_a32(salt)), 100000, 32
+            )
+            password_key = str_to_a32(derived[:16])
+            user_hash = base64_url_encode(derived[16:])
+        else:  # a v1 account
+            password_key = prepare_key(str_to_a32(password))
+            user_hash = stringhash(self._email, password_key)
+        command: dict[str, Any] = {"a": "us", "user": self._email, "uh": user_hash}
+        if self._totp_secret is not None:
+            command["mfa"] = totp(self._totp_secret.get_secret_value())
+        answer = self._request(command, None, deadline)
+        if not isinstance(answer, dict):
+            raise MegaBadAnswer()
+        master_key = list(decrypt_key(base64_to_a32(answer["k"]), password_key))
+        user = answer.get("u")
+        return CachedSession(
+            _session_id(answer, master_key), master_key, user if isinstance(user, str) else None
+        )
+
+
+def _session_id(answer: dict[str, Any], master_key: list[int]) -> str:
+    """The session id in a log-in answer: a temporary ``tsid`` checked against the master
+    key, or ``csid`` encrypted with the account's RSA key (decrypted with its private key,
+    itself encrypted with the master key), as mega.py and the SDK read them."""
+    if "tsid" in answer:
+        tsid = base64_url_decode(answer["tsid"])
+        if a32_to_str(encrypt_key(str_to_a32(tsid[:16]), master_key)) != tsid[-16:]:
+            raise MegaBadAnswer()
+        return str(answer["tsid"])
+    private = a32_to_str(decrypt_key(base64_to_a32(answer["privk"]), master_key))
+    parts = []
+    for _ in range(4):  # p, q, d, u as MPIs: a 2-byte bit length, then the number
+        length = 2 + (int.from_bytes(private[:2], "big") + 7) // 8
+        parts.append(mpi_to_int(private[:length]))
+        private = private[length:]
+    p, q, d = parts[0], parts[1], parts[2]
+    sid = pow(mpi_to_int(base64_url_decode(answer["csid"])), d, p * q)
+    raw = sid.to_bytes((sid.bit_length() + 7) // 8, "big")
+    return base64_url_encode(raw[:43])
+
+
+def _error_in(value: Any) -> int | None:
+    """The error code a result stands for: a negative number or ``{"err": N}``."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value if value < 0 else None
+    if isinstance(value, dict) and isinstance(value.get("err"), int) and value["err"] < 0:
+        return int(value["err"])
+    return None
+
 
 def _result(content: bytes) -> Any:
-    """The first command's result, as mega.py's callers expect; errors raise MegaApiError."""
+    """The command's result; every error form raises ``MegaApiError``."""
     try:
         answer = json.loads(content)
     except ValueError:
         raise MegaBadAnswer() from None
-    if isinstance(answer, bool):
-        raise MegaBadAnswer()
-    if isinstance(answer, int):  # a request-level error code (or 0)
-        if answer < 0:
-            raise MegaApiError(answer)
+    code = _error_in(answer)  # a request-level error (a number, or an object)
+    if code is not None:
+        raise MegaApiError(code)
+    if isinstance(answer, int) and not isinstance(answer, bool):
         return answer
     if not isinstance(answer, list) or not answer:
         raise MegaBadAnswer()
-    first = answer[0]
-    if isinstance(first, int) and not isinstance(first, bool) and first < 0:
-        raise MegaApiError(first)
-    return first
+    code = _error_in(answer[0])
+    if code is not None:
+        raise MegaApiError(code)
+    return answer[0]

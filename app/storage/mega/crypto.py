@@ -24,6 +24,9 @@ Key material follows MEGA's layout (the web client, the SDK and mega.py agree):
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
 import secrets
 import struct
 import threading
@@ -193,3 +196,43 @@ class MacAccumulator:
 
     def meta_mac(self) -> A32:
         return meta_mac(file_mac(self.file_key, [self.macs[o] for o in sorted(self.macs)]))
+
+
+def attribute_block(attributes: dict[str, str], key: Sequence[int]) -> str:
+    """A node's encrypted attributes: ``MEGA`` + compact JSON with raw UTF-8, zero-padded
+    to whole AES blocks, AES-CBC with a zero IV, base64url.
+
+    mega.py's ``encrypt_attr`` writes ``\\uXXXX`` escapes, and the SDK keeps only the low
+    byte of one when it reads it (``JSON::unescape`` in ``src/json.cpp``): ``résumé``
+    would show as ``r\\xe9sum\\xe9`` in MEGA's apps. The SDK itself writes raw UTF-8
+    (``AttrMap::getjson`` in ``src/attrmap.cpp``), escaping only quotes, backslashes and
+    control characters, which ``json.dumps(ensure_ascii=False)`` does too.
+    """
+    text = json.dumps(attributes, ensure_ascii=False, separators=(",", ":"))
+    plain = b"MEGA" + text.encode("utf-8")
+    plain += b"\0" * (-len(plain) % BLOCK)
+    encryptor = Cipher(algorithms.AES(a32_bytes(key)), modes.CBC(_ZERO_BLOCK)).encryptor()
+    return _b64url(encryptor.update(plain) + encryptor.finalize())
+
+
+def read_attribute_block(block: str, key: Sequence[int]) -> dict[str, object] | None:
+    """The attributes in a block, read as UTF-8; None when it does not decrypt to one."""
+    try:
+        data = base64.urlsafe_b64decode(block + "=" * (-len(block) % 4))
+    except (ValueError, binascii.Error):
+        return None
+    if not data or len(data) % BLOCK:
+        return None
+    decryptor = Cipher(algorithms.AES(a32_bytes(key)), modes.CBC(_ZERO_BLOCK)).decryptor()
+    plain = (decryptor.update(data) + decryptor.finalize()).rstrip(b"\0")
+    if not plain.startswith(b'MEGA{"'):
+        return None
+    try:
+        value = json.loads(plain[4:].decode("utf-8"))
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).decode("ascii").rstrip("=")

@@ -1,10 +1,16 @@
-"""MEGA failures, and the one table that decides what each of them leads to.
+"""The MEGA failures and the one catalogue that says what each one means.
 
-Every failure the MEGA client or the upload path can meet has a *name* (``EAGAIN``,
-``timeout``, ``HTTP_503`` ...). ``RULES`` maps each name to an action (retry, log in
-again, restart the upload, fail) and, for when it ends the request, the storage
-domain error and the client-safe message. ``action_for`` and ``to_storage_error``
-only read the table; nothing else in the package decides these things.
+Every failure the client, the log-in and the upload path can meet is a ``MegaError``
+subclass, and each one carries its catalogue entry (``failure``): a ``Failure`` naming
+what to do (retry, log in again, restart the upload on a fresh URL, fail) and, for when
+it ends the request, the storage domain error and the client-safe message. Entries are
+constants and MEGA's codes map to them through typed tables (``API_CODES``,
+``UPLOAD_CODES``, ``http_failure``): nothing is looked up by a string key, so a typo is
+an ``AttributeError`` or ``NameError`` at import, not a silent default.
+
+Codes and their meanings follow MEGA's own clients: the C++ SDK's ``include/mega/types.h``
+(the ``API_E*`` list) and ``src/transferslot.cpp`` (what the upload server's answers
+mean), and the web client's ``js/utils/api.js`` / ``js/transfers/upload2.js``.
 
 Messages here are shown to clients: they name the MEGA error, never a password,
 session id, key, URL or the text of an underlying exception.
@@ -24,7 +30,7 @@ from app.storage.base import (
     UpstreamRejected,
 )
 
-# MEGA API error codes (negative integers in the answer).
+# MEGA API error codes (negative integers), as include/mega/types.h names them.
 EINTERNAL = -1
 EARGS = -2
 EAGAIN = -3
@@ -44,35 +50,147 @@ EBLOCKED = -16
 EOVERQUOTA = -17
 ETEMPUNAVAIL = -18
 ETOOMANYCONNECTIONS = -19
+EWRITE = -20
+EREAD = -21
+EAPPKEY = -22
+ESSL = -23
+EGOINGOVERQUOTA = -24
+EROLLEDBACK = -25
+EMFAREQUIRED = -26
+EMASTERONLY = -27
+EBUSINESSPASTDUE = -28
+EPAYWALL = -29
+ESUBUSERKEYMISSING = -30
 
 CODE_NAMES: dict[int, str] = {
-    EINTERNAL: "EINTERNAL",
-    EARGS: "EARGS",
-    EAGAIN: "EAGAIN",
-    ERATELIMIT: "ERATELIMIT",
-    EFAILED: "EFAILED",
-    ETOOMANY: "ETOOMANY",
-    ERANGE: "ERANGE",
-    EEXPIRED: "EEXPIRED",
-    ENOENT: "ENOENT",
-    ECIRCULAR: "ECIRCULAR",
-    EACCESS: "EACCESS",
-    EEXIST: "EEXIST",
-    EINCOMPLETE: "EINCOMPLETE",
-    EKEY: "EKEY",
-    ESID: "ESID",
-    EBLOCKED: "EBLOCKED",
-    EOVERQUOTA: "EOVERQUOTA",
-    ETEMPUNAVAIL: "ETEMPUNAVAIL",
-    ETOOMANYCONNECTIONS: "ETOOMANYCONNECTIONS",
-    -20: "EWRITE",
-    -21: "EREAD",
-    -22: "EAPPKEY",
+    value: name
+    for name, value in dict(globals()).items()
+    if name.startswith("E") and name.isupper()
 }
 
 
 def code_name(code: int) -> str:
     return CODE_NAMES.get(code, f"E{code}")
+
+
+# -- the catalogue ---------------------------------------------------------------
+
+
+class Action(Enum):
+    RETRY = "retry"  # back off (exponential + jitter) and repeat, within attempts and deadline
+    RELOGIN = "relogin"  # log in again, then repeat the call once
+    RESTART_UPLOAD = "restart_upload"  # upload path: fresh upload URL, send the file again
+    FAIL = "fail"  # give up now
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """One catalogue entry. ``message`` may use ``{name}`` (the MEGA code's name)."""
+
+    action: Action
+    error: type[StorageError]
+    message: str
+
+
+_TEMPORARY = "MEGA is temporarily unavailable ({name})"
+_REJECTED = "MEGA rejected the request ({name})"
+
+TEMPORARY = Failure(Action.RETRY, UpstreamRejected, _TEMPORARY)
+REJECTED = Failure(Action.FAIL, UpstreamRejected, _REJECTED)
+SESSION_GONE = Failure(Action.RELOGIN, UpstreamRejected, "MEGA rejected the session")
+UPLOAD_URL_DEAD = Failure(Action.RESTART_UPLOAD, UpstreamRejected, "MEGA upload URL expired")
+UPLOAD_RESTART = Failure(
+    Action.RESTART_UPLOAD, UpstreamRejected, "MEGA asked to start the upload again ({name})"
+)
+CHUNK_RESEND = Failure(Action.RETRY, UpstreamRejected, "MEGA could not check a piece ({name})")
+STORAGE_FULL = Failure(Action.FAIL, StorageFull, "MEGA storage quota exceeded ({name})")
+TRANSFER_QUOTA = Failure(Action.FAIL, UpstreamRejected, "MEGA transfer quota exceeded")
+SERVER_ERROR = Failure(Action.RETRY, UpstreamRejected, "MEGA answered with a server error")
+SLOW_DOWN = Failure(Action.RETRY, UpstreamRejected, "MEGA asked to slow down")
+CONNECTION = Failure(Action.RETRY, StorageUnavailable, "could not connect to MEGA")
+TIMEOUT = Failure(Action.RETRY, StorageTimeout, "MEGA did not answer in time")
+BAD_ANSWER = Failure(Action.FAIL, UpstreamRejected, "MEGA sent an answer that could not be read")
+LOGIN_REFUSED = Failure(Action.FAIL, StorageLoginFailed, "MEGA login failed: {name}")
+LOGGING_IN = Failure(
+    Action.FAIL, StorageUnavailable, "the service is logging in to MEGA; try again shortly"
+)
+LOGIN_LOCK = Failure(
+    Action.FAIL, StorageTimeout, "timed out waiting for another process to log in to MEGA"
+)
+FOLDER_LOCK = Failure(
+    Action.FAIL, StorageTimeout, "timed out waiting for another process to create the MEGA folder"
+)
+HASHCASH = Failure(
+    Action.FAIL,
+    StorageUnavailable,
+    "MEGA asked for a proof of work that could not be solved in time",
+)
+INSECURE_UPLOAD_URL = Failure(
+    Action.FAIL, UpstreamRejected, "MEGA offered an unencrypted upload URL; not sending the file"
+)
+# A streamed body is sent while it arrives, so a restart from the start is impossible
+# without keeping the whole file; the client is told to send it again instead.
+STREAM_RESTART = Failure(
+    Action.FAIL,
+    UpstreamRejected,
+    "MEGA asked to start the upload again, which a streamed upload cannot do; send the file again",
+)
+EXHAUSTED = Failure(Action.FAIL, UpstreamRejected, "MEGA kept failing after {name} attempts")
+DEADLINE = Failure(Action.FAIL, StorageTimeout, "MEGA did not succeed within {name} s")
+UNEXPECTED = Failure(Action.FAIL, UpstreamRejected, _REJECTED)
+
+# What an API answer's code means (a whole request's, or one command's).
+API_CODES: dict[int, Failure] = {
+    EAGAIN: TEMPORARY,
+    ERATELIMIT: TEMPORARY,
+    ETEMPUNAVAIL: TEMPORARY,
+    ETOOMANYCONNECTIONS: TEMPORARY,
+    ESID: SESSION_GONE,
+    EEXPIRED: UPLOAD_URL_DEAD,
+    EFAILED: UPLOAD_RESTART,
+    # -17 over quota, -24 the file would go over it, -29 the account is over its quota
+    # and MEGA's paywall stops writes (types.h; commands.cpp sends the paywall to the app).
+    EOVERQUOTA: STORAGE_FULL,
+    EGOINGOVERQUOTA: STORAGE_FULL,
+    EPAYWALL: STORAGE_FULL,
+}
+
+# What the upload server's codes mean: they are the API's numbers, but not its meanings.
+# src/transferslot.cpp: -4 ("cannot be continued on that server") fails the transfer with
+# API_EAGAIN, and src/transfer.cpp retries an API_EAGAIN transfer from the start on a fresh
+# URL, as it does -6; -14 (integrity check failed) puts the same piece back to be sent
+# again. js/transfers/upload2.js does the same.
+UPLOAD_CODES: dict[int, Failure] = {
+    EAGAIN: UPLOAD_RESTART,
+    ERATELIMIT: UPLOAD_RESTART,
+    ETOOMANY: UPLOAD_RESTART,
+    EKEY: CHUNK_RESEND,
+    EEXPIRED: UPLOAD_URL_DEAD,
+    EFAILED: UPLOAD_RESTART,
+    EOVERQUOTA: STORAGE_FULL,
+    EGOINGOVERQUOTA: STORAGE_FULL,
+    EPAYWALL: STORAGE_FULL,
+}
+
+# Why MEGA refused a log-in, by the code 'us' answered.
+LOGIN_REASONS: dict[int, str] = {
+    ENOENT: "wrong email or password",
+    EBLOCKED: "the account is blocked",
+    EMFAREQUIRED: "the account has two-factor authentication; set MEGA_TOTP_SECRET",
+}
+
+
+def http_failure(status: int) -> Failure:
+    """What an unexpected HTTP status means."""
+    if status in (403, 404):  # an upload URL that expired or never existed
+        return UPLOAD_URL_DEAD
+    if status == 429:
+        return SLOW_DOWN
+    if status == 509:
+        return TRANSFER_QUOTA
+    if 500 <= status < 600:
+        return SERVER_ERROR
+    return REJECTED
 
 
 # -- the failures ---------------------------------------------------------------
@@ -81,29 +199,33 @@ def code_name(code: int) -> str:
 class MegaError(Exception):
     """Base of every failure raised by the MEGA client; ``str()`` is safe to log."""
 
-    name = "MEGA_ERROR"
+    failure: Failure = UNEXPECTED
+    name: str = "MEGA_ERROR"
 
 
 class MegaApiError(MegaError):
-    """MEGA answered a command (or a whole request, or an upload chunk) with an error code."""
+    """MEGA answered a command, or a whole request, with an error code."""
 
     def __init__(self, code: int) -> None:
         self.code = code
         self.name = code_name(code)
+        self.failure = API_CODES.get(code, REJECTED)
         super().__init__(f"MEGA answered {self.name} ({code})")
 
 
 class MegaChunkError(MegaApiError):
-    """The upload server answered a chunk POST with an error code. The codes are the API's,
-    but a few mean something else there: the table's ``chunk <NAME>`` rows say what."""
+    """The upload server answered a piece's POST with an error code."""
 
-    scope = "chunk"
+    def __init__(self, code: int) -> None:
+        super().__init__(code)
+        self.failure = UPLOAD_CODES.get(code, REJECTED)
 
 
 class StreamCannotRestart(MegaError):
     """MEGA wants the upload started again on a fresh URL, but the body was streamed from
     the client as it arrived and the part already sent is no longer held."""
 
+    failure = STREAM_RESTART
     name = "stream_restart"
 
     def __init__(self, cause: MegaError) -> None:
@@ -112,17 +234,31 @@ class StreamCannotRestart(MegaError):
 
 
 class MegaLoginError(MegaError):
-    """MEGA refused to log in (wrong credentials, blocked account), or a recent refusal
-    is still cooling down. ``code`` is the MEGA code of the refusal."""
+    """MEGA refused to log in (wrong credentials, blocked account, two-factor code missing
+    or wrong), or a recent refusal is still cooling down. ``code`` is MEGA's code."""
 
-    def __init__(self, code: int, *, cooling_down: bool = False) -> None:
+    failure = LOGIN_REFUSED
+
+    def __init__(self, code: int, *, cooling_down: bool = False, mfa_sent: bool = False) -> None:
         self.code = code
         self.cooling_down = cooling_down
-        # ENOENT answered to 'us' means the email/password pair is unknown.
-        self.name = "EBLOCKED" if code == EBLOCKED else "login_rejected"
-        reason = "the account is blocked" if code == EBLOCKED else "wrong email or password"
+        self.name = code_name(code)
+        reason = LOGIN_REASONS.get(code, f"MEGA answered {self.name}")
+        if code == EMFAREQUIRED and mfa_sent:
+            reason = "the two-factor code was refused (check MEGA_TOTP_SECRET and the clock)"
+        self.reason = reason
         suffix = " (not retrying yet)" if cooling_down else ""
         super().__init__(f"MEGA login failed: {reason}{suffix}")
+
+
+class MegaLoggingIn(MegaError):
+    """A log-in (with its proof of work) is running elsewhere and did not end in time."""
+
+    failure = LOGGING_IN
+    name = "logging_in"
+
+    def __init__(self) -> None:
+        super().__init__("the service is logging in to MEGA")
 
 
 class MegaHttpError(MegaError):
@@ -130,7 +266,8 @@ class MegaHttpError(MegaError):
 
     def __init__(self, status: int) -> None:
         self.status = status
-        self.name = "HTTP_5xx" if 500 <= status < 600 and status != 509 else f"HTTP_{status}"
+        self.name = f"HTTP_{status}"
+        self.failure = http_failure(status)
         super().__init__(f"MEGA answered HTTP {status}")
 
 
@@ -138,27 +275,37 @@ class MegaTransportError(MegaError):
     """The connection failed or timed out. Raised *instead of* the requests exception,
     whose text contains the request URL and with it the session id."""
 
-    def __init__(self, kind: str) -> None:
-        if kind not in ("timeout", "connection"):
-            raise ValueError(kind)
-        self.name = kind
-        super().__init__(
-            "MEGA did not answer in time" if kind == "timeout" else "could not connect to MEGA"
-        )
+    def __init__(self, timed_out: bool) -> None:
+        self.timed_out = timed_out
+        self.name = "timeout" if timed_out else "connection"
+        self.failure = TIMEOUT if timed_out else CONNECTION
+        super().__init__(self.failure.message)
 
 
 class MegaBadAnswer(MegaError):
     """MEGA's answer could not be parsed."""
 
+    failure = BAD_ANSWER
     name = "bad_answer"
 
     def __init__(self) -> None:
-        super().__init__("MEGA sent an answer that could not be read")
+        super().__init__(BAD_ANSWER.message)
+
+
+class InsecureUploadUrl(MegaError):
+    """An ``http://`` upload URL while the API itself is ``https://``."""
+
+    failure = INSECURE_UPLOAD_URL
+    name = "insecure_upload_url"
+
+    def __init__(self) -> None:
+        super().__init__(INSECURE_UPLOAD_URL.message)
 
 
 class MegaRetriesExhausted(MegaError):
     """A retryable failure kept happening until the attempts ran out."""
 
+    failure = EXHAUSTED
     name = "exhausted"
 
     def __init__(self, attempts: int, last: BaseException) -> None:
@@ -172,6 +319,7 @@ class MegaRetriesExhausted(MegaError):
 class MegaDeadlineExceeded(MegaError):
     """Retrying went on until the total deadline."""
 
+    failure = DEADLINE
     name = "deadline"
 
     def __init__(self, attempts: int, deadline_s: float, last: BaseException | None) -> None:
@@ -184,113 +332,48 @@ class MegaDeadlineExceeded(MegaError):
 class HashcashUnsolved(MegaError):
     """MEGA's proof-of-work challenge could not be solved before its deadline, or was malformed."""
 
+    failure = HASHCASH
     name = "hashcash"
 
     def __init__(self, detail: str = "") -> None:
         self.detail = detail
-        super().__init__("MEGA asked for a proof of work that could not be solved in time")
+        super().__init__(HASHCASH.message)
 
 
 class LoginLockTimeout(MegaError):
     """Another process held the log-in lock for too long."""
 
+    failure = LOGIN_LOCK
     name = "login_lock"
 
     def __init__(self) -> None:
-        super().__init__("timed out waiting for another process to log in to MEGA")
+        super().__init__(LOGIN_LOCK.message)
 
 
-# -- the table -----------------------------------------------------------------------
+class FolderLockTimeout(MegaError):
+    """Another process held the folder-creation lock for too long."""
 
+    failure = FOLDER_LOCK
+    name = "folder_lock"
 
-class Action(Enum):
-    RETRY = "retry"  # back off (exponential + jitter) and repeat, within attempts and deadline
-    RELOGIN = "relogin"  # log in again, then repeat the call once
-    RESTART_UPLOAD = "restart_upload"  # upload path: fresh upload URL, send the file again
-    FAIL = "fail"  # give up now
-
-
-@dataclass(frozen=True, slots=True)
-class Rule:
-    action: Action
-    error: type[StorageError]
-    message: str
-
-
-_RETRY_MSG = "MEGA is temporarily unavailable ({name})"
-_REJECTED = "MEGA rejected the request ({name})"
-
-RULES: dict[str, Rule] = {
-    # Transient: back off and repeat.
-    "EAGAIN": Rule(Action.RETRY, UpstreamRejected, _RETRY_MSG),
-    "ERATELIMIT": Rule(Action.RETRY, UpstreamRejected, _RETRY_MSG),
-    "ETEMPUNAVAIL": Rule(Action.RETRY, UpstreamRejected, _RETRY_MSG),
-    "ETOOMANYCONNECTIONS": Rule(Action.RETRY, UpstreamRejected, _RETRY_MSG),
-    "connection": Rule(Action.RETRY, StorageUnavailable, "could not connect to MEGA"),
-    "timeout": Rule(Action.RETRY, StorageTimeout, "MEGA did not answer in time"),
-    "HTTP_5xx": Rule(Action.RETRY, UpstreamRejected, "MEGA answered with a server error"),
-    "HTTP_429": Rule(Action.RETRY, UpstreamRejected, "MEGA asked to slow down"),
-    # The session is gone: log in again, repeat once.
-    "ESID": Rule(Action.RELOGIN, UpstreamRejected, "MEGA rejected the session"),
-    # Upload target dead: fresh upload URL, start the file again.
-    "EEXPIRED": Rule(Action.RESTART_UPLOAD, UpstreamRejected, "MEGA upload URL expired"),
-    "EFAILED": Rule(Action.RESTART_UPLOAD, UpstreamRejected, "MEGA upload failed"),
-    "HTTP_403": Rule(Action.RESTART_UPLOAD, UpstreamRejected, "MEGA upload URL expired"),
-    "HTTP_404": Rule(Action.RESTART_UPLOAD, UpstreamRejected, "MEGA upload URL expired"),
-    # On the upload server -4 is no rate limit: it says "start again on a fresh URL".
-    "chunk ERATELIMIT": Rule(
-        Action.RESTART_UPLOAD, UpstreamRejected, "MEGA asked to start the upload again"
-    ),
-    # A streamed body is sent while it arrives, so a restart from the start is impossible
-    # without keeping the whole file; the client is told to send it again instead.
-    "stream_restart": Rule(
-        Action.FAIL,
-        UpstreamRejected,
-        "MEGA asked to start the upload again, which a streamed upload cannot do; "
-        "send the file again",
-    ),
-    # Fail at once.
-    "EOVERQUOTA": Rule(Action.FAIL, StorageFull, "MEGA storage quota exceeded"),
-    "HTTP_509": Rule(Action.FAIL, UpstreamRejected, "MEGA transfer quota exceeded"),
-    "EBLOCKED": Rule(Action.FAIL, StorageLoginFailed, "MEGA login failed: the account is blocked"),
-    "login_rejected": Rule(
-        Action.FAIL, StorageLoginFailed, "MEGA login failed: wrong email or password"
-    ),
-    "EARGS": Rule(Action.FAIL, UpstreamRejected, _REJECTED),
-    "ENOENT": Rule(Action.FAIL, UpstreamRejected, _REJECTED),
-    "EACCESS": Rule(Action.FAIL, UpstreamRejected, _REJECTED),
-    "exhausted": Rule(Action.FAIL, UpstreamRejected, "MEGA kept failing after {attempts} attempts"),
-    "deadline": Rule(Action.FAIL, StorageTimeout, "MEGA did not succeed within {deadline} s"),
-    "hashcash": Rule(
-        Action.FAIL,
-        StorageUnavailable,
-        "MEGA asked for a proof of work that could not be solved in time",
-    ),
-    "login_lock": Rule(Action.FAIL, StorageTimeout, "timed out waiting for the MEGA login"),
-    "bad_answer": Rule(Action.FAIL, UpstreamRejected, "MEGA sent an answer that could not be read"),
-}
-# Anything not named above (other codes, other HTTP statuses, unexpected exceptions).
-DEFAULT_RULE = Rule(Action.FAIL, UpstreamRejected, _REJECTED)
+    def __init__(self) -> None:
+        super().__init__(FOLDER_LOCK.message)
 
 
 def failure_name(exc: BaseException) -> str:
-    """The table key of a failure."""
+    """A short name for logs: MEGA's code name, or the failure's kind."""
     if isinstance(exc, MegaError):
         return exc.name
     return type(exc).__name__
 
 
-def rule_for(exc: BaseException) -> Rule:
-    name = failure_name(exc)
-    scope = getattr(exc, "scope", None)
-    if scope is not None and f"{scope} {name}" in RULES:
-        return RULES[f"{scope} {name}"]
-    return RULES.get(name, DEFAULT_RULE)
+def failure_of(exc: BaseException) -> Failure:
+    return exc.failure if isinstance(exc, MegaError) else UNEXPECTED
 
 
 def action_for(exc: BaseException) -> Action:
     """What to do about ``exc``: the retry predicates of the client and upload path use this."""
-    return rule_for(exc).action
+    return failure_of(exc).action
 
 
 def is_retryable(exc: BaseException) -> bool:
@@ -304,14 +387,16 @@ def to_storage_error(exc: BaseException) -> StorageError:
     if isinstance(exc, MegaRetriesExhausted):
         # Out of attempts on timeouts is a timeout, and on connection errors MEGA is out
         # of reach (503, worth trying later), not a rejection.
-        if failure_name(exc.last) == "timeout":
+        last = failure_of(exc.last)
+        if last is TIMEOUT:
             return StorageTimeout(f"MEGA did not answer in time after {exc.attempts} attempts")
-        if failure_name(exc.last) == "connection":
+        if last is CONNECTION:
             return StorageUnavailable(f"could not connect to MEGA after {exc.attempts} attempts")
-        return UpstreamRejected(RULES["exhausted"].message.format(attempts=exc.attempts))
+        return EXHAUSTED.error(EXHAUSTED.message.format(name=exc.attempts))
     if isinstance(exc, MegaDeadlineExceeded):
-        return StorageTimeout(RULES["deadline"].message.format(deadline=f"{exc.deadline_s:g}"))
-    name = failure_name(exc)
-    rule = rule_for(exc)
-    shown = name if isinstance(exc, MegaError) else "unexpected error"
-    return rule.error(rule.message.format(name=shown))
+        return DEADLINE.error(DEADLINE.message.format(name=f"{exc.deadline_s:g}"))
+    if isinstance(exc, MegaLoginError):
+        return LOGIN_REFUSED.error(LOGIN_REFUSED.message.format(name=exc.reason))
+    failure = failure_of(exc)
+    shown = exc.name if isinstance(exc, MegaError) else "unexpected error"
+    return failure.error(failure.message.format(name=shown))

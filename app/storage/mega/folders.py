@@ -13,37 +13,21 @@ import secrets
 from pathlib import Path
 from typing import Any
 
-from mega.crypto import (
-    a32_to_base64,
-    base64_to_a32,
-    base64_url_decode,
-    base64_url_encode,
-    decrypt_attr,
-    decrypt_key,
-    encrypt_attr,
-    encrypt_key,
-    make_id,
-)
+from mega.crypto import a32_to_base64, base64_to_a32, decrypt_key, encrypt_key, make_id
 
-from .crypto import bytes_a32
-from .errors import MegaBadAnswer, MegaError
+from .crypto import attribute_block, bytes_a32, read_attribute_block
+from .errors import FolderLockTimeout, MegaBadAnswer
 from .filelock import exclusive
+from .retry import Deadline
 from .upload import ApiClient
 
 ROOT_TYPE = 2
 FOLDER_TYPE = 1
 
 
-class FolderLockTimeout(MegaError):
-    name = "login_lock"  # the table's "timed out waiting" rule fits this wait too
-
-    def __init__(self) -> None:
-        super().__init__("timed out waiting for another process to create the MEGA folder")
-
-
-def find_folder(client: ApiClient, path: str) -> str | None:
+def find_folder(client: ApiClient, path: str, deadline: Deadline | None = None) -> str | None:
     """The node id of folder ``path`` (``a/b``) under the root, or None if missing."""
-    nodes = _fetch_nodes(client)
+    nodes = _fetch_nodes(client, deadline)
     parent = _root_id(nodes)
     names = _folder_names(nodes, client.master_key)
     for part in path.split("/"):
@@ -54,24 +38,30 @@ def find_folder(client: ApiClient, path: str) -> str | None:
     return parent
 
 
-def ensure_folder(client: ApiClient, path: str, lock_file: Path, lock_timeout_s: float) -> str:
+def ensure_folder(
+    client: ApiClient,
+    path: str,
+    lock_file: Path,
+    lock_timeout_s: float,
+    deadline: Deadline | None = None,
+) -> str:
     """The node id of folder ``path``, creating the missing parts."""
-    found = find_folder(client, path)
+    found = find_folder(client, path, deadline)
     if found is not None:
         return found
     with _locked(lock_file, lock_timeout_s):
         # Another process may have created it while this one waited.
-        nodes = _fetch_nodes(client)
+        nodes = _fetch_nodes(client, deadline)
         parent = _root_id(nodes)
         names = _folder_names(nodes, client.master_key)
         for part in path.split("/"):
             found = names.get((parent, part))
-            parent = found if found is not None else _make_folder(client, part, parent)
+            parent = found if found is not None else _make_folder(client, part, parent, deadline)
         return parent
 
 
-def _fetch_nodes(client: ApiClient) -> list[dict[str, Any]]:
-    answer = client.api({"a": "f", "c": 1})
+def _fetch_nodes(client: ApiClient, deadline: Deadline | None) -> list[dict[str, Any]]:
+    answer = client.api({"a": "f", "c": 1}, deadline)
     nodes = answer.get("f") if isinstance(answer, dict) else None
     if not isinstance(nodes, list):
         raise MegaBadAnswer()
@@ -109,15 +99,17 @@ def _folder_name(node: dict[str, Any], master_key: Any) -> str | None:
         _, _, encrypted = entry.partition(":")
         try:
             key = decrypt_key(base64_to_a32(encrypted), master_key)
-            attr = decrypt_attr(base64_url_decode(attributes), key)
-        except (ValueError, TypeError, UnicodeDecodeError):
+        except (ValueError, TypeError):
             continue
+        if len(key) != 4:
+            continue
+        attr = read_attribute_block(attributes, key)
         if isinstance(attr, dict) and isinstance(attr.get("n"), str):
             return attr["n"]
     return None
 
 
-def _make_folder(client: ApiClient, name: str, parent: str) -> str:
+def _make_folder(client: ApiClient, name: str, parent: str, deadline: Deadline | None) -> str:
     key = bytes_a32(secrets.token_bytes(16))
     answer = client.api(
         {
@@ -128,11 +120,12 @@ def _make_folder(client: ApiClient, name: str, parent: str) -> str:
                 {
                     "h": "xxxxxxxx",
                     "t": FOLDER_TYPE,
-                    "a": base64_url_encode(encrypt_attr({"n": name}, key)),
+                    "a": attribute_block({"n": name}, key),
                     "k": a32_to_base64(encrypt_key(key, client.master_key)),
                 }
             ],
-        }
+        },
+        deadline,
     )
     try:
         return answer["f"][0]["h"]

@@ -6,10 +6,16 @@ each start with the token; it counts until the first 4 bytes of sha256(buffer), 
 a big-endian number, are at most ``threshold(easiness)``, and resends the request with
 ``X-Hashcash: 1:<token>:<base64url of the 4 counter bytes>``.
 
-Each try hashes 12 MiB, so the search runs on a few threads: hashlib releases the GIL
-while hashing large buffers, and each thread owns a preallocated buffer and only
-rewrites its first 4 bytes per try. It runs in the caller's worker thread, never on the
-event loop, and stops at a deadline.
+Each try hashes 12 MiB, so the search runs on as many threads as the process may really
+use (the cgroup CPU quota, not the host's core count; at most 8, as the SDK's
+``MAX_WORKERS_FOR_GENCASH``): hashlib releases the GIL while hashing large buffers, and
+each thread owns a preallocated buffer and only rewrites its first 4 bytes per try. It
+runs in the log-in's worker thread, never on the event loop.
+
+Timing follows the SDK's ``src/hashcash.cpp``: a challenge lives about 5 minutes
+(``kTtl``), a solver gets a third of that (100 s) and, when it runs out, the request is
+sent again with an empty answer (``src/posix/net.cpp`` sends ``1:<token>:``), which
+makes MEGA hand out a fresh challenge. The whole log-in has its own, longer deadline.
 """
 
 from __future__ import annotations
@@ -17,16 +23,53 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import math
 import os
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from .errors import HashcashUnsolved
 
 SLOT = 48
 SLOTS = 262144
 VERSION = "1"
+# src/hashcash.cpp: kTtl 300 s, budget = clamp(kTtl / 3, 30 s, 90 % of kTtl).
+CHALLENGE_BUDGET_S = 100.0
+MAX_THREADS = 8  # include/mega/hashcash.h: MAX_WORKERS_FOR_GENCASH
+
+
+def cpu_quota(cgroup_root: Path = Path("/sys/fs/cgroup")) -> float | None:
+    """The CPUs the cgroup quota allows (0.5 for half a CPU), or None when unlimited.
+
+    Render, Docker (``--cpus``) and Kubernetes limit CPU with a quota, not with fewer
+    cores: ``os.cpu_count()`` still shows the host's, and threads beyond the quota only
+    take turns.
+    """
+    try:  # cgroup v2: "max 100000" or "50000 100000"
+        quota, period = (cgroup_root / "cpu.max").read_text().split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        pass
+    try:  # cgroup v1
+        quota = int((cgroup_root / "cpu" / "cpu.cfs_quota_us").read_text())
+        period = int((cgroup_root / "cpu" / "cpu.cfs_period_us").read_text())
+        return None if quota <= 0 else quota / period
+    except (OSError, ValueError):
+        return None
+
+
+def usable_cpus() -> int:
+    """Threads worth running: the CPUs this process may use, 1 to MAX_THREADS."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    quota = cpu_quota()
+    if quota is not None:
+        cores = min(cores, math.ceil(quota))
+    return max(1, min(MAX_THREADS, cores))
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +107,18 @@ def parse_challenge(header: str) -> Challenge:
     return Challenge(easiness, parts[3], token_bytes)
 
 
+def describe(header: str, threads: int | None = None) -> str:
+    """A challenge's size for the log: its easiness, the tries it takes on average, and
+    the threads that will work on it (so operators can tell minutes from seconds)."""
+    try:
+        easiness = parse_challenge(header).easiness
+    except HashcashUnsolved:
+        return "a malformed challenge"
+    tries = 2**32 / (threshold(easiness) + 1)
+    workers = threads or usable_cpus()
+    return f"easiness {easiness}: about {tries:,.0f} tries of 12 MiB on {workers} threads"
+
+
 def answer_header(challenge: Challenge, prefix: bytes) -> str:
     return f"{VERSION}:{challenge.token}:{_b64url_encode(prefix)}"
 
@@ -79,7 +134,7 @@ def solve_prefix(
 ) -> bytes:
     """The 4 counter bytes that satisfy the challenge; HashcashUnsolved after ``deadline_s``."""
     limit = threshold(easiness)
-    workers = threads or max(1, min(4, os.cpu_count() or 1))
+    workers = threads or usable_cpus()
     stop_at = time.monotonic() + deadline_s
     found: list[bytes] = []
     done = threading.Event()
@@ -116,7 +171,12 @@ def solve_prefix(
 
 
 def solve(header: str, deadline_s: float, threads: int | None = None) -> str:
-    """The ``X-Hashcash`` answer header for a challenge header."""
+    """The ``X-Hashcash`` answer header for a challenge header. When ``deadline_s`` runs
+    out first, the answer is empty (``1:<token>:``), which asks MEGA for a fresh challenge
+    as the SDK does; a malformed challenge raises HashcashUnsolved."""
     challenge = parse_challenge(header)
-    prefix = solve_prefix(challenge.token_bytes, challenge.easiness, deadline_s, threads)
+    try:
+        prefix = solve_prefix(challenge.token_bytes, challenge.easiness, deadline_s, threads)
+    except HashcashUnsolved:
+        return f"{VERSION}:{challenge.token}:"
     return answer_header(challenge, prefix)

@@ -1,8 +1,11 @@
-"""The retry policy: exponential backoff with jitter, bounded by attempts AND a deadline.
+"""The deadline and the retry policy: exponential backoff with jitter, bounded by
+attempts AND a deadline.
 
-Used by the API client for every request and by the upload path for chunks. Which
-failures are retryable is the error table's decision (``errors.is_retryable``); this
-module only decides *when* to try again and when to give up.
+One ``Deadline`` object is passed explicitly down every blocking call (the way Go code
+passes a context): an upload makes one and hands it to every API call, region POST and
+wait; an API call on its own makes one from the policy. Which failures are retryable is
+the catalogue's decision (``errors.is_retryable``); this module only decides *when* to
+try again and when to give up.
 """
 
 from __future__ import annotations
@@ -19,7 +22,6 @@ from tenacity import (
     Retrying,
     retry_if_exception,
     stop_after_attempt,
-    stop_before_delay,
     wait_random_exponential,
 )
 
@@ -32,12 +34,14 @@ T = TypeVar("T")
 
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
-    """How hard to try. Production defaults; tests pass small numbers."""
+    """How hard to try: ``attempts`` per call, waits from ``initial_s`` up to ``max_s``, and
+    ``deadline_s``, the longest one API call may retry when its caller gives no deadline.
+    The production values come from the settings (``MegaSettings.retry_policy``)."""
 
-    attempts: int = 8
-    deadline_s: float = 120.0
-    initial_s: float = 0.5
-    max_s: float = 15.0
+    attempts: int
+    deadline_s: float
+    initial_s: float
+    max_s: float
 
     def __post_init__(self) -> None:
         if self.attempts < 1 or self.deadline_s <= 0 or self.initial_s < 0 or self.max_s < 0:
@@ -45,13 +49,29 @@ class RetryPolicy:
 
 
 class Deadline:
-    """A point in monotonic time; gives the remaining seconds for per-request timeouts."""
+    """A point in monotonic time, and the length it was given (for the error message)."""
 
     def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
         self.at = time.monotonic() + seconds
 
     def remaining(self) -> float:
         return max(0.0, self.at - time.monotonic())
+
+    def check(self, last: BaseException | None = None) -> None:
+        """Raise ``MegaDeadlineExceeded`` once the deadline has passed."""
+        if self.at <= time.monotonic():
+            raise MegaDeadlineExceeded(0, self.seconds, last)
+
+    def sooner(self, seconds: float) -> Deadline:
+        """This deadline, or one ``seconds`` from now when that comes first."""
+        other = Deadline(seconds)
+        return other if other.at < self.at else self
+
+    def timeouts(self, connect_s: float, read_s: float) -> tuple[float, float]:
+        """Per-request (connect, read) timeouts, both cut to what is left."""
+        left = max(0.05, self.remaining())
+        return min(connect_s, left), min(read_s, left)
 
 
 def _log_before_sleep(what: str, attempts: int) -> Callable[[RetryCallState], None]:
@@ -74,18 +94,23 @@ def _log_before_sleep(what: str, attempts: int) -> Callable[[RetryCallState], No
 def call_with_retries(
     fn: Callable[[], T],
     policy: RetryPolicy,
+    deadline: Deadline,
     *,
     retryable: Callable[[BaseException], bool] = is_retryable,
     what: str = "MEGA request",
 ) -> T:
     """Run ``fn`` until it returns, raises a non-retryable exception (re-raised as is),
     or the policy runs out: ``MegaRetriesExhausted`` after ``policy.attempts`` attempts,
-    ``MegaDeadlineExceeded`` when the next wait would pass ``policy.deadline_s``.
+    ``MegaDeadlineExceeded`` when the next wait would pass ``deadline``.
     Both carry the last failure (``.last``) and chain it as ``__cause__``.
     """
+
+    def past_deadline(state: RetryCallState) -> bool:
+        # Never start a wait that would end past the deadline.
+        return (state.upcoming_sleep or 0.0) >= deadline.remaining()
+
     retrying = Retrying(
-        # stop_before_delay: never start a wait that would end past the deadline.
-        stop=stop_after_attempt(policy.attempts) | stop_before_delay(policy.deadline_s),
+        stop=stop_after_attempt(policy.attempts) | past_deadline,
         wait=wait_random_exponential(multiplier=policy.initial_s, max=policy.max_s),
         retry=retry_if_exception(retryable),
         before_sleep=_log_before_sleep(what, policy.attempts),
@@ -99,4 +124,4 @@ def call_with_retries(
         assert last is not None  # only failures are retried
         if attempt.attempt_number >= policy.attempts:
             raise MegaRetriesExhausted(attempt.attempt_number, last) from last
-        raise MegaDeadlineExceeded(attempt.attempt_number, policy.deadline_s, last) from last
+        raise MegaDeadlineExceeded(attempt.attempt_number, deadline.seconds, last) from last

@@ -1,4 +1,11 @@
-"""The MEGA session cache file and the cross-process log-in lock.
+"""Where the MEGA session lives between log-ins, and the lock around a log-in.
+
+``SessionStore`` is the interface: load, save, clear, and a bounded lock that lets one
+process log in at a time. ``FileSessionStore`` is the one for a single machine; a store
+shared by several machines (Redis) implements the same four methods.
+
+A session made elsewhere (``python server.py mega-session``) travels as one line,
+``encode_session``/``decode_session``; the service takes it from ``MEGA_SESSION``.
 
 MEGA blocks accounts that log in too often and a log-in is slow, so one session is
 shared by every thread, every worker process and every restart: it lives in a JSON
@@ -10,14 +17,21 @@ the file again first, since another process may have logged in meanwhile.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import contextlib
 import hashlib
 import json
 import logging
 import os
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol
+
+from app.config import SESSION_PREFIX
 
 from .errors import LoginLockTimeout
 from .filelock import exclusive
@@ -37,12 +51,79 @@ class CachedSession:
         return f"CachedSession(user_handle={self.user_handle!r})"
 
 
+def _parse(data: Any) -> CachedSession | None:
+    """A session from its JSON form, or None when any part is missing or malformed."""
+    if not isinstance(data, dict):
+        return None
+    sid, key, user = data.get("sid"), data.get("master_key"), data.get("user")
+    if not isinstance(sid, str) or not sid:
+        return None
+    if not (isinstance(key, list) and len(key) == 4):
+        return None
+    if not all(
+        isinstance(k, int) and not isinstance(k, bool) and 0 <= k <= 0xFFFFFFFF for k in key
+    ):
+        return None
+    return CachedSession(sid, list(key), user if isinstance(user, str) else None)
+
+
+def encode_session(session: CachedSession, account: str) -> str:
+    """The one line ``MEGA_SESSION`` takes. It is a credential: whoever has it can use the
+    account (its files and its keys) until the session is ended."""
+    body = json.dumps(
+        {
+            "account": account,
+            "sid": session.sid,
+            "master_key": session.master_key,
+            "user": session.user_handle,
+        },
+        separators=(",", ":"),
+    )
+    return SESSION_PREFIX + base64.urlsafe_b64encode(body.encode()).decode().rstrip("=")
+
+
+def decode_session(text: str, account: str) -> CachedSession | None:
+    """The session in a ``MEGA_SESSION`` value, or None when it is damaged or was made for
+    another account or API URL."""
+    text = text.strip()
+    if not text.startswith(SESSION_PREFIX):
+        return None
+    encoded = text[len(SESSION_PREFIX) :]
+    try:
+        data = json.loads(base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)))
+    except (ValueError, binascii.Error):
+        return None
+    if not isinstance(data, dict) or data.get("account") != account:
+        return None
+    return _parse(data)
+
+
+class SessionStore(Protocol):
+    """Where the session is kept between log-ins, shared by threads and processes."""
+
+    def load(self) -> CachedSession | None:
+        """The stored session of this account, or None."""
+        ...
+
+    def save(self, session: CachedSession) -> None:
+        """Keep ``session`` for the other threads, processes and restarts."""
+        ...
+
+    def clear(self, sid: str) -> None:
+        """Forget the stored session if it is still ``sid`` (MEGA rejected it)."""
+        ...
+
+    def locked(self, timeout_s: float) -> contextlib.AbstractContextManager[None]:
+        """Hold the log-in lock; ``LoginLockTimeout`` after ``timeout_s``."""
+        ...
+
+
 def account_key(email: str, api_url: str) -> str:
     """Identifies the account a cache belongs to, without storing the email in clear."""
     return hashlib.sha256(f"{email.strip().lower()}\n{api_url}".encode()).hexdigest()
 
 
-class SessionStore:
+class FileSessionStore:
     """Reads and writes one session file; all methods are safe to call from many threads
     as long as writes happen under :meth:`locked`."""
 
@@ -62,19 +143,14 @@ class SessionStore:
             return None
         try:
             data = json.loads(raw)
-            if data.get("version") != FORMAT_VERSION or data.get("account") != self.account:
-                return None
-            sid, key, user = data["sid"], data["master_key"], data.get("user")
-            if not isinstance(sid, str) or not sid:
-                return None
-            if not (isinstance(key, list) and len(key) == 4):
-                return None
-            if not all(isinstance(k, int) and 0 <= k <= 0xFFFFFFFF for k in key):
-                return None
-            return CachedSession(sid, list(key), user if isinstance(user, str) else None)
-        except (ValueError, KeyError, TypeError, AttributeError):
+        except ValueError:
+            data = None
+        if not isinstance(data, dict):
             logger.warning("MEGA session cache damaged; logging in")
             return None
+        if data.get("version") != FORMAT_VERSION or data.get("account") != self.account:
+            return None
+        return _parse(data)
 
     def save(self, session: CachedSession) -> None:
         """Write atomically (temp file + rename), created with mode 0600 from the start."""
@@ -102,6 +178,39 @@ class SessionStore:
                 temp.unlink()
             raise
 
+    def clear(self, sid: str) -> None:
+        cached = self.load()
+        if cached is not None and cached.sid == sid:
+            with contextlib.suppress(FileNotFoundError):
+                self.path.unlink()
+
     def locked(self, timeout_s: float) -> contextlib.AbstractContextManager[None]:
         """Hold the cross-process log-in lock; LoginLockTimeout after ``timeout_s``."""
         return exclusive(self.lock_path, timeout_s, LoginLockTimeout)
+
+
+class MemorySessionStore:
+    """A session store for one process that shares nothing (the mega-session command)."""
+
+    def __init__(self) -> None:
+        self._session: CachedSession | None = None
+        self._lock = threading.Lock()
+
+    def load(self) -> CachedSession | None:
+        return self._session
+
+    def save(self, session: CachedSession) -> None:
+        self._session = session
+
+    def clear(self, sid: str) -> None:
+        if self._session is not None and self._session.sid == sid:
+            self._session = None
+
+    @contextlib.contextmanager
+    def locked(self, timeout_s: float) -> Iterator[None]:
+        if not self._lock.acquire(timeout=timeout_s):
+            raise LoginLockTimeout()
+        try:
+            yield
+        finally:
+            self._lock.release()

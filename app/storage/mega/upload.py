@@ -15,10 +15,16 @@ and crashes on files whose last chunk is 16 bytes or shorter. Here:
   collected by offset, so the file MAC is computed in file order whatever order the
   regions finish in;
 * a failed region is resent on its own under the retry policy (its buffer is kept until
-  MEGA acknowledged it); failures that mean the upload URL is dead (the error table's
+  MEGA acknowledged it); failures that mean the upload URL is dead (the catalogue's
   RESTART_UPLOAD) start the file again with a fresh URL, a bounded number of times;
-* everything runs against one total deadline, after which the upload is given up; the
-  API calls (``u``, ``p``, ``l``) are cut to it too.
+* no region is sent further than ``window_bytes`` past the earliest one not yet confirmed:
+  the SDK keeps that gap under 256 MiB (``TransferSlot::MAX_GAP_SIZE`` in
+  ``src/transferslot.cpp``) because the upload server refuses pieces beyond it with -4;
+* the upload URL is asked for with ``ssl: 2`` as the SDK does (``CommandPutFile`` in
+  ``src/commands.cpp``), and an ``http://`` URL is refused when the API is ``https://``:
+  file data and the completion token never cross the internet unencrypted;
+* everything runs against one ``Deadline``, after which the upload is given up; the
+  API calls (``u``, ``p``, ``l``) and every POST are cut to it too.
 
 Memory is bounded by design: at most ``parallel + 1`` region buffers per upload (the
 ones in flight and the one being read), each ``region_bytes`` plus one AES block.
@@ -29,32 +35,39 @@ from __future__ import annotations
 import logging
 import re
 import threading
-import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
-import requests
-from mega.crypto import a32_to_base64, base64_url_encode, encrypt_attr, encrypt_key, make_id
+from mega.crypto import a32_to_base64, encrypt_key, make_id
 
 from app.storage.base import BodyStream
 
-from .crypto import A32, BLOCK, FileKey, MacAccumulator, node_key, regions, seal_region
+from .crypto import (
+    A32,
+    BLOCK,
+    FileKey,
+    MacAccumulator,
+    attribute_block,
+    node_key,
+    regions,
+    seal_region,
+)
 from .errors import (
     EAGAIN,
     Action,
+    InsecureUploadUrl,
     MegaApiError,
     MegaBadAnswer,
     MegaChunkError,
     MegaDeadlineExceeded,
     MegaError,
-    MegaHttpError,
-    MegaTransportError,
     StreamCannotRestart,
     action_for,
 )
-from .retry import RetryPolicy, call_with_retries
+from .retry import Deadline, RetryPolicy, call_with_retries
+from .settings import default_retry_policy, setting_default
 
 logger = logging.getLogger(__name__)
 
@@ -70,27 +83,31 @@ _DEADLINE_GRACE_S = 1.0
 class ApiClient(Protocol):
     """What the data path needs from the MEGA client."""
 
-    http: requests.Session
-    master_key: Any
+    @property
+    def master_key(self) -> Any: ...
 
-    def api(self, command: dict[str, Any], deadline_s: float | None = None) -> Any: ...
+    @property
+    def secure(self) -> bool: ...
+
+    def api(self, command: dict[str, Any], deadline: Deadline | None = None) -> Any: ...
+
+    def post_region(self, url: str, body: memoryview | bytes, deadline: Deadline) -> str: ...
 
 
 @dataclass(frozen=True, slots=True)
 class UploadLimits:
-    """How an upload is sent and how long it may take."""
+    """How an upload is sent and how long it may take (the settings' defaults unless given)."""
 
-    region_bytes: int = 4 * MiB
-    parallel: int = 3  # region POSTs in flight at once (each sealed in its own thread)
-    restarts: int = 3  # fresh upload URLs after the first one
-    deadline_s: float = 600.0  # the whole file: all regions, retries and restarts
-    connect_timeout_s: float = 10.0
-    read_timeout_s: float = 60.0
-    chunk_policy: RetryPolicy = field(default_factory=RetryPolicy)
+    chunk_policy: RetryPolicy = field(default_factory=default_retry_policy)
+    region_bytes: int = int(setting_default("mega_upload_region_bytes"))
+    parallel: int = setting_default("mega_upload_parallel")  # region POSTs in flight at once
+    restarts: int = setting_default("mega_upload_restarts")  # fresh URLs after the first
+    deadline_s: float = setting_default("mega_upload_deadline_seconds")  # the whole file
+    window_bytes: int = int(setting_default("mega_upload_window_bytes"))
 
     def __post_init__(self) -> None:
-        if self.parallel < 1 or self.region_bytes < 1:
-            raise ValueError("an upload needs parallel >= 1 and region_bytes >= 1")
+        if self.parallel < 1 or self.region_bytes < 1 or self.window_bytes < 1:
+            raise ValueError("an upload needs parallel, region_bytes and window_bytes >= 1")
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,21 +139,6 @@ class SourceFailed(Exception):
 
 class _Stopped(Exception):
     """The pipeline is being torn down; an in-flight region does not try again."""
-
-
-class UploadClock:
-    """The whole upload's deadline; every wait and timeout is cut to what is left."""
-
-    def __init__(self, seconds: float) -> None:
-        self.seconds = seconds
-        self.at = time.monotonic() + seconds
-
-    def remaining(self) -> float:
-        return self.at - time.monotonic()
-
-    def check(self, last: BaseException | None = None) -> None:
-        if self.remaining() <= 0:
-            raise MegaDeadlineExceeded(0, self.seconds, last)
 
 
 # -- sources -------------------------------------------------------------------------
@@ -207,7 +209,7 @@ def send_file(
     source: Path,
     size: int,
     limits: UploadLimits,
-    clock: UploadClock | None = None,
+    deadline: Deadline | None = None,
 ) -> SentFile:
     """Encrypt ``source`` (``size`` bytes) and send it to a fresh upload URL.
 
@@ -216,7 +218,7 @@ def send_file(
     into the client-facing error.
     """
     with source.open("rb", buffering=0) as stream:
-        return send(client, FileSource(stream), size, limits, clock)
+        return send(client, FileSource(stream), size, limits, deadline)
 
 
 def send_stream(
@@ -224,11 +226,11 @@ def send_stream(
     body: BodyStream,
     size: int,
     limits: UploadLimits,
-    clock: UploadClock | None = None,
+    deadline: Deadline | None = None,
 ) -> SentFile:
     """Like ``send_file`` for a body read while it arrives. ``SourceFailed`` carries what
     ``body.read`` raised; a restart MEGA asks for fails with ``StreamCannotRestart``."""
-    return send(client, BodySource(body), size, limits, clock)
+    return send(client, BodySource(body), size, limits, deadline)
 
 
 def send(
@@ -236,19 +238,19 @@ def send(
     source: RegionSource,
     size: int,
     limits: UploadLimits,
-    clock: UploadClock | None = None,
+    deadline: Deadline | None = None,
 ) -> SentFile:
     """The one upload loop behind ``send_file`` and ``send_stream``."""
-    clock = clock or UploadClock(limits.deadline_s)
+    deadline = deadline or Deadline(limits.deadline_s)
     file_key = FileKey.generate()
     plan = regions(size, limits.region_bytes)
     last: MegaError | None = None
     for attempt in range(limits.restarts + 1):
-        clock.check(last)
-        url = _upload_url(client, size, clock)
+        deadline.check(last)
+        url = _upload_url(client, size, deadline)
         macs = MacAccumulator(file_key)
         try:
-            completion = _send_regions(client, url, source, plan, file_key, macs, limits, clock)
+            completion = _send_regions(client, url, source, plan, file_key, macs, limits, deadline)
         except UploadUrlDead as dead:
             last = dead.cause
             if not source.rewind():
@@ -275,12 +277,11 @@ def put_node(
     folder_id: str,
     sent: SentFile,
     filename: str,
-    deadline_s: float | None = None,
+    deadline: Deadline | None = None,
 ) -> str:
     """Turn a completed upload into a file node named ``filename`` in ``folder_id``."""
     key = sent.node_key
     aes_key = (key[0] ^ key[4], key[1] ^ key[5], key[2] ^ key[6], key[3] ^ key[7])
-    attributes = base64_url_encode(encrypt_attr({"n": filename}, aes_key))
     answer = client.api(
         {
             "a": "p",
@@ -291,12 +292,12 @@ def put_node(
                 {
                     "h": sent.completion,
                     "t": 0,
-                    "a": attributes,
+                    "a": attribute_block({"n": filename}, aes_key),
                     "k": a32_to_base64(encrypt_key(key, client.master_key)),
                 }
             ],
         },
-        deadline_s=deadline_s,
+        deadline,
     )
     try:
         handle = answer["f"][0]["h"]
@@ -308,10 +309,10 @@ def put_node(
 
 
 def export_link(
-    client: ApiClient, node_handle: str, key: A32, deadline_s: float | None = None
+    client: ApiClient, node_handle: str, key: A32, deadline: Deadline | None = None
 ) -> str:
     """Publish the node and build the link MEGA's web client and mega.py open."""
-    public = client.api({"a": "l", "n": node_handle}, deadline_s=deadline_s)
+    public = client.api({"a": "l", "n": node_handle}, deadline)
     if not isinstance(public, str) or not public:
         raise MegaBadAnswer()
     return f"{LINK_BASE}{public}#{a32_to_base64(key)}"
@@ -320,11 +321,15 @@ def export_link(
 # -- internals ---------------------------------------------------------------------
 
 
-def _upload_url(client: ApiClient, size: int, clock: UploadClock) -> str:
-    answer = client.api({"a": "u", "s": size}, deadline_s=clock.remaining())
+def _upload_url(client: ApiClient, size: int, deadline: Deadline) -> str:
+    # "ssl": 2 asks for an https upload URL, as the SDK always does; without it MEGA may
+    # answer with http:// ones (src/commands.cpp, CommandPutFile).
+    answer = client.api({"a": "u", "s": size, "ssl": 2}, deadline)
     url = answer.get("p") if isinstance(answer, dict) else None
     if not isinstance(url, str) or not url.startswith(("http://", "https://")):
         raise MegaBadAnswer()
+    if client.secure and not url.startswith("https://"):
+        raise InsecureUploadUrl()
     return url
 
 
@@ -336,32 +341,37 @@ def _send_regions(
     file_key: FileKey,
     macs: MacAccumulator,
     limits: UploadLimits,
-    clock: UploadClock,
+    deadline: Deadline,
 ) -> str:
     """Send every region of ``plan`` to ``url`` through the pipeline; the completion handle.
 
     This thread reads the source into a free buffer and hands it to a worker, which seals
     it (MAC, then CTR in place) and POSTs it with retries. At most ``limits.parallel``
-    workers run; one more buffer is being filled meanwhile.
+    workers run; one more buffer is being filled meanwhile. A region waits while it would
+    end more than ``limits.window_bytes`` past the earliest region still in flight.
     """
     stop = threading.Event()
     biggest = max(length for _, length in plan)
     free: list[bytearray] = []
     buffers = 0
-    in_flight: dict[Future[tuple[dict[int, bytes], str | None]], bytearray] = {}
+    in_flight: dict[Future[tuple[dict[int, bytes], str | None]], tuple[bytearray, int]] = {}
     completion: str | None = None
 
     def collect(block: bool) -> None:
         nonlocal completion
-        timeout = max(0.0, clock.remaining()) + _DEADLINE_GRACE_S if block else 0
+        timeout = deadline.remaining() + _DEADLINE_GRACE_S if block else 0
         done, _ = wait(in_flight, timeout=timeout, return_when=FIRST_COMPLETED)
         if block and not done:
-            raise MegaDeadlineExceeded(0, clock.seconds, None)
+            raise MegaDeadlineExceeded(0, deadline.seconds, None)
         for future in done:
-            free.append(in_flight.pop(future))
+            free.append(in_flight.pop(future)[0])
             region_macs, answer = future.result()  # a region's failure ends the attempt
             macs.add_macs(region_macs)
             completion = answer or completion
+
+    def too_far(end: int) -> bool:
+        earliest = min((offset for _, offset in in_flight.values()), default=end)
+        return end - earliest > limits.window_bytes
 
     def job(buffer: bytearray, offset: int, length: int) -> tuple[dict[int, bytes], str | None]:
         if stop.is_set():
@@ -370,24 +380,24 @@ def _send_regions(
         # A memoryview goes to the socket without a copy; an empty body must be bytes, or
         # requests would switch to chunked transfer encoding.
         body: memoryview | bytes = memoryview(buffer)[:length] if length else b""
-        answer = _post_with_retries(client, url, offset, body, limits, clock, stop)
+        answer = _post_with_retries(client, url, offset, body, limits, deadline, stop)
         return region_macs, answer
 
     pool = ThreadPoolExecutor(limits.parallel, thread_name_prefix="mega-upload")
     try:
         for offset, length in plan:
-            while len(in_flight) >= limits.parallel:
+            while len(in_flight) >= limits.parallel or (in_flight and too_far(offset + length)):
                 collect(block=True)
             if in_flight:
                 collect(block=False)  # pick up finished regions early: failures stop sooner
-            clock.check()
+            deadline.check()
             if free:
                 buffer = free.pop()
             else:
                 buffer = bytearray(biggest + BLOCK)
                 buffers += 1
             source.read_into(memoryview(buffer)[:length])
-            in_flight[pool.submit(job, buffer, offset, length)] = buffer
+            in_flight[pool.submit(job, buffer, offset, length)] = (buffer, offset)
         while in_flight:
             collect(block=True)
     finally:
@@ -410,72 +420,37 @@ def _post_with_retries(
     offset: int,
     body: memoryview | bytes,
     limits: UploadLimits,
-    clock: UploadClock,
+    deadline: Deadline,
     stop: threading.Event,
 ) -> str | None:
-    """POST one region, resending just this region on retryable failures."""
-    clock.check()
-    policy = RetryPolicy(
-        attempts=limits.chunk_policy.attempts,
-        deadline_s=max(0.001, min(limits.chunk_policy.deadline_s, clock.remaining())),
-        initial_s=limits.chunk_policy.initial_s,
-        max_s=limits.chunk_policy.max_s,
-    )
+    """POST one region, resending just this region on retryable failures (including the
+    upload server's -14, "send that piece again")."""
 
     def post() -> str | None:
         if stop.is_set():
             raise _Stopped()
-        clock.check()
         try:
-            return _post_region(client, url, offset, body, limits, clock)
+            return _answer(client.post_region(f"{url}/{offset}", body, deadline))
         except MegaError as exc:
             if action_for(exc) is Action.RESTART_UPLOAD:
                 raise UploadUrlDead(exc) from None
             raise
 
-    def retryable(exc: BaseException) -> bool:
-        return action_for(exc) is Action.RETRY
-
-    try:
-        return call_with_retries(
-            post, policy, retryable=retryable, what=f"MEGA upload of region at {offset}"
-        )
-    except MegaDeadlineExceeded as exc:
-        # The per-region policy's deadline is the upload's own when that is nearer.
-        raise MegaDeadlineExceeded(exc.attempts, clock.seconds, exc.last) from exc.last
+    return call_with_retries(
+        post,
+        limits.chunk_policy,
+        deadline,
+        retryable=lambda exc: action_for(exc) is Action.RETRY,
+        what=f"MEGA upload of region at {offset}",
+    )
 
 
-def _post_region(
-    client: ApiClient,
-    url: str,
-    offset: int,
-    body: memoryview | bytes,
-    limits: UploadLimits,
-    clock: UploadClock,
-) -> str | None:
-    """One POST: None while the file is incomplete, the completion handle at the end."""
-    remaining = max(0.05, clock.remaining())
-    timeout = (min(limits.connect_timeout_s, remaining), min(limits.read_timeout_s, remaining))
-    try:
-        response = client.http.post(
-            f"{url}/{offset}",
-            data=body,
-            headers={"Content-Type": "application/octet-stream"},
-            timeout=timeout,
-        )
-    except requests.Timeout:
-        raise MegaTransportError("timeout") from None
-    except requests.RequestException:
-        # Connection refused/reset, or dropped mid-body. The exception text carries the
-        # upload URL, so it is not passed on.
-        raise MegaTransportError("connection") from None
-    if response.status_code != 200:
-        raise MegaHttpError(response.status_code)
-    text = response.text.strip()
+def _answer(text: str) -> str | None:
+    """An upload server answer: None while the file is incomplete, the completion handle
+    at the end; an error code raises ``MegaChunkError``."""
     if not text:
         return None
     if _ERROR_CODE.match(text):
-        # The upload server's codes: the table's "chunk" rows decide what they mean here.
         raise MegaChunkError(int(text))
     if not _COMPLETION.match(text):
         raise MegaBadAnswer()

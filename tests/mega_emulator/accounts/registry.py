@@ -30,6 +30,8 @@ class Account:
     encrypted_privk: str  # ``privk``: the MPI blob under the master key
     pubk: str
     since: int = field(default_factory=lambda: int(time.time()))
+    # Base32 secret of an account with two-factor authentication, None without.
+    totp_secret: str | None = None
     # Handles of the three special nodes, filled in by the node store.
     root: str = ""
     inbox: str = ""
