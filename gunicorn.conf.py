@@ -7,6 +7,8 @@ Docker and a bare VM. Options given on the command line (e.g. --bind) win over t
 from __future__ import annotations
 
 import os
+import tempfile
+from pathlib import Path
 
 
 def _int_env(name: str, default: int) -> int:
@@ -75,3 +77,29 @@ if not control_socket_disable:
 # stall the heartbeat writes and get healthy workers killed.
 if os.path.isdir("/dev/shm"):
     worker_tmp_dir = "/dev/shm"
+
+# Prometheus metrics of all workers (prometheus-client multiprocess mode, see
+# app/metrics.py): workers write their values under PROMETHEUS_MULTIPROC_DIR, a fresh
+# directory per start unless one is given (then emptied here), and a dead worker's live
+# gauges are dropped.
+_metrics_dir = os.environ.setdefault(
+    "PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="paimon-metrics-")
+)
+
+
+def on_starting(server):
+    for stale in Path(_metrics_dir).glob("*.db"):
+        stale.unlink()
+
+
+def child_exit(server, worker):
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+# LOG_FORMAT=json: gunicorn's own lines as JSON objects too.
+if os.environ.get("LOG_FORMAT", "").strip().lower() == "json":
+    from app.logging_setup import gunicorn_logconfig
+
+    logconfig_dict = gunicorn_logconfig(loglevel)

@@ -21,6 +21,7 @@ from app.config import (
     generate_token,
     load_settings,
 )
+from app.logging_setup import configure_logging
 from app.main import create_app
 from app.serving.logs import install_redaction
 from app.serving.protocol import limited_protocol
@@ -50,15 +51,15 @@ def _refused(error: StorageLoginFailed) -> None:
 
 
 def _configure_logging(settings: Settings) -> None:
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(settings.log_level, settings.log_format)
     secrets = [
         settings.auth_token,
         settings.mega_password,
         settings.mega_totp_secret,
         settings.mega_session,
+        settings.ticket_secret,
+        settings.metrics_token,
+        settings.redis_url,
     ]
     install_redaction(secret.get_secret_value() for secret in secrets if secret is not None)
     if "*" in os.environ.get("FORWARDED_ALLOW_IPS", ""):
@@ -90,7 +91,7 @@ def _development_settings() -> tuple[Settings, list[str]]:
     configured = {key.upper() for key, value in given.items() if value}
     overrides: dict[str, Any] = {}
     notes = []
-    if "AUTH_TOKEN" not in configured:
+    if not configured & {"AUTH_TOKEN", "TOKENS_FILE"}:
         overrides["auth_token"] = generate_token()
         notes.append(f"AUTH_TOKEN is not set; this run's token is: {overrides['auth_token']}")
     if "STORAGE_BACKEND" not in configured and "MEGA_EMAIL" not in configured:
@@ -135,6 +136,8 @@ def main() -> None:
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
+        # With JSON logs, uvicorn's loggers keep the JSON handler configure_logging gave them.
+        log_config=None if settings.log_format == "json" else uvicorn.config.LOGGING_CONFIG,
         timeout_graceful_shutdown=30,
         # The request-head limits and per-address connection cap (app/serving/protocol.py).
         http=limited_protocol(settings),

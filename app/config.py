@@ -16,6 +16,8 @@ from typing import Any, Literal
 from pydantic import ByteSize, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from app.tokens import TokensFileError, read_tokens_file
+
 MIN_TOKEN_LENGTH = 16
 # How a MEGA_SESSION value begins (app.storage.mega.session writes and reads the rest).
 SESSION_PREFIX = "mega-session-v1."
@@ -34,6 +36,9 @@ _HINTS = {
     "mega_session": "print a fresh one with: python server.py mega-session",
     "max_upload_bytes": "give a size such as 1073741824, 500MB or 2GiB",
     "log_level": "use one of critical, error, warning, info, debug",
+    "log_format": "use text or json",
+    "ticket_secret": "set it to a random secret of at least 32 characters",
+    "redis_url": "e.g. redis://localhost:6379/0",
 }
 
 
@@ -48,7 +53,17 @@ class Settings(BaseSettings):
         env_file=".env", env_file_encoding="utf-8", extra="ignore", validate_default=True
     )
 
-    auth_token: SecretStr = Field(description="Clients send it as X-Auth-Token or Bearer token.")
+    # The unlimited token named "default" (the contract of existing clients); optional
+    # when TOKENS_FILE names the clients instead.
+    auth_token: SecretStr | None = Field(
+        default=None, description="Clients send it as X-Auth-Token or Bearer token."
+    )
+    tokens_file: Path | None = None
+    ticket_secret: SecretStr | None = None
+    # May carry a password: never printed.
+    redis_url: SecretStr | None = None
+    metrics_token: SecretStr | None = None
+    log_format: Literal["text", "json"] = "text"
     storage_backend: Literal["mega", "local"] = "mega"
     mega_email: str | None = None
     mega_password: SecretStr | None = None
@@ -104,9 +119,11 @@ class Settings(BaseSettings):
     port: int = Field(default=8080, ge=1, le=65535)
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
 
-    @field_validator("auth_token")
+    @field_validator("auth_token", "ticket_secret", "metrics_token")
     @classmethod
-    def _token_is_strong(cls, value: SecretStr) -> SecretStr:
+    def _token_is_strong(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return None
         token = value.get_secret_value()
         if token != token.strip() or not token.isprintable():
             raise ValueError("contains spaces or control characters")
@@ -116,12 +133,35 @@ class Settings(BaseSettings):
             raise ValueError("is a placeholder from an example, not a secret")
         return value
 
-    @field_validator("log_level", "storage_backend", mode="before")
+    @field_validator("ticket_secret")
+    @classmethod
+    def _secret_is_long(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < 32:
+            raise ValueError("is shorter than 32 characters")
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _is_redis_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not re.match(r"(rediss?|unix)://", value.get_secret_value()):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return value
+
+    @field_validator("log_level", "storage_backend", "log_format", mode="before")
     @classmethod
     def _lower(cls, value: Any) -> Any:
         return value.strip().lower() if isinstance(value, str) else value
 
-    @field_validator("mega_email", "public_base_url", mode="before")
+    @field_validator(
+        "mega_email",
+        "public_base_url",
+        "auth_token",
+        "tokens_file",
+        "ticket_secret",
+        "redis_url",
+        "metrics_token",
+        mode="before",
+    )
     @classmethod
     def _blank_is_unset(cls, value: Any) -> Any:
         return None if isinstance(value, str) and not value.strip() else value
@@ -171,6 +211,17 @@ class Settings(BaseSettings):
         if value <= 0:
             raise ValueError("must be greater than zero")
         return value
+
+    @model_validator(mode="after")
+    def _someone_may_upload(self) -> Settings:
+        if self.auth_token is None and self.tokens_file is None:
+            raise ValueError(f"AUTH_TOKEN is not set ({_HINTS['auth_token']}; or set TOKENS_FILE)")
+        if self.tokens_file is not None:
+            try:
+                read_tokens_file(self.tokens_file, int(self.max_upload_bytes))
+            except TokensFileError as error:
+                raise ValueError(f"TOKENS_FILE {error}") from None
+        return self
 
     @model_validator(mode="after")
     def _mega_has_credentials(self) -> Settings:

@@ -11,7 +11,8 @@ from anyio import to_thread
 from fastapi import FastAPI
 
 from app import __version__
-from app.api import downloads, health, uploads
+from app.api import downloads, health, metrics, tickets, uploads
+from app.api.context import RequestContextMiddleware
 from app.api.deps import Services
 from app.api.errors import install_error_handlers
 from app.config import Settings
@@ -20,6 +21,7 @@ from app.spool import Spool
 from app.storage.base import StorageBackend, StorageError, StorageLoginFailed, supports_connect
 from app.storage.factory import build_backend
 from app.storage.local import LocalBackend
+from app.tokens import watch_sighup
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +85,7 @@ def create_app(
         limiter.total_tokens = max(limiter.total_tokens, 2 * settings.max_concurrent_uploads + 16)
         await to_thread.run_sync(spool.prepare)
         await to_thread.run_sync(backend.start)
+        stop_watching = watch_sighup(services.tokens.request_reload)
         log.info(
             "Paimon-server %s ready: storage=%s, max upload %d bytes, %d concurrent uploads",
             __version__,
@@ -96,7 +99,9 @@ def create_app(
                 yield
             finally:
                 tasks.cancel_scope.cancel()
+                stop_watching()
                 await to_thread.run_sync(backend.close)
+                await to_thread.run_sync(services.shared.close)
 
     app = FastAPI(
         title="Paimon-server", version=__version__, description=DESCRIPTION, lifespan=lifespan
@@ -104,8 +109,11 @@ def create_app(
     app.state.services = services
     app.add_middleware(OneLineStartupErrors)
     install_error_handlers(app)
+    app.add_middleware(RequestContextMiddleware)
     app.include_router(uploads.router)
+    app.include_router(tickets.router)
     app.include_router(health.router)
+    app.include_router(metrics.router)
     if isinstance(backend, LocalBackend):
         app.include_router(downloads.router)
     return app

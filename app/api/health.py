@@ -48,6 +48,9 @@ async def ready(services: ServicesDep) -> ReadyState | JSONResponse:
                 reason = state.reason or "the storage backend is not ready"
                 break
         else:
-            return ReadyState(status="ready", service=backend.name)
+            # Ready even without Redis: uploads go on with per-process limits (README).
+            problem = await to_thread.run_sync(services.shared.problem, abandon_on_cancel=True)
+            shared = problem or services.shared.kind
+            return ReadyState(status="ready", service=backend.name, shared_state=shared)
     reason = reason or "the storage backend did not answer the readiness check in time"
     return error_response(503, "not_ready", reason, {"Retry-After": "10"})

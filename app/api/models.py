@@ -45,3 +45,8 @@ class ReadyState(BaseModel):
     status: Literal["ready", "not ready"]
     service: str
     reason: str | None = None
+    shared_state: str | None = Field(
+        default=None,
+        description="Where limits and ticket uses are kept: memory, redis, or why Redis "
+        "is out of reach.",
+    )

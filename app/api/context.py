@@ -1,0 +1,160 @@
+"""Per-request context as plain ASGI middleware: request id, body cap, upload accounting.
+
+- Request id: a client's ``X-Request-ID`` is kept (when short and plain), else one is
+  made; it is returned in the response and on every log line of the request.
+- Body cap: the auth dependency may lower the size limit for the caller (a token's
+  ``max_upload_bytes``, a ticket's ``max_bytes``); bodies without Content-Length are cut
+  here, as they arrive, with 413.
+- Upload accounting: for requests the auth dependency marked as uploads, one summary log
+  line and the upload metrics when the answer is sent, whatever the outcome, and the
+  stored bytes counted against the caller's daily quota. The upload handlers stay
+  unaware of all this.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from anyio import to_thread
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app import metrics
+from app.logging_setup import request_id, token_name
+from app.spool import UploadTooLarge
+from app.tokens import TokenPolicy
+
+log = logging.getLogger("app.uploads")
+
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")
+_UPLOAD_KEY = "paimon.upload"
+_CAP_KEY = "paimon.body_cap"
+_CAPTURE_BYTES = 64 * 1024
+
+
+@dataclass
+class UploadRecord:
+    """What the summary of one upload needs, filled in as the request goes on."""
+
+    backend: str
+    method: str
+    started: float
+    token: str = "-"
+    policy: TokenPolicy | None = None
+    admitted: bool = False
+    count_bytes: Any = None  # called with (policy, size) in a thread after a success
+
+
+def start_upload_record(state: dict[str, Any], backend: str, method: str) -> UploadRecord:
+    record = UploadRecord(backend=backend, method=method, started=time.monotonic())
+    state[_UPLOAD_KEY] = record
+    return record
+
+
+def cap_body(state: dict[str, Any], file_limit: int, overhead: int) -> None:
+    """Refuse the rest of this request's body once it passes ``file_limit + overhead``."""
+    state[_CAP_KEY] = (file_limit, file_limit + overhead)
+
+
+def current_request_id() -> str:
+    return request_id.get()
+
+
+class RequestContextMiddleware:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        state: dict[str, Any] = scope.setdefault("state", {})
+        offered = _header(scope, b"x-request-id")
+        rid = offered if offered and _REQUEST_ID.fullmatch(offered) else uuid.uuid4().hex
+        rid_token = request_id.set(rid)
+        name_token = token_name.set("")
+        received = 0
+        status = 500
+        captured = bytearray()
+
+        async def capped_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request" and _CAP_KEY in state:
+                received += len(message.get("body", b""))
+                file_limit, body_limit = state[_CAP_KEY]
+                if received > body_limit:
+                    raise UploadTooLarge(file_limit)
+            return message
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                headers = [h for h in message.get("headers", []) if h[0].lower() != b"x-request-id"]
+                message = {**message, "headers": [*headers, (b"x-request-id", rid.encode())]}
+            elif (
+                message["type"] == "http.response.body"
+                and _UPLOAD_KEY in state
+                and len(captured) < _CAPTURE_BYTES
+            ):
+                captured.extend(message.get("body", b"")[:_CAPTURE_BYTES])
+            await send(message)
+
+        try:
+            await self.app(scope, capped_receive, send_with_id)
+        finally:
+            record = state.get(_UPLOAD_KEY)
+            try:
+                if record is not None:
+                    await _finish_upload(record, status, bytes(captured))
+            finally:
+                token_name.reset(name_token)
+                request_id.reset(rid_token)
+
+
+async def _finish_upload(record: UploadRecord, status: int, body: bytes) -> None:
+    try:
+        answer = json.loads(body) if body else {}
+    except ValueError:
+        answer = {}
+    if not isinstance(answer, dict):
+        answer = {}
+    outcome = "success" if status == 200 else str(answer.get("code") or f"http_{status}")
+    size = answer.get("size") if isinstance(answer.get("size"), int) else 0
+    seconds = time.monotonic() - record.started
+    metrics.upload_finished(record.backend, record.method, outcome, size, seconds, record.admitted)
+    summary = {
+        "name": answer.get("filename"),
+        "size": size,
+        "duration_s": round(seconds, 3),
+        "backend": record.backend,
+        "method": record.method,
+        "outcome": outcome,
+        "status": status,
+    }
+    log.info(
+        "upload %s: %s, %d bytes, %.3f s, backend %s, method %s, status %d",
+        outcome,
+        json.dumps(summary["name"]),
+        size,
+        seconds,
+        record.backend,
+        record.method,
+        status,
+        extra={"upload": summary},
+    )
+    if outcome == "success" and record.policy is not None and record.count_bytes is not None:
+        await to_thread.run_sync(record.count_bytes, record.policy, size)
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers", []):
+        if key.lower() == name:
+            return value.decode("latin-1")
+    return None

@@ -1,0 +1,91 @@
+"""``POST /tickets``: a token allowed to issue them hands out short-lived upload rights."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+
+from fastapi import APIRouter
+from pydantic import BaseModel, ByteSize, Field
+
+from app.api.deps import CallerDep, ServicesDep
+from app.api.errors import ApiError
+from app.api.models import ErrorBody
+from app.filenames import InvalidFilename, safe_filename
+from app.tickets import issue_ticket
+
+router = APIRouter(tags=["tickets"])
+MAX_TICKET_SECONDS = 7 * 24 * 3600
+
+
+class TicketRequest(BaseModel):
+    expires_in: int = Field(ge=1, le=MAX_TICKET_SECONDS, description="Seconds the ticket is valid.")
+    max_uses: int = Field(default=1, ge=1, le=1_000_000, description="Uploads it allows.")
+    max_bytes: ByteSize | None = Field(
+        default=None, gt=0, description="Largest file per upload (bytes or units, e.g. 10MB)."
+    )
+    filename: str | None = Field(
+        default=None,
+        description="If set, the ticket only uploads this name with PUT /files/{name}.",
+    )
+
+
+class TicketAnswer(BaseModel):
+    ticket: str = Field(description="Send it like a token: X-Auth-Token or Bearer.")
+    expires_at: datetime
+    max_uses: int
+    max_bytes: int | None
+    filename: str | None
+
+
+@router.post(
+    "/tickets",
+    response_model=TicketAnswer,
+    responses={
+        status: {"model": ErrorBody, "description": text}
+        for status, text in {
+            400: "max_bytes over the token's limit, or an invalid file name.",
+            401: "No token was sent.",
+            403: "The token is wrong, or may not issue tickets.",
+            501: "TICKET_SECRET is not configured.",
+        }.items()
+    },
+    summary="Issue an upload ticket (needs a token with can_issue_tickets)",
+)
+async def create_ticket(
+    body: TicketRequest, caller: CallerDep, services: ServicesDep
+) -> TicketAnswer:
+    secret = services.settings.ticket_secret
+    if secret is None:
+        raise ApiError(501, "tickets_disabled", "tickets are not enabled: set TICKET_SECRET")
+    if caller.ticket is not None or not caller.policy.can_issue_tickets:
+        raise ApiError(403, "may_not_issue", f"token {caller.name!r} may not issue tickets")
+    ceiling = min(
+        v for v in (services.spool.limit, caller.policy.max_upload_bytes) if v is not None
+    )
+    if body.max_bytes is not None and body.max_bytes > ceiling:
+        raise ApiError(
+            400, "bad_request", f"max_bytes is larger than this token's limit ({ceiling})"
+        )
+    filename = None
+    if body.filename is not None:
+        try:
+            filename = safe_filename(body.filename)
+        except InvalidFilename:
+            raise ApiError(400, "invalid_filename", "the file name is empty or invalid") from None
+    expires_at = int(time.time()) + body.expires_in
+    text, ticket = issue_ticket(
+        secret.get_secret_value(),
+        caller.name,
+        expires_at,
+        body.max_uses,
+        int(body.max_bytes) if body.max_bytes is not None else None,
+        filename,
+    )
+    return TicketAnswer(
+        ticket=text,
+        expires_at=datetime.fromtimestamp(expires_at, UTC),
+        max_uses=ticket.max_uses,
+        max_bytes=ticket.max_bytes,
+        filename=ticket.filename,
+    )

@@ -1,0 +1,296 @@
+"""State that every worker and instance must agree on: counters, small blobs, locks.
+
+Two stores with one interface. ``MemoryState`` keeps everything in the process: the
+embedded default, right for one worker, and per worker otherwise. ``RedisState`` keeps it
+in Redis (``REDIS_URL``), shared by any number of workers and instances.
+
+When Redis stops answering, ``RedisState`` raises ``SharedStateUnavailable`` at once
+instead of waiting on every call: after a failure it logs one line, and only tries again
+every ``RETRY_SECONDS``; the first success logs one line more. Callers decide what to do
+without it (rate limits fall back to per-process counting, tickets are refused).
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import TypeVar
+
+import redis
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from limits.errors import StorageError as LimitsStorageError
+from limits.storage import MemoryStorage, RedisStorage, Storage
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+log = logging.getLogger(__name__)
+
+KEY_PREFIX = "paimon:"
+RETRY_SECONDS = 2.0
+# Short enough that a request never waits long on a Redis that went away, long enough
+# for a Redis across a data-centre network.
+CONNECT_TIMEOUT_SECONDS = 1.0
+COMMAND_TIMEOUT_SECONDS = 2.0
+
+T = TypeVar("T")
+
+
+class SharedStateUnavailable(Exception):
+    """The shared store (Redis) cannot be reached right now."""
+
+
+class LockTimeout(Exception):
+    """A shared lock was not acquired within the wait the caller allowed."""
+
+
+class SharedState:
+    """The interface; see ``MemoryState`` and ``RedisState``."""
+
+    kind = "memory"
+    limits_storage: Storage
+
+    def run(self, operation: Callable[[], T]) -> T:
+        """Run a call against the store, raising SharedStateUnavailable if it is out of reach."""
+        return operation()
+
+    def incr(self, key: str, ttl_seconds: int) -> int:
+        """Add one to ``key`` (created at 0, forgotten after ``ttl_seconds``); the new value."""
+        raise NotImplementedError
+
+    def get(self, key: str) -> bytes | None:
+        raise NotImplementedError
+
+    def put(self, key: str, value: bytes, ttl_seconds: int | None = None) -> None:
+        raise NotImplementedError
+
+    def lock(
+        self, name: str, hold_seconds: float, wait_seconds: float
+    ) -> contextlib.AbstractContextManager[None]:
+        """A lock held at most ``hold_seconds``; LockTimeout after waiting ``wait_seconds``."""
+        raise NotImplementedError
+
+    def problem(self) -> str | None:
+        """None when the store works, else a sentence for /ready."""
+        return None
+
+    def close(self) -> None:
+        """Release connections."""
+
+
+class MemoryState(SharedState):
+    """Everything in this process: shared by its requests, not by other workers."""
+
+    def __init__(self) -> None:
+        self.limits_storage = MemoryStorage()
+        self._values: dict[str, tuple[bytes | int, float | None]] = {}
+        self._guard = threading.Lock()
+        self._locks: dict[str, threading.Lock] = {}
+
+    def _live(self, key: str) -> bytes | int | None:
+        value, expires = self._values.get(key, (None, None))
+        if expires is not None and expires <= time.monotonic():
+            self._values.pop(key, None)
+            return None
+        return value
+
+    def incr(self, key: str, ttl_seconds: int) -> int:
+        with self._guard:
+            current = self._live(key)
+            value = (current if isinstance(current, int) else 0) + 1
+            expires = self._values.get(key, (0, time.monotonic() + ttl_seconds))[1]
+            self._values[key] = (value, expires)
+            return value
+
+    def get(self, key: str) -> bytes | None:
+        with self._guard:
+            value = self._live(key)
+        return value if isinstance(value, bytes) else None
+
+    def put(self, key: str, value: bytes, ttl_seconds: int | None = None) -> None:
+        expires = None if ttl_seconds is None else time.monotonic() + ttl_seconds
+        with self._guard:
+            self._values[key] = (value, expires)
+
+    @contextlib.contextmanager
+    def lock(self, name: str, hold_seconds: float, wait_seconds: float) -> Iterator[None]:
+        with self._guard:
+            lock = self._locks.setdefault(name, threading.Lock())
+        if not lock.acquire(timeout=wait_seconds):
+            raise LockTimeout(name)
+        try:
+            yield
+        finally:
+            lock.release()
+
+
+class RedisState(SharedState):
+    """Everything in Redis, under keys starting with ``paimon:``."""
+
+    kind = "redis"
+
+    def __init__(self, url: str) -> None:
+        # No retries inside the client: a call either answers within the timeouts or
+        # fails, and this class decides when to try Redis again.
+        self.client = redis.Redis.from_url(
+            url,
+            socket_connect_timeout=CONNECT_TIMEOUT_SECONDS,
+            socket_timeout=COMMAND_TIMEOUT_SECONDS,
+            retry=Retry(NoBackoff(), 0),
+            health_check_interval=10,
+        )
+        self.limits_storage = RedisStorage(
+            url,
+            connection_pool=self.client.connection_pool,
+            key_prefix=KEY_PREFIX + "limits",
+            wrap_exceptions=True,
+        )
+        self._guard = threading.Lock()
+        self._down_since: float | None = None
+        self._last_attempt = 0.0
+        self._last_error = ""
+
+    def run(self, operation: Callable[[], T]) -> T:
+        with self._guard:
+            if (
+                self._down_since is not None
+                and time.monotonic() - self._last_attempt < RETRY_SECONDS
+            ):
+                raise SharedStateUnavailable(self._last_error)
+            self._last_attempt = time.monotonic()
+        try:
+            result = operation()
+        except (redis.RedisError, LimitsStorageError, OSError) as error:
+            self._mark_down(error)
+            raise SharedStateUnavailable(self._last_error) from None
+        if self._down_since is not None:
+            with self._guard:
+                if self._down_since is not None:
+                    log.warning(
+                        "shared state: Redis reachable again after %.0f s; limits and "
+                        "tickets are shared again",
+                        time.monotonic() - self._down_since,
+                    )
+                    self._down_since = None
+        return result
+
+    def _mark_down(self, error: BaseException) -> None:
+        cause = error.__cause__ if isinstance(error, LimitsStorageError) else error
+        # The class and the first line only: redis-py's messages carry host and port,
+        # never the password, but a URL could; keep it short either way.
+        self._last_error = f"{type(cause).__name__}: {str(cause).splitlines()[0][:160]}"
+        with self._guard:
+            first = self._down_since is None
+            if first:
+                self._down_since = time.monotonic()
+        if first:
+            log.error(
+                "shared state: Redis unreachable (%s); uploads go on with limits counted "
+                "per process and tickets refused until it is back",
+                self._last_error,
+            )
+
+    def incr(self, key: str, ttl_seconds: int) -> int:
+        def operation() -> int:
+            with self.client.pipeline(transaction=True) as pipe:
+                pipe.incr(KEY_PREFIX + key)
+                pipe.expire(KEY_PREFIX + key, ttl_seconds, nx=True)
+                return int(pipe.execute()[0])
+
+        return self.run(operation)
+
+    def get(self, key: str) -> bytes | None:
+        return self.run(lambda: self.client.get(KEY_PREFIX + key))  # type: ignore[return-value]
+
+    def put(self, key: str, value: bytes, ttl_seconds: int | None = None) -> None:
+        self.run(lambda: self.client.set(KEY_PREFIX + key, value, ex=ttl_seconds))
+
+    @contextlib.contextmanager
+    def lock(self, name: str, hold_seconds: float, wait_seconds: float) -> Iterator[None]:
+        lock = self.client.lock(
+            KEY_PREFIX + "lock:" + name, timeout=hold_seconds, blocking_timeout=wait_seconds
+        )
+        if not self.run(lock.acquire):
+            raise LockTimeout(name)
+        try:
+            yield
+        finally:
+            # Expired meanwhile (held past hold_seconds) or Redis gone: nothing to release.
+            with contextlib.suppress(redis.exceptions.LockError, SharedStateUnavailable):
+                self.run(lock.release)
+
+    def problem(self) -> str | None:
+        try:
+            self.run(self.client.ping)
+        except SharedStateUnavailable as error:
+            return (
+                f"shared state (Redis) unreachable: {error}; limits are counted per process "
+                "and tickets are refused until it is back"
+            )
+        return None
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def build_shared_state(redis_url: str | None) -> SharedState:
+    """Redis when a URL is configured, else the in-process store."""
+    return RedisState(redis_url) if redis_url else MemoryState()
+
+
+class SealedBlobs:
+    """Small values kept in the shared store encrypted, so Redis's operator cannot read them.
+
+    The key comes from ``secret`` (e.g. the MEGA credentials), which Redis never sees;
+    values are AES-GCM sealed with their key name as associated data, so a value copied
+    to another key does not open. A value that does not open reads as missing.
+    """
+
+    def __init__(self, state: SharedState, secret: bytes, purpose: str) -> None:
+        self._state = state
+        self._purpose = purpose
+        key = HKDF(
+            algorithm=hashes.SHA256(),
+            length=32,
+            salt=b"paimon-server shared blob v1",
+            info=purpose.encode(),
+        ).derive(secret)
+        self._aead = AESGCM(key)
+        # Different secrets must not share or overwrite each other's entries.
+        self._namespace = hashlib.sha256(b"namespace" + key).hexdigest()[:16]
+
+    def _key(self, name: str) -> str:
+        return f"blob:{self._purpose}:{self._namespace}:{name}"
+
+    def put(self, name: str, value: bytes, ttl_seconds: int | None = None) -> None:
+        nonce = os.urandom(12)
+        sealed = nonce + self._aead.encrypt(nonce, value, self._key(name).encode())
+        self._state.put(self._key(name), base64.b64encode(sealed), ttl_seconds)
+
+    def get(self, name: str) -> bytes | None:
+        stored = self._state.get(self._key(name))
+        if stored is None:
+            return None
+        try:
+            sealed = base64.b64decode(stored)
+            return self._aead.decrypt(sealed[:12], sealed[12:], self._key(name).encode())
+        except Exception:  # tampered, truncated, or sealed with another key
+            log.warning(
+                "shared state: the stored %s %r does not open; ignored", self._purpose, name
+            )
+            return None
+
+    def lock(
+        self, name: str, hold_seconds: float, wait_seconds: float
+    ) -> contextlib.AbstractContextManager[None]:
+        """A lock shared by everyone holding the same secret."""
+        return self._state.lock(
+            f"{self._purpose}:{self._namespace}:{name}", hold_seconds, wait_seconds
+        )
