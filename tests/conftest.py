@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
+import shutil
 import socket
 import subprocess
 import sys
@@ -20,6 +22,7 @@ from fastapi.testclient import TestClient
 from app.config import Settings
 from app.main import create_app
 from app.storage.base import StorageBackend
+from app.tokens import token_sha256
 
 ROOT = Path(__file__).resolve().parent.parent
 START_TIMEOUT_S = 20
@@ -133,7 +136,10 @@ def start_server(
     env = {
         key: value
         for key, value in os.environ.items()
-        if not key.startswith(("MEGA_", "AUTH_", "STORAGE_", "LOCAL_", "TEMP_", "MAX_"))
+        if not key.startswith(
+            ("MEGA_", "AUTH_", "STORAGE_", "LOCAL_", "TEMP_", "MAX_", "REDIS_", "TOKENS_")
+        )
+        and not key.startswith(("TICKET_", "METRICS_", "LOG_FORMAT", "PROMETHEUS_"))
     }
     env.update(
         {
@@ -183,3 +189,84 @@ def live_server(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
     yield start
     for server in servers:
         server.stop()
+
+
+REDIS_START_TIMEOUT_S = 10
+
+
+@dataclass
+class RedisServer:
+    """A real redis-server on 127.0.0.1 that a test can stop and start again."""
+
+    binary: str
+    port: int
+    folder: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        argv = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
+        argv += ["--appendonly", "no", "--dir", str(self.folder)]
+        with (self.folder / "redis.log").open("ab") as log_file:
+            self.process = subprocess.Popen(argv, stdout=log_file, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + REDIS_START_TIMEOUT_S
+        while not self.answers():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise AssertionError((self.folder / "redis.log").read_text(errors="replace"))
+            time.sleep(0.05)
+
+    def answers(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
+                sock.sendall(b"PING\r\n")
+                return sock.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=5)
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """Debian's redis-server on a free port; skipped where missing, except in CI."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("redis-server is required in CI (.ci/run installs it)")
+        pytest.skip("redis-server is not installed")
+    server = RedisServer(binary, free_port(), tmp_path / "redis")
+    server.start()
+    yield server
+    server.stop()
+
+
+def tokens_toml(**clients: dict[str, Any]) -> str:
+    """TOKENS_FILE text: one ``[tokens.<name>]`` per keyword; a ``secret`` key is stored hashed."""
+    lines = []
+    for name, fields in clients.items():
+        lines.append(f"[tokens.{name}]")
+        for key, value in fields.items():
+            if key == "secret":
+                key, value = "token_sha256", token_sha256(value)
+            lines.append(f"{key} = {json.dumps(value)}")
+    return "\n".join(lines) + "\n"
+
+
+def write_in_place(path: Path, text: str) -> None:
+    """Rewrite a file the way an editor saving over it does (same inode)."""
+    with path.open("r+" if path.exists() else "w") as file:
+        file.seek(0)
+        file.write(text)
+        file.truncate()

@@ -1,0 +1,105 @@
+"""The shared store: sealed blobs the Redis operator cannot read, bounded locks, counters."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+import redis
+
+from app.shared_state import (
+    LockTimeout,
+    MemoryState,
+    RedisState,
+    SealedBlobs,
+    SharedState,
+    SharedStateUnavailable,
+)
+
+SESSION = b'{"sid": "a session that must stay private"}'
+
+
+@pytest.fixture(params=["memory", "redis"])
+def state(request: pytest.FixtureRequest) -> SharedState:
+    if request.param == "memory":
+        return MemoryState()
+    server = request.getfixturevalue("redis_server")
+    shared = RedisState(server.url)
+    request.addfinalizer(shared.close)
+    return shared
+
+
+def test_a_sealed_blob_opens_only_with_its_secret(state: SharedState) -> None:
+    SealedBlobs(state, b"mega:user@example.com:password", "mega-session").put("session", SESSION)
+    assert SealedBlobs(state, b"mega:user@example.com:password", "mega-session").get("session") == (
+        SESSION
+    )
+    assert SealedBlobs(state, b"another account's secret", "mega-session").get("session") is None
+
+
+def test_redis_holds_only_ciphertext(redis_server) -> None:
+    shared = RedisState(redis_server.url)
+    SealedBlobs(shared, b"credentials", "mega-session").put("session", SESSION, ttl_seconds=60)
+    raw = redis.Redis.from_url(redis_server.url)
+    keys = raw.keys("paimon:blob:*")
+    assert len(keys) == 1
+    stored = raw.get(keys[0])
+    assert b"private" not in stored and b"sid" not in stored
+    assert 0 < raw.ttl(keys[0]) <= 60
+    # Tampering makes the value read as missing, not as garbage.
+    raw.set(keys[0], stored[:-4] + b"AAAA")
+    assert SealedBlobs(shared, b"credentials", "mega-session").get("session") is None
+    shared.close()
+
+
+def test_a_lock_is_exclusive_and_waits_only_as_long_as_asked(state: SharedState) -> None:
+    holder_has_it = threading.Event()
+    release = threading.Event()
+
+    def hold() -> None:
+        with state.lock("login", hold_seconds=30, wait_seconds=1):
+            holder_has_it.set()
+            release.wait(10)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    assert holder_has_it.wait(10)
+    started = time.monotonic()
+    with pytest.raises(LockTimeout), state.lock("login", hold_seconds=30, wait_seconds=0.3):
+        pass
+    assert time.monotonic() - started < 5
+    release.set()
+    holder.join(10)
+    with state.lock("login", hold_seconds=30, wait_seconds=1):
+        pass
+
+
+def test_counters_count_and_expire(state: SharedState) -> None:
+    assert [state.incr("uses:x", ttl_seconds=1) for _ in range(3)] == [1, 2, 3]
+    deadline = time.monotonic() + 5
+    while state.incr("uses:x", ttl_seconds=1) != 1:
+        assert time.monotonic() < deadline, "the counter never expired"
+        time.sleep(0.2)
+
+
+def test_an_unreachable_redis_fails_fast_and_recovers(redis_server, caplog) -> None:
+    shared = RedisState(redis_server.url)
+    assert shared.problem() is None
+    redis_server.stop()
+    started = time.monotonic()
+    for _ in range(20):
+        with pytest.raises(SharedStateUnavailable):
+            shared.incr("k", 60)
+    # Only the first call waited for the connection to fail; the rest were refused at once.
+    assert time.monotonic() - started < 5
+    assert "unreachable" in (shared.problem() or "")
+    assert sum("Redis unreachable" in r.getMessage() for r in caplog.records) == 1
+    redis_server.start()
+    deadline = time.monotonic() + 10
+    while shared.problem() is not None:
+        assert time.monotonic() < deadline, "Redis never came back"
+        time.sleep(0.2)
+    assert shared.incr("k", 60) == 1
+    assert any("reachable again" in r.getMessage() for r in caplog.records)
+    shared.close()

@@ -1,0 +1,198 @@
+"""Named tokens from TOKENS_FILE: who may upload, reloading, refusing bad files."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from app.config import ConfigError, load_settings
+from tests.conftest import ROOT, tokens_toml, write_in_place
+
+ALICE = "alice-token-9f1c2e7a4b"
+BOB = "bob-token-5d8e1f0c3a6b"
+WAIT_S = 10
+
+
+@pytest.fixture
+def tokens_file(tmp_path: Path) -> Path:
+    path = tmp_path / "tokens.toml"
+    path.write_text(tokens_toml(alice={"secret": ALICE}, bob={"secret": BOB}))
+    return path
+
+
+def upload(client, token: str, name: str = "a.txt", data: bytes = b"hello", **params):
+    return client.put(
+        f"/files/{name}", content=data, headers={"X-Auth-Token": token}, params=params
+    )
+
+
+def wait_for_status(client, token: str, status: int) -> None:
+    deadline = time.monotonic() + WAIT_S
+    while (got := upload(client, token).status_code) != status:
+        assert time.monotonic() < deadline, f"still {got}, expected {status}"
+        time.sleep(0.2)
+
+
+def test_named_tokens_upload_and_others_are_refused(make_client, tokens_file: Path) -> None:
+    client = make_client(tokens_file=tokens_file)
+    assert upload(client, ALICE).status_code == 200
+    assert upload(client, BOB).status_code == 200
+    refused = upload(client, "carol-token-never-issued")
+    assert refused.status_code == 403
+    assert refused.json()["code"] == "invalid_token"
+
+
+def test_the_mods_auth_token_still_works_as_default(make_client, tokens_file, token) -> None:
+    client = make_client(tokens_file=tokens_file)
+    answer = client.post(
+        "/upload?service=local", headers={"X-Auth-Token": token}, files={"file": ("m.zip", b"x")}
+    )
+    assert answer.status_code == 200, answer.text
+    assert list(answer.json())[:5] == ["status", "message", "filename", "service", "link"]
+
+
+def test_tokens_file_alone_needs_no_auth_token(make_client, tokens_file, token) -> None:
+    client = make_client(tokens_file=tokens_file, auth_token=None)
+    assert upload(client, ALICE).status_code == 200
+    assert upload(client, token).status_code == 403
+
+
+def test_without_auth_token_or_tokens_file_start_up_names_both(tmp_path, monkeypatch) -> None:
+    monkeypatch.delenv("AUTH_TOKEN", raising=False)
+    monkeypatch.delenv("TOKENS_FILE", raising=False)
+    with pytest.raises(ConfigError) as error:
+        load_settings(_env_file=None, storage_backend="local")
+    assert "AUTH_TOKEN is not set" in str(error.value) and "TOKENS_FILE" in str(error.value)
+
+
+def test_a_revoked_token_stops_working_without_a_restart(make_client, tokens_file) -> None:
+    client = make_client(tokens_file=tokens_file)
+    assert upload(client, BOB).status_code == 200
+    write_in_place(tokens_file, tokens_toml(alice={"secret": ALICE}))
+    wait_for_status(client, BOB, 403)
+    assert upload(client, ALICE).status_code == 200
+
+
+def test_a_bad_file_is_refused_in_one_line_and_the_last_good_one_stays(
+    make_client, tokens_file, caplog
+) -> None:
+    client = make_client(tokens_file=tokens_file)
+    bad = tokens_toml(alice={"secret": ALICE}, bob={"secret": BOB, "uploads_per_minute": "lots"})
+    write_in_place(tokens_file, bad)
+    caplog.set_level(logging.ERROR, logger="app.tokens")
+    deadline = time.monotonic() + WAIT_S
+    while not caplog.records:
+        assert time.monotonic() < deadline, "the bad file was never noticed"
+        assert upload(client, BOB).status_code == 200
+        time.sleep(0.2)
+    time.sleep(1.5)  # more checks of the unchanged bad file must not log again
+    assert upload(client, BOB).status_code == 200
+    assert len(caplog.records) == 1
+    line = caplog.records[0].getMessage()
+    assert "\n" not in line
+    assert "entry 'bob'" in line and "uploads_per_minute" in line and "previous tokens" in line
+
+
+@pytest.mark.parametrize(
+    ("entry", "problem"),
+    [
+        ({"token_sha256": "abc"}, "token_sha256 must be 64 hex digits"),
+        ({"secret": ALICE, "max_upload_bytes": "2GiB"}, "larger than MAX_UPLOAD_BYTES"),
+        ({"secret": ALICE, "colour": "red"}, "colour"),
+        ({}, "exactly one of token_sha256 or token"),
+    ],
+)
+def test_a_bad_file_stops_start_up_naming_entry_and_problem(
+    tmp_path: Path, token: str, entry: dict, problem: str
+) -> None:
+    path = tmp_path / "tokens.toml"
+    path.write_text(tokens_toml(uploader=entry))
+    with pytest.raises(ConfigError) as error:
+        load_settings(_env_file=None, auth_token=token, storage_backend="local", tokens_file=path)
+    assert "TOKENS_FILE" in str(error.value) and "entry 'uploader'" in str(error.value)
+    assert problem in str(error.value)
+
+
+def test_a_plain_token_works_with_a_warning(make_client, tmp_path: Path, caplog) -> None:
+    path = tmp_path / "tokens.toml"
+    path.write_text(tokens_toml(dev={"token": ALICE}))
+    with caplog.at_level(logging.WARNING, logger="app.tokens"):
+        client = make_client(tokens_file=path)
+    assert upload(client, ALICE).status_code == 200
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("entry 'dev' has a plain token" in w and "token_sha256" in w for w in warnings)
+    assert not any(ALICE in w for w in warnings)
+
+
+def test_max_upload_bytes_is_413_before_anything_is_stored(make_client, tmp_path: Path) -> None:
+    path = tmp_path / "tokens.toml"
+    path.write_text(tokens_toml(small={"secret": ALICE, "max_upload_bytes": "1KB"}))
+    client = make_client(tokens_file=path)
+    headers = {"X-Auth-Token": ALICE}
+    assert upload(client, ALICE, data=b"x" * 1000).status_code == 200
+    declared = upload(client, ALICE, data=b"x" * 1001)
+    assert declared.status_code == 413 and "1000 bytes" in declared.json()["message"]
+
+    def chunks():  # no Content-Length: cut while it arrives
+        for _ in range(100):
+            yield b"x" * 100
+
+    streamed = client.put("/files/s.bin", content=chunks(), headers=headers)
+    assert streamed.status_code == 413
+    form = client.post("/upload", headers=headers, files={"file": ("f.bin", b"x" * 70_000)})
+    assert form.status_code == 413
+    stored = [p for p in (tmp_path / "files").rglob("*") if p.is_file()]
+    assert len(stored) == 1
+
+
+def test_services_limit_which_backends_a_token_may_use(make_client, tmp_path: Path) -> None:
+    path = tmp_path / "tokens.toml"
+    path.write_text(tokens_toml(mega_only={"secret": ALICE, "services": ["mega"]}))
+    client = make_client(tokens_file=path)
+    answer = upload(client, ALICE)
+    assert answer.status_code == 403
+    assert answer.json()["code"] == "service_not_allowed"
+
+
+def test_new_token_command_prints_a_token_and_its_working_entry(make_client, tmp_path) -> None:
+    printed = subprocess.run(
+        [sys.executable, "-m", "app.tokens", "new-token", "ci-bot"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    ).stdout
+    token = re.search(r"^# (\S{40,})$", printed, re.M).group(1)
+    entry = printed[printed.index("[tokens.ci-bot]") :]
+    assert re.search(r'^token_sha256 = "[0-9a-f]{64}"$', entry, re.M)
+    path = tmp_path / "tokens.toml"
+    path.write_text(entry)
+    assert upload(make_client(tokens_file=path), token).status_code == 200
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="no SIGHUP on this platform")
+def test_sighup_reloads_a_change_the_file_check_cannot_see(live_server, tmp_path: Path) -> None:
+    path = tmp_path / "tokens.toml"
+    path.write_text(tokens_toml(client={"secret": ALICE}))
+    server = live_server(TOKENS_FILE=str(path))
+    before = os.stat(path)
+    # Same size, same inode, same modification time: only a signal can tell.
+    write_in_place(path, tokens_toml(client={"secret": BOB}))
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    with httpx.Client(base_url=server.url, timeout=WAIT_S) as http:
+        time.sleep(1.5)
+        assert upload(http, ALICE).status_code == 200
+        server.process.send_signal(signal.SIGHUP)
+        wait_for_status(http, BOB, 200)
+        assert upload(http, ALICE).status_code == 403
+    assert server.process.poll() is None
