@@ -7,6 +7,7 @@ Docker and a bare VM. Options given on the command line (e.g. --bind) win over t
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -79,16 +80,19 @@ if os.path.isdir("/dev/shm"):
     worker_tmp_dir = "/dev/shm"
 
 # Prometheus metrics of all workers (prometheus-client multiprocess mode, see
-# app/metrics.py): workers write their values under PROMETHEUS_MULTIPROC_DIR, a fresh
-# directory per start unless one is given (then emptied here), and a dead worker's live
-# gauges are dropped.
-_metrics_dir = os.environ.setdefault(
-    "PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="paimon-metrics-")
-)
+# app/metrics.py): workers write their values under PROMETHEUS_MULTIPROC_DIR, set here
+# before they start (a fresh directory, removed on exit, unless one is given: then it is
+# emptied), and a dead worker's live gauges are dropped.
+_made_metrics_dir: list[str] = []
 
 
 def on_starting(server):
-    for stale in Path(_metrics_dir).glob("*.db"):
+    folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not folder:
+        folder = tempfile.mkdtemp(prefix="paimon-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = folder
+        _made_metrics_dir.append(folder)
+    for stale in Path(folder).glob("*.db"):
         stale.unlink()
 
 
@@ -96,6 +100,11 @@ def child_exit(server, worker):
     from prometheus_client import multiprocess
 
     multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server):
+    for folder in _made_metrics_dir:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 # LOG_FORMAT=json: gunicorn's own lines as JSON objects too.
