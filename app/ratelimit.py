@@ -15,6 +15,7 @@ fail closed: a ticket's use count cannot be checked, so the ticket is refused wi
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable
@@ -107,9 +108,8 @@ class UploadLimits:
             self._use_ticket(ticket)
 
     def _use_ticket(self, ticket: Ticket) -> None:
-        ttl = max(int(ticket.expires_at - time.time()), 1) + TICKET_COUNT_GRACE_SECONDS
         try:
-            uses = self._state.incr(f"ticket:{ticket.id}", ttl)
+            uses = self._state.incr(f"ticket:{ticket.id}", _count_ttl(ticket))
         except SharedStateUnavailable:
             raise LimitExceeded(
                 503,
@@ -126,11 +126,19 @@ class UploadLimits:
                 "ticket_max_uses",
             )
 
-    def record_bytes(self, policy: TokenPolicy, size: int) -> None:
-        """Count the bytes of a stored upload against the day's quota."""
-        if policy.bytes_per_day and size > 0:
+    def settle(self, policy: TokenPolicy, ticket: Ticket | None, stored: bool, size: int) -> None:
+        """After an admitted upload: count stored bytes against the day's quota, or give a
+        ticket its use back when nothing was stored (a failed upload may be retried)."""
+        if stored and policy.bytes_per_day and size > 0:
             day = RateLimitItemPerDay(policy.bytes_per_day)
             self._count(lambda c: c.per_day.hit(day, "bytes", policy.name, cost=size))
+        elif not stored and ticket is not None:
+            with contextlib.suppress(SharedStateUnavailable):
+                self._state.incr(f"ticket:{ticket.id}", _count_ttl(ticket), -1)
+
+
+def _count_ttl(ticket: Ticket) -> int:
+    return max(int(ticket.expires_at - time.time()), 1) + TICKET_COUNT_GRACE_SECONDS
 
 
 def _seconds_until(reset_time: float) -> int:

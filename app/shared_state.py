@@ -61,8 +61,9 @@ class SharedState:
         """Run a call against the store, raising SharedStateUnavailable if it is out of reach."""
         return operation()
 
-    def incr(self, key: str, ttl_seconds: int) -> int:
-        """Add one to ``key`` (created at 0, forgotten after ``ttl_seconds``); the new value."""
+    def incr(self, key: str, ttl_seconds: int, amount: int = 1) -> int:
+        """Add ``amount`` to ``key`` (created at 0, forgotten ``ttl_seconds`` after that);
+        the new value."""
         raise NotImplementedError
 
     def get(self, key: str) -> bytes | None:
@@ -101,10 +102,10 @@ class MemoryState(SharedState):
             return None
         return value
 
-    def incr(self, key: str, ttl_seconds: int) -> int:
+    def incr(self, key: str, ttl_seconds: int, amount: int = 1) -> int:
         with self._guard:
             current = self._live(key)
-            value = (current if isinstance(current, int) else 0) + 1
+            value = (current if isinstance(current, int) else 0) + amount
             expires = self._values.get(key, (0, time.monotonic() + ttl_seconds))[1]
             self._values[key] = (value, expires)
             return value
@@ -197,12 +198,14 @@ class RedisState(SharedState):
                 self._last_error,
             )
 
-    def incr(self, key: str, ttl_seconds: int) -> int:
+    def incr(self, key: str, ttl_seconds: int, amount: int = 1) -> int:
         def operation() -> int:
+            # SET NX EX then INCRBY in one MULTI: the expiry is set once, when the key is
+            # made (EXPIRE NX would need Redis 7; Render's older Key Values run Redis 6).
             with self.client.pipeline(transaction=True) as pipe:
-                pipe.incr(KEY_PREFIX + key)
-                pipe.expire(KEY_PREFIX + key, ttl_seconds, nx=True)
-                return int(pipe.execute()[0])
+                pipe.set(KEY_PREFIX + key, 0, ex=ttl_seconds, nx=True)
+                pipe.incrby(KEY_PREFIX + key, amount)
+                return int(pipe.execute()[1])
 
         return self.run(operation)
 

@@ -26,7 +26,7 @@ def test_uploads_per_minute_holds_exactly_across_instances(
 ) -> None:
     path = tmp_path / "tokens.toml"
     path.write_text(tokens_toml(game={"secret": TOKEN, "uploads_per_minute": 4}))
-    env = {"TOKENS_FILE": str(path), "REDIS_URL": redis_server.url}
+    env = {"TOKENS_FILE": str(path), "REDIS_URL": redis_server.url, "MAX_CONCURRENT_UPLOADS": "32"}
     servers = [live_server(TEMP_UPLOAD_DIR=str(tmp_path / f"spool-{i}"), **env) for i in range(2)]
     start = threading.Barrier(12)
 

@@ -18,6 +18,7 @@ import logging
 import re
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,7 +28,6 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from app import metrics
 from app.logging_setup import request_id, token_name
 from app.spool import UploadTooLarge
-from app.tokens import TokenPolicy
 
 log = logging.getLogger("app.uploads")
 
@@ -45,9 +45,9 @@ class UploadRecord:
     method: str
     started: float
     token: str = "-"
-    policy: TokenPolicy | None = None
     admitted: bool = False
-    count_bytes: Any = None  # called with (policy, size) in a thread after a success
+    # Called in a thread with (stored, size) once the answer is sent: quotas, ticket uses.
+    settle: Callable[[bool, int], None] | None = None
 
 
 def start_upload_record(state: dict[str, Any], backend: str, method: str) -> UploadRecord:
@@ -149,8 +149,8 @@ async def _finish_upload(record: UploadRecord, status: int, body: bytes) -> None
         status,
         extra={"upload": summary},
     )
-    if outcome == "success" and record.policy is not None and record.count_bytes is not None:
-        await to_thread.run_sync(record.count_bytes, record.policy, size)
+    if record.settle is not None:
+        await to_thread.run_sync(record.settle, outcome == "success", size)
 
 
 def _header(scope: Scope, name: bytes) -> str | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass, field
 from typing import Annotated
@@ -174,11 +175,8 @@ async def require_token(
             metrics.limit_rejected(caller.name, refusal.limit)
         retry = {"Retry-After": str(refusal.retry_after)} if refusal.retry_after else None
         raise ApiError(refusal.status, refusal.code, refusal.message, retry) from None
-    record.policy, record.count_bytes, record.admitted = (
-        caller.policy,
-        services.limits.record_bytes,
-        True,
-    )
+    record.settle = functools.partial(services.limits.settle, caller.policy, caller.ticket)
+    record.admitted = True
     metrics.upload_started()
     return caller
 
