@@ -186,7 +186,8 @@ class RedisState(SharedState):
         cause = error.__cause__ if isinstance(error, LimitsStorageError) else error
         # The class and the first line only: redis-py's messages carry host and port,
         # never the password, but a URL could; keep it short either way.
-        self._last_error = f"{type(cause).__name__}: {str(cause).splitlines()[0][:160]}"
+        first_line = (str(cause).splitlines() or [""])[0]
+        self._last_error = f"{type(cause).__name__}: {first_line[:160]}"
         with self._guard:
             first = self._down_since is None
             if first:
