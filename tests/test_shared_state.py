@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 
 import pytest
 import redis
+import yaml
 
 from app.shared_state import (
     LockTimeout,
@@ -16,6 +18,7 @@ from app.shared_state import (
     SharedState,
     SharedStateUnavailable,
 )
+from tests.conftest import ROOT
 
 SESSION = b'{"sid": "a session that must stay private"}'
 
@@ -103,3 +106,22 @@ def test_an_unreachable_redis_fails_fast_and_recovers(redis_server, caplog) -> N
     assert shared.incr("k", 60) == 1
     assert any("reachable again" in r.getMessage() for r in caplog.records)
     shared.close()
+
+
+def test_deploy_files_share_one_redis_between_several_instances() -> None:
+    blueprint = yaml.safe_load((ROOT / "render.yaml").read_text())
+    web = next(s for s in blueprint["services"] if s["type"] == "web")
+    store = next(s for s in blueprint["services"] if s["type"] == "keyvalue")
+    assert web["numInstances"] >= 2
+    assert store["maxmemoryPolicy"] == "noeviction", "an evicted counter would reset a limit"
+    assert store["ipAllowList"] == [], "only the account's own services may reach it"
+    redis_url = next(e for e in web["envVars"] if e["key"] == "REDIS_URL")["fromService"]
+    assert redis_url == {"type": "keyvalue", "name": store["name"], "property": "connectionString"}
+
+    text = (ROOT / "DEPLOYMENT.md").read_text()
+    compose = yaml.safe_load(re.search(r"```yaml\n(x-paimon:.*?)```", text, re.S).group(1))
+    instances = [s for s in compose["services"].values() if s.get("image") == "paimon-server"]
+    assert len(instances) == 2
+    assert all(s["environment"]["REDIS_URL"] == "redis://redis:6379/0" for s in instances)
+    assert "redis-server" in compose["services"]["redis"]["command"]
+    assert "reverse_proxy paimon-1:8080 paimon-2:8080" in text
