@@ -17,8 +17,14 @@ request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", d
 token_name: contextvars.ContextVar[str] = contextvars.ContextVar("token_name", default="")
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-# Attributes every LogRecord has; anything else was passed with ``extra=`` and is logged.
-_STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
+# Attributes every LogRecord has; anything else was passed with ``extra=`` and is logged
+# (except uvicorn's terminal-coloured copy of its message).
+_STANDARD = set(vars(logging.makeLogRecord({}))) | {
+    "message",
+    "asctime",
+    "taskName",
+    "color_message",
+}
 
 
 class JsonFormatter(logging.Formatter):
