@@ -196,3 +196,23 @@ def test_sighup_reloads_a_change_the_file_check_cannot_see(live_server, tmp_path
         wait_for_status(http, BOB, 200)
         assert upload(http, ALICE).status_code == 403
     assert server.process.poll() is None
+
+
+def test_a_revoked_token_stops_working_on_every_running_instance(live_server, tmp_path) -> None:
+    path = tmp_path / "tokens.toml"
+    path.write_text(tokens_toml(alice={"secret": ALICE}, bob={"secret": BOB}))
+    servers = [
+        live_server(TOKENS_FILE=str(path), TEMP_UPLOAD_DIR=str(tmp_path / f"spool-{i}"))
+        for i in range(2)
+    ]
+    clients = [httpx.Client(base_url=server.url, timeout=WAIT_S) for server in servers]
+    try:
+        assert [upload(http, BOB).status_code for http in clients] == [200, 200]
+        write_in_place(path, tokens_toml(alice={"secret": ALICE}))
+        for http in clients:
+            wait_for_status(http, BOB, 403)
+            assert upload(http, ALICE).status_code == 200
+    finally:
+        for http in clients:
+            http.close()
+    assert all(server.process.poll() is None for server in servers)
