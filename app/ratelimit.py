@@ -74,11 +74,9 @@ class UploadLimits:
         """Count one upload against ``policy``; LimitExceeded if a limit refuses it."""
         name = policy.name
         if policy.bytes_per_day is not None:
-            day = RateLimitItemPerDay(max(policy.bytes_per_day, 1))
+            day = RateLimitItemPerDay(policy.bytes_per_day)
             cost = max(declared_bytes or 1, 1)
-            if policy.bytes_per_day == 0 or not self._count(
-                lambda c: c.per_day.test(day, "bytes", name, cost=cost)
-            ):
+            if not self._count(lambda c: c.per_day.test(day, "bytes", name, cost=cost)):
                 stats = self._count(lambda c: c.per_day.get_window_stats(day, "bytes", name))
                 raise LimitExceeded(
                     429,
@@ -89,10 +87,8 @@ class UploadLimits:
                     "bytes_per_day",
                 )
         if policy.uploads_per_minute is not None:
-            minute = RateLimitItemPerMinute(max(policy.uploads_per_minute, 1))
-            if policy.uploads_per_minute == 0 or not self._count(
-                lambda c: c.per_minute.hit(minute, "uploads", name)
-            ):
+            minute = RateLimitItemPerMinute(policy.uploads_per_minute)
+            if not self._count(lambda c: c.per_minute.hit(minute, "uploads", name)):
                 stats = self._count(
                     lambda c: c.per_minute.get_window_stats(minute, "uploads", name)
                 )

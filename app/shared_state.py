@@ -75,7 +75,8 @@ class SharedState:
     def lock(
         self, name: str, hold_seconds: float, wait_seconds: float
     ) -> contextlib.AbstractContextManager[None]:
-        """A lock held at most ``hold_seconds``; LockTimeout after waiting ``wait_seconds``."""
+        """A lock held at most ``hold_seconds`` (in Redis; in process memory it is held until
+        the block ends); LockTimeout after waiting ``wait_seconds``."""
         raise NotImplementedError
 
     def problem(self) -> str | None:

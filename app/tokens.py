@@ -62,8 +62,8 @@ class _Entry(BaseModel):
     token_sha256: str | None = None
     token: str | None = None
     max_upload_bytes: ByteSize | None = Field(default=None, gt=0)
-    uploads_per_minute: int | None = Field(default=None, ge=0)
-    bytes_per_day: ByteSize | None = Field(default=None, ge=0)
+    uploads_per_minute: int | None = Field(default=None, gt=0)
+    bytes_per_day: ByteSize | None = Field(default=None, gt=0)
     services: list[str] | None = None
     can_issue_tickets: bool = False
 

@@ -108,6 +108,7 @@ def test_a_bad_file_is_refused_in_one_line_and_the_last_good_one_stays(
         ({"token_sha256": "abc"}, "token_sha256 must be 64 hex digits"),
         ({"secret": ALICE, "max_upload_bytes": "2GiB"}, "larger than MAX_UPLOAD_BYTES"),
         ({"secret": ALICE, "colour": "red"}, "colour"),
+        ({"secret": ALICE, "uploads_per_minute": 0}, "uploads_per_minute Input should be greater"),
         ({}, "exactly one of token_sha256 or token"),
     ],
 )
