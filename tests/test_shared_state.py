@@ -124,4 +124,6 @@ def test_deploy_files_share_one_redis_between_several_instances() -> None:
     assert len(instances) == 2
     assert all(s["environment"]["REDIS_URL"] == "redis://redis:6379/0" for s in instances)
     assert "redis-server" in compose["services"]["redis"]["command"]
+    proxy_ip = compose["services"]["proxy"]["networks"]["default"]["ipv4_address"]
+    assert all(s["environment"]["FORWARDED_ALLOW_IPS"] == proxy_ip for s in instances)
     assert "reverse_proxy paimon-1:8080 paimon-2:8080" in text
