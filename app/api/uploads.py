@@ -32,11 +32,12 @@ router = APIRouter(tags=["uploads"])
 
 _ERRORS = {
     400: "Bad request: malformed body, empty file name, unknown service.",
-    401: "No auth token was sent.",
-    403: "The auth token is wrong.",
-    413: "The file is larger than MAX_UPLOAD_BYTES.",
+    401: "No token or ticket was sent, or the ticket has expired.",
+    403: "The token or ticket is wrong, or not allowed this service or file name.",
+    413: "The file is larger than MAX_UPLOAD_BYTES, or the token's or ticket's own limit.",
     422: "The form has no `file` field.",
-    429: "Too many wrong tokens from this address; see Retry-After.",
+    429: "A token's rate limit or daily quota reached, a ticket used up, or too many wrong "
+    "tokens from this address; see Retry-After.",
     502: "The storage backend failed after retries, or refused the service's login.",
     503: "Too many uploads in progress (see Retry-After), or storage not ready.",
     504: "The storage backend timed out.",
