@@ -29,6 +29,7 @@ from tests.mega_emulator import MegaEmulator
 from tests.mega_emulator.stock_client import EmulatedMega
 from tests.mega_verify import parse_link, verify
 from tests.test_deploy import start_command_argv
+from tests.test_metrics import samples, value
 
 EMAIL, PASSWORD = "e2e@example.com", "emulated e2e password"
 KiB, MiB = 1024, 1024 * 1024
@@ -500,3 +501,23 @@ def test_the_session_command_with_a_refused_password_says_why(
         "paimon-server: MEGA login failed: wrong email or password"
     )
     assert "a wrong password" not in result.stderr
+
+
+def test_metrics_count_mega_requests_retries_and_the_log_in(
+    new_service: Callable[..., Service], emulator: MegaEmulator
+) -> None:
+    service = new_service("metrics")
+    assert wait_ready(service) == 200
+    emulator.faults.api_eagain_next = 2
+    data = payload(70_000, 11)
+    answer = service.upload("counted.bin", data)
+    assert answer.status_code == 200, answer.text
+    assert emulator.stats()["faults_injected"], "the fault never fired"
+
+    found = samples(service.http.get(f"{service.url}/metrics").text)
+    assert value(found, "paimon_mega_logins_total", outcome="ok") == 1
+    assert value(found, "paimon_mega_api_requests_total", command="us", outcome="ok") == 1
+    assert value(found, "paimon_mega_api_requests_total", command="u", outcome="ok") == 1
+    # "p" made the two folders of MEGA_FOLDER (Paimon/uploads), then the file's node.
+    assert value(found, "paimon_mega_api_requests_total", command="p", outcome="ok") == 3
+    assert value(found, "paimon_mega_retries_total", error="EAGAIN") == 2

@@ -50,6 +50,8 @@ from mega.crypto import (
 from pydantic import SecretStr
 from requests.adapters import HTTPAdapter
 
+from app import metrics
+
 from . import hashcash
 from .errors import (
     LOGIN_REASONS,
@@ -62,6 +64,7 @@ from .errors import (
     MegaLoggingIn,
     MegaLoginError,
     MegaTransportError,
+    failure_name,
 )
 from .retry import Deadline, RetryPolicy, call_with_retries
 from .session import (
@@ -291,12 +294,19 @@ class MegaClient:
         if sid:
             params["sid"] = sid
         body = json.dumps([command], separators=(",", ":"))
-        return call_with_retries(
-            lambda: self._exchange(params, body, deadline),
-            self.policy,
-            deadline,
-            what=f"MEGA API call {str(command.get('a', '?'))[:20]}",
-        )
+        name = str(command.get("a", "?"))[:20]
+        try:
+            answer = call_with_retries(
+                lambda: self._exchange(params, body, deadline),
+                self.policy,
+                deadline,
+                what=f"MEGA API call {name}",
+            )
+        except Exception as exc:
+            metrics.mega_request(name, failure_name(exc))
+            raise
+        metrics.mega_request(name, "ok")
+        return answer
 
     def _exchange(self, params: dict[str, Any], body: str, deadline: Deadline) -> Any:
         headers = {"Content-Type": "application/json"}
@@ -322,6 +332,7 @@ class MegaClient:
             started = time.monotonic()
             headers["X-Hashcash"] = hashcash.solve(challenge, budget, self._hashcash_threads)
             spent = time.monotonic() - started
+            metrics.mega_proof_of_work(spent)
             if headers["X-Hashcash"].endswith(":"):
                 if deadline.remaining() <= 0:
                     raise HashcashUnsolved("deadline")
@@ -403,6 +414,7 @@ class MegaClient:
         except MegaApiError as exc:
             if exc.code not in LOGIN_REASONS:
                 raise
+            metrics.mega_login(ok=False)
             failure = MegaLoginError(exc.code, mfa_sent=self._totp_secret is not None)
             self._refused = (time.monotonic(), failure)
             logger.warning("%s; not trying again for %g s", failure, self._login_cooldown_s)
@@ -412,6 +424,7 @@ class MegaClient:
         except (KeyError, ValueError, TypeError, IndexError, ZeroDivisionError):
             # The answer could not be decoded; its text may hold key material.
             raise MegaBadAnswer() from None
+        metrics.mega_login(ok=True)
         self._adopt(session, "a fresh log-in")
         logger.info("logged in to MEGA")
         try:

@@ -25,6 +25,8 @@ from tenacity import (
     wait_random_exponential,
 )
 
+from app import metrics
+
 from .errors import MegaDeadlineExceeded, MegaRetriesExhausted, failure_name, is_retryable
 
 logger = logging.getLogger(__name__)
@@ -78,6 +80,7 @@ def _log_before_sleep(what: str, attempts: int) -> Callable[[RetryCallState], No
     def log(state: RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome else None
         delay = state.upcoming_sleep
+        metrics.mega_retry(failure_name(exc) if exc else "?")
         # Only the failure's table name: exception texts may carry URLs with the session id.
         logger.warning(
             "%s failed with %s (attempt %d/%d); retrying in %.2f s",
