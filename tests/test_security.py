@@ -336,11 +336,12 @@ stop = time.monotonic() + 4
 while time.monotonic() < stop:  # hold every connection open for 4 s, noting answers
     for sock in socks:
         if sock not in answers:
-            with contextlib.suppress(BlockingIOError):
-                try:
-                    answers[sock] = sock.recv(4096)[9:12].decode() or "closed"
-                except OSError:
-                    answers[sock] = "reset"
+            try:
+                answers[sock] = sock.recv(4096)[9:12].decode() or "closed"
+            except BlockingIOError:  # nothing yet: still held (an OSError too, so first)
+                pass
+            except OSError:
+                answers[sock] = "reset"
     time.sleep(0.1)
 statuses = list(answers.values())
 print(json.dumps({"held": len(socks) - len(statuses), "statuses": statuses}))
