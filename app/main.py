@@ -17,6 +17,7 @@ from app.api.deps import Services
 from app.api.errors import install_error_handlers
 from app.config import Settings
 from app.serving.startup import OneLineStartupErrors
+from app.shared_state import build_shared_state
 from app.spool import Spool
 from app.storage.base import StorageBackend, StorageError, StorageLoginFailed, supports_connect
 from app.storage.factory import build_backend
@@ -72,9 +73,12 @@ def create_app(
 ) -> FastAPI:
     """Build the service for ``settings``; ``backend`` replaces the configured one if given.
     ``on_refused`` is called when the storage refuses the credentials at start-up."""
-    backend = backend or build_backend(settings)
+    # The shared state first: the MEGA backend keeps its session and log-in lock in it.
+    redis_url = settings.redis_url.get_secret_value() if settings.redis_url else None
+    shared = build_shared_state(redis_url)
+    backend = backend or build_backend(settings, shared)
     spool = Spool(settings.temp_upload_dir, int(settings.max_upload_bytes))
-    services = Services(settings=settings, backend=backend, spool=spool)
+    services = Services(settings=settings, backend=backend, spool=spool, shared=shared)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

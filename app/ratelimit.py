@@ -18,19 +18,16 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
 
 from limits import RateLimitItemPerDay, RateLimitItemPerMinute
-from limits.storage import MemoryStorage, Storage
+from limits.storage import Storage
 from limits.strategies import FixedWindowRateLimiter, MovingWindowRateLimiter
 
-from app.shared_state import SharedState, SharedStateUnavailable
+from app.shared_state import SharedCounters, SharedState, SharedStateUnavailable
 from app.tickets import Ticket
 from app.tokens import TokenPolicy
 
-T = TypeVar("T")
 # Use counts outlive the ticket's expiry a little, so a clock step between instances
 # cannot bring a used-up ticket back.
 TICKET_COUNT_GRACE_SECONDS = 300
@@ -58,15 +55,7 @@ class UploadLimits:
 
     def __init__(self, state: SharedState) -> None:
         self._state = state
-        self._shared = _Counters(state.limits_storage)
-        # Used only while a configured Redis is out of reach.
-        self._local = _Counters(MemoryStorage()) if state.kind != "memory" else self._shared
-
-    def _count(self, operation: Callable[[_Counters], T]) -> T:
-        try:
-            return self._state.run(lambda: operation(self._shared))
-        except SharedStateUnavailable:
-            return operation(self._local)
+        self._count = SharedCounters(state, _Counters).count
 
     def admit(
         self, policy: TokenPolicy, declared_bytes: int | None, ticket: Ticket | None = None

@@ -20,7 +20,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import TypeVar
+from typing import Generic, TypeVar
 
 import redis
 from cryptography.hazmat.primitives import hashes
@@ -41,6 +41,7 @@ CONNECT_TIMEOUT_SECONDS = 1.0
 COMMAND_TIMEOUT_SECONDS = 2.0
 
 T = TypeVar("T")
+C = TypeVar("C")
 
 
 class SharedStateUnavailable(Exception):
@@ -70,6 +71,9 @@ class SharedState:
         raise NotImplementedError
 
     def put(self, key: str, value: bytes, ttl_seconds: int | None = None) -> None:
+        raise NotImplementedError
+
+    def delete(self, key: str) -> None:
         raise NotImplementedError
 
     def lock(
@@ -120,6 +124,10 @@ class MemoryState(SharedState):
         expires = None if ttl_seconds is None else time.monotonic() + ttl_seconds
         with self._guard:
             self._values[key] = (value, expires)
+
+    def delete(self, key: str) -> None:
+        with self._guard:
+            self._values.pop(key, None)
 
     @contextlib.contextmanager
     def lock(self, name: str, hold_seconds: float, wait_seconds: float) -> Iterator[None]:
@@ -217,6 +225,9 @@ class RedisState(SharedState):
     def put(self, key: str, value: bytes, ttl_seconds: int | None = None) -> None:
         self.run(lambda: self.client.set(KEY_PREFIX + key, value, ex=ttl_seconds))
 
+    def delete(self, key: str) -> None:
+        self.run(lambda: self.client.delete(KEY_PREFIX + key))
+
     @contextlib.contextmanager
     def lock(self, name: str, hold_seconds: float, wait_seconds: float) -> Iterator[None]:
         lock = self.client.lock(
@@ -248,6 +259,24 @@ class RedisState(SharedState):
 def build_shared_state(redis_url: str | None) -> SharedState:
     """Redis when a URL is configured, else the in-process store."""
     return RedisState(redis_url) if redis_url else MemoryState()
+
+
+class SharedCounters(Generic[C]):
+    """Counters (``limits`` limiters) in the shared store, and the same counters in this
+    process for while a configured Redis is out of reach: counting fails open to per-process
+    counting, never to an error."""
+
+    def __init__(self, state: SharedState, make: Callable[[Storage], C]) -> None:
+        self._state = state
+        self._shared = make(state.limits_storage)
+        self._local = make(MemoryStorage()) if state.kind != "memory" else self._shared
+
+    def count(self, operation: Callable[[C], T]) -> T:
+        """``operation`` on the shared counters, or on this process's while Redis is away."""
+        try:
+            return self._state.run(lambda: operation(self._shared))
+        except SharedStateUnavailable:
+            return operation(self._local)
 
 
 class SealedBlobs:
@@ -291,6 +320,9 @@ class SealedBlobs:
                 "shared state: the stored %s %r does not open; ignored", self._purpose, name
             )
             return None
+
+    def delete(self, name: str) -> None:
+        self._state.delete(self._key(name))
 
     def lock(
         self, name: str, hold_seconds: float, wait_seconds: float

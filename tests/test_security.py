@@ -30,6 +30,7 @@ import pytest
 from app.api.auth_brake import AuthBrake
 from app.api.errors import ApiError
 from app.serving.logs import Redactor
+from app.shared_state import MemoryState
 from tests.conftest import ROOT, ServerProcess, free_port, start_server
 
 WAIT_S = 20
@@ -651,7 +652,7 @@ def test_redactor_hides_secrets_query_values_and_bearer_tokens() -> None:
 
 
 def test_brake_counts_per_address_and_ipv6_per_64() -> None:
-    brake = AuthBrake(2)
+    brake = AuthBrake(2, MemoryState())
     for _ in range(2):
         brake.check("2001:db8::1")
         brake.failed("2001:db8::1")

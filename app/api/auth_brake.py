@@ -7,8 +7,10 @@ the window, without comparing the token: answering a right token from that addre
 would keep telling the guesser when it has found one. Other addresses are never
 affected, so a client presenting the right token from its own address always gets in.
 
-The counts live in this process (``memory://``). The storage is a ``limits`` storage
-URI, so a shared one (``redis://...``) serves several processes without code changes.
+The counts live in the shared store: in Redis when ``REDIS_URL`` is set, so that the
+number of failures per minute holds across workers and instances, else in this process.
+While a configured Redis is out of reach the brake counts per process (it fails open to
+that, never to an error): a guesser gains at most one minute's failures per process.
 """
 
 from __future__ import annotations
@@ -17,11 +19,11 @@ import math
 import time
 
 from limits import RateLimitItemPerMinute
-from limits.storage import storage_from_string
 from limits.strategies import MovingWindowRateLimiter
 
 from app.addresses import client_key
 from app.api.errors import ApiError
+from app.shared_state import SharedCounters, SharedState
 
 NAMESPACE = "auth-failures"
 
@@ -29,16 +31,17 @@ NAMESPACE = "auth-failures"
 class AuthBrake:
     """Counts wrong tokens per client address and stops an address that sent too many."""
 
-    def __init__(self, failures_per_minute: int, storage_uri: str = "memory://") -> None:
+    def __init__(self, failures_per_minute: int, state: SharedState) -> None:
         self.limit = RateLimitItemPerMinute(failures_per_minute)
-        self._limiter = MovingWindowRateLimiter(storage_from_string(storage_uri))
+        self._count = SharedCounters(state, MovingWindowRateLimiter).count
 
     def check(self, address: str) -> None:
         """Raise 429 when ``address`` may not try a token now."""
         key = client_key(address)
-        if self._limiter.test(self.limit, NAMESPACE, key):
+        if self._count(lambda limiter: limiter.test(self.limit, NAMESPACE, key)):
             return
-        reset = self._limiter.get_window_stats(self.limit, NAMESPACE, key).reset_time
+        stats = self._count(lambda limiter: limiter.get_window_stats(self.limit, NAMESPACE, key))
+        reset = stats.reset_time
         wait_s = max(1, math.ceil(reset - time.time()))
         raise ApiError(
             429,
@@ -49,4 +52,5 @@ class AuthBrake:
 
     def failed(self, address: str) -> None:
         """Count one wrong token from ``address``."""
-        self._limiter.hit(self.limit, NAMESPACE, client_key(address))
+        key = client_key(address)
+        self._count(lambda limiter: limiter.hit(self.limit, NAMESPACE, key))

@@ -20,7 +20,7 @@ from app.config import Settings
 from app.filenames import InvalidFilename, safe_filename
 from app.logging_setup import token_name
 from app.ratelimit import LimitExceeded, UploadLimits
-from app.shared_state import SharedState, build_shared_state
+from app.shared_state import SharedState
 from app.spool import Spool
 from app.storage.base import StorageBackend
 from app.tickets import Ticket, TicketError, is_ticket, read_ticket
@@ -36,23 +36,21 @@ class Services:
     settings: Settings
     backend: StorageBackend
     spool: Spool
+    shared: SharedState
     upload_slots: anyio.Semaphore = field(init=False)
     tokens: TokenRegistry = field(init=False)
-    shared: SharedState = field(init=False)
     limits: UploadLimits = field(init=False)
     auth_brake: AuthBrake = field(init=False)
 
     def __post_init__(self) -> None:
         settings = self.settings
         self.upload_slots = anyio.Semaphore(settings.max_concurrent_uploads)
-        self.auth_brake = AuthBrake(settings.auth_failures_per_minute)
+        self.auth_brake = AuthBrake(settings.auth_failures_per_minute, self.shared)
         self.tokens = TokenRegistry(
             settings.auth_token.get_secret_value() if settings.auth_token else None,
             settings.tokens_file,
             int(settings.max_upload_bytes),
         )
-        redis_url = settings.redis_url.get_secret_value() if settings.redis_url else None
-        self.shared = build_shared_state(redis_url)
         self.limits = UploadLimits(self.shared)
 
     def backend_for(self, service: str | None) -> StorageBackend:
@@ -147,7 +145,7 @@ async def authenticate(
 ) -> Caller:
     """The caller, for routes that need one but are not uploads."""
     offered = offered_credential(x_auth_token, authorization)
-    caller = identify(services, offered, _address(request))
+    caller = await _identify(services, offered, request)
     token_name.set(caller.name)
     return caller
 
@@ -163,7 +161,7 @@ async def require_token(
     method = "multipart" if request.method == "POST" else "raw"
     record = start_upload_record(state, services.backend.name, method)
     offered = offered_credential(x_auth_token, authorization)
-    caller = identify(services, offered, _address(request))
+    caller = await _identify(services, offered, request)
     record.token = caller.name
     token_name.set(caller.name)
     _check_scope(request, services, caller)
@@ -179,6 +177,11 @@ async def require_token(
     record.admitted = True
     metrics.upload_started()
     return caller
+
+
+async def _identify(services: Services, offered: str | None, request: Request) -> Caller:
+    # The brake's counts may live in Redis: never wait for it on the event loop.
+    return await to_thread.run_sync(identify, services, offered, _address(request))
 
 
 def _address(request: Request) -> str:

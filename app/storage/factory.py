@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 from app.config import Settings
+from app.shared_state import SharedState
 from app.storage.base import StorageBackend
 from app.storage.local import LocalBackend
 
 
-def build_backend(settings: Settings) -> StorageBackend:
+def build_backend(settings: Settings, shared: SharedState) -> StorageBackend:
+    """The configured backend; MEGA keeps its session and log-in lock in ``shared`` when
+    that is Redis, so that all instances log in once."""
     if settings.storage_backend == "local":
         return LocalBackend(settings.local_storage_dir)
     # mega.py is only imported when it is used.
     from app.storage.mega import MegaBackend, MegaSettings
+    from app.storage.mega.session import shared_session_store
 
-    return MegaBackend(MegaSettings.from_settings(settings))
+    mega = MegaSettings.from_settings(settings)
+    store = shared_session_store(
+        shared, mega.email, mega.password.get_secret_value(), mega.api_url, mega.session_file
+    )
+    return MegaBackend(mega, store)

@@ -1,8 +1,9 @@
 """Where the MEGA session lives between log-ins, and the lock around a log-in.
 
 ``SessionStore`` is the interface: load, save, clear, and a bounded lock that lets one
-process log in at a time. ``FileSessionStore`` is the one for a single machine; a store
-shared by several machines (Redis) implements the same four methods.
+process log in at a time. ``FileSessionStore`` is the one for a single machine;
+``SharedSessionStore`` keeps the session and the lock in the shared store (Redis), for
+several machines, and falls back to the file while Redis is out of reach.
 
 A session made elsewhere (``python server.py mega-session``) travels as one line,
 ``encode_session``/``decode_session``; the service takes it from ``MEGA_SESSION``.
@@ -32,6 +33,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from app.config import SESSION_PREFIX
+from app.shared_state import LockTimeout, SealedBlobs, SharedState, SharedStateUnavailable
 
 from .errors import LoginLockTimeout
 from .filelock import exclusive
@@ -120,7 +122,7 @@ class SessionStore(Protocol):
 
 def account_key(email: str, api_url: str) -> str:
     """Identifies the account a cache belongs to, without storing the email in clear."""
-    return hashlib.sha256(f"{email.strip().lower()}\n{api_url}".encode()).hexdigest()
+    return hashlib.sha256(f"{email.strip().lower()}\n{api_url.rstrip('/')}".encode()).hexdigest()
 
 
 class FileSessionStore:
@@ -155,16 +157,7 @@ class FileSessionStore:
     def save(self, session: CachedSession) -> None:
         """Write atomically (temp file + rename), created with mode 0600 from the start."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        body = json.dumps(
-            {
-                "version": FORMAT_VERSION,
-                "account": self.account,
-                "sid": session.sid,
-                "master_key": session.master_key,
-                "user": session.user_handle,
-                "saved_at": int(time.time()),
-            }
-        ).encode()
+        body = _session_json(session, self.account)
         temp = self.path.with_name(f".{self.path.name}.{os.getpid()}.{time.monotonic_ns()}.tmp")
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
@@ -187,6 +180,121 @@ class FileSessionStore:
     def locked(self, timeout_s: float) -> contextlib.AbstractContextManager[None]:
         """Hold the cross-process log-in lock; LoginLockTimeout after ``timeout_s``."""
         return exclusive(self.lock_path, timeout_s, LoginLockTimeout)
+
+
+def _session_json(session: CachedSession, account: str) -> bytes:
+    return json.dumps(
+        {
+            "version": FORMAT_VERSION,
+            "account": account,
+            "sid": session.sid,
+            "master_key": session.master_key,
+            "user": session.user_handle,
+            "saved_at": int(time.time()),
+        }
+    ).encode()
+
+
+# The name of the session and of the log-in lock among the shared store's sealed blobs.
+SHARED_NAME = "login"
+
+
+class SharedSessionStore:
+    """The session sealed in the shared store (Redis), and the log-in lock there too, so
+    that every worker and instance logs in once and shares one session.
+
+    The sealing key comes from the MEGA credentials, which Redis never sees: Redis's
+    operator cannot read the session, and a changed password finds no session and logs
+    in. The session file is kept as well, as this machine's copy: while Redis is out of
+    reach the store reads and writes only the file and takes the file's lock, so the
+    service goes on with a log-in of its own if it needs one. A session found only in the
+    file (Redis emptied or replaced) is handed to Redis for the others.
+    """
+
+    def __init__(self, blobs: SealedBlobs, local: FileSessionStore) -> None:
+        self._blobs = blobs
+        self._local = local
+        self._unreachable_logged = False
+
+    def _unreachable(self, error: SharedStateUnavailable) -> None:
+        # One line per outage: the shared store already logs its own, this one says what
+        # it means for MEGA.
+        if not self._unreachable_logged:
+            self._unreachable_logged = True
+            logger.error(
+                "MEGA session: shared state unreachable (%s); using this machine's session "
+                "file and log-in lock until it is back",
+                error,
+            )
+
+    def _shared(self) -> CachedSession | None:
+        raw = self._blobs.get(SHARED_NAME)
+        self._unreachable_logged = False
+        if raw is None:
+            return None
+        try:
+            data = json.loads(raw)
+        except ValueError:
+            return None
+        if not isinstance(data, dict) or data.get("account") != self._local.account:
+            return None
+        return _parse(data)
+
+    def load(self) -> CachedSession | None:
+        try:
+            shared = self._shared()
+        except SharedStateUnavailable as error:
+            self._unreachable(error)
+            return self._local.load()
+        if shared is not None:
+            return shared
+        local = self._local.load()
+        if local is not None:
+            with contextlib.suppress(SharedStateUnavailable):
+                self._blobs.put(SHARED_NAME, _session_json(local, self._local.account))
+        return local
+
+    def save(self, session: CachedSession) -> None:
+        try:
+            self._blobs.put(SHARED_NAME, _session_json(session, self._local.account))
+        except SharedStateUnavailable as error:
+            self._unreachable(error)
+        self._local.save(session)
+
+    def clear(self, sid: str) -> None:
+        try:
+            shared = self._shared()
+            if shared is not None and shared.sid == sid:
+                self._blobs.delete(SHARED_NAME)
+        except SharedStateUnavailable as error:
+            self._unreachable(error)
+        self._local.clear(sid)
+
+    @contextlib.contextmanager
+    def locked(self, timeout_s: float) -> Iterator[None]:
+        """The shared log-in lock, held at most ``timeout_s`` (a log-in's longest time);
+        the file's lock instead when Redis cannot be reached. Never waits unbounded."""
+        with contextlib.ExitStack() as held:
+            try:
+                held.enter_context(self._blobs.lock(SHARED_NAME, timeout_s, timeout_s))
+            except LockTimeout:
+                raise LoginLockTimeout() from None
+            except SharedStateUnavailable as error:
+                self._unreachable(error)
+                held.enter_context(self._local.locked(timeout_s))
+            yield
+
+
+def shared_session_store(
+    state: SharedState, email: str, password: str, api_url: str, session_file: Path
+) -> SessionStore:
+    """The session store for these credentials: in the shared store when it is Redis,
+    else the session file (a per-process store would share nothing across workers)."""
+    local = FileSessionStore(session_file, account_key(email, api_url))
+    if state.kind == "memory":
+        return local
+    secret = f"{email.strip().lower()}\n{password}\n{api_url.rstrip('/')}".encode()
+    return SharedSessionStore(SealedBlobs(state, secret, "mega-session"), local)
 
 
 class MemorySessionStore:

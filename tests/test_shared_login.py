@@ -1,0 +1,219 @@
+"""Several instances sharing one Redis: one MEGA log-in in total, a session Redis's
+operator cannot read, life without Redis, and the wrong-token brake counted across
+instances.
+
+Each instance is a real server process with a session file of its own (no shared disk),
+against the MEGA emulator and a real redis-server.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import struct
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+
+from app.shared_state import RedisState
+from app.storage.mega.errors import LoginLockTimeout
+from app.storage.mega.session import CachedSession, SessionStore, shared_session_store
+from tests.conftest import RedisServer
+from tests.mega_emulator import MegaEmulator
+from tests.test_mega_e2e import EMAIL, PASSWORD, Service, start_service
+
+WAIT_S = 60
+
+
+@pytest.fixture
+def fresh_emulator() -> Iterator[MegaEmulator]:
+    """An emulator whose log-in count starts at zero and that no other test logged in to."""
+    with MegaEmulator(seed=41) as emu:
+        emu.add_account(EMAIL, PASSWORD)
+        yield emu
+
+
+@pytest.fixture
+def instances(fresh_emulator: MegaEmulator, tmp_path: Path) -> Iterator[list[Service]]:
+    """Services started by a test (appended to this list), stopped at its end."""
+    started: list[Service] = []
+    yield started
+    for service in started:
+        service.close()
+
+
+def start_instance(
+    started: list[Service], emulator: MegaEmulator, base: Path, redis_url: str
+) -> Service:
+    service = start_service(base, emulator, REDIS_URL=redis_url, LOG_LEVEL="info")
+    started.append(service)
+    return service
+
+
+def upload_ok(service: Service, name: str) -> None:
+    answer = service.upload(name, name.encode() * 100)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["link"].startswith("https://mega.nz/file/")
+
+
+def redis_dump(url: str) -> bytes:
+    """Every key and value in Redis, serialized, whatever its type."""
+    client = redis.Redis.from_url(url)
+    try:
+        return b"".join(key + (client.dump(key) or b"") for key in client.scan_iter())
+    finally:
+        client.close()
+
+
+def secret_forms(session_file: Path) -> list[bytes]:
+    """The session id and master key as bytes, in every form a careless store would use."""
+    data = json.loads(session_file.read_text())
+    sid = data["sid"].encode()
+    key = struct.pack(">4I", *data["master_key"])
+    forms = [sid, key, base64.b64encode(key), base64.urlsafe_b64encode(key).rstrip(b"=")]
+    forms.append(json.dumps(data["master_key"]).encode())
+    forms.append(base64.b64decode(sid + b"=" * (-len(sid) % 4), altchars=b"-_")[:16])
+    return forms
+
+
+def test_instances_and_a_restart_log_in_to_mega_once_and_seal_the_session(
+    fresh_emulator: MegaEmulator,
+    instances: list[Service],
+    redis_server: RedisServer,
+    tmp_path: Path,
+) -> None:
+    # Three instances start at once: they race for the log-in.
+    with ThreadPoolExecutor(3) as pool:
+        started = list(
+            pool.map(
+                lambda i: start_instance(
+                    instances, fresh_emulator, tmp_path / f"i{i}", redis_server.url
+                ),
+                range(3),
+            )
+        )
+    with ThreadPoolExecutor(3) as pool:
+        list(pool.map(lambda s: upload_ok(s, f"first-{s.server.port}.bin"), started))
+    # A restart on another machine: a new process with an empty disk.
+    started[0].close()
+    restarted = start_instance(instances, fresh_emulator, tmp_path / "restarted", redis_server.url)
+    upload_ok(restarted, "after-restart.bin")
+
+    assert fresh_emulator.stats()["logins_ok"] == 1
+    logs = "".join(s.server.log() for s in [*started, restarted])
+    assert logs.count("logged in to MEGA\n") == 1
+    assert logs.count("MEGA session taken from the session store") == 3
+
+    # Redis holds the session (a key per account), but none of its secrets in any form.
+    dump = redis_dump(redis_server.url)
+    assert b"paimon:blob:mega-session:" in dump
+    # The instance that logged in also kept its machine's copy, in the clear, as before.
+    files = [Path(s.server.env["MEGA_SESSION_FILE"]) for s in [*started, restarted]]
+    (session_file,) = [path for path in files if path.exists()]
+    for form in secret_forms(session_file):
+        assert form not in dump
+
+
+def test_without_redis_uploads_go_on_and_a_new_instance_logs_in_alone(
+    fresh_emulator: MegaEmulator,
+    instances: list[Service],
+    redis_server: RedisServer,
+    tmp_path: Path,
+) -> None:
+    first = start_instance(instances, fresh_emulator, tmp_path / "first", redis_server.url)
+    upload_ok(first, "before.bin")
+    redis_server.stop()
+
+    upload_ok(first, "during.bin")
+    # A new instance while Redis is away: its own log-in under its own file lock, at once
+    # (never waiting on a lock it cannot reach), with one line saying why.
+    second = start_instance(instances, fresh_emulator, tmp_path / "second", redis_server.url)
+    upload_ok(second, "second.bin")
+    upload_ok(second, "second-again.bin")
+    assert fresh_emulator.stats()["logins_ok"] == 2
+    log = second.server.log()
+    assert log.count("MEGA session: shared state unreachable") == 1, log
+    assert "Traceback" not in log
+    ready = httpx.get(f"{second.url}/ready", timeout=WAIT_S)
+    assert "unreachable" in ready.text
+
+    # Redis back, empty (it kept nothing): the second instance, restarted on its machine,
+    # finds its session file and hands the session to Redis; a new instance takes it there.
+    redis_server.start()
+    second.close()
+    again = start_instance(instances, fresh_emulator, tmp_path / "second", redis_server.url)
+    upload_ok(again, "second-restarted.bin")
+    third = start_instance(instances, fresh_emulator, tmp_path / "third", redis_server.url)
+    upload_ok(third, "third.bin")
+    assert fresh_emulator.stats()["logins_ok"] == 2
+
+
+# -- the wrong-token brake across instances ------------------------------------------------
+
+
+def test_the_brake_on_wrong_tokens_counts_across_instances(live_server, redis_server) -> None:
+    env = {"REDIS_URL": redis_server.url, "AUTH_FAILURES_PER_MINUTE": "4"}
+    servers = [live_server(**env), live_server(**env)]
+    wrong = {"X-Auth-Token": "not-the-token-1234567890"}
+    statuses = []
+    for attempt in range(6):
+        answer = httpx.put(
+            f"{servers[attempt % 2].url}/files/x.txt", content=b"x", headers=wrong, timeout=WAIT_S
+        )
+        statuses.append(answer.status_code)
+    # Four failures in total, not four per instance, then 429 on either.
+    assert statuses == [403, 403, 403, 403, 429, 429], statuses
+    right = {"X-Auth-Token": servers[0].env["AUTH_TOKEN"]}
+    assert httpx.put(f"{servers[0].url}/files/x.txt", content=b"x", headers=right).status_code == (
+        429
+    )
+
+    # Redis gone: the brake counts per process again, never answering 500.
+    redis_server.stop()
+    for server in servers:
+        answer = httpx.put(f"{server.url}/files/y.txt", content=b"y", headers=wrong, timeout=WAIT_S)
+        assert answer.status_code == 403, answer.text
+        answer = httpx.put(
+            f"{server.url}/files/y.txt",
+            content=b"y",
+            headers={"X-Auth-Token": server.env["AUTH_TOKEN"]},
+            timeout=WAIT_S,
+        )
+        assert answer.status_code == 200, answer.text
+
+
+# -- the shared session store in one process -------------------------------------------------
+
+
+def shared_store(redis_url: str, password: str, folder: Path) -> SessionStore:
+    return shared_session_store(
+        RedisState(redis_url), EMAIL, password, "http://mega.test/", folder / "session.json"
+    )
+
+
+def test_a_changed_password_misses_the_shared_session(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    session = CachedSession("sid-abc", [1, 2, 3, 4], "user")
+    shared_store(redis_server.url, PASSWORD, tmp_path / "a").save(session)
+    assert shared_store(redis_server.url, PASSWORD, tmp_path / "b").load() == session
+    assert shared_store(redis_server.url, "a new password", tmp_path / "c").load() is None
+
+
+def test_the_shared_log_in_lock_waits_a_bounded_time(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    holder = shared_store(redis_server.url, PASSWORD, tmp_path / "a")
+    waiter = shared_store(redis_server.url, PASSWORD, tmp_path / "b")
+    with holder.locked(30):
+        started = time.monotonic()
+        with pytest.raises(LoginLockTimeout), waiter.locked(0.5):
+            pass
+        assert time.monotonic() - started < 10
+    with waiter.locked(0.5):
+        pass  # free again once the holder is done
