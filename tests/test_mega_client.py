@@ -44,7 +44,7 @@ from app.storage.mega.errors import (
 )
 from app.storage.mega.folders import ensure_folder, find_folder
 from app.storage.mega.retry import Deadline, RetryPolicy, call_with_retries
-from app.storage.mega.session import MemorySessionStore
+from app.storage.mega.session import FileSessionStore, MemorySessionStore
 from app.storage.mega.totp import totp
 from tests.mega_emulator import MegaEmulator, verify_hashcash
 from tests.mega_emulator.hashcash import new_challenge
@@ -115,7 +115,8 @@ def test_login_is_lazy_and_api_calls_work(
     assert cached_sid(session_file) in emulator.store.sessions
     assert client.user_handle == emulator.store.accounts[EMAIL].user_handle
     assert len(client.master_key) == 4
-    created = ensure_folder(client, "Paimon/uploads", session_file.with_name("f.lock"), 5)
+    store = FileSessionStore(session_file, client.account)
+    created = ensure_folder(client, "Paimon/uploads", store.folder_locked, 5)
     assert find_folder(client, "Paimon/uploads") == created
     assert logins(emulator) == 1
 

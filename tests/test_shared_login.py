@@ -21,7 +21,7 @@ import pytest
 import redis
 
 from app.shared_state import RedisState
-from app.storage.mega.errors import LoginLockTimeout
+from app.storage.mega.errors import FolderLockTimeout, LoginLockTimeout
 from app.storage.mega.session import CachedSession, SessionStore, shared_session_store
 from tests.conftest import RedisServer
 from tests.mega_emulator import MegaEmulator
@@ -105,6 +105,9 @@ def test_instances_and_a_restart_log_in_to_mega_once_and_seal_the_session(
     upload_ok(restarted, "after-restart.bin")
 
     assert fresh_emulator.stats()["logins_ok"] == 1
+    # One destination folder too: instances starting together make no twins.
+    names = fresh_emulator.sdk_names(EMAIL)
+    assert (names.count("Paimon"), names.count("uploads")) == (1, 1), names
     logs = "".join(s.server.log() for s in [*started, restarted])
     assert logs.count("logged in to MEGA\n") == 1
     assert logs.count("MEGA session taken from the session store") == 3
@@ -205,15 +208,20 @@ def test_a_changed_password_misses_the_shared_session(
     assert shared_store(redis_server.url, "a new password", tmp_path / "c").load() is None
 
 
-def test_the_shared_log_in_lock_waits_a_bounded_time(
-    redis_server: RedisServer, tmp_path: Path
+@pytest.mark.parametrize(
+    ("lock", "timeout"), [("locked", LoginLockTimeout), ("folder_locked", FolderLockTimeout)]
+)
+def test_the_shared_locks_hold_across_machines_and_wait_a_bounded_time(
+    redis_server: RedisServer, tmp_path: Path, lock: str, timeout: type[Exception]
 ) -> None:
+    # Two machines (no shared disk): the log-in and the folder creation each run on one
+    # at a time, and the other gives up after its wait.
     holder = shared_store(redis_server.url, PASSWORD, tmp_path / "a")
     waiter = shared_store(redis_server.url, PASSWORD, tmp_path / "b")
-    with holder.locked(30):
+    with getattr(holder, lock)(30):
         started = time.monotonic()
-        with pytest.raises(LoginLockTimeout), waiter.locked(0.5):
+        with pytest.raises(timeout), getattr(waiter, lock)(0.5):
             pass
         assert time.monotonic() - started < 10
-    with waiter.locked(0.5):
+    with getattr(waiter, lock)(0.5):
         pass  # free again once the holder is done

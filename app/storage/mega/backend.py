@@ -25,7 +25,7 @@ from .client import MegaClient
 from .errors import ENOENT, MegaApiError, MegaLoggingIn, failure_name, to_storage_error
 from .folders import ensure_folder
 from .retry import Deadline
-from .session import SessionStore
+from .session import FileSessionStore, SessionStore, account_key
 from .settings import MegaSettings
 from .upload import (
     SentFile,
@@ -49,9 +49,12 @@ class MegaBackend:
     name = "mega"
 
     def __init__(self, settings: MegaSettings, store: SessionStore | None = None) -> None:
-        """``store`` keeps the session and the log-in lock; by default the session file."""
+        """``store`` keeps the session and the log-in and folder locks; by default the
+        session file."""
         self._settings = settings
-        self._session_store = store
+        self._session_store = store or FileSessionStore(
+            settings.session_file, account_key(settings.email, settings.api_url)
+        )
         policy = settings.retry_policy()
         self._limits = UploadLimits(
             chunk_policy=policy,
@@ -65,9 +68,6 @@ class MegaBackend:
         self._folder_id: str | None = None
         self._folder_lock = threading.Lock()
         self._readiness_lock = threading.Lock()
-        self._folder_lock_file = settings.session_file.with_name(
-            settings.session_file.name + ".folder.lock"
-        )
 
     # -- StorageBackend ------------------------------------------------------------
 
@@ -205,7 +205,7 @@ class MegaBackend:
                 self._folder_id = ensure_folder(
                     client,
                     self._settings.folder,
-                    self._folder_lock_file,
+                    self._session_store.folder_locked,
                     FOLDER_LOCK_TIMEOUT_S,
                     deadline,
                 )

@@ -2,22 +2,22 @@
 
 Folder names are encrypted attributes, so finding one means fetching the node list
 ('f') and decrypting each folder's name with its key (itself encrypted with the
-master key). Creating one is a 'p' with ``t: 1``. A lock file serialises creation
-across worker processes, so two workers starting together do not make twin folders.
+master key). Creating one is a 'p' with ``t: 1``. The session store's folder lock
+serialises creation across worker processes (a lock file) or instances (Redis), so two
+starting together do not make twin folders.
 """
 
 from __future__ import annotations
 
 import contextlib
 import secrets
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 from mega.crypto import a32_to_base64, base64_to_a32, decrypt_key, encrypt_key, make_id
 
 from .crypto import attribute_block, bytes_a32, read_attribute_block
-from .errors import FolderLockTimeout, MegaBadAnswer
-from .filelock import exclusive
+from .errors import MegaBadAnswer
 from .retry import Deadline
 from .upload import ApiClient
 
@@ -41,15 +41,15 @@ def find_folder(client: ApiClient, path: str, deadline: Deadline | None = None) 
 def ensure_folder(
     client: ApiClient,
     path: str,
-    lock_file: Path,
+    locked: Callable[[float], contextlib.AbstractContextManager[None]],
     lock_timeout_s: float,
     deadline: Deadline | None = None,
 ) -> str:
-    """The node id of folder ``path``, creating the missing parts."""
+    """The node id of folder ``path``, creating the missing parts under ``locked``."""
     found = find_folder(client, path, deadline)
     if found is not None:
         return found
-    with _locked(lock_file, lock_timeout_s):
+    with locked(lock_timeout_s):
         # Another process may have created it while this one waited.
         nodes = _fetch_nodes(client, deadline)
         parent = _root_id(nodes)
@@ -131,7 +131,3 @@ def _make_folder(client: ApiClient, name: str, parent: str, deadline: Deadline |
         return answer["f"][0]["h"]
     except (TypeError, KeyError, IndexError):
         raise MegaBadAnswer() from None
-
-
-def _locked(path: Path, timeout_s: float) -> contextlib.AbstractContextManager[None]:
-    return exclusive(path, timeout_s, FolderLockTimeout)

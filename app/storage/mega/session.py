@@ -27,7 +27,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -35,7 +35,7 @@ from typing import Any, Protocol
 from app.config import SESSION_PREFIX
 from app.shared_state import LockTimeout, SealedBlobs, SharedState, SharedStateUnavailable
 
-from .errors import LoginLockTimeout
+from .errors import FolderLockTimeout, LoginLockTimeout
 from .filelock import exclusive
 
 logger = logging.getLogger(__name__)
@@ -119,6 +119,11 @@ class SessionStore(Protocol):
         """Hold the log-in lock; ``LoginLockTimeout`` after ``timeout_s``."""
         ...
 
+    def folder_locked(self, timeout_s: float) -> contextlib.AbstractContextManager[None]:
+        """Hold the lock around creating the destination folder, shared as widely as the
+        session; ``FolderLockTimeout`` after ``timeout_s``."""
+        ...
+
 
 def account_key(email: str, api_url: str) -> str:
     """Identifies the account a cache belongs to, without storing the email in clear."""
@@ -132,6 +137,7 @@ class FileSessionStore:
     def __init__(self, path: Path, account: str) -> None:
         self.path = path
         self.lock_path = path.with_name(path.name + ".lock")
+        self.folder_lock_path = path.with_name(path.name + ".folder.lock")
         self.account = account
 
     def load(self) -> CachedSession | None:
@@ -180,6 +186,9 @@ class FileSessionStore:
     def locked(self, timeout_s: float) -> contextlib.AbstractContextManager[None]:
         """Hold the cross-process log-in lock; LoginLockTimeout after ``timeout_s``."""
         return exclusive(self.lock_path, timeout_s, LoginLockTimeout)
+
+    def folder_locked(self, timeout_s: float) -> contextlib.AbstractContextManager[None]:
+        return exclusive(self.folder_lock_path, timeout_s, FolderLockTimeout)
 
 
 def _session_json(session: CachedSession, account: str) -> bytes:
@@ -270,18 +279,30 @@ class SharedSessionStore:
             self._unreachable(error)
         self._local.clear(sid)
 
-    @contextlib.contextmanager
-    def locked(self, timeout_s: float) -> Iterator[None]:
+    def locked(self, timeout_s: float) -> contextlib.AbstractContextManager[None]:
         """The shared log-in lock, held at most ``timeout_s`` (a log-in's longest time);
         the file's lock instead when Redis cannot be reached. Never waits unbounded."""
+        return self._shared_lock(SHARED_NAME, timeout_s, LoginLockTimeout, self._local.locked)
+
+    def folder_locked(self, timeout_s: float) -> contextlib.AbstractContextManager[None]:
+        return self._shared_lock("folder", timeout_s, FolderLockTimeout, self._local.folder_locked)
+
+    @contextlib.contextmanager
+    def _shared_lock(
+        self,
+        name: str,
+        timeout_s: float,
+        on_timeout: Callable[[], Exception],
+        local: Callable[[float], contextlib.AbstractContextManager[None]],
+    ) -> Iterator[None]:
         with contextlib.ExitStack() as held:
             try:
-                held.enter_context(self._blobs.lock(SHARED_NAME, timeout_s, timeout_s))
+                held.enter_context(self._blobs.lock(name, timeout_s, timeout_s))
             except LockTimeout:
-                raise LoginLockTimeout() from None
+                raise on_timeout() from None
             except SharedStateUnavailable as error:
                 self._unreachable(error)
-                held.enter_context(self._local.locked(timeout_s))
+                held.enter_context(local(timeout_s))
             yield
 
 
@@ -303,6 +324,7 @@ class MemorySessionStore:
     def __init__(self) -> None:
         self._session: CachedSession | None = None
         self._lock = threading.Lock()
+        self._folder_lock = threading.Lock()
 
     def load(self) -> CachedSession | None:
         return self._session
@@ -322,3 +344,12 @@ class MemorySessionStore:
             yield
         finally:
             self._lock.release()
+
+    @contextlib.contextmanager
+    def folder_locked(self, timeout_s: float) -> Iterator[None]:
+        if not self._folder_lock.acquire(timeout=timeout_s):
+            raise FolderLockTimeout()
+        try:
+            yield
+        finally:
+            self._folder_lock.release()
