@@ -506,7 +506,8 @@ def test_the_session_command_with_a_refused_password_says_why(
 def test_metrics_count_mega_requests_retries_and_the_log_in(
     new_service: Callable[..., Service], emulator: MegaEmulator
 ) -> None:
-    service = new_service("metrics")
+    # A folder of its own: the module's other services already made Paimon/uploads.
+    service = new_service("metrics", MEGA_FOLDER="Counted/uploads")
     assert wait_ready(service) == 200
     emulator.faults.api_eagain_next = 2
     data = payload(70_000, 11)
@@ -518,6 +519,6 @@ def test_metrics_count_mega_requests_retries_and_the_log_in(
     assert value(found, "paimon_mega_logins_total", outcome="ok") == 1
     assert value(found, "paimon_mega_api_requests_total", command="us", outcome="ok") == 1
     assert value(found, "paimon_mega_api_requests_total", command="u", outcome="ok") == 1
-    # "p" made the two folders of MEGA_FOLDER (Paimon/uploads), then the file's node.
+    # "p" made the two folders of MEGA_FOLDER (Counted/uploads), then the file's node.
     assert value(found, "paimon_mega_api_requests_total", command="p", outcome="ok") == 3
     assert value(found, "paimon_mega_retries_total", error="EAGAIN") == 2
