@@ -25,6 +25,7 @@ from app.storage.mega.errors import FolderLockTimeout, LoginLockTimeout
 from app.storage.mega.session import CachedSession, SessionStore, shared_session_store
 from tests.conftest import RedisServer
 from tests.mega_emulator import MegaEmulator
+from tests.test_deploy import start_command_argv
 from tests.test_mega_e2e import EMAIL, PASSWORD, Service, start_service
 
 WAIT_S = 60
@@ -48,9 +49,14 @@ def instances(fresh_emulator: MegaEmulator, tmp_path: Path) -> Iterator[list[Ser
 
 
 def start_instance(
-    started: list[Service], emulator: MegaEmulator, base: Path, redis_url: str
+    started: list[Service], emulator: MegaEmulator, base: Path, redis_url: str, workers: int = 0
 ) -> Service:
-    service = start_service(base, emulator, REDIS_URL=redis_url, LOG_LEVEL="info")
+    """A uvicorn process, or with ``workers`` the deploy's gunicorn command with that many."""
+    argv = None
+    if workers:
+        argv = [part.replace("127.0.0.1:0", "127.0.0.1:{port}") for part in start_command_argv(0)]
+    env = {"REDIS_URL": redis_url, "LOG_LEVEL": "info", "WEB_CONCURRENCY": str(workers or 1)}
+    service = start_service(base, emulator, argv, **env)
     started.append(service)
     return service
 
@@ -87,12 +93,13 @@ def test_instances_and_a_restart_log_in_to_mega_once_and_seal_the_session(
     redis_server: RedisServer,
     tmp_path: Path,
 ) -> None:
-    # Three instances start at once: they race for the log-in.
+    # Three instances start at once, the last with gunicorn and 2 workers: four processes
+    # race for the log-in.
     with ThreadPoolExecutor(3) as pool:
         started = list(
             pool.map(
                 lambda i: start_instance(
-                    instances, fresh_emulator, tmp_path / f"i{i}", redis_server.url
+                    instances, fresh_emulator, tmp_path / f"i{i}", redis_server.url, 2 * (i == 2)
                 ),
                 range(3),
             )
@@ -110,7 +117,7 @@ def test_instances_and_a_restart_log_in_to_mega_once_and_seal_the_session(
     assert (names.count("Paimon"), names.count("uploads")) == (1, 1), names
     logs = "".join(s.server.log() for s in [*started, restarted])
     assert logs.count("logged in to MEGA\n") == 1
-    assert logs.count("MEGA session taken from the session store") == 3
+    assert logs.count("MEGA session taken from the session store") == 4
 
     # Redis holds the session (a key per account), but none of its secrets in any form.
     dump = redis_dump(redis_server.url)
