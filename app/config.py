@@ -107,6 +107,12 @@ class Settings(BaseSettings):
     max_upload_bytes: ByteSize = ByteSize(1024**3)
     max_concurrent_uploads: int = Field(default=4, ge=1, le=1024)
     client_idle_timeout_seconds: float = Field(default=60.0, gt=0, le=3600)
+    # A body must average at least this rate once it has been arriving for
+    # CLIENT_IDLE_TIMEOUT_SECONDS, so that a trickle cannot hold an upload slot forever;
+    # 0 turns the check off.
+    client_min_bytes_per_second: int = Field(default=256, ge=0, le=1024**3)
+    # How long an upload waits for a free slot before 503.
+    upload_slot_wait_seconds: float = Field(default=10.0, ge=0, le=600)
     public_base_url: str | None = None
     # Exposure to the internet (DEPLOYMENT.md, "Exposure"): HTTP protocol limits applied
     # by the server itself (app/serving/protocol.py) and the brake on wrong tokens.

@@ -41,3 +41,16 @@ def _truncate(name: str) -> str:
     budget = MAX_NAME_BYTES - len(suffix.encode())
     cut = stem.encode()[:budget].decode(errors="ignore")
     return cut.rstrip() + suffix
+
+
+# What a file is called when the client gave no name, or one that cleans to nothing
+# (`curl -F "file=<x"`, libcurl's curl_mime_data, screenshots uploaded from memory).
+DEFAULT_NAME = "upload.bin"
+
+
+def filename_or_default(raw: str | None) -> str:
+    """``safe_filename(raw)``, or DEFAULT_NAME when there is nothing usable in ``raw``."""
+    try:
+        return safe_filename(raw or "")
+    except InvalidFilename:
+        return DEFAULT_NAME

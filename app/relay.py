@@ -1,25 +1,33 @@
-"""Request body -> a storage worker thread, while it arrives: no temporary file.
+"""Request body -> a storage worker thread, while it arrives, replayable from a copy.
 
-The event loop feeds the bytes it receives into a small bounded queue; the backend's
-worker thread reads them as a blocking stream. The queue is what bounds memory, and a
-full queue slows the client down (back-pressure) instead of growing. The sha256 is
-taken on the reading side, in the worker thread, so the event loop only moves bytes.
+The receiving side (``app.api.receive``) hands the file's bytes to ``BodyRelay.put`` from
+a worker thread; the backend's own worker thread reads them with ``read`` as a blocking
+stream. A small bounded queue between the two bounds memory, and a full queue stops the
+receiving side, which stops reading the socket: the client is slowed down
+(back-pressure) instead of the server growing. That queue, plus what the backend holds
+in flight, is the window by which the client's progress may run ahead of storage.
+
+When the receiving side also writes the bytes to a private temporary copy (before they
+are put here), the stream can be rewound: ``rewind`` replays what was already read from
+the copy, then carries on with the live body. MEGA's "start again on a fresh upload URL"
+is served that way without asking the client to send anything again.
+
+The last piece of the announced size is held back until the receiving side calls
+``finish`` (the whole body arrived and made sense): a backend therefore never completes
+a file from a body that later turns out to be different from what it announced.
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
+import os
 import queue
 import threading
-from collections.abc import AsyncIterator
-
-from anyio import to_thread
-from starlette.requests import ClientDisconnect
+from pathlib import Path
 
 BLOCK_BYTES = 1024 * 1024
 QUEUE_BLOCKS = 4
-_PUT_POLL_S = 0.2
+# How often a blocked side looks up to see whether the other side gave up.
+_POLL_S = 0.2
 
 
 class SourceGone(Exception):
@@ -30,120 +38,151 @@ class SourceGone(Exception):
 
 
 class ClientTooSlow(SourceGone):
-    """The client sent nothing for too long (CLIENT_IDLE_TIMEOUT_SECONDS)."""
+    """The client sent nothing for too long, or sent too slowly on average."""
 
-    def __init__(self, idle_s: float) -> None:
-        super().__init__(f"the client sent nothing for {idle_s:g} s")
+    def __init__(self, idle_s: float, reason: str | None = None) -> None:
+        super().__init__(reason or f"the client sent nothing for {idle_s:g} s")
 
 
-class _ReaderStopped(Exception):
-    """The reading side finished or gave up; the rest of the body is not wanted."""
+class PredictionMissed(Exception):
+    """The file turned out to be a different size than the one streamed to storage.
+
+    A multipart body's file size is predicted from its Content-Length; fields after the
+    file or bytes after the closing boundary make the prediction wrong. Whatever storage
+    received is abandoned and the file is stored again from the temporary copy.
+    """
+
+    def __init__(self) -> None:
+        super().__init__("the file part is not the size predicted from the Content-Length")
 
 
 _EOF = b""
 
 
 class BodyRelay:
-    """A bounded, one-way byte stream from the event loop to one reader thread."""
+    """A bounded, one-way byte stream from a receiving thread to one reading thread."""
 
-    def __init__(self, size: int, idle_s: float, queue_blocks: int = QUEUE_BLOCKS) -> None:
+    def __init__(
+        self, size: int, copy: Path | None = None, queue_blocks: int = QUEUE_BLOCKS
+    ) -> None:
         self.size = size
-        self._idle_s = idle_s
-        self._queue: queue.Queue[bytes | SourceGone] = queue.Queue(queue_blocks)
+        self._copy = copy
+        self._queue: queue.Queue[bytes] = queue.Queue(queue_blocks)
         self._stopped = threading.Event()
+        self._error: BaseException | None = None
+        self._fed = 0
+        self._tail: list[bytes] = []
+        # Reading side.
         self._block = b""
         self._offset = 0
-        self._hash = hashlib.sha256()
-        self._read = 0
-        self._received = 0
+        self._taken = 0  # bytes taken from the queue so far: what a replay covers
         self._ended = False
+        self._replay_fd: int | None = None
+        self._replay_at = 0
+        self._replay_end = 0
 
-    # -- the event loop's side -------------------------------------------------
+    # -- the receiving side (a worker thread) --------------------------------------
 
-    async def feed(self, chunks: AsyncIterator[bytes]) -> None:
-        """Pass the body on in blocks; never raises, problems reach the reader."""
-        pending: list[bytes] = []
-        pending_bytes = 0
-        try:
-            async for chunk in chunks:
-                pending.append(chunk)
-                pending_bytes += len(chunk)
-                if pending_bytes >= BLOCK_BYTES:
-                    await self._put(b"".join(pending))  # the one copy on this side
-                    pending.clear()
-                    pending_bytes = 0
-            if pending:
-                await self._put(b"".join(pending))
-            await self._put(_EOF)
-        except ClientDisconnect:
-            with contextlib.suppress(_ReaderStopped):
-                await self._put(SourceGone())
-        except ClientTooSlow as slow:
-            with contextlib.suppress(_ReaderStopped):
-                await self._put(slow)
-        except _ReaderStopped:
-            pass
+    def put(self, data: bytes) -> None:
+        """Pass ``data`` on, waiting while the queue is full; a no-op once either side gave up."""
+        if not data or self._stopped.is_set():
+            return
+        fed = self._fed + len(data)
+        if fed > self.size:
+            self.fail(PredictionMissed())
+            return
+        self._fed = fed
+        if fed == self.size:
+            self._tail.append(data)  # held until the body is known to be complete
+            return
+        self._enqueue(data)
 
-    async def _put(self, item: bytes | SourceGone) -> None:
-        if self._stopped.is_set():
-            raise _ReaderStopped
-        try:
-            self._queue.put_nowait(item)
-        except queue.Full:
-            await to_thread.run_sync(self._put_waiting, item)
+    def finish(self) -> None:
+        """The whole body arrived and was valid: release the held tail and the end."""
+        if self._fed != self.size:
+            self.fail(PredictionMissed())
+            return
+        for piece in self._tail:
+            self._enqueue(piece)
+        self._tail.clear()
+        self._enqueue(_EOF)
 
-    def _put_waiting(self, item: bytes | SourceGone) -> None:
+    def fail(self, error: BaseException) -> None:
+        """The body cannot be delivered: the reader raises ``error`` at its next read."""
+        if self._error is None:
+            self._error = error
+        self._stopped.set()
+
+    def _enqueue(self, item: bytes) -> None:
         while not self._stopped.is_set():
             try:
-                self._queue.put(item, timeout=_PUT_POLL_S)
+                self._queue.put(item, timeout=_POLL_S)
                 return
             except queue.Full:
                 continue
-        raise _ReaderStopped
 
     def stop(self) -> None:
-        """The reader is done (finished or failed): release a producer waiting for room."""
+        """The reader is done (finished or failed): release the receiving side."""
         self._stopped.set()
+        if self._replay_fd is not None:
+            os.close(self._replay_fd)
+            self._replay_fd = None
 
-    # -- the worker thread's side ----------------------------------------------
+    # -- the reading side (the backend's worker thread) ----------------------------
 
     def read(self, size: int) -> bytes:
-        """Up to ``size`` bytes of what has arrived, at least one; b"" only at the end.
+        """Up to ``size`` bytes, at least one; b"" only at the end.
 
-        Raises SourceGone if the client left. A whole block is handed over as it is,
-        without a copy, whenever it fits.
+        Raises what the receiving side failed with (the client left, the prediction
+        missed). A whole block is handed over as it is, without a copy, when it fits.
         """
+        if self._error is not None:
+            raise self._error
+        if self._replay_at < self._replay_end:
+            return self._replayed(size)
         if self._offset >= len(self._block):
             if self._ended:
                 return b""
             self._block, self._offset = self._next_block(), 0
+            self._taken += len(self._block)
         if self._offset == 0 and len(self._block) <= size:
             data = self._block
         else:
             data = self._block[self._offset : self._offset + size]
         self._offset += len(data)
-        self._hash.update(data)
-        self._read += len(data)
+        return data
+
+    def rewind(self) -> bool:
+        """Start again from byte 0: replay what was read from the copy, then go on live."""
+        if self._copy is None:
+            return False
+        if self._replay_fd is None:
+            self._replay_fd = os.open(self._copy, os.O_RDONLY)
+        self._replay_at = 0
+        # Everything taken from the queue, minus the unread rest of the current block,
+        # which is still delivered from memory after the replay.
+        self._replay_end = self._taken - (len(self._block) - self._offset)
+        return True
+
+    def _replayed(self, size: int) -> bytes:
+        assert self._replay_fd is not None
+        wanted = min(size, self._replay_end - self._replay_at)
+        data = os.pread(self._replay_fd, wanted, self._replay_at)
+        if not data:
+            raise OSError("the upload's temporary copy is shorter than what was streamed")
+        self._replay_at += len(data)
         return data
 
     def _next_block(self) -> bytes:
-        try:
-            # A backstop: the feeding side already gives up on an idle client.
-            item = self._queue.get(timeout=2 * self._idle_s)
-        except queue.Empty:
-            raise ClientTooSlow(2 * self._idle_s) from None
-        if isinstance(item, SourceGone):
-            raise item
-        if item == _EOF:
-            self._ended = True
-            if self._received < self.size:
-                raise SourceGone("the body ended before its Content-Length")
-        self._received += len(item)
-        return item
-
-    @property
-    def bytes_read(self) -> int:
-        return self._read
-
-    def sha256(self) -> str:
-        return self._hash.hexdigest()
+        # No timeout of its own: the receiving side times out an idle or too slow client
+        # and fails the relay; this only polls for that.
+        while True:
+            if self._error is not None:
+                raise self._error
+            try:
+                item = self._queue.get(timeout=_POLL_S)
+            except queue.Empty:
+                continue
+            if item == _EOF:
+                self._ended = True
+            return item

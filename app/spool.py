@@ -14,10 +14,12 @@ import hashlib
 import logging
 import os
 import shutil
+import socket
 import stat
+import sys
 import tempfile
+import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
 
@@ -31,7 +33,6 @@ log = logging.getLogger(__name__)
 
 PREFIX = "paimon-upload-"
 T = TypeVar("T")
-FLUSH_BYTES = 1024 * 1024  # bytes gathered before one write+hash in a worker thread
 # Below this much free space the spool reports itself not ready: uploads would fail.
 MIN_FREE_BYTES = 16 * 1024 * 1024
 
@@ -48,54 +49,28 @@ class UploadTooLarge(Exception):
         self.limit = limit
 
 
-@dataclass(frozen=True, slots=True)
-class SpooledFile:
-    path: Path
-    size: int
-    sha256: str
+class SpoolFile:
+    """One upload's private temporary file, written unbuffered from worker threads.
 
+    Unbuffered, so that every byte ``write`` returned for is in the file at once: a
+    streamed upload that MEGA asks to restart replays the file from it while it is
+    still being written.
+    """
 
-class SpoolSink:
-    """One upload's temporary file. Write with ``await write``; ``finish`` seals it."""
-
-    def __init__(self, path: Path, file: BinaryIO, limit: int) -> None:
+    def __init__(self, path: Path, file: BinaryIO) -> None:
         self.path = path
         self._file = file
-        self._limit = limit
-        self._hash = hashlib.sha256()
-        self._pending: list[bytes] = []
-        self._pending_bytes = 0
         self.size = 0
 
-    async def write(self, data: bytes) -> None:
-        if not data:
-            return
-        self.size += len(data)
-        if self.size > self._limit:
-            raise UploadTooLarge(self._limit)
-        self._pending.append(data)
-        self._pending_bytes += len(data)
-        if self._pending_bytes >= FLUSH_BYTES:
-            await self._flush()
+    def write(self, data: bytes | memoryview) -> None:
+        """Append ``data`` (blocking: call it in a worker thread)."""
+        _disk_errors(self._write_all, memoryview(data))
 
-    async def finish(self) -> SpooledFile:
-        await self._flush()
-        await to_thread.run_sync(_disk_errors, self._file.flush)
-        return SpooledFile(self.path, self.size, self._hash.hexdigest())
-
-    async def _flush(self) -> None:
-        if not self._pending:
-            return
-        block = b"".join(self._pending)
-        self._pending.clear()
-        self._pending_bytes = 0
-        # hashlib and file writes release the GIL on large buffers, so the event loop
-        # keeps serving other requests while a thread does this.
-        await to_thread.run_sync(_disk_errors, self._write_block, block)
-
-    def _write_block(self, block: bytes) -> None:
-        self._hash.update(block)
-        self._file.write(block)
+    def _write_all(self, view: memoryview) -> None:
+        while view:
+            written = self._file.write(view) or 0
+            view = view[written:]
+            self.size += written
 
 
 class Spool:
@@ -143,7 +118,7 @@ class Spool:
         return removed
 
     @contextlib.asynccontextmanager
-    async def open(self) -> AsyncIterator[SpoolSink]:
+    async def open(self) -> AsyncIterator[SpoolFile]:
         """A new locked temporary file, removed when the block ends, whatever happens.
 
         Creating and removing run in a worker thread: unlinking a large file can wait on
@@ -151,9 +126,9 @@ class Spool:
         """
         fd, name = await to_thread.run_sync(self._create_locked)
         path = Path(name)
-        file = os.fdopen(fd, "wb")
+        file = os.fdopen(fd, "wb", buffering=0)
         try:
-            yield SpoolSink(path, file, self.limit)
+            yield SpoolFile(path, file)
         finally:
             with anyio.CancelScope(shield=True):
                 await to_thread.run_sync(_discard, path, file)
@@ -197,3 +172,61 @@ def _disk_errors(action: Callable[..., T], *args: Any, **kwargs: Any) -> T:
             raise StorageFull("the server's temporary storage is full") from error
         log.error("temporary upload storage failed: %s", error.strerror)
         raise StorageUnavailable("the server cannot store uploads right now") from error
+
+
+class UploadSlots:
+    """How many uploads this instance runs at once, counted across all its worker processes.
+
+    Under gunicorn, connections do not spread evenly over the workers, so a count per
+    worker turns uploads away while other workers have room. A slot is a bound socket in
+    Linux's abstract namespace: only one process can hold a name, the kernel frees it
+    when its holder exits (even on kill -9), and no file is left behind. The names are
+    keyed on the user and the spool directory: the processes of one instance share them,
+    other instances on the same host do not. Elsewhere (not Linux), each process counts
+    its own uploads.
+
+    A request that finds every slot taken waits up to ``wait_s`` for one before it is
+    turned away: a burst of uploads queues briefly instead of failing at once.
+    """
+
+    POLL_S = 0.05
+
+    def __init__(self, directory: Path, total: int, wait_s: float) -> None:
+        self.total = total
+        self.wait_s = wait_s
+        key = hashlib.sha256(f"{os.geteuid()}:{directory.absolute()}".encode()).hexdigest()
+        self._names = [f"\0paimon-upload-slot-{key[:24]}-{i}" for i in range(total)]
+        self._shared = sys.platform.startswith("linux")
+        self._local_free = total
+
+    def try_acquire(self) -> socket.socket | int | None:
+        """A held slot, or None when all are taken. Never blocks."""
+        if not self._shared:
+            if self._local_free <= 0:
+                return None
+            self._local_free -= 1
+            return 0
+        for name in self._names:
+            holder = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                holder.bind(name)
+            except OSError:
+                holder.close()
+                continue
+            return holder
+        return None
+
+    async def acquire(self) -> socket.socket | int | None:
+        """A held slot, waiting up to ``wait_s`` for one; None when none came free."""
+        deadline = time.monotonic() + self.wait_s
+        while True:
+            slot = self.try_acquire()
+            if slot is not None or time.monotonic() >= deadline:
+                return slot
+            await anyio.sleep(self.POLL_S)
+
+    def release(self, slot: socket.socket | int) -> None:
+        if isinstance(slot, socket.socket):
+            slot.close()
+        else:
+            self._local_free += 1

@@ -7,7 +7,10 @@ it and checking its MAC (``tests.mega_verify``).
 
 from __future__ import annotations
 
+import os
+import shutil
 import socket
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -75,7 +78,7 @@ def test_streamed_put_of_each_size_is_stored_intact(
     name = f"stream {size}.bin"
     check_stored(emulator, put(service, name, data), name, data)
     assert emulator.stats()["files_stored"] == 1
-    assert service.leftovers() == []  # streamed: not even a temporary file was made
+    assert service.leftovers() == []  # the replay copy is gone with the upload
 
 
 @pytest.mark.parametrize(
@@ -100,25 +103,201 @@ def test_streamed_put_survives_chunk_faults(
     assert stats["commands"]["u"] == 1  # resent region by region, never restarted
 
 
+BOUNDARY = "------------------------paimonStreamTest"
+
+
+def form(data: bytes, name: str, before: bytes = b"", after: bytes = b"") -> bytes:
+    """A multipart body as curl and libcurl build it; ``after`` goes after the file part."""
+    head = (
+        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="{name}"\r\n'
+        "Content-Type: application/octet-stream\r\n\r\n"
+    ).encode()
+    return before + head + data + b"\r\n" + after + f"--{BOUNDARY}--\r\n".encode()
+
+
+def field(name: str, value: str) -> bytes:
+    return (
+        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'
+    ).encode()
+
+
+def request_head(service: Service, method: str, name: str, length: int) -> bytes:
+    target = "/upload" if method == "POST" else f"/files/{name}"
+    kind = f"multipart/form-data; boundary={BOUNDARY}" if method == "POST" else "application/x"
+    host = service.url.removeprefix("http://")
+    return (
+        f"{method} {target}?service=mega HTTP/1.1\r\nHost: {host}\r\n"
+        f"X-Auth-Token: {service.headers['X-Auth-Token']}\r\nContent-Type: {kind}\r\n"
+        f"Content-Length: {length}\r\nConnection: close\r\n\r\n"
+    ).encode()
+
+
+def body_for(method: str, name: str, data: bytes) -> bytes:
+    return form(data, name) if method == "POST" else data
+
+
+def connect(service: Service) -> socket.socket:
+    host, port = service.url.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)), timeout=60)
+    # A small send buffer, so that what the client has sent is close to what the
+    # server has taken (as on a real network, where the buffers sit behind a slow link).
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 * KiB)
+    return sock
+
+
+def answer_of(sock: socket.socket) -> httpx.Response:
+    raw = b""
+    while chunk := sock.recv(65536):
+        raw += chunk
+    head, _, body = raw.partition(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    return httpx.Response(status, content=body, headers={"Content-Type": "application/json"})
+
+
+def wait_for(condition: Callable[[], bool], what: str, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+@pytest.mark.parametrize("method", ["PUT", "POST"])
 @pytest.mark.parametrize(
     "fault",
     [{"chunk_error_next": 1, "chunk_error_code": -4}, {"chunk_http403_next": 1}],
     ids=["answer-4", "http403"],
 )
-def test_streamed_put_that_needs_a_restart_is_502_with_a_clear_message(
-    service: Service, emulator: MegaEmulator, fault: dict[str, Any]
+def test_a_streamed_upload_restarts_on_a_fresh_url_in_the_middle_of_the_body(
+    service: Service, emulator: MegaEmulator, fault: dict[str, Any], method: str
 ) -> None:
-    emulator.faults.update(**fault)
-    started = time.monotonic()
-    response = put(service, "restart.bin", payload(3 * MiB, 4))
-    elapsed = time.monotonic() - started
-    assert response.status_code == 502, response.text
-    message = response.json()["message"]
-    assert "streamed upload cannot" in message and "send the file again" in message
-    assert elapsed < 30  # MEGA_UPLOAD_DEADLINE_SECONDS of the e2e settings
+    data = payload(6 * MiB + 123, 4)
+    body = body_for(method, "restart.bin", data)
+    with connect(service) as sock:
+        sock.sendall(request_head(service, method, "restart.bin", len(body)) + body[: 3 * MiB])
+        # MEGA has taken some regions of this upload URL when it declares the URL dead.
+        wait_for(lambda: emulator.stats()["chunk_posts"] >= 2, "the first regions")
+        emulator.faults.update(**fault)
+        sock.sendall(body[3 * MiB :])
+        response = answer_of(sock)
+    check_stored(emulator, response, "restart.bin", data)
     stats = emulator.stats()
-    assert stats["commands"]["u"] == 1 and stats["files_stored"] == 0
-    assert service.health() == 200
+    assert stats["faults_injected"], "the fault never fired"
+    assert stats["commands"]["u"] == 2  # a fresh URL, the client asked for nothing
+    assert stats["files_stored"] == 1
+    assert service.leftovers() == []
+
+
+def test_a_multipart_post_is_relayed_while_it_arrives_and_progress_tracks_mega(
+    new_stream_service: Callable[..., Service], emulator: MegaEmulator
+) -> None:
+    """libcurl's way: progress is what was sent; MEGA must be close behind it."""
+    service = new_stream_service()
+    check_stored(emulator, put(service, "warm.bin", b"w"), "warm.bin", b"w")  # log-in, folder
+    emulator.reset_stats()
+    emulator.faults.chunk_delay = 0.03  # MEGA slower than the client
+    data = payload(40 * MiB + 77, 12)
+    body = form(data, "progress.bin")
+    behind: list[int] = []
+    with connect(service) as sock:
+        sock.sendall(request_head(service, "POST", "progress.bin", len(body)))
+        for start in range(0, len(body), 256 * KiB):
+            sock.sendall(body[start : start + 256 * KiB])
+            behind.append(start - emulator.stats()["chunk_bytes"])
+        last_byte = time.monotonic()
+        at_last_byte = len(data) - emulator.stats()["chunk_bytes"]
+        response = answer_of(sock)
+        answer_after = time.monotonic() - last_byte
+    check_stored(emulator, response, "progress.bin", data)
+    # What the client believes is sent is never far ahead of what MEGA holds: the relay
+    # queue, the regions in flight and the socket buffers.
+    window = 16 * MiB
+    assert max(behind) <= window, max(behind) / MiB
+    assert at_last_byte <= window, at_last_byte / MiB
+    assert answer_after < 30
+    assert emulator.stats()["commands"]["u"] == 1
+    assert service.leftovers() == []
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "epilogue"),
+    [
+        (b"", field("note", "a field after the file"), b""),
+        (field("first", "a field before"), field("second", "x" * 5000), b""),
+        (b"", b"", b"\r\nan epilogue after the closing boundary\r\n"),
+    ],
+    ids=["field-after", "fields-around", "epilogue"],
+)
+def test_a_body_that_does_not_fit_the_prediction_is_stored_with_the_right_bytes(
+    service: Service, emulator: MegaEmulator, before: bytes, after: bytes, epilogue: bytes
+) -> None:
+    data = payload(3 * MiB + 5, 13)
+    body = form(data, "odd.bin", before, after) + epilogue
+    with connect(service) as sock:
+        sock.sendall(request_head(service, "POST", "odd.bin", len(body)) + body)
+        response = answer_of(sock)
+    check_stored(emulator, response, "odd.bin", data)
+    assert response.json()["size"] == len(data)
+    assert emulator.stats()["files_stored"] == 1  # whatever was streamed was abandoned
+    assert service.leftovers() == []
+
+
+def test_a_client_that_gives_up_before_its_answer_leaves_nothing_in_mega(
+    new_stream_service: Callable[..., Service], emulator: MegaEmulator
+) -> None:
+    # One slot and no waiting for one: the probe gets through once the upload has ended.
+    service = new_stream_service(
+        MAX_CONCURRENT_UPLOADS="1",
+        UPLOAD_SLOT_WAIT_SECONDS="0",
+    )
+    check_stored(emulator, put(service, "warm.bin", b"w"), "warm.bin", b"w")
+    files_before = emulator.stats()["stored_files"]
+    emulator.faults.chunk_delay = 0.3  # the last regions, p and l still to come
+    data = payload(4 * MiB, 14)
+    body = form(data, "given-up.bin")
+    with connect(service) as sock:
+        sock.sendall(request_head(service, "POST", "given-up.bin", len(body)) + body)
+        time.sleep(0.1)
+    # The client is gone (a libcurl low-speed limit, a user pressing cancel).
+    emulator.faults.reset()
+    wait_for(lambda: put(service, "probe.bin", b"p").status_code != 503, "the upload to end")
+    assert emulator.stats()["stored_files"] == files_before + 1  # the probe only
+    assert service.server.log().count("client left before its answer") == 1, service.server.log()
+    assert service.leftovers() == []
+
+
+def test_curl_multipart_with_expect_100_continue_streams_into_mega(
+    service: Service, emulator: MegaEmulator, tmp_path: Path
+) -> None:
+    curl = shutil.which("curl")
+    if curl is None:
+        assert os.environ.get("CI") != "true", "curl is needed in CI"
+        pytest.skip("curl is not installed")
+    data = payload(5 * MiB + 9, 15)
+    source = tmp_path / "game save.bin"
+    source.write_bytes(data)
+    done = subprocess.run(
+        [
+            curl,
+            "--silent",
+            "--show-error",
+            "--fail-with-body",
+            "--max-time",
+            "60",
+            "-H",
+            f"X-Auth-Token: {service.headers['X-Auth-Token']}",
+            "-H",
+            "Expect: 100-continue",
+            "-F",
+            f"file=@{source}",
+            f"{service.url}/upload?service=mega",
+        ],
+        capture_output=True,
+        timeout=90,
+    )
+    assert done.returncode == 0, done.stderr + done.stdout
+    response = httpx.Response(200, content=done.stdout)
+    check_stored(emulator, response, "game save.bin", data)
+    assert emulator.stats()["commands"]["u"] == 1  # streamed: the prediction held
     assert service.leftovers() == []
 
 
@@ -185,9 +364,9 @@ def test_one_region_at_a_time_when_parallel_is_1(
 def new_stream_service(emulator: MegaEmulator, tmp_path: Path) -> Iterator[Callable[..., Service]]:
     started: list[Service] = []
 
-    def start(**env: str) -> Service:
+    def start(argv: list[str] | None = None, **env: str) -> Service:
         running = start_service(
-            tmp_path / f"server-{len(started)}", emulator, **{**PIPELINE, **env}
+            tmp_path / f"server-{len(started)}", emulator, argv, **{**PIPELINE, **env}
         )
         started.append(running)
         return running
@@ -235,7 +414,9 @@ def test_what_body_read_raises_comes_back_unchanged(
     assert emulator.stats()["commands"].get("p", 0) == 0
 
 
-def test_a_stream_is_never_restarted(client: MegaClient, emulator: MegaEmulator) -> None:
+def test_a_stream_without_a_copy_is_never_restarted(
+    client: MegaClient, emulator: MegaEmulator
+) -> None:
     emulator.faults.chunk_http403_next = 1
     limits = UploadLimits(region_bytes=MiB, chunk_policy=FAST)
     with pytest.raises(StreamCannotRestart) as caught:

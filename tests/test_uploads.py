@@ -11,6 +11,7 @@ from urllib.parse import quote
 import pytest
 from fastapi.testclient import TestClient
 
+from app.filenames import DEFAULT_NAME
 from app.spool import SpoolUnusable
 from app.storage.base import StorageFull, StorageTimeout, UpstreamRejected
 from tests.standins import FailingBackend, FailingStreamBackend, GatedBackend
@@ -213,18 +214,6 @@ def multipart(*parts: str) -> bytes:
             ),
             400,
             "too_many_files",
-        ),
-        (
-            f"multipart/form-data; boundary={BOUNDARY}",
-            multipart('Content-Disposition: form-data; name="file"; filename=""\r\n\r\ndata'),
-            400,
-            "invalid_filename",
-        ),
-        (
-            f"multipart/form-data; boundary={BOUNDARY}",
-            multipart('Content-Disposition: form-data; name="file"\r\n\r\ndata'),
-            400,
-            "invalid_filename",
         ),
         (
             f"multipart/form-data; boundary={BOUNDARY}",
@@ -455,11 +444,36 @@ def test_relayed_upload_that_storage_abandons_answers_promptly(
     assert spool_leftovers(client) == []
 
 
-def test_names_that_truncate_to_dots_are_refused(client: TestClient, auth: dict[str, str]) -> None:
+def test_names_that_truncate_to_dots_get_the_default_name(
+    client: TestClient, auth: dict[str, str]
+) -> None:
     response = client.put("/files/" + quote("." + " " * 300 + "y"), headers=auth, content=b"1")
-    assert response.status_code == 400
-    assert response.json()["code"] == "invalid_filename"
-    assert stored_files(client) == []
+    assert response.status_code == 200, response.text
+    assert response.json()["filename"] == DEFAULT_NAME
+    [path] = stored_files(client)
+    assert path.name == DEFAULT_NAME and path.read_bytes() == b"1"
+
+
+@pytest.mark.parametrize(
+    "disposition",
+    [
+        'form-data; name="file"',  # curl -F "file=<x", libcurl's curl_mime_data
+        'form-data; name="file"; filename=""',
+        'form-data; name="file"; filename="../.."',  # cleans to nothing
+    ],
+)
+def test_nameless_file_parts_are_stored_under_the_default_name(
+    client: TestClient, auth: dict[str, str], disposition: str
+) -> None:
+    response = client.post(
+        "/upload",
+        headers={**auth, "Content-Type": f"multipart/form-data; boundary={BOUNDARY}"},
+        content=multipart(f"Content-Disposition: {disposition}\r\n\r\nscreenshot"),
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["filename"] == DEFAULT_NAME
+    [path] = stored_files(client)
+    assert path.name == DEFAULT_NAME and path.read_bytes() == b"screenshot"
 
 
 @pytest.mark.parametrize("streamed", [True, False])

@@ -7,7 +7,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Annotated
 
-import anyio
 from anyio import to_thread
 from fastapi import Depends, Header, Request
 
@@ -21,7 +20,7 @@ from app.filenames import InvalidFilename, safe_filename
 from app.logging_setup import token_name
 from app.ratelimit import LimitExceeded, UploadLimits
 from app.shared_state import SharedState
-from app.spool import Spool
+from app.spool import Spool, UploadSlots
 from app.storage.base import StorageBackend
 from app.tickets import Ticket, TicketError, is_ticket, read_ticket
 from app.tokens import TokenPolicy, TokenRegistry
@@ -37,14 +36,18 @@ class Services:
     backend: StorageBackend
     spool: Spool
     shared: SharedState
-    upload_slots: anyio.Semaphore = field(init=False)
+    upload_slots: UploadSlots = field(init=False)
     tokens: TokenRegistry = field(init=False)
     limits: UploadLimits = field(init=False)
     auth_brake: AuthBrake = field(init=False)
 
     def __post_init__(self) -> None:
         settings = self.settings
-        self.upload_slots = anyio.Semaphore(settings.max_concurrent_uploads)
+        self.upload_slots = UploadSlots(
+            settings.temp_upload_dir,
+            settings.max_concurrent_uploads,
+            settings.upload_slot_wait_seconds,
+        )
         self.auth_brake = AuthBrake(settings.auth_failures_per_minute, self.shared)
         self.tokens = TokenRegistry(
             settings.auth_token.get_secret_value() if settings.auth_token else None,

@@ -1,33 +1,46 @@
-"""Request bodies streamed into the spool: multipart form data or a raw body."""
+"""Request bodies: received on the event loop, parsed and written in worker threads.
+
+The event loop only moves bytes: it gathers what the socket delivers into blocks and
+hands each block to an ``Intake`` in a worker thread, which parses it (multipart), writes
+the file's bytes to the upload's temporary copy, hashes them and passes them on to the
+storage backend's relay. Junk (empty parts, an epilogue, huge headers) is therefore never
+parsed on the event loop, and every byte of the body counts against the size cap,
+whatever its framing.
+"""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+import hashlib
+import time
+from collections.abc import AsyncIterator, Callable
 from email.message import Message
 
 import anyio
+from anyio import to_thread
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import Request
 
 from app.api.errors import ApiError
-from app.relay import ClientTooSlow
-from app.spool import SpoolSink
+from app.relay import BLOCK_BYTES, BodyRelay, ClientTooSlow, PredictionMissed
+from app.spool import SpoolFile, UploadTooLarge
 
 FILE_FIELD = "file"
 # Room for boundaries, part headers and small form fields beside the file.
 MULTIPART_OVERHEAD = 64 * 1024
+# A slow client's bytes are passed on after this long, not only in whole blocks, so the
+# body keeps moving whatever its rate.
+FLUSH_AFTER_S = 0.25
 
 
-def check_declared_length(request: Request, limit: int, overhead: int = 0) -> None:
-    """Refuse a body whose Content-Length is already over the limit, before reading it.
+def check_declared_length(request: Request, limit: int, overhead: int = 0) -> int | None:
+    """The body's Content-Length; refuse one already over the limit, before reading it.
 
     ``overhead`` is what the body may carry beside the file itself (multipart framing).
     """
     declared = request.headers.get("content-length")
     if declared is None:
-        return
+        return None
     if not declared.isdigit():
         raise ApiError(400, "bad_request", "the Content-Length header is not a number")
     if int(declared) > limit + overhead:
@@ -37,83 +50,11 @@ def check_declared_length(request: Request, limit: int, overhead: int = 0) -> No
             f"the file is larger than the limit of {limit} bytes",
             {"Connection": "close"},
         )
+    return int(declared)
 
 
-async def body_chunks(request: Request) -> AsyncIterator[bytes]:
-    """The request body as it arrives; ClientTooSlow when it stalls.
-
-    Without this, a client that stops sending (or a connection that silently died) would
-    hold its upload slot and everything kept for it for as long as the socket lives.
-    """
-    idle_s = request.app.state.services.settings.client_idle_timeout_seconds
-    chunks = request.stream().__aiter__()
-    while True:
-        with anyio.move_on_after(idle_s) as waiting:
-            try:
-                chunk = await chunks.__anext__()
-            except StopAsyncIteration:
-                return
-        if waiting.cancelled_caught:
-            raise ClientTooSlow(idle_s)
-        yield chunk
-
-
-async def receive_raw(request: Request, sink: SpoolSink) -> None:
-    async for chunk in body_chunks(request):
-        await sink.write(chunk)
-
-
-@dataclass
-class _Parts:
-    """What the parser's callbacks saw; drained after each ``write``."""
-
-    header_field: bytearray = field(default_factory=bytearray)
-    header_value: bytearray = field(default_factory=bytearray)
-    headers: dict[str, str] = field(default_factory=dict)
-    in_file: bool = False
-    filename: str | None = None
-    file_parts: int = 0
-    other_bytes: int = 0
-    data: list[bytes] = field(default_factory=list)
-    ended: bool = False
-
-    def on_part_begin(self) -> None:
-        self.headers.clear()
-        self.in_file = False
-
-    def on_header_field(self, data: bytes, start: int, end: int) -> None:
-        self.header_field += data[start:end]
-
-    def on_header_value(self, data: bytes, start: int, end: int) -> None:
-        self.header_value += data[start:end]
-
-    def on_header_end(self) -> None:
-        name = self.header_field.decode("latin-1").lower()
-        self.headers[name] = self.header_value.decode("utf-8", "replace")
-        self.header_field.clear()
-        self.header_value.clear()
-
-    def on_headers_finished(self) -> None:
-        disposition = Message()
-        disposition["content-disposition"] = self.headers.get("content-disposition", "")
-        if disposition.get_param("name", header="content-disposition") == FILE_FIELD:
-            self.in_file = True
-            self.file_parts += 1
-            if self.file_parts == 1:
-                self.filename = disposition.get_filename()
-
-    def on_part_data(self, data: bytes, start: int, end: int) -> None:
-        if self.in_file and self.file_parts == 1:
-            self.data.append(bytes(data[start:end]))
-        else:
-            self.other_bytes += end - start
-
-    def on_end(self) -> None:
-        self.ended = True
-
-
-async def receive_multipart(request: Request, sink: SpoolSink) -> str:
-    """Stream the ``file`` field into ``sink``; return the file name the client gave."""
+def multipart_boundary(request: Request) -> bytes:
+    """The boundary of a multipart/form-data body; 415 or 400 for anything else."""
     media_type, params = parse_options_header(request.headers.get("content-type", ""))
     if media_type != b"multipart/form-data":
         raise ApiError(
@@ -124,37 +65,246 @@ async def receive_multipart(request: Request, sink: SpoolSink) -> str:
     boundary = params.get(b"boundary")
     if not boundary:
         raise ApiError(400, "bad_multipart", "the multipart Content-Type has no boundary")
-    parts = _Parts()
-    try:
-        parser = MultipartParser(boundary, callbacks=_callbacks(parts))
-    except ValueError:  # e.g. a boundary longer than the standard allows
-        raise ApiError(400, "bad_multipart", "the multipart boundary is invalid") from None
-    async for chunk in body_chunks(request):
+    return boundary
+
+
+async def body_chunks(request: Request, cap: int, limit: int) -> AsyncIterator[bytes]:
+    """The request body as it arrives, at most ``cap`` bytes (else 413 naming ``limit``).
+
+    ClientTooSlow when the client sends nothing for CLIENT_IDLE_TIMEOUT_SECONDS, or, once
+    it has been sending for that long, averages less than CLIENT_MIN_BYTES_PER_SECOND.
+    Only time spent waiting for the client counts: time the server spends holding the
+    client back (storage slower than the client) is not the client's.
+    """
+    settings = request.app.state.services.settings
+    idle_s = settings.client_idle_timeout_seconds
+    min_rate = settings.client_min_bytes_per_second
+    chunks = request.stream().__aiter__()
+    received = 0
+    waited = 0.0
+    while True:
+        wait = idle_s
+        if min_rate:
+            # By client time t the body must hold min_rate * t bytes (after a grace).
+            wait = min(wait, max(0.0, max(idle_s, received / min_rate) - waited))
+        started = time.monotonic()
+        with anyio.move_on_after(wait) as waiting:
+            try:
+                chunk = await chunks.__anext__()
+            except StopAsyncIteration:
+                return
+        waited += time.monotonic() - started
+        if waiting.cancelled_caught:
+            if wait < idle_s:
+                raise ClientTooSlow(
+                    idle_s, f"the client sent the body slower than {min_rate} bytes/s"
+                )
+            raise ClientTooSlow(idle_s)
+        received += len(chunk)
+        if received > cap:
+            raise UploadTooLarge(limit)
+        yield chunk
+
+
+async def pump(
+    request: Request,
+    intake: Intake,
+    cap: int,
+    limit: int,
+    after_block: Callable[[], None],
+) -> None:
+    """Feed the whole body to ``intake`` in blocks, each taken in a worker thread.
+
+    ``intake.take`` may wait while storage catches up; meanwhile the socket is not read,
+    which slows the client down (back-pressure).
+    """
+    pending: list[bytes] = []
+    pending_bytes = 0
+    last = time.monotonic()
+    async for chunk in body_chunks(request, cap, limit):
+        pending.append(chunk)
+        pending_bytes += len(chunk)
+        if pending_bytes >= BLOCK_BYTES or time.monotonic() - last >= FLUSH_AFTER_S:
+            await to_thread.run_sync(intake.take, b"".join(pending))
+            pending.clear()
+            pending_bytes = 0
+            last = time.monotonic()
+            after_block()
+    if pending:
+        await to_thread.run_sync(intake.take, b"".join(pending))
+    await to_thread.run_sync(intake.end)
+
+
+class Intake:
+    """One upload's body on the worker-thread side: the file's bytes to the copy and relay.
+
+    ``relay`` is set once the file's size is known and the bytes can be streamed to
+    storage; ``copy`` (when there is one) receives every byte of the file either way.
+    """
+
+    def __init__(self, limit: int, copy: SpoolFile | None, relay: BodyRelay | None) -> None:
+        self.limit = limit
+        self.copy = copy
+        self.relay = relay
+        self.filename: str | None = None
+        self.size = 0
+        self._hash = hashlib.sha256()
+
+    def take(self, block: bytes) -> None:
+        """The next block of the body (blocking: a worker thread)."""
+        self._file_data(block)
+
+    def end(self) -> None:
+        """The body is complete."""
+        if self.relay is not None:
+            self.relay.finish()
+
+    def sha256(self) -> str:
+        return self._hash.hexdigest()
+
+    def _file_data(self, data: bytes | memoryview) -> None:
+        if not data:
+            return
+        self.size += len(data)
+        if self.size > self.limit:
+            raise UploadTooLarge(self.limit)
+        if self.copy is not None:
+            self.copy.write(data)  # before the relay: a replay reads what was relayed
+        self._hash.update(data)
+        if self.relay is not None:
+            self.relay.put(data if isinstance(data, bytes) else bytes(data))
+
+
+class MultipartIntake(Intake):
+    """A multipart/form-data body: the ``file`` part's bytes go on, the rest is counted.
+
+    With a Content-Length (``declared``) and ``stream`` set, the file's size is predicted
+    as soon as its data starts: the body's length minus what came before the data, minus
+    the closing boundary that curl, libcurl and browsers send right after the file. A
+    relay of that size is then made; if the file part turns out to be another size
+    (fields after the file, an epilogue), the relay fails with ``PredictionMissed`` and
+    the file is stored from the copy instead.
+    """
+
+    def __init__(
+        self,
+        limit: int,
+        copy: SpoolFile | None,
+        boundary: bytes,
+        declared: int | None,
+        stream: bool,
+    ) -> None:
+        super().__init__(limit, copy, None)
         try:
-            parser.write(chunk)
+            self._parser = MultipartParser(boundary, callbacks=self._callbacks())
+        except ValueError:  # e.g. a boundary longer than the standard allows
+            raise ApiError(400, "bad_multipart", "the multipart boundary is invalid") from None
+        self._closing = len(b"\r\n--" + boundary + b"--\r\n")
+        self._declared = declared if stream else None
+        self._block = b""
+        self._before = 0  # body bytes before the current block
+        self._pieces: list[bytes | memoryview] = []
+        self._header_field = bytearray()
+        self._header_value = bytearray()
+        self._headers: dict[str, str] = {}
+        self._in_file = False
+        self._file_parts = 0
+        self._file_started = False
+        self._ended = False
+
+    def take(self, block: bytes) -> None:
+        self._block = block
+        try:
+            self._parser.write(block)
         except MultipartParseError:
             raise ApiError(400, "bad_multipart", "the multipart body is malformed") from None
-        for piece in parts.data:
-            await sink.write(piece)
-        parts.data.clear()
-        if parts.file_parts > 1:
+        finally:
+            self._before += len(block)
+            self._block = b""
+        if self._file_parts > 1:
             raise ApiError(400, "too_many_files", "send exactly one file per request")
-        if parts.other_bytes > MULTIPART_OVERHEAD:
+        pieces, self._pieces = self._pieces, []
+        if len(pieces) == 1:
+            self._file_data(pieces[0])
+        elif pieces:
+            self._file_data(b"".join(pieces))
+        # Everything that is not the file: framing, part headers, other fields, empty
+        # parts, an epilogue. Counted on every byte, whatever shape it has.
+        if self._before - self.size > MULTIPART_OVERHEAD:
             raise ApiError(413, "too_large", "the form fields beside the file are too large")
-    if not parts.ended:
-        raise ApiError(400, "bad_multipart", "the multipart body is incomplete")
-    if parts.file_parts == 0:
-        raise ApiError(422, "missing_file", f"the form has no field {FILE_FIELD!r}")
-    return parts.filename or ""
 
+    def end(self) -> None:
+        if not self._ended:
+            raise ApiError(400, "bad_multipart", "the multipart body is incomplete")
+        if self._file_parts == 0:
+            raise ApiError(422, "missing_file", f"the form has no field {FILE_FIELD!r}")
+        super().end()
 
-def _callbacks(parts: _Parts) -> dict:
-    return {
-        "on_part_begin": parts.on_part_begin,
-        "on_header_field": parts.on_header_field,
-        "on_header_value": parts.on_header_value,
-        "on_header_end": parts.on_header_end,
-        "on_headers_finished": parts.on_headers_finished,
-        "on_part_data": parts.on_part_data,
-        "on_end": parts.on_end,
-    }
+    # -- parser callbacks ---------------------------------------------------------------
+
+    def _callbacks(self) -> dict[str, Callable[..., None]]:
+        return {
+            "on_part_begin": self._on_part_begin,
+            "on_header_field": self._on_header_field,
+            "on_header_value": self._on_header_value,
+            "on_header_end": self._on_header_end,
+            "on_headers_finished": self._on_headers_finished,
+            "on_part_data": self._on_part_data,
+            "on_part_end": self._on_part_end,
+            "on_end": self._on_end,
+        }
+
+    def _on_part_begin(self) -> None:
+        self._headers.clear()
+        self._in_file = False
+
+    def _on_header_field(self, data: bytes, start: int, end: int) -> None:
+        self._header_field += data[start:end]
+
+    def _on_header_value(self, data: bytes, start: int, end: int) -> None:
+        self._header_value += data[start:end]
+
+    def _on_header_end(self) -> None:
+        name = self._header_field.decode("latin-1").lower()
+        self._headers[name] = self._header_value.decode("utf-8", "replace")
+        self._header_field.clear()
+        self._header_value.clear()
+
+    def _on_headers_finished(self) -> None:
+        disposition = Message()
+        disposition["content-disposition"] = self._headers.get("content-disposition", "")
+        if disposition.get_param("name", header="content-disposition") == FILE_FIELD:
+            self._in_file = True
+            self._file_parts += 1
+            if self._file_parts == 1:
+                self.filename = disposition.get_filename()
+
+    def _on_part_data(self, data: bytes, start: int, end: int) -> None:
+        if not (self._in_file and self._file_parts == 1):
+            return
+        if not self._file_started:
+            self._file_started = True
+            self._predict(data, start)
+        if data is self._block:
+            self._pieces.append(memoryview(data)[start:end])
+        else:  # the parser's own look-behind buffer, which it reuses
+            self._pieces.append(bytes(data[start:end]))
+
+    def _on_part_end(self) -> None:
+        if self._in_file and self.relay is not None:
+            # Bytes still in this block are not yet counted in ``size``.
+            pending = sum(len(piece) for piece in self._pieces)
+            if self.size + pending != self.relay.size:
+                self.relay.fail(PredictionMissed())
+        self._in_file = False
+
+    def _on_end(self) -> None:
+        self._ended = True
+
+    def _predict(self, data: bytes, start: int) -> None:
+        """Make the relay once the file's first byte is found in the body."""
+        if self._declared is None or data is not self._block:
+            return  # no length, or the offset is not known: spool, then store
+        predicted = self._declared - (self._before + start) - self._closing
+        if 0 < predicted <= self.limit:
+            self.relay = BodyRelay(predicted, self.copy.path if self.copy else None)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from typing import Annotated
 
 import anyio
@@ -17,15 +17,21 @@ from app.api.models import ErrorBody, UploadResult
 from app.api.receive import (
     FILE_FIELD,
     MULTIPART_OVERHEAD,
-    body_chunks,
+    Intake,
+    MultipartIntake,
     check_declared_length,
-    receive_multipart,
-    receive_raw,
+    multipart_boundary,
+    pump,
 )
-from app.filenames import InvalidFilename, safe_filename
-from app.relay import BodyRelay
-from app.spool import SpoolSink
-from app.storage.base import StorageBackend, StoredFile, StreamingBackend, supports_streaming
+from app.filenames import filename_or_default
+from app.relay import BodyRelay, PredictionMissed, SourceGone
+from app.spool import SpoolFile
+from app.storage.base import (
+    StorageBackend,
+    StoredFile,
+    supports_streaming,
+    wants_replayable_streams,
+)
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["uploads"])
@@ -71,8 +77,6 @@ _RAW_BODY = {
     }
 }
 
-Receiver = Callable[[Request, SpoolSink], Awaitable[str | None]]
-
 
 @router.post(
     "/upload",
@@ -86,8 +90,20 @@ async def upload_form(
     request: Request, services: ServicesDep, service: ServiceParam = None
 ) -> UploadResult:
     backend = services.backend_for(service)
-    check_declared_length(request, services.spool.limit, MULTIPART_OVERHEAD)
-    return await _upload(request, services, backend, receive_multipart, None)
+    limit = services.spool.limit
+    declared = check_declared_length(request, limit, MULTIPART_OVERHEAD)
+    boundary = multipart_boundary(request)
+    # Streamed only to a backend that would otherwise upload the file a second time after
+    # the body (MEGA). For local disk, the spooled copy is hard-linked into place: free.
+    stream = (
+        declared is not None and supports_streaming(backend) and wants_replayable_streams(backend)
+    )
+
+    def intake(copy: SpoolFile | None) -> Intake:
+        return MultipartIntake(limit, copy, boundary, declared, stream)
+
+    upload = Upload(request, services, backend, limit + MULTIPART_OVERHEAD, None)
+    return await upload.run(intake, with_copy=True)
 
 
 @router.put(
@@ -105,72 +121,178 @@ async def upload_raw(
     service: ServiceParam = None,
 ) -> UploadResult:
     backend = services.backend_for(service)
-    name = _clean_name(filename)
-    check_declared_length(request, services.spool.limit)
-    declared = request.headers.get("content-length")
-    if declared is not None and supports_streaming(backend):
-        return await _relay(request, services, backend, name, int(declared))
-    return await _upload(request, services, backend, _raw_receiver, name)
+    limit = services.spool.limit
+    declared = check_declared_length(request, limit)
+    streamed = declared if supports_streaming(backend) else None
+    # A streamed body keeps a copy only for a backend that may have to start again.
+    with_copy = streamed is None or wants_replayable_streams(backend)
+
+    def intake(copy: SpoolFile | None) -> Intake:
+        relay = None
+        if streamed is not None:
+            relay = BodyRelay(streamed, copy.path if copy else None)
+        return Intake(limit, copy, relay)
+
+    upload = Upload(request, services, backend, limit, filename_or_default(filename))
+    return await upload.run(intake, with_copy=with_copy)
 
 
-async def _raw_receiver(request: Request, sink: SpoolSink) -> None:
-    await receive_raw(request, sink)
-
-
-@contextlib.contextmanager
-def _upload_slot(services: Services) -> Iterator[None]:
-    try:
-        services.upload_slots.acquire_nowait()
-    except anyio.WouldBlock:
+@contextlib.asynccontextmanager
+async def _upload_slot(services: Services) -> AsyncIterator[None]:
+    slots = services.upload_slots
+    slot = await slots.acquire()
+    if slot is None:
         raise ApiError(
             503,
             "too_many_uploads",
             "too many uploads in progress; try again shortly",
             {"Retry-After": RETRY_AFTER_BUSY},
-        ) from None
+        )
     try:
         yield
     finally:
-        services.upload_slots.release()
+        slots.release(slot)
 
 
-async def _upload(
-    request: Request,
-    services: Services,
-    backend: StorageBackend,
-    receive: Receiver,
-    name: str | None,
-) -> UploadResult:
-    """Spool the body to a temporary file, then hand the file to the backend."""
-    with _upload_slot(services):
-        async with services.spool.open() as sink:
-            client_name = await receive(request, sink)
-            name = name or _clean_name(client_name or "")
-            spooled = await sink.finish()
-            stored = await to_thread.run_sync(backend.store, spooled.path, name, spooled.size)
-    return _result(request, services, backend, stored, name, spooled.size, spooled.sha256)
+class Upload:
+    """One upload, from the first byte of the body to the answer.
 
+    Two tasks: one receives the body (and then watches for the client leaving before it
+    has its answer), the other stores it: while it arrives through the relay when there
+    is one, otherwise from the temporary copy once the body is complete.
+    """
 
-async def _relay(
-    request: Request, services: Services, backend: StreamingBackend, name: str, size: int
-) -> UploadResult:
-    """Hand the body to the backend while it arrives: no temporary file, bounded memory."""
-    relay = BodyRelay(size, services.settings.client_idle_timeout_seconds)
-    failure: Exception | None = None
-    with _upload_slot(services):
+    def __init__(
+        self,
+        request: Request,
+        services: Services,
+        backend: StorageBackend,
+        cap: int,
+        name: str | None,
+    ) -> None:
+        self.request = request
+        self.services = services
+        self.backend = backend
+        self.cap = cap
+        self.name = name
+        self.intake: Intake | None = None
+        self.error: Exception | None = None  # what receiving the body failed with
+        self.client_gone = False
+        self._decided = anyio.Event()  # a relay exists, or the body ended
+        self._received = anyio.Event()
+
+    async def run(
+        self, make_intake: Callable[[SpoolFile | None], Intake], with_copy: bool
+    ) -> UploadResult:
+        async with _upload_slot(self.services), contextlib.AsyncExitStack() as stack:
+            copy = None
+            if with_copy:
+                copy = await stack.enter_async_context(self.services.spool.open())
+            intake = self.intake = make_intake(copy)
+            stored = await self._store(intake, copy)
+        return _result(
+            self.request,
+            self.services,
+            self.backend,
+            stored,
+            self._name(),
+            intake.size,
+            intake.sha256(),
+        )
+
+    async def _store(self, intake: Intake, copy: SpoolFile | None) -> StoredFile:
+        stored: StoredFile | None = None
+        failure: Exception | None = None
         async with anyio.create_task_group() as tasks:
-            tasks.start_soon(relay.feed, body_chunks(request))
+            tasks.start_soon(self._receive, intake)
             try:
-                stored = await to_thread.run_sync(backend.store_stream, relay, name, size)
+                if intake.relay is None:
+                    await self._decided.wait()
+                if intake.relay is not None and self.error is None:
+                    stored = await self._store_stream(intake.relay, copy)
+                if stored is None:
+                    await self._received.wait()
+                    if self.error is None and not self.client_gone and copy is not None:
+                        stored = await to_thread.run_sync(
+                            self.backend.store, copy.path, self._name(), intake.size
+                        )
             except Exception as error:  # re-raised below, outside the task group
                 failure = error
             finally:
-                relay.stop()
-                # The rest of the body is not wanted: stop waiting for it now.
+                # The rest of the body, or the client's leaving, no longer matters.
                 tasks.cancel_scope.cancel()
-    if failure is not None:
-        raise failure
-    return _result(request, services, backend, stored, name, size, relay.sha256())
+        if self.error is not None:
+            await self._discard(stored)
+            raise self.error
+        if self.client_gone:
+            await self._discard(stored)
+            log.warning(
+                "client left before its answer: %s",
+                "the stored file was removed" if stored else "the upload was abandoned",
+            )
+            raise ApiError(400, "client_disconnected", "the client closed the connection")
+        if failure is not None:
+            raise failure
+        assert stored is not None
+        return stored
+
+    async def _store_stream(self, relay: BodyRelay, copy: SpoolFile | None) -> StoredFile | None:
+        """Store while the body arrives; None when the file must be stored from the copy."""
+        backend = self.backend
+        assert supports_streaming(backend)
+        try:
+            return await to_thread.run_sync(backend.store_stream, relay, self._name(), relay.size)
+        except PredictionMissed:
+            if copy is None:
+                raise SourceGone("the body ended before its Content-Length") from None
+            log.info("the file part was not the size predicted; storing it from its copy")
+            return None
+        finally:
+            relay.stop()
+
+    async def _receive(self, intake: Intake) -> None:
+        limit = self.services.spool.limit
+        try:
+            await pump(self.request, intake, self.cap, limit, self._after_block)
+        except Exception as error:
+            self.error = error
+            if intake.relay is not None:
+                intake.relay.fail(error)
+            return
+        except BaseException:
+            if intake.relay is not None:
+                intake.relay.fail(SourceGone("the upload was cancelled"))
+            raise
+        finally:
+            self._decided.set()
+            self._received.set()
+        # The body is complete; until the answer is sent, a client that leaves must not
+        # leave a file behind that nobody has a link to.
+        while (await self.request.receive())["type"] != "http.disconnect":
+            pass
+        self.client_gone = True
+        if intake.relay is not None:
+            intake.relay.fail(SourceGone("the client left before its answer"))
+
+    def _after_block(self) -> None:
+        if self.intake is not None and self.intake.relay is not None:
+            self._decided.set()
+
+    def _name(self) -> str:
+        if self.name is None:
+            assert self.intake is not None
+            self.name = filename_or_default(self.intake.filename)
+        return self.name
+
+    async def _discard(self, stored: StoredFile | None) -> None:
+        """Remove a file whose link nobody will receive."""
+        if stored is None:
+            return
+        with anyio.CancelScope(shield=True):
+            try:
+                await to_thread.run_sync(self.backend.delete, stored.handle)
+            except Exception as error:  # the answer is an error already
+                log.warning("could not remove an unanswered upload: %s", error)
 
 
 def _result(
@@ -191,13 +313,6 @@ def _result(
         sha256=sha256,
         handle=stored.handle,
     )
-
-
-def _clean_name(raw: str) -> str:
-    try:
-        return safe_filename(raw)
-    except InvalidFilename:
-        raise ApiError(400, "invalid_filename", "the file name is empty or invalid") from None
 
 
 def _absolute(link: str, request: Request, public_base_url: str | None) -> str:

@@ -70,6 +70,10 @@ class BodyStream(Protocol):
         """Up to ``size`` bytes (at least one); b"" only at the end; raises if the client left."""
         ...
 
+    def rewind(self) -> bool:
+        """Deliver the body again from byte 0 (from a private copy); False when impossible."""
+        ...
+
 
 class StreamingBackend(StorageBackend, Protocol):
     """A backend that can store a body while it is still arriving, with no temporary file."""
@@ -92,6 +96,15 @@ class StartupError(Exception):
 
     ``str(error)`` is one line for the operator that starts with the setting's name.
     """
+
+
+def wants_replayable_streams(backend: StorageBackend) -> bool:
+    """Whether the backend may ask a stream to ``rewind`` (an upload started again).
+
+    Such a backend gets bodies that keep a private temporary copy while they stream, and
+    multipart bodies streamed to it too; the others get a copy only where one is needed.
+    """
+    return bool(getattr(backend, "replays_streams", False))
 
 
 class StorageError(Exception):

@@ -47,6 +47,8 @@ class MegaBackend:
     """Stores files in the configured folder of the configured MEGA account."""
 
     name = "mega"
+    # MEGA may ask for an upload to start again on a fresh URL: streams must be replayable.
+    replays_streams = True
 
     def __init__(self, settings: MegaSettings, store: SessionStore | None = None) -> None:
         """``store`` keeps the session and the log-in and folder locks; by default the
@@ -97,8 +99,8 @@ class MegaBackend:
 
         The deadline covers receiving the body too. What ``body.read`` raises (the client
         left) is re-raised unchanged; no node is made, so nothing is left in the drive
-        (MEGA drops an upload that never completes). A restart MEGA asks for cannot be
-        done from a stream and ends in a 502 (see ``upload.send``).
+        (MEGA drops an upload that never completes). A restart MEGA asks for replays the
+        body from its copy (``body.rewind``); a body without one ends in a 502.
         """
         try:
             return self._store(
@@ -107,7 +109,8 @@ class MegaBackend:
                 size,
             )
         except SourceFailed as failed:
-            logger.info("upload of %d bytes abandoned: its body stopped arriving", size)
+            # The API layer logs why (the client left, the file was another size).
+            logger.debug("upload of %d bytes abandoned: its body stopped arriving", size)
             raise failed.error from None
 
     def _store(

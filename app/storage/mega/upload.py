@@ -176,7 +176,7 @@ class FileSource:
 
 
 class BodySource:
-    """A request body while it arrives. It cannot be rewound: what was sent is gone."""
+    """A request body while it arrives; rewound when the body keeps a copy of itself."""
 
     # Read in pieces of this size: a body hands out a fresh bytes per read, so one read of
     # a whole region would hold a second copy of it (and a relay joins its parts: a third).
@@ -198,7 +198,8 @@ class BodySource:
             filled += len(data)
 
     def rewind(self) -> bool:
-        return False
+        rewind = getattr(self._body, "rewind", None)
+        return bool(rewind is not None and rewind())
 
 
 # -- the upload ------------------------------------------------------------------------
