@@ -226,3 +226,200 @@ def test_a_client_that_stops_sending_gets_408_and_frees_its_slot(live_server) ->
         f"{server.url}/files/next.txt", headers=token_of(server), content=b"ok", timeout=WAIT_S
     )
     assert response.status_code == 200
+
+
+def open_upload(
+    server: ServerProcess, method: str, path: str, length: int | None, kind: str = "application/x"
+) -> socket.socket:
+    """A connection with the request head of an upload sent, and no body yet."""
+    framing = f"Content-Length: {length}" if length is not None else "Transfer-Encoding: chunked"
+    head = (
+        f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n"
+        f"X-Auth-Token: {server.env['AUTH_TOKEN']}\r\nContent-Type: {kind}\r\n"
+        f"{framing}\r\nConnection: close\r\n\r\n"
+    ).encode()
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=WAIT_S)
+    sock.sendall(head)
+    return sock
+
+
+def answer_json(raw: bytes) -> tuple[int, dict]:
+    head, _, body = raw.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), json.loads(body or b"{}")
+
+
+FORM = "multipart/form-data; boundary=b0undary"
+
+
+def form_body(data: bytes, name: str = "slow.bin") -> bytes:
+    return (
+        b'--b0undary\r\nContent-Disposition: form-data; name="file"; filename="'
+        + name.encode()
+        + b'"\r\n\r\n'
+        + data
+        + b"\r\n--b0undary--\r\n"
+    )
+
+
+def test_slow_but_steady_clients_are_never_cut_off(live_server) -> None:
+    # The idle timeout is 1.5 s; the clients never pause that long but take longer than
+    # it to fill any buffer: a PUT at 4 KB/s, a POST at 1 KB/s.
+    server = live_server(CLIENT_IDLE_TIMEOUT_SECONDS="1.5")
+    data = os.urandom(16 * 1024)  # 4 s at 4 KB/s: longer than twice the idle timeout
+    for method, path, kind, body, piece, pause in [
+        ("PUT", "/files/slow.bin", "application/x", data, 1024, 0.25),
+        ("POST", "/upload", FORM, form_body(data[:3000]), 1000, 1.0),
+    ]:
+        with open_upload(server, method, path, len(body), kind) as sock:
+            for start in range(0, len(body), piece):
+                sock.sendall(body[start : start + piece])
+                time.sleep(pause)
+            status, answer = answer_json(read_until_closed(sock))
+        assert status == 200, answer
+        sent = data if method == "PUT" else data[:3000]
+        assert answer["sha256"] == hashlib.sha256(sent).hexdigest()
+        assert httpx.get(answer["link"], timeout=WAIT_S).content == sent
+
+
+def test_a_trickle_below_the_minimum_rate_gets_408_and_frees_its_slot(live_server) -> None:
+    server = live_server(
+        CLIENT_IDLE_TIMEOUT_SECONDS="1",
+        CLIENT_MIN_BYTES_PER_SECOND="1000",
+        MAX_CONCURRENT_UPLOADS="1",
+        UPLOAD_SLOT_WAIT_SECONDS="0",
+    )
+    started = time.monotonic()
+    with open_upload(server, "PUT", "/files/trickle.bin", None) as sock:
+        # Never idle for a second, but a few bytes a second: it would hold its slot for
+        # as long as it likes without a minimum rate.
+        answer = b""
+        for _ in range(40):
+            try:
+                sock.sendall(b"5\r\nxxxxx\r\n")
+            except OSError:
+                break
+            time.sleep(0.2)
+            sock.setblocking(False)
+            try:
+                answer = sock.recv(65536)
+            except BlockingIOError:
+                pass
+            finally:
+                sock.setblocking(True)
+            if answer:
+                break
+        answer += read_until_closed(sock) if answer else b""
+    status, body = answer_json(answer)
+    assert status == 408, body
+    assert "slower than 1000 bytes/s" in body["message"]
+    assert time.monotonic() - started < 6
+    response = httpx.put(
+        f"{server.url}/files/next.txt", headers=token_of(server), content=b"ok", timeout=WAIT_S
+    )
+    assert response.status_code == 200
+
+
+def chunked(data: bytes) -> bytes:
+    return f"{len(data):x}\r\n".encode() + data + b"\r\n"
+
+
+def test_multipart_junk_of_any_framing_is_capped_and_health_stays_fast(live_server) -> None:
+    server = live_server(MAX_UPLOAD_BYTES="1MiB")
+    empty_parts = b"--b0undary\r\n\r\n\r\n" * 4096  # 64 KiB of empty parts per send
+    valid = form_body(b"tiny")
+    junk = {
+        "empty parts": (b"", empty_parts),
+        "epilogue": (valid, b"e" * 65536),
+        "a field": (
+            b'--b0undary\r\nContent-Disposition: form-data; name="x"\r\n\r\n',
+            b"f" * 65536,
+        ),
+    }
+    for label, (first, repeated) in junk.items():
+        latencies = []
+        sent = len(first)
+        with open_upload(server, "POST", "/upload", None, FORM) as sock:
+            if first:
+                sock.sendall(chunked(first))
+            try:
+                while sent < 64 * 1024 * 1024:  # the attack: 64 MiB of junk
+                    sock.sendall(chunked(repeated))
+                    sent += 65536
+                    if sent % (1024 * 1024) < 65536:
+                        began = time.monotonic()
+                        httpx.get(f"{server.url}/health", timeout=WAIT_S)
+                        latencies.append(time.monotonic() - began)
+            except OSError:
+                pass  # the server answered and closed: what it should do
+            status, body = answer_json(read_until_closed(sock))
+        assert status == 413, (label, body)
+        assert sent <= 8 * 1024 * 1024, (label, sent)  # stopped long before the end
+        assert max(latencies, default=0) < 0.5, (label, latencies)
+    assert files_under(server.tmp / "files") == []
+
+
+GUNICORN = [
+    sys.executable,
+    "-m",
+    "gunicorn",
+    "server:app",
+    "--worker-class",
+    "uvicorn_worker.UvicornWorker",
+    "--bind",
+    "127.0.0.1:{port}",
+    "--workers",
+    "3",
+]
+
+
+def hold_uploads(server: ServerProcess, count: int) -> list[socket.socket]:
+    """``count`` PUTs that have sent half of their body and wait with their slot held."""
+    socks = []
+    for i in range(count):
+        sock = open_upload(server, "PUT", f"/files/held-{i}.bin", 2 * 1024 * 1024)
+        sock.sendall(b"h" * 1024 * 1024)
+        socks.append(sock)
+    return socks
+
+
+def test_nine_uploads_against_three_workers_of_four_slots_all_succeed(live_server) -> None:
+    # 3 workers x 4 slots: MAX_CONCURRENT_UPLOADS counts the whole instance, so however
+    # the kernel spreads the connections over the workers, 12 uploads fit.
+    server = live_server(GUNICORN, MAX_CONCURRENT_UPLOADS="12", UPLOAD_SLOT_WAIT_SECONDS="0")
+    socks = hold_uploads(server, 9)
+    files = server.tmp / "files"
+    wait_for(lambda: len(files_under(files)) == 9, "nine uploads in progress")
+    answers = []
+    for sock in socks:
+        with sock:
+            sock.sendall(b"h" * 1024 * 1024)
+            answers.append(answer_json(read_until_closed(sock)))
+    assert [status for status, _ in answers] == [200] * 9, answers
+
+
+def test_the_upload_limit_counts_the_instance_and_waits_briefly_for_a_slot(live_server) -> None:
+    server = live_server(GUNICORN, MAX_CONCURRENT_UPLOADS="2", UPLOAD_SLOT_WAIT_SECONDS="1")
+    held = hold_uploads(server, 2)
+    wait_for(lambda: len(files_under(server.tmp / "files")) == 2, "two uploads in progress")
+    # Whichever worker takes it, a third upload finds the instance full.
+    began = time.monotonic()
+    with open_upload(server, "PUT", "/files/third.bin", 3) as sock:
+        sock.sendall(b"333")
+        status, body = answer_json(read_until_closed(sock))
+    assert status == 503 and body["code"] == "too_many_uploads", body
+    assert time.monotonic() - began >= 0.9  # it waited for a slot first
+    # One finishes while the next waits: that one gets through.
+    with ThreadPoolExecutor(1) as pool:
+        waiting = pool.submit(
+            httpx.put,
+            f"{server.url}/files/fourth.bin",
+            headers=token_of(server),
+            content=b"4444",
+            timeout=WAIT_S,
+        )
+        time.sleep(0.3)
+        with held[0] as sock:
+            sock.sendall(b"h" * 1024 * 1024)
+            assert answer_json(read_until_closed(sock))[0] == 200
+        assert waiting.result(timeout=WAIT_S).status_code == 200
+    held[1].close()

@@ -359,7 +359,7 @@ def test_too_many_concurrent_uploads_get_503_with_retry_after(
     make_client, auth: dict[str, str]
 ) -> None:
     backend = GatedBackend()
-    client = make_client(backend=backend, max_concurrent_uploads=1)
+    client = make_client(backend=backend, max_concurrent_uploads=1, upload_slot_wait_seconds=0)
     uploader = threading.Thread(target=lambda: client.put("/files/a", headers=auth, content=b"1"))
     uploader.start()
     try:
