@@ -37,15 +37,17 @@ log = logging.getLogger(__name__)
 router = APIRouter(tags=["uploads"])
 
 _ERRORS = {
-    400: "Bad request: malformed body, empty file name, unknown service.",
+    400: "Bad request: malformed body, unknown service, or the client left before its answer.",
     401: "No token or ticket was sent, or the ticket has expired.",
     403: "The token or ticket is wrong, or not allowed this service or file name.",
-    413: "The file is larger than MAX_UPLOAD_BYTES, or the token's or ticket's own limit.",
+    408: "The client sent nothing for CLIENT_IDLE_TIMEOUT_SECONDS, or too slowly on average.",
+    413: "The file is larger than MAX_UPLOAD_BYTES, or the token's or ticket's own limit, "
+    "or the form beside it is over 64 KiB.",
     422: "The form has no `file` field.",
     429: "A token's rate limit or daily quota reached, a ticket used up, or too many wrong "
     "tokens from this address; see Retry-After.",
     502: "The storage backend failed after retries, or refused the service's login.",
-    503: "Too many uploads in progress (see Retry-After), or storage not ready.",
+    503: "Too many uploads in progress after a short wait (see Retry-After), or storage not ready.",
     504: "The storage backend timed out.",
     507: "The storage backend is full.",
 }
