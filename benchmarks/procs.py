@@ -92,6 +92,11 @@ class Emulator:
     def stats(self) -> dict:
         return httpx.get(f"{self.url}/_emulator/stats", timeout=10).json()
 
+    def set_faults(self, **faults: object) -> None:
+        """Change the emulator's fault settings (``reset=True`` first restores defaults)."""
+        answer = httpx.post(f"{self.url}/_emulator/faults", json=faults, timeout=10)
+        answer.raise_for_status()
+
     def stop(self) -> None:
         stop_process(self.process)
         self.log_file.close()
@@ -155,6 +160,15 @@ class Server:
     def stop(self) -> None:
         stop_process(self.process)
         self.log_file.close()
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds the process has used so far (/proc/<pid>/stat)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    # The command name may contain spaces; the fields after its closing parenthesis are
+    # numbered from 3 (state), so utime and stime (14 and 15) are at 11 and 12 here.
+    fields = stat.rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _status_kib(pid: int, field_name: str) -> int | None:

@@ -28,6 +28,34 @@ def target_lines(r: dict[str, Any]) -> list[str]:
             "mega.py — "
             f"{ratio:.1f}x{stretch}"
         )
+    post = ratios.get("server_post_vs_stock")
+    if post is not None:
+        lines.append(
+            f"{_verdict(post >= 40)}: server POST {r['reference_mib']} MiB ≥ 40x stock "
+            f"mega.py — {post:.1f}x"
+        )
+    post_put = ratios.get("server_post_vs_put")
+    if post_put is not None:
+        lines.append(
+            f"{_verdict(post_put >= 0.9)}: server POST within 10% of PUT "
+            f"({r['reference_mib']} MiB) — POST at {post_put * 100:.1f}% of PUT"
+        )
+    for method in ("POST", "PUT"):
+        cpu = ratios.get(f"server_{method.lower()}_cpu_vs_floor")
+        if cpu is not None:
+            lines.append(
+                f"{_verdict(cpu <= 2)}: server CPU for a {method} ≤ 2x the single-core "
+                f"floor (SHA-256 + AES-CBC + AES-CTR) — {cpu:.2f}x"
+            )
+    slowed = r.get("slowed", {}).get("POST")
+    if slowed:
+        share_tail = slowed["after_last_byte_share"]
+        lines.append(
+            f"{_verdict(share_tail <= 0.15)}: answer after the client's last byte ≤ 15% of "
+            f"the upload, {r['slowed']['size_mib']} MiB POST, emulator at about "
+            f"{r['slowed']['target_mb_s']:.0f} MB/s — {share_tail * 100:.1f}% "
+            f"({slowed['after_last_byte_s']:.2f} s of {slowed['seconds']:.1f} s)"
+        )
     share = ratios.get("data_path_vs_openssl_cbc")
     if share is not None:
         lines.append(
@@ -100,6 +128,21 @@ def write_markdown(r: dict[str, Any], path: Path, chart_note: str) -> None:
         (f"Stock mega.py {ref} MiB (MB/s)", r["throughput"]["stock"].get(ref, {}).get("mb_s")),
         (f"Ratio server POST / stock ({ref} MiB)", ratios.get("server_post_vs_stock")),
         (f"Ratio server PUT / stock ({ref} MiB)", ratios.get("server_put_vs_stock")),
+        (f"Ratio server POST / PUT ({ref} MiB)", ratios.get("server_post_vs_put")),
+        (
+            f"Server CPU, POST {ref} MiB (CPU-s per GiB)",
+            r["throughput"]["server_post"].get(ref, {}).get("cpu_s_per_gib"),
+        ),
+        (
+            f"Server CPU, PUT {ref} MiB (CPU-s per GiB)",
+            r["throughput"]["server_put"].get(ref, {}).get("cpu_s_per_gib"),
+        ),
+        (
+            "Floor: SHA-256 + AES-128-CBC + AES-128-CTR, 1 core (CPU-s per GiB)",
+            r.get("cpu_floor", {}).get("cpu_s_per_gib"),
+        ),
+        ("Ratio server CPU / floor, POST", ratios.get("server_post_cpu_vs_floor")),
+        ("Ratio server CPU / floor, PUT", ratios.get("server_put_cpu_vs_floor")),
         (
             f"Data path, 1 thread, {dp['bytes'] // 2**20} MiB in memory (MB/s)",
             dp["single_thread_mb_s"],
@@ -126,6 +169,21 @@ def write_markdown(r: dict[str, Any], path: Path, chart_note: str) -> None:
                 rss["sampled_peak_mb"],
             )
         )
+    slowed = r.get("slowed", {})
+    for method in ("POST", "PUT"):
+        entry = slowed.get(method)
+        if entry:
+            rows += [
+                (f"Slowed emulator, {slowed['size_mib']} MiB {method} (MB/s)", entry["mb_s"]),
+                (
+                    f"Slowed emulator, {method}: answer after the last byte (s)",
+                    entry["after_last_byte_s"],
+                ),
+                (
+                    f"Slowed emulator, {method}: that wait / whole upload",
+                    entry["after_last_byte_share"],
+                ),
+            ]
     health = r.get("health", {})
     if health:
         idle, busy = health["idle"], health["during_uploads"]
@@ -146,8 +204,12 @@ def write_markdown(r: dict[str, Any], path: Path, chart_note: str) -> None:
             text = f"{_fmt(idle.get('p50_ms'), 2)} / {_fmt(idle.get('p99_ms'), 2)}"
         elif label.startswith("/health probes"):
             text = f"{busy.get('count', 0)} / {busy.get('errors', 0)}"
-        elif label.startswith("Ratio data path"):
+        elif label.startswith(("Ratio data path", "Ratio server POST / PUT")) or label.endswith(
+            "/ whole upload"
+        ):
             text = "n/a" if value is None else f"{value * 100:.1f}%"
+        elif label.startswith("Ratio server CPU"):
+            text = "n/a" if value is None else f"{value:.2f}x"
         elif label.startswith("Ratio"):
             text = "n/a" if value is None else f"{value:.1f}x"
         else:

@@ -34,10 +34,13 @@ if str(ROOT) not in sys.path:
     # crypto and the verification helper live at the repository root.
     sys.path.insert(0, str(ROOT))
 
+from app.storage.mega.upload import UploadLimits  # noqa: E402
 from benchmarks import client, datapath, procs, report, stock  # noqa: E402
 from tests.mega_verify import verify  # noqa: E402
 
 MiB = 1024 * 1024
+GiB = 1024 * MiB
+SLOWED_MB_S = 40.0  # the emulator's speed for the answer-after-last-byte figure
 SIZES_MIB = (1, 4, 16, 64, 256, 1024)
 QUICK_STOCK_MAX_MIB = 256
 REFERENCE_MIB = 256  # the file of the headline ratio and of the data path
@@ -176,19 +179,54 @@ class Bench:
         for size in sizes:
             for method in ("POST", "PUT"):
                 runs = []
+                cpu = []
+                assert self.server is not None
                 for rep in range(repetitions(size)):
                     name = f"bench-{method.lower()}-{size}MiB-{rep}.bin"
+                    before = procs.cpu_seconds(self.server.pid)
                     runs.append(self.upload_checked(method, self.files[size], name))
+                    # The server's own CPU (utime + stime), per GiB of file.
+                    cpu.append((procs.cpu_seconds(self.server.pid) - before) * GiB / (size * MiB))
                 seconds = statistics.median(t.seconds for t in runs)
                 entry = {
                     "mb_s": size * MiB / seconds / 1e6,
                     "seconds": seconds,
                     "runs": len(runs),
                     "request_sent_s": statistics.median(t.sent_seconds for t in runs),
+                    "cpu_s_per_gib": statistics.median(cpu),
                 }
                 series[f"server_{method.lower()}"][str(size)] = entry
                 say(f"server {method} {size} MiB: {entry['mb_s']:.1f} MB/s (verified)")
         return series
+
+    def slowed_tail(self, size: int, mb_s: float) -> dict[str, Any]:
+        """Uploads against an emulator slowed to about ``mb_s``: how long the client waits
+        for its answer after its last byte, against the whole upload."""
+        assert self.emulator is not None
+        limits = UploadLimits()
+        # Each region POST is held this long; ``parallel`` of them are in flight at once.
+        delay = max(0.0, limits.parallel * limits.region_bytes / (mb_s * 1e6) - 0.01)
+        self.emulator.set_faults(reset=True, chunk_delay=delay)
+        result: dict[str, Any] = {"target_mb_s": mb_s, "chunk_delay_s": delay, "size_mib": size}
+        try:
+            self.restart_server()
+            for method in ("POST", "PUT"):
+                name = f"bench-slowed-{method.lower()}-{size}MiB.bin"
+                timing = self.upload_checked(method, self.files[size], name)
+                tail = timing.seconds - timing.sent_seconds
+                result[method] = {
+                    "mb_s": timing.mb_per_s,
+                    "seconds": timing.seconds,
+                    "after_last_byte_s": tail,
+                    "after_last_byte_share": tail / timing.seconds,
+                }
+                say(
+                    f"slowed emulator, {method} {size} MiB: {timing.mb_per_s:.1f} MB/s, answer "
+                    f"{tail:.2f} s after the last byte ({tail / timing.seconds:.1%} of the upload)"
+                )
+        finally:
+            self.emulator.set_faults(reset=True)
+        return result
 
     def stock_series(self, sizes: list[int]) -> dict[str, Any]:
         assert self.emulator is not None
@@ -410,6 +448,16 @@ def notes(args: argparse.Namespace, bench: Bench, stock_max: int) -> list[str]:
         f"(http.client) while {HEALTH_UPLOADS} uploads of the same {HEALTH_MIB} MiB file run "
         "at once (half POST, half PUT) on a fresh server; latencies are nearest-rank "
         "percentiles and include the probe's own client time. Idle figures: 1 s before.",
+        "Server CPU: utime + stime of the server process from /proc/<pid>/stat around each "
+        f"{REFERENCE_MIB} MiB upload (median of the runs), per GiB of file. It includes "
+        "receiving the body, parsing, the SHA-256 of the answer, the temporary copy that "
+        "makes a streamed body replayable, sealing and sending every region. Floor: one "
+        "core's SHA-256 + AES-128-CBC + AES-128-CTR over the same number of bytes in 1 MiB "
+        "buffers (cryptography, hashlib), process time, best of 2, measured in the same run.",
+        f"Slowed emulator: every region POST held for chunk_delay = parallel x region / "
+        f"{SLOWED_MB_S:.0f} MB/s (minus 10 ms of transfer), on a fresh server; the wait is "
+        "the time from the client's last request byte (sendfile returned) to the last byte "
+        "of the answer.",
     ]
 
 
@@ -442,6 +490,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
         say("data path: encrypt + MAC in memory, OpenSSL speed, library comparison")
         results["data_path"] = datapath.data_path(reference * MiB)
+        results["cpu_floor"] = datapath.cpu_floor(reference * MiB)
         results["openssl"] = datapath.openssl_cbc()
         results["libraries"] = datapath.library_comparison()
         say(
@@ -465,6 +514,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         results["throughput"] = throughput
 
         results["health"] = bench.health_under_load(args.health_mib)
+        results["slowed"] = bench.slowed_tail(reference, SLOWED_MB_S)
         stats = bench.emulator.stats() if bench.emulator else {}
         results["emulator_stats"] = {k: v for k, v in stats.items() if isinstance(v, int | float)}
         results["notes"] = notes(args, bench, stock_max)
@@ -477,6 +527,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         ratios[f"server_{method}_vs_stock"] = (
             server_ref / stock_ref if server_ref and stock_ref else None
         )
+    post_ref = throughput["server_post"].get(ref, {})
+    put_ref = throughput["server_put"].get(ref, {})
+    if post_ref.get("mb_s") and put_ref.get("mb_s"):
+        ratios["server_post_vs_put"] = post_ref["mb_s"] / put_ref["mb_s"]
+    floor = results["cpu_floor"]["cpu_s_per_gib"]
+    for method, entry in (("post", post_ref), ("put", put_ref)):
+        if entry.get("cpu_s_per_gib") is not None:
+            ratios[f"server_{method}_cpu_vs_floor"] = entry["cpu_s_per_gib"] / floor
     ratios["data_path_vs_openssl_cbc"] = (
         results["data_path"]["single_thread_mb_s"] / results["openssl"]["mb_s"]
     )
