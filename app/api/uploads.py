@@ -271,7 +271,7 @@ class Upload:
         # The body is complete; until the answer is sent, a client that leaves must not
         # leave a file behind that nobody has a link to.
         while (await self.request.receive())["type"] != "http.disconnect":
-            pass
+            await anyio.sleep(0.05)  # nothing else is expected; never spin on it
         self.client_gone = True
         if intake.relay is not None:
             intake.relay.fail(SourceGone("the client left before its answer"))
