@@ -141,6 +141,10 @@ def write_markdown(r: dict[str, Any], path: Path, chart_note: str) -> None:
             "Floor: SHA-256 + AES-128-CBC + AES-128-CTR, 1 core (CPU-s per GiB)",
             r.get("cpu_floor", {}).get("cpu_s_per_gib"),
         ),
+        (
+            "Loopback TCP transfer of the same bytes, send + receive (CPU-s per GiB)",
+            r.get("loopback", {}).get("cpu_s_per_gib"),
+        ),
         ("Ratio server CPU / floor, POST", ratios.get("server_post_cpu_vs_floor")),
         ("Ratio server CPU / floor, PUT", ratios.get("server_put_cpu_vs_floor")),
         (

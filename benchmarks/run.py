@@ -453,7 +453,10 @@ def notes(args: argparse.Namespace, bench: Bench, stock_max: int) -> list[str]:
         "receiving the body, parsing, the SHA-256 of the answer, the temporary copy that "
         "makes a streamed body replayable, sealing and sending every region. Floor: one "
         "core's SHA-256 + AES-128-CBC + AES-128-CTR over the same number of bytes in 1 MiB "
-        "buffers (cryptography, hashlib), process time, best of 2, measured in the same run.",
+        "buffers (cryptography, hashlib), process time, best of 2, measured in the same run. "
+        "Loopback transfer: the CPU of sending and receiving the same bytes once over a "
+        "127.0.0.1 TCP connection in one process: the server receives every byte from the "
+        "client and sends every byte to MEGA, kernel work the floor leaves out.",
         f"Slowed emulator: every region POST held for chunk_delay = parallel x region / "
         f"{SLOWED_MB_S:.0f} MB/s (minus 10 ms of transfer), on a fresh server; the wait is "
         "the time from the client's last request byte (sendfile returned) to the last byte "
@@ -490,7 +493,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
         say("data path: encrypt + MAC in memory, OpenSSL speed, library comparison")
         results["data_path"] = datapath.data_path(reference * MiB)
-        results["cpu_floor"] = datapath.cpu_floor(reference * MiB)
         results["openssl"] = datapath.openssl_cbc()
         results["libraries"] = datapath.library_comparison()
         say(
@@ -502,6 +504,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         say(f"stock mega.py, sizes {stock_sizes} MiB")
         throughput: dict[str, Any] = {"stock": bench.stock_series(stock_sizes)}
 
+        # Right before the server's uploads, so that both see the same load on the machine.
+        results["cpu_floor"] = datapath.cpu_floor(reference * MiB)
+        results["loopback"] = datapath.loopback_cpu(reference * MiB)
         bench.restart_server()
         say(f"server, sizes {sizes} MiB")
         throughput.update(bench.server_series(sizes))
