@@ -271,17 +271,12 @@ def test_a_client_that_gives_up_before_its_answer_leaves_nothing_in_mega(
     assert service.leftovers() == []
 
 
-def test_curl_multipart_with_expect_100_continue_streams_into_mega(
-    service: Service, emulator: MegaEmulator, tmp_path: Path
-) -> None:
+def curl_upload(service: Service, source: Path, *options: str) -> subprocess.CompletedProcess:
     curl = shutil.which("curl")
     if curl is None:
         assert os.environ.get("CI") != "true", "curl is needed in CI"
         pytest.skip("curl is not installed")
-    data = payload(5 * MiB + 9, 15)
-    source = tmp_path / "game save.bin"
-    source.write_bytes(data)
-    done = subprocess.run(
+    return subprocess.run(
         [
             curl,
             "--silent",
@@ -292,7 +287,8 @@ def test_curl_multipart_with_expect_100_continue_streams_into_mega(
             "-H",
             f"X-Auth-Token: {service.headers['X-Auth-Token']}",
             "-H",
-            "Expect: 100-continue",
+            "Expect: 100-continue",  # libcurl's default for big bodies, said out loud
+            *options,
             "-F",
             f"file=@{source}",
             f"{service.url}/upload?service=mega",
@@ -300,43 +296,37 @@ def test_curl_multipart_with_expect_100_continue_streams_into_mega(
         capture_output=True,
         timeout=90,
     )
+
+
+def test_curl_multipart_with_expect_100_continue_streams_into_mega(
+    service: Service, emulator: MegaEmulator, tmp_path: Path
+) -> None:
+    data = payload(5 * MiB + 9, 15)
+    source = tmp_path / "game save.bin"
+    source.write_bytes(data)
+    done = curl_upload(service, source)
     assert done.returncode == 0, done.stderr + done.stdout
-    response = httpx.Response(200, content=done.stdout)
-    check_stored(emulator, response, "game save.bin", data)
+    check_stored(emulator, httpx.Response(200, content=done.stdout), "game save.bin", data)
     assert emulator.stats()["commands"]["u"] == 1  # streamed: the prediction held
     assert service.leftovers() == []
 
 
-def test_a_client_leaving_mid_put_leaves_nothing_behind(
-    new_stream_service: Callable[..., Service], emulator: MegaEmulator
+def test_curl_giving_up_on_a_low_speed_limit_leaves_nothing_stored(
+    new_stream_service: Callable[..., Service], emulator: MegaEmulator, tmp_path: Path
 ) -> None:
-    # One upload slot: the next upload can only start once the abandoned one has ended.
-    service = new_stream_service(MAX_CONCURRENT_UPLOADS="1")
-    check_stored(emulator, put(service, "warm.bin", b"w"), "warm.bin", b"w")  # log-in, folder
-    emulator.reset_stats()
-    size, sent = 8 * MiB, 3 * MiB + 5
-    host, port = service.url.removeprefix("http://").split(":")
-    with socket.create_connection((host, int(port)), timeout=10) as sock:
-        head = (
-            f"PUT /files/gone.bin?service=mega HTTP/1.1\r\nHost: {host}\r\n"
-            f"X-Auth-Token: {service.headers['X-Auth-Token']}\r\n"
-            f"Content-Length: {size}\r\n\r\n"
-        )
-        sock.sendall(head.encode() + payload(sent, 5))
-        # Let the server start the upload (u, the first regions) before leaving.
-        deadline = time.monotonic() + 10
-        while emulator.stats()["chunk_posts"] < 2 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert emulator.stats()["chunk_posts"] >= 2
-    assert service.health() == 200
-    data = payload(2 * MiB + 1, 6)
-    deadline = time.monotonic() + 15
-    while (response := put(service, "after.bin", data)).status_code == 503:
-        assert time.monotonic() < deadline, "the abandoned upload never ended"
-        time.sleep(0.1)
-    check_stored(emulator, response, "after.bin", data)
-    stats = emulator.stats()
-    assert stats["files_stored"] == 1 and stats["commands"]["p"] == 1  # only "after.bin"
+    service = new_stream_service(MAX_CONCURRENT_UPLOADS="1", UPLOAD_SLOT_WAIT_SECONDS="0")
+    check_stored(emulator, put(service, "warm.bin", b"w"), "warm.bin", b"w")
+    files_before = emulator.stats()["stored_files"]
+    source = tmp_path / "slow.bin"
+    source.write_bytes(payload(40 * MiB, 16))
+    # MEGA crawls; the client's progress crawls with it and libcurl's low-speed limit
+    # (CURLOPT_LOW_SPEED_LIMIT / _TIME) gives up.
+    emulator.faults.chunk_delay = 2.0  # 1.5 MB/s with 3 regions of 1 MiB in flight
+    done = curl_upload(service, source, "--speed-limit", "5000000", "--speed-time", "2")
+    assert done.returncode == 28, done.stderr  # curl: operation too slow
+    emulator.faults.reset()
+    wait_for(lambda: put(service, "probe.bin", b"p").status_code != 503, "the upload to end")
+    assert emulator.stats()["stored_files"] == files_before + 1  # the probe only
     assert service.leftovers() == []
 
 
