@@ -255,11 +255,10 @@ def send(
         except UploadUrlDead as dead:
             last = dead.cause
             if not source.rewind():
-                # A streamed body is encrypted and sent as it arrives; starting again
-                # would need all of it, which is exactly what streaming avoids holding
-                # (a 1 GiB body would have to be buffered for a rare failure). The client
-                # gets a 502 saying to send the file again; the spooled path (POST
-                # /upload, or a PUT without Content-Length) still restarts on its own.
+                # A streamed body that keeps no copy of itself cannot start again: what
+                # was sent is gone. The client gets a 502 saying to send the file again.
+                # The service's bodies keep a private copy (``BodyRelay.rewind``), and a
+                # spooled file seeks back: both restart on their own.
                 raise StreamCannotRestart(dead.cause) from None
             logger.warning(
                 "MEGA upload URL rejected (%s); restarting the file (%d/%d)",
