@@ -16,6 +16,7 @@ from app.api.context import RequestContextMiddleware
 from app.api.deps import Services
 from app.api.errors import install_error_handlers
 from app.config import Settings
+from app.relay import tune_allocator
 from app.serving.startup import OneLineStartupErrors
 from app.shared_state import build_shared_state
 from app.spool import Spool
@@ -87,6 +88,7 @@ def create_app(
         # leave spool writes and /ready waiting behind a full house of uploads.
         limiter = to_thread.current_default_thread_limiter()
         limiter.total_tokens = max(limiter.total_tokens, 2 * settings.max_concurrent_uploads + 16)
+        tune_allocator()  # large body buffers from the heap, not a fresh mmap each
         await to_thread.run_sync(spool.prepare)
         await to_thread.run_sync(backend.start)
         stop_watching = watch_sighup(services.tokens.request_reload)

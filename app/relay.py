@@ -19,8 +19,10 @@ a file from a body that later turns out to be different from what it announced.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import queue
+import sys
 import threading
 from pathlib import Path
 
@@ -28,6 +30,36 @@ BLOCK_BYTES = 1024 * 1024
 QUEUE_BLOCKS = 4
 # How often a blocked side looks up to see whether the other side gave up.
 _POLL_S = 0.2
+
+
+# glibc's mallopt parameters (malloc.h).
+_M_TRIM_THRESHOLD = -1
+_M_TOP_PAD = -2
+_M_MMAP_THRESHOLD = -3
+
+
+def tune_allocator() -> bool:
+    """Keep glibc from mapping and unmapping memory for every body buffer; True if done.
+
+    A body arrives in pieces of up to 256 KiB and travels in blocks of about 1 MiB. By
+    default glibc serves such sizes with a fresh mmap and returns them with munmap, so
+    the kernel faults in and zeroes every page again for every piece: measured, that
+    tripled the CPU an upload costs (a server that only drains a body: 1.36 CPU-s/GiB,
+    0.52 with these settings). Served from the heap, the same few MiB are reused. The
+    heap keeps at most the trim threshold of free memory before it gives it back.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    settings = (
+        (_M_MMAP_THRESHOLD, 4 * 1024 * 1024),
+        (_M_TRIM_THRESHOLD, 32 * 1024 * 1024),
+        (_M_TOP_PAD, 16 * 1024 * 1024),
+    )
+    return all(mallopt(option, value) == 1 for option, value in settings)
 
 
 class SourceGone(Exception):
