@@ -118,13 +118,15 @@ class Server:
         return self.process.pid
 
     @classmethod
-    def start(cls, root: Path, env: dict[str, str], log_path: Path) -> Server:
+    def start(
+        cls, root: Path, env: dict[str, str], log_path: Path, app: str = "server:app"
+    ) -> Server:
         port = free_port()
         token = secrets.token_urlsafe(32)
         full_env = {**os.environ, **env, "AUTH_TOKEN": token}
         log_file = log_path.open("ab")
         process = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "server:app", "--port", str(port), "--no-access-log"],
+            [sys.executable, "-m", "uvicorn", app, "--port", str(port), "--no-access-log"],
             cwd=root,
             env=full_env,
             stdout=log_file,

@@ -199,6 +199,23 @@ class Bench:
                 say(f"server {method} {size} MiB: {entry['mb_s']:.1f} MB/s (verified)")
         return series
 
+    def receive_cost(self, size: int) -> dict[str, Any]:
+        """CPU per GiB of uvicorn receiving a body into an app that does nothing with it."""
+        drain = procs.Server.start(
+            ROOT, {}, self.work / "drain.log", app="benchmarks.drain_app:app"
+        )
+        try:
+            costs = []
+            for _ in range(3):
+                before = procs.cpu_seconds(drain.pid)
+                timing = client.upload(drain.url, drain.token, "PUT", self.files[size], "x")
+                if timing.status != 200:
+                    raise BenchmarkError(f"the drain server answered {timing.status}")
+                costs.append((procs.cpu_seconds(drain.pid) - before) * GiB / (size * MiB))
+        finally:
+            drain.stop()
+        return {"cpu_s_per_gib": statistics.median(costs), "runs": len(costs)}
+
     def slowed_tail(self, size: int, mb_s: float) -> dict[str, Any]:
         """Uploads against an emulator slowed to about ``mb_s``: how long the client waits
         for its answer after its last byte, against the whole upload."""
@@ -456,7 +473,9 @@ def notes(args: argparse.Namespace, bench: Bench, stock_max: int) -> list[str]:
         "buffers (cryptography, hashlib), process time, best of 2, measured in the same run. "
         "Loopback transfer: the CPU of sending and receiving the same bytes once over a "
         "127.0.0.1 TCP connection in one process: the server receives every byte from the "
-        "client and sends every byte to MEGA, kernel work the floor leaves out.",
+        "client and sends every byte to MEGA, kernel work the floor leaves out. Receiving "
+        "alone: the same PUT into benchmarks/drain_app.py under uvicorn, an app that only "
+        "counts the body's bytes (median of 3).",
         f"Slowed emulator: every region POST held for chunk_delay = parallel x region / "
         f"{SLOWED_MB_S:.0f} MB/s (minus 10 ms of transfer), on a fresh server; the wait is "
         "the time from the client's last request byte (sendfile returned) to the last byte "
@@ -507,6 +526,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         # Right before the server's uploads, so that both see the same load on the machine.
         results["cpu_floor"] = datapath.cpu_floor(reference * MiB)
         results["loopback"] = datapath.loopback_cpu(reference * MiB)
+        results["receive"] = bench.receive_cost(reference)
         bench.restart_server()
         say(f"server, sizes {sizes} MiB")
         throughput.update(bench.server_series(sizes))
