@@ -330,6 +330,39 @@ def test_curl_giving_up_on_a_low_speed_limit_leaves_nothing_stored(
     assert service.leftovers() == []
 
 
+def test_a_client_leaving_mid_put_leaves_nothing_behind(
+    new_stream_service: Callable[..., Service], emulator: MegaEmulator
+) -> None:
+    # One upload slot: the next upload can only start once the abandoned one has ended.
+    service = new_stream_service(MAX_CONCURRENT_UPLOADS="1")
+    check_stored(emulator, put(service, "warm.bin", b"w"), "warm.bin", b"w")  # log-in, folder
+    emulator.reset_stats()
+    size, sent = 8 * MiB, 3 * MiB + 5
+    host, port = service.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        head = (
+            f"PUT /files/gone.bin?service=mega HTTP/1.1\r\nHost: {host}\r\n"
+            f"X-Auth-Token: {service.headers['X-Auth-Token']}\r\n"
+            f"Content-Length: {size}\r\n\r\n"
+        )
+        sock.sendall(head.encode() + payload(sent, 5))
+        # Let the server start the upload (u, the first regions) before leaving.
+        deadline = time.monotonic() + 10
+        while emulator.stats()["chunk_posts"] < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert emulator.stats()["chunk_posts"] >= 2
+    assert service.health() == 200
+    data = payload(2 * MiB + 1, 6)
+    deadline = time.monotonic() + 15
+    while (response := put(service, "after.bin", data)).status_code == 503:
+        assert time.monotonic() < deadline, "the abandoned upload never ended"
+        time.sleep(0.1)
+    check_stored(emulator, response, "after.bin", data)
+    stats = emulator.stats()
+    assert stats["files_stored"] == 1 and stats["commands"]["p"] == 1  # only "after.bin"
+    assert service.leftovers() == []
+
+
 def test_the_pipeline_overlaps_regions_and_never_exceeds_the_setting(
     service: Service, emulator: MegaEmulator
 ) -> None:
