@@ -160,6 +160,14 @@ def write_markdown(r: dict[str, Any], path: Path, chart_note: str) -> None:
         "busy; a load before it means other work shared the machine)",
         f"- Emulator data dir: {r['emulator_data_dir']}; server spool (TEMP_UPLOAD_DIR): "
         "a temp dir on disk",
+        *(
+            [
+                "- This machine was shared with other work during the run: compare the "
+                "ratios, which were measured side by side, rather than the absolute figures."
+            ]
+            if (r.get("load_before") or 0) > 1.5
+            else []
+        ),
         "",
         "## Targets (benchmark figures, not tests)",
         "",
