@@ -130,6 +130,16 @@ def missed_targets(r: dict[str, Any]) -> list[str]:
             "with it switched off), the hand-over of blocks between the event loop and the "
             "worker threads, and requests' per-POST work." + shared
         )
+    health = r.get("health", {})
+    busy = health.get("during_uploads", {})
+    if busy.get("p99_ms", 0) >= 50:
+        lines.append(
+            f"/health p99 < 50 ms during uploads: {busy['p99_ms']:.1f} ms, over by "
+            f"{busy['p99_ms'] - 50:.1f} ms (p50 {busy.get('p50_ms', 0):.1f} ms, idle p99 "
+            f"{health.get('idle', {}).get('p99_ms', 0):.1f} ms). The probes share 2 cores "
+            f"with {health.get('uploads')} uploads, the emulator and the client; the p50 "
+            "shows the event loop answering, the slowest 1% wait their turn for a core." + shared
+        )
     slowed = r.get("slowed", {}).get("POST")
     if slowed and slowed["after_last_byte_share"] > 0.15:
         lines.append(
