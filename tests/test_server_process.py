@@ -6,13 +6,16 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import socket
+import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.conftest import ROOT, ServerProcess
 
@@ -423,3 +426,38 @@ def test_the_upload_limit_counts_the_instance_and_waits_briefly_for_a_slot(live_
             assert answer_json(read_until_closed(sock))[0] == 200
         assert waiting.result(timeout=WAIT_S).status_code == 200
     held[1].close()
+
+
+def test_a_nameless_file_part_from_curl_is_stored_under_the_default_name(
+    live_server, tmp_path: Path
+) -> None:
+    curl = shutil.which("curl")
+    if curl is None:
+        assert os.environ.get("CI") != "true", "curl is needed in CI"
+        pytest.skip("curl is not installed")
+    server = live_server()
+    source = tmp_path / "screenshot.png"
+    source.write_bytes(os.urandom(70_000))
+    # `-F "file=<path"` sends the file's content as a field without a file name, as
+    # libcurl's curl_mime_data does for uploads from memory.
+    done = subprocess.run(
+        [
+            curl,
+            "--silent",
+            "--show-error",
+            "--fail-with-body",
+            "--max-time",
+            "30",
+            "-H",
+            f"X-Auth-Token: {server.env['AUTH_TOKEN']}",
+            "-F",
+            f"file=<{source}",
+            f"{server.url}/upload",
+        ],
+        capture_output=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr + done.stdout
+    answer = json.loads(done.stdout)
+    assert answer["filename"] == "upload.bin"
+    assert httpx.get(answer["link"], timeout=WAIT_S).content == source.read_bytes()
