@@ -128,7 +128,8 @@ def missed_targets(r: dict[str, Any]) -> list[str]:
             f"The remaining {rest:.2f} CPU-s/GiB are the private temporary copy that lets a "
             "streamed body restart on a fresh upload URL (about 0.35 CPU-s/GiB, measured "
             "with it switched off), the hand-over of blocks between the event loop and the "
-            "worker threads, and requests' per-POST work." + shared
+            "worker threads, the service's own ASGI middleware on every piece of the body "
+            "(request context, size cap), and requests' per-POST work." + shared
         )
     health = r.get("health", {})
     busy = health.get("during_uploads", {})
