@@ -11,10 +11,10 @@ import re
 import secrets
 import tempfile
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import ByteSize, Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from app.tokens import TokensFileError, read_tokens_file
 
@@ -35,6 +35,7 @@ _HINTS = {
     "mega_password": "set MEGA_EMAIL and MEGA_PASSWORD, or STORAGE_BACKEND=local",
     "mega_session": "print a fresh one with: python server.py mega-session",
     "max_upload_bytes": "give a size such as 1073741824, 500MB or 2GiB",
+    "cors_origins": "e.g. CORS_ORIGINS=https://example.com,https://app.example.org",
     "log_level": "use one of critical, error, warning, info, debug",
     "log_format": "use text or json",
     "ticket_secret": "set it to a random secret of at least 32 characters",
@@ -121,6 +122,9 @@ class Settings(BaseSettings):
     request_head_timeout_seconds: float = Field(default=10.0, gt=0, le=600)
     max_connections_per_client: int = Field(default=64, ge=0, le=1_000_000)
     auth_failures_per_minute: int = Field(default=20, ge=1, le=1_000_000)
+    # Origins (scheme://host[:port]) whose pages may call the API from a browser; none by
+    # default, so another site's page cannot use a visitor's token. Comma-separated.
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=1, le=65535)
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
@@ -202,6 +206,21 @@ class Settings(BaseSettings):
         if value is not None and not value.get_secret_value().strip().startswith(SESSION_PREFIX):
             raise ValueError("is not a session printed by the mega-session command")
         return value
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [origin.strip() for origin in value.split(",") if origin.strip()]
+        return value
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _are_origins(cls, value: list[str]) -> list[str]:
+        for origin in value:
+            if not re.fullmatch(r"https?://[^\s/?#]+", origin.rstrip("/")):
+                raise ValueError("must be origins such as https://example.com, comma-separated")
+        return [origin.rstrip("/") for origin in value]
 
     @field_validator("mega_folder")
     @classmethod

@@ -15,6 +15,7 @@ from app.api import downloads, health, metrics, tickets, uploads
 from app.api.context import RequestContextMiddleware
 from app.api.deps import Services
 from app.api.errors import install_error_handlers
+from app.api.pages import install_web
 from app.config import Settings
 from app.relay import tune_allocator
 from app.serving.startup import OneLineStartupErrors
@@ -109,8 +110,14 @@ def create_app(
                 await to_thread.run_sync(backend.close)
                 await to_thread.run_sync(services.shared.close)
 
+    # /docs is served by install_web with local assets; FastAPI's own pages use a CDN.
     app = FastAPI(
-        title="Paimon-server", version=__version__, description=DESCRIPTION, lifespan=lifespan
+        title="Paimon-server",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.services = services
     app.add_middleware(OneLineStartupErrors)
@@ -122,4 +129,5 @@ def create_app(
     app.include_router(metrics.router)
     if isinstance(backend, LocalBackend):
         app.include_router(downloads.router)
+    install_web(app, settings)
     return app

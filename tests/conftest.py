@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -270,3 +271,32 @@ def write_in_place(path: Path, text: str) -> None:
         file.seek(0)
         file.write(text)
         file.truncate()
+
+
+@contextmanager
+def held_upload_slot(server: ServerProcess, wait_s: float = 30) -> Iterator[None]:
+    """Hold one upload slot of ``server`` (a PUT that announces 50 MiB and sends 1 KiB).
+
+    Returns once another upload is answered 503, so with ``MAX_CONCURRENT_UPLOADS=1`` the
+    service is busy until the block ends and the connection closes.
+    """
+    head = (
+        f"PUT /files/held.bin HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n"
+        f"X-Auth-Token: {server.env['AUTH_TOKEN']}\r\n"
+        f"Content-Length: {50 * 1024 * 1024}\r\n\r\n"
+    ).encode()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=wait_s) as sock:
+        sock.sendall(head + b"h" * 1024)
+        deadline = time.monotonic() + wait_s
+        while True:
+            probe = httpx.put(
+                f"{server.url}/files/probe.txt",
+                headers={"X-Auth-Token": server.env["AUTH_TOKEN"]},
+                content=b"p",
+                timeout=wait_s,
+            )
+            if probe.status_code == 503:
+                break
+            assert time.monotonic() < deadline, "the held upload never took the slot"
+            time.sleep(0.05)
+        yield

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -48,6 +51,156 @@ STORAGE_ERRORS: list[tuple[type[StorageError], int, str]] = [
     (StorageError, 502, "storage_failed"),
 ]
 
+Scope = Literal["all", "params", "token", "upload", "multipart", "download", "ready"]
+
+
+@dataclass(frozen=True)
+class CatalogueEntry:
+    """One error a client can receive: what the OpenAPI document says about it.
+
+    ``scope`` says which operations can answer with it: ``all`` (every operation),
+    ``params`` (operations with parameters or a body), ``token`` (operations that need a
+    token), ``upload`` (the upload routes), ``multipart`` (``POST /upload``), ``download``
+    and ``ready``. A test checks that every status and code the code base can answer with
+    has an entry here, so the document cannot fall behind.
+    """
+
+    status: int
+    code: str
+    scope: Scope
+    description: str
+    example: str
+    retry_after: str | None = None
+
+
+CATALOGUE: list[CatalogueEntry] = [
+    CatalogueEntry(
+        500,
+        "internal_error",
+        "all",
+        "An unexpected failure; details are only logged.",
+        "internal server error",
+    ),
+    CatalogueEntry(
+        422,
+        "invalid_request",
+        "params",
+        "A parameter is missing or malformed.",
+        "service: Input should be a valid string",
+    ),
+    CatalogueEntry(
+        401, "missing_token", "token", "No token or ticket was sent.", "an auth token is required"
+    ),
+    CatalogueEntry(
+        403,
+        "invalid_token",
+        "token",
+        "The token or ticket is wrong.",
+        "the auth token is not valid",
+    ),
+    CatalogueEntry(
+        400,
+        "unsupported_service",
+        "upload",
+        "The `service` parameter names a backend this service does not run.",
+        "unsupported service 'dropbox'; supported services: mega",
+    ),
+    CatalogueEntry(
+        400,
+        "invalid_filename",
+        "upload",
+        "The file name is empty or cleans to nothing.",
+        "the file name is empty or invalid",
+    ),
+    CatalogueEntry(
+        400,
+        "bad_request",
+        "upload",
+        "The Content-Length header is not a number.",
+        "the Content-Length header is not a number",
+    ),
+    CatalogueEntry(
+        400,
+        "client_disconnected",
+        "upload",
+        "The client closed the connection mid-body.",
+        "the client closed the connection",
+    ),
+    CatalogueEntry(
+        408,
+        "client_timeout",
+        "upload",
+        "The client stopped sending the body for CLIENT_IDLE_TIMEOUT_SECONDS.",
+        "the client sent nothing for 60 s",
+    ),
+    CatalogueEntry(
+        413,
+        "too_large",
+        "upload",
+        "The file is larger than MAX_UPLOAD_BYTES (from Content-Length, or while receiving).",
+        "the file is larger than the limit of 1073741824 bytes",
+    ),
+    CatalogueEntry(
+        503,
+        "too_many_uploads",
+        "upload",
+        "Too many uploads in progress; try again after Retry-After seconds.",
+        "too many uploads in progress; try again shortly",
+        "5",
+    ),
+    CatalogueEntry(
+        415,
+        "unsupported_media_type",
+        "multipart",
+        "The body is not multipart/form-data.",
+        "send the file as multipart/form-data in the field 'file'",
+    ),
+    CatalogueEntry(
+        400,
+        "bad_multipart",
+        "multipart",
+        "The multipart body is malformed, incomplete or has no boundary.",
+        "the multipart body is malformed",
+    ),
+    CatalogueEntry(
+        400,
+        "too_many_files",
+        "multipart",
+        "More than one `file` part.",
+        "send exactly one file per request",
+    ),
+    CatalogueEntry(
+        422,
+        "missing_file",
+        "multipart",
+        "The form has no `file` field.",
+        "the form has no field 'file'",
+    ),
+    CatalogueEntry(404, "not_found", "download", "No such file.", "no such file"),
+    CatalogueEntry(
+        503,
+        "not_ready",
+        "ready",
+        "Storage cannot take uploads now; the message says why.",
+        "the storage backend is not ready",
+        "10",
+    ),
+]
+# The storage failures come from STORAGE_ERRORS, so a row added there is documented too.
+_STORAGE_RETRY_AFTER = "30"
+for _kind, _status, _code in STORAGE_ERRORS:
+    if not any(entry.code == _code for entry in CATALOGUE):
+        CATALOGUE.append(
+            CatalogueEntry(
+                _status,
+                _code,
+                "upload",
+                (_kind.__doc__ or _code).split("\n")[0],
+                "storage is unavailable, try again later" if _status == 503 else _code,
+                _STORAGE_RETRY_AFTER if _status == 503 else None,
+            )
+        )
+
 _HTTP_CODES = {
     400: "bad_request",
     404: "not_found",
@@ -92,7 +245,7 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _storage(_: Request, error: StorageError) -> JSONResponse:
         status, code = storage_error_status(error)
         log.warning("upload failed: %s (%s)", code, error)
-        headers = {"Retry-After": "30"} if status == 503 else None
+        headers = {"Retry-After": _STORAGE_RETRY_AFTER} if status == 503 else None
         return error_response(status, code, str(error), headers)
 
     @app.exception_handler(ClientTooSlow)
@@ -122,3 +275,39 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _unexpected(_: Request, error: Exception) -> JSONResponse:
         log.exception("unexpected error")
         return error_response(500, "internal_error", "internal server error")
+
+
+def catalogue_responses(scopes: Iterable[str]) -> dict[str, dict[str, Any]]:
+    """OpenAPI ``responses`` for the catalogue entries in ``scopes``: one per status,
+    with every code of that status as a named example."""
+    wanted = set(scopes) | {"all"}
+    responses: dict[str, dict[str, Any]] = {}
+    for entry in sorted(CATALOGUE, key=lambda entry: entry.status):
+        if entry.scope not in wanted:
+            continue
+        response = responses.setdefault(
+            str(entry.status),
+            {
+                "description": "",
+                "content": {
+                    "application/json": {
+                        "schema": {"$ref": "#/components/schemas/ErrorBody"},
+                        "examples": {},
+                    }
+                },
+            },
+        )
+        line = f"`{entry.code}`: {entry.description}"
+        response["description"] = f"{response['description']}\n\n{line}".strip()
+        response["content"]["application/json"]["examples"][entry.code] = {
+            "summary": entry.description,
+            "value": {"status": "error", "message": entry.example, "code": entry.code},
+        }
+        if entry.retry_after:
+            response["headers"] = {
+                "Retry-After": {
+                    "description": "Seconds to wait before trying again.",
+                    "schema": {"type": "integer", "example": int(entry.retry_after)},
+                }
+            }
+    return responses

@@ -4,10 +4,27 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class UploadResult(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "status": "success",
+                    "message": "File uploaded successfully",
+                    "filename": "holiday.jpg",
+                    "service": "mega",
+                    "link": "https://mega.nz/file/AbCdEfGh#k3yk3yk3yk3yk3yk3yk3yk3yk3yk3yk3yk3yk3yk3y",
+                    "size": 48213,
+                    "sha256": "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
+                    "handle": "XyZ12345",
+                }
+            ]
+        }
+    )
+
     # The first five keys, in this order and with these literal values, are the contract
     # existing clients parse; the rest were added beside them.
     status: Literal["success"] = "success"

@@ -1,0 +1,247 @@
+// The upload page: one file at a time, multipart POST /upload with XMLHttpRequest (fetch
+// cannot report upload progress), the service's own error messages shown as they come.
+"use strict";
+
+const STORE_KEY = "paimon-token";
+const $ = (id) => document.getElementById(id);
+let config = { services: [], default_service: "", max_upload_bytes: Infinity, tickets: false };
+const queue = [];
+let busy = false;
+
+function formatBytes(n) {
+  const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+  let i = 0;
+  while (n >= 1024 && i < units.length - 1) { n /= 1024; i += 1; }
+  return `${n.toFixed(i === 0 || n >= 100 ? 0 : 1)} ${units[i]}`;
+}
+
+function formatSeconds(s) {
+  if (!isFinite(s)) return "…";
+  if (s < 60) return `${Math.ceil(s)} s`;
+  return `${Math.floor(s / 60)} min ${Math.ceil(s % 60)} s`;
+}
+
+function announce(text) {
+  // Clear first so that the same words twice are read twice.
+  $("announce").textContent = "";
+  setTimeout(() => { $("announce").textContent = text; }, 50);
+}
+
+async function loadConfig() {
+  try {
+    const answer = await fetch("/config", { headers: { Accept: "application/json" } });
+    if (answer.ok) config = await answer.json();
+  } catch (_) { /* keep the defaults: the upload itself will say what is wrong */ }
+  const select = $("service");
+  for (const name of config.services) {
+    const option = new Option(name, name, false, name === config.default_service);
+    select.add(option);
+  }
+  $("service-field").hidden = config.services.length < 2;
+  if (isFinite(config.max_upload_bytes)) {
+    $("limit").textContent =
+      `Choose one or more files, or drop them here. Up to ${formatBytes(config.max_upload_bytes)} each.`;
+  }
+}
+
+function restoreToken() {
+  const saved = localStorage.getItem(STORE_KEY);
+  if (saved) {
+    $("token").value = saved;
+    $("remember").checked = true;
+  }
+}
+
+function keepToken() {
+  if ($("remember").checked && $("token").value) localStorage.setItem(STORE_KEY, $("token").value);
+  else localStorage.removeItem(STORE_KEY);
+}
+
+// One list item per file: name, progress bar, a line of status, then the link or error.
+function addRow(file) {
+  const item = document.createElement("li");
+  item.className = "file";
+  const name = document.createElement("span");
+  name.className = "name";
+  name.textContent = `${file.name} (${formatBytes(file.size)})`;
+  const bar = document.createElement("progress");
+  bar.max = 100;
+  bar.value = 0;
+  bar.setAttribute("aria-label", `Upload progress of ${file.name}`);
+  const status = document.createElement("span");
+  status.className = "status";
+  status.textContent = "Waiting";
+  item.append(name, bar, status);
+  $("results").append(item);
+  return { item, bar, status, name: file.name };
+}
+
+function showLink(row, link) {
+  row.item.classList.add("done");
+  row.bar.value = 100;
+  row.status.textContent = "Uploaded:";
+  const out = document.createElement("input");
+  out.type = "text";
+  out.readOnly = true;
+  out.className = "link";
+  out.value = link;
+  out.setAttribute("aria-label", `Link to ${row.name}`);
+  const copy = document.createElement("button");
+  copy.type = "button";
+  copy.textContent = "Copy link";
+  copy.setAttribute("aria-label", `Copy link to ${row.name}`);
+  copy.addEventListener("click", () => copyLink(out, copy));
+  row.item.append(out, copy);
+  announce(`${row.name} uploaded. Link ready to copy.`);
+}
+
+async function copyLink(field, button) {
+  try {
+    await navigator.clipboard.writeText(field.value);
+  } catch (_) {
+    field.select();
+    document.execCommand("copy");
+  }
+  button.textContent = "Copied";
+  announce("Link copied");
+  setTimeout(() => { button.textContent = "Copy link"; }, 2000);
+}
+
+function showError(row, message) {
+  row.item.classList.add("failed");
+  row.bar.hidden = true;
+  row.status.textContent = `Not uploaded: ${message}`;
+  row.status.setAttribute("role", "alert");
+  announce(`${row.name} not uploaded: ${message}`);
+}
+
+// The service's own message, plus when to try again for 429 and 503.
+function errorMessage(xhr) {
+  let message = `the service answered ${xhr.status}`;
+  try {
+    const body = JSON.parse(xhr.responseText);
+    if (body && body.message) message = body.message;
+  } catch (_) { /* not JSON: keep the status */ }
+  if (xhr.status === 401 || xhr.status === 403) message += " (check your token or ticket)";
+  const wait = Number.parseInt(xhr.getResponseHeader("Retry-After") || "", 10);
+  if ((xhr.status === 429 || xhr.status === 503) && Number.isFinite(wait)) {
+    message += `. Try again in ${formatSeconds(wait)}.`;
+  }
+  return message;
+}
+
+function send(file, row, token, service) {
+  return new Promise((resolve) => {
+    const xhr = new XMLHttpRequest();
+    const query = service ? `?service=${encodeURIComponent(service)}` : "";
+    xhr.open("POST", `/upload${query}`);
+    xhr.setRequestHeader("X-Auth-Token", token);
+    const started = performance.now();
+    xhr.upload.addEventListener("progress", (event) => {
+      if (!event.lengthComputable) return;
+      const seconds = (performance.now() - started) / 1000;
+      const speed = event.loaded / Math.max(seconds, 0.001);
+      row.bar.value = (100 * event.loaded) / event.total;
+      row.status.textContent =
+        `${Math.floor(row.bar.value)} %, ${formatBytes(speed)}/s, ` +
+        `${formatSeconds((event.total - event.loaded) / speed)} left`;
+    });
+    xhr.upload.addEventListener("load", () => { row.status.textContent = "Storing…"; });
+    xhr.addEventListener("load", () => {
+      let body = null;
+      try { body = JSON.parse(xhr.responseText); } catch (_) { /* handled below */ }
+      if (xhr.status === 200 && body && body.link) showLink(row, body.link);
+      else showError(row, errorMessage(xhr));
+      resolve();
+    });
+    xhr.addEventListener("error", () => {
+      showError(row, "the service could not be reached; check your connection and try again");
+      resolve();
+    });
+    const form = new FormData();
+    form.append("file", file, file.name);
+    row.status.textContent = "Starting";
+    xhr.send(form);
+  });
+}
+
+async function drain() {
+  if (busy) return;
+  busy = true;
+  while (queue.length) {
+    const { file, row } = queue.shift();
+    await send(file, row, $("token").value.trim(), $("service").value);
+  }
+  busy = false;
+}
+
+function enqueue(files) {
+  if (!files.length) return;
+  if (!$("token").value.trim()) {
+    $("token").setAttribute("aria-invalid", "true");
+    $("token").focus();
+    announce("Enter your token or ticket first, then choose the files again.");
+    return;
+  }
+  $("token").removeAttribute("aria-invalid");
+  keepToken();
+  for (const file of files) {
+    const row = addRow(file);
+    if (file.size > config.max_upload_bytes) {
+      showError(row, `the file is larger than the limit of ${formatBytes(config.max_upload_bytes)}`);
+    } else {
+      queue.push({ file, row });
+    }
+  }
+  $("files").value = "";
+  drain();
+}
+
+function downloadShareX() {
+  const token = $("token").value.trim();
+  if (!token) {
+    $("token").focus();
+    announce("Enter your token or ticket first.");
+    return;
+  }
+  fetch("/sharex.sxcu").then((answer) => answer.json()).then((sxcu) => {
+    sxcu.Headers["X-Auth-Token"] = token;
+    const blob = new Blob([JSON.stringify(sxcu, null, 2)], { type: "application/json" });
+    const link = document.createElement("a");
+    link.href = URL.createObjectURL(blob);
+    link.download = "paimon-with-token.sxcu";
+    link.click();
+    setTimeout(() => URL.revokeObjectURL(link.href), 1000);
+  });
+}
+
+function init() {
+  restoreToken();
+  loadConfig();
+  $("remember").addEventListener("change", keepToken);
+  $("token").addEventListener("change", keepToken);
+  $("files").addEventListener("change", () => {
+    if ($("token").value.trim()) enqueue([...$("files").files]);
+  });
+  $("upload-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    if (!$("files").files.length) {
+      $("files").focus();
+      announce("Choose one or more files first.");
+      return;
+    }
+    enqueue([...$("files").files]);
+  });
+  // The whole page takes drops, so a file dropped beside the box is not opened instead.
+  const drop = $("drop");
+  document.addEventListener("dragover", (event) => { event.preventDefault(); drop.classList.add("over"); });
+  document.addEventListener("dragleave", () => drop.classList.remove("over"));
+  document.addEventListener("drop", (event) => {
+    event.preventDefault();
+    drop.classList.remove("over");
+    enqueue([...event.dataTransfer.files]);
+  });
+  $("sharex-with-token").addEventListener("click", downloadShareX);
+}
+
+document.addEventListener("DOMContentLoaded", init);

@@ -1,0 +1,265 @@
+"""The upload page and /docs in a real browser (the system's Chromium, driven by Playwright)
+against a real server process: uploads, errors, accessibility hooks, and no outside requests.
+
+Set UPDATE_SCREENSHOT=1 to write docs/upload-page.png, the README's screenshot.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+
+from tests.conftest import ROOT, ServerProcess, held_upload_slot
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+WAIT_MS = 30_000
+SCREENSHOT = ROOT / "docs" / "upload-page.png"
+LAUNCH_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-default-apps",
+    "--no-first-run",
+]
+
+if not Path(CHROMIUM).exists():
+    if os.environ.get("CI") == "true":
+        raise RuntimeError("CI needs Chromium for the page tests: .ci/run installs it")
+    pytest.skip("Chromium is not installed (apt-get install chromium)", allow_module_level=True)
+
+from playwright.sync_api import Browser, Page, Request, sync_playwright  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM, args=LAUNCH_ARGS, headless=True
+        )
+        yield browser
+        browser.close()
+
+
+class Visit:
+    """A fresh browser page that records every request it makes and every console error."""
+
+    def __init__(self, browser: Browser, server: ServerProcess, **context: object) -> None:
+        self.server = server
+        self.context = browser.new_context(accept_downloads=True, **context)
+        self.page: Page = self.context.new_page()
+        self.requests: list[str] = []
+        self.console_errors: list[str] = []
+        self.page.on("request", self._record)
+        self.page.on(
+            "console", lambda m: self.console_errors.append(m.text) if m.type == "error" else None
+        )
+        self.page.set_default_timeout(WAIT_MS)
+
+    def _record(self, request: Request) -> None:
+        self.requests.append(request.url)
+
+    def outside_requests(self) -> list[str]:
+        return [url for url in self.requests if not url.startswith(self.server.url + "/")]
+
+    def open(self, path: str = "/") -> Page:
+        self.page.goto(self.server.url + path)
+        return self.page
+
+    def upload_requests(self) -> list[str]:
+        return [url for url in self.requests if urlsplit(url).path == "/upload"]
+
+
+@pytest.fixture
+def visit(browser: Browser) -> Iterator:
+    visits: list[Visit] = []
+
+    def make(server: ServerProcess, **context: object) -> Visit:
+        visit = Visit(browser, server, **context)
+        visits.append(visit)
+        return visit
+
+    yield make
+    for visit in visits:
+        visit.context.close()
+
+
+def start(live_server, **env: str) -> ServerProcess:
+    return live_server([sys.executable, "server.py"], **env)
+
+
+def choose_files(page: Page, token: str, files: list[Path]) -> None:
+    page.get_by_label("Token or ticket").fill(token)
+    page.get_by_label("Files").set_input_files([str(path) for path in files])
+
+
+def test_files_uploaded_through_the_page_link_to_the_same_bytes(
+    live_server, visit, tmp_path: Path
+) -> None:
+    server = start(live_server)
+    first, second = tmp_path / "holiday photo.jpg", tmp_path / "notes.txt"
+    first.write_bytes(os.urandom(300_000))
+    second.write_bytes(b"second file\n" * 1000)
+    browser_visit = visit(server)
+    page = browser_visit.open()
+
+    choose_files(page, server.env["AUTH_TOKEN"], [first, second])
+
+    links = page.get_by_role("textbox", name="Link to")
+    links.nth(1).wait_for()
+    for index, path in enumerate([first, second]):
+        row = page.locator("li.file").nth(index)
+        assert path.name in row.inner_text()
+        assert row.locator("progress").evaluate("bar => bar.value") == 100
+        link = links.nth(index).input_value()
+        assert link.startswith(server.url + "/files/")
+        assert httpx.get(link, timeout=10).content == path.read_bytes()
+    # Screen readers hear the result; nothing came from outside the service.
+    page.wait_for_function("document.getElementById('announce').textContent.includes('uploaded')")
+    assert browser_visit.outside_requests() == []
+    assert browser_visit.console_errors == []
+    if os.environ.get("UPDATE_SCREENSHOT") == "1":
+        SCREENSHOT.parent.mkdir(exist_ok=True)
+        page.set_viewport_size({"width": 720, "height": 560})
+        page.screenshot(path=str(SCREENSHOT), full_page=True)
+
+
+def test_copy_button_puts_the_link_on_the_clipboard(live_server, visit, tmp_path: Path) -> None:
+    server = start(live_server)
+    path = tmp_path / "copied.txt"
+    path.write_text("copy me")
+    browser_visit = visit(server, permissions=["clipboard-read", "clipboard-write"])
+    page = browser_visit.open()
+    choose_files(page, server.env["AUTH_TOKEN"], [path])
+
+    page.get_by_role("button", name="Copy link to copied.txt").click()
+
+    page.get_by_role("button", name="Copy link to copied.txt").filter(has_text="Copied").wait_for()
+    link = page.get_by_role("textbox", name="Link to copied.txt").input_value()
+    assert page.evaluate("navigator.clipboard.readText()") == link
+
+
+def test_wrong_token_shows_the_services_message(live_server, visit, tmp_path: Path) -> None:
+    server = start(live_server)
+    path = tmp_path / "refused.txt"
+    path.write_text("no")
+    page = visit(server).open()
+
+    choose_files(page, "not-the-token-at-all", [path])
+
+    alert = page.get_by_role("alert")
+    alert.wait_for()
+    assert "the auth token is not valid" in alert.inner_text()
+    assert "token or ticket" in alert.inner_text()
+    assert not (server.tmp / "files").exists() or not any((server.tmp / "files").rglob("*.txt"))
+
+
+def test_file_over_the_limit_is_refused_before_sending(live_server, visit, tmp_path: Path) -> None:
+    server = start(live_server, MAX_UPLOAD_BYTES="1KiB")
+    path = tmp_path / "big.bin"
+    path.write_bytes(b"b" * 2048)
+    browser_visit = visit(server)
+    page = browser_visit.open()
+    page.wait_for_function("document.getElementById('limit').textContent.includes('1.0 KiB')")
+
+    choose_files(page, server.env["AUTH_TOKEN"], [path])
+
+    alert = page.get_by_role("alert")
+    alert.wait_for()
+    assert "larger than the limit of 1.0 KiB" in alert.inner_text()
+    assert browser_visit.upload_requests() == []
+
+
+def test_busy_service_says_when_to_try_again(live_server, visit, tmp_path: Path) -> None:
+    server = start(live_server, MAX_CONCURRENT_UPLOADS="1")
+    path = tmp_path / "later.txt"
+    path.write_text("later")
+    page = visit(server).open()
+
+    with held_upload_slot(server):
+        choose_files(page, server.env["AUTH_TOKEN"], [path])
+        alert = page.get_by_role("alert")
+        alert.wait_for()
+        text = alert.inner_text()
+    assert "too many uploads in progress" in text
+    assert "Try again in 5 s" in text
+
+
+def test_token_is_kept_only_when_remember_is_ticked(live_server, visit) -> None:
+    server = start(live_server)
+    page = visit(server).open()
+    token_field = page.get_by_label("Token or ticket")
+
+    token_field.fill("kept-token-1234567890")
+    token_field.press("Tab")
+    page.reload()
+    assert page.get_by_label("Token or ticket").input_value() == ""
+
+    page.get_by_label("Token or ticket").fill("kept-token-1234567890")
+    page.get_by_label("Remember on this device").check()
+    page.reload()
+    assert page.get_by_label("Token or ticket").input_value() == "kept-token-1234567890"
+
+    page.get_by_label("Remember on this device").uncheck()
+    page.reload()
+    assert page.get_by_label("Token or ticket").input_value() == ""
+
+
+def test_page_works_with_the_keyboard_on_a_phone_sized_screen(
+    live_server, visit, tmp_path: Path
+) -> None:
+    server = start(live_server)
+    path = tmp_path / "phone.txt"
+    path.write_text("from a phone")
+    page = visit(server, viewport={"width": 360, "height": 640}, is_mobile=True).open()
+
+    # Keyboard order: the token first, then the remember box, then the files.
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.id") == "token"
+    page.keyboard.type(server.env["AUTH_TOKEN"])
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.id") == "remember"
+    page.get_by_label("Files").set_input_files(str(path))
+    page.get_by_role("textbox", name="Link to phone.txt").wait_for()
+
+    # Nothing sticks out sideways on a narrow screen.
+    assert page.evaluate("document.documentElement.scrollWidth") <= 360
+
+
+def test_sharex_config_with_the_token_is_made_in_the_browser(live_server, visit) -> None:
+    server = start(live_server)
+    browser_visit = visit(server)
+    page = browser_visit.open()
+    page.get_by_label("Token or ticket").fill(server.env["AUTH_TOKEN"])
+    page.get_by_text("ShareX and other clients").click()
+
+    with page.expect_download() as download_info:
+        page.get_by_role("button", name="ShareX uploader with my token or ticket").click()
+
+    config = json.loads(Path(download_info.value.path()).read_text())
+    assert config["Headers"]["X-Auth-Token"] == server.env["AUTH_TOKEN"]
+    assert config["RequestURL"] == f"{server.url}/upload"
+    # The token stayed in the browser: no request carried it in its URL.
+    assert not [url for url in browser_visit.requests if server.env["AUTH_TOKEN"] in url]
+
+
+def test_docs_render_from_the_service_alone(live_server, visit) -> None:
+    server = start(live_server)
+    browser_visit = visit(server)
+    page = browser_visit.open("/docs")
+
+    page.locator(".opblock-summary-path", has_text="/upload").first.wait_for()
+
+    assert page.locator(".opblock").count() >= 8
+    assert browser_visit.outside_requests() == []
+    assert browser_visit.console_errors == []
