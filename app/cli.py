@@ -45,11 +45,14 @@ environment:
   PAIMON_URL      the service's URL when --url is not given (default {DEFAULT_URL})
   PAIMON_TOKEN    the token or ticket when --token is not given
 
-exit codes:
-  {EXIT_OK}  every file uploaded           {EXIT_REFUSED}  the service refused a file
-  {EXIT_USAGE}  bad arguments, no token       {EXIT_UNAVAILABLE}  the service failed or stayed busy
-  {EXIT_FILE}  a file could not be read      {EXIT_NETWORK}  the service could not be reached
-                                  {EXIT_MISMATCH}  the stored file's SHA-256 differs
+exit codes (with several files, the first failure's):
+  {EXIT_OK}  every file uploaded
+  {EXIT_USAGE}  bad arguments, or no token
+  {EXIT_FILE}  a file could not be read
+  {EXIT_REFUSED}  the service refused a file (wrong token or ticket, too large, bad name)
+  {EXIT_UNAVAILABLE}  the service failed, or was still busy after every attempt
+  {EXIT_NETWORK}  the service could not be reached after every attempt
+  {EXIT_MISMATCH}  the service's SHA-256 of a file differs from the file's
 """
 
 
@@ -89,7 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     upload.add_argument("files", nargs="+", type=Path, metavar="FILE")
     upload.add_argument("--url", help="the service's URL (default: $PAIMON_URL)")
-    upload.add_argument("--token", help="token or ticket (default: $PAIMON_TOKEN)")
+    upload.add_argument(
+        "--token", help="token or ticket (default: $PAIMON_TOKEN, which other users cannot see)"
+    )
     upload.add_argument("--service", help="storage backend, e.g. mega (default: the service's)")
     upload.add_argument("--name", help="store the file under this name (one file only)")
     upload.add_argument("--json", action="store_true", help="print one JSON object per file")
