@@ -38,6 +38,10 @@ async function loadConfig() {
     select.add(option);
   }
   $("service-field").hidden = config.services.length < 2;
+  if (config.tickets) {
+    $("token-help").textContent =
+      "Your token, or an upload ticket someone gave you. Kept in this browser only if you tick \"Remember\".";
+  }
   if (isFinite(config.max_upload_bytes)) {
     $("limit").textContent =
       `Choose one or more files, or drop them here. Up to ${formatBytes(config.max_upload_bytes)} each.`;
