@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from app import cli
 from tests.conftest import ROOT, ServerProcess, free_port, held_upload_slot
@@ -178,3 +179,18 @@ def test_memory_stays_flat_whatever_the_file_size(live_server, tmp_path: Path) -
     assert big_rss - small_rss < 32 * MiB, (small_rss, big_rss)
     stored = next((server.tmp / "files").rglob("big.bin"))
     assert stored.stat().st_size == big.stat().st_size
+
+
+def test_an_answer_with_another_sha256_is_a_failure_of_its_own() -> None:
+    answer = httpx.Response(200, json={"link": "https://x.example/f", "sha256": "00" * 32})
+    with pytest.raises(cli.UploadFailed) as failure:
+        cli._checked(answer, hashlib.sha256(b"sent").hexdigest())
+    assert failure.value.exit_code == cli.EXIT_MISMATCH
+    assert failure.value.details["link"] == "https://x.example/f"
+
+
+def test_retry_after_is_read_as_seconds_or_as_a_date() -> None:
+    in_ten = time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(time.time() + 10))
+    assert cli.retry_after(httpx.Response(503, headers={"Retry-After": "7"})) == 7
+    assert 8 <= (cli.retry_after(httpx.Response(503, headers={"Retry-After": in_ten})) or 0) <= 10
+    assert cli.retry_after(httpx.Response(503)) is None
