@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import sys
 from collections.abc import Iterator
@@ -38,7 +39,13 @@ if not Path(CHROMIUM).exists():
         raise RuntimeError("CI needs Chromium for the page tests: .ci/run installs it")
     pytest.skip("Chromium is not installed (apt-get install chromium)", allow_module_level=True)
 
-from playwright.sync_api import Browser, Page, Request, sync_playwright  # noqa: E402
+from playwright.sync_api import (  # noqa: E402
+    Browser,
+    Page,
+    Request,
+    expect,
+    sync_playwright,
+)
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +132,7 @@ def test_files_uploaded_through_the_page_link_to_the_same_bytes(
         assert link.startswith(server.url + "/files/")
         assert httpx.get(link, timeout=10).content == path.read_bytes()
     # Screen readers hear the result; nothing came from outside the service.
-    page.wait_for_function("document.getElementById('announce').textContent.includes('uploaded')")
+    expect(page.locator("#announce")).to_contain_text("uploaded")
     assert browser_visit.outside_requests() == []
     assert browser_visit.console_errors == []
     if os.environ.get("UPDATE_SCREENSHOT") == "1":
@@ -170,7 +177,7 @@ def test_file_over_the_limit_is_refused_before_sending(live_server, visit, tmp_p
     path.write_bytes(b"b" * 2048)
     browser_visit = visit(server)
     page = browser_visit.open()
-    page.wait_for_function("document.getElementById('limit').textContent.includes('1.0 KiB')")
+    expect(page.locator("#limit")).to_contain_text("1.0 KiB")
 
     choose_files(page, server.env["AUTH_TOKEN"], [path])
 
@@ -193,6 +200,39 @@ def test_busy_service_says_when_to_try_again(live_server, visit, tmp_path: Path)
         text = alert.inner_text()
     assert "too many uploads in progress" in text
     assert "Try again in 5 s" in text
+    # Once the service has room, the same file goes up from the same row.
+    page.get_by_role("button", name="Try uploading later.txt again").click()
+    link = page.get_by_role("textbox", name="Link to later.txt")
+    assert httpx.get(link.input_value(), timeout=10).text == "later"
+
+
+def test_progress_shows_speed_and_time_left_and_can_be_cancelled(
+    live_server, visit, tmp_path: Path
+) -> None:
+    server = start(live_server)
+    path = tmp_path / "slow.bin"
+    path.write_bytes(os.urandom(2 * 1024 * 1024))
+    browser_visit = visit(server)
+    page = browser_visit.open()
+    # A slow uplink (256 KiB/s), so that the upload is seen while it runs.
+    network = browser_visit.context.new_cdp_session(page)
+    network.send("Network.enable")
+    slow = {"offline": False, "latency": 0, "downloadThroughput": -1}
+    network.send("Network.emulateNetworkConditions", {**slow, "uploadThroughput": 256 * 1024})
+
+    choose_files(page, server.env["AUTH_TOKEN"], [path])
+
+    status = page.locator("li.file .status")
+    expect(status).to_have_text(re.compile(r"\d+ %, [\d.]+ [KM]iB/s, \d+ s left"))
+    assert 0 < page.locator("li.file progress").evaluate("bar => bar.value") < 100
+    page.get_by_role("button", name="Cancel uploading slow.bin").click()
+    page.get_by_role("alert").wait_for()
+    assert "cancelled" in status.inner_text()
+
+    network.send("Network.emulateNetworkConditions", {**slow, "uploadThroughput": -1})
+    page.get_by_role("button", name="Try uploading slow.bin again").click()
+    link = page.get_by_role("textbox", name="Link to slow.bin")
+    assert httpx.get(link.input_value(), timeout=10).content == path.read_bytes()
 
 
 def test_token_is_kept_only_when_remember_is_ticked(live_server, visit) -> None:

@@ -77,10 +77,27 @@ function addRow(file) {
   status.textContent = "Waiting";
   item.append(name, bar, status);
   $("results").append(item);
-  return { item, bar, status, name: file.name };
+  return { item, bar, status, file, name: file.name, action: null };
+}
+
+function button(text, label, onClick) {
+  const element = document.createElement("button");
+  element.type = "button";
+  element.textContent = text;
+  element.setAttribute("aria-label", label);
+  element.addEventListener("click", onClick);
+  return element;
+}
+
+// The row's one action button (Cancel while sending, Try again after a failure).
+function setAction(row, element) {
+  if (row.action) row.action.remove();
+  row.action = element;
+  if (element) row.item.append(element);
 }
 
 function showLink(row, link) {
+  setAction(row, null);
   row.item.classList.add("done");
   row.bar.value = 100;
   row.status.textContent = "Uploaded:";
@@ -90,11 +107,7 @@ function showLink(row, link) {
   out.className = "link";
   out.value = link;
   out.setAttribute("aria-label", `Link to ${row.name}`);
-  const copy = document.createElement("button");
-  copy.type = "button";
-  copy.textContent = "Copy link";
-  copy.setAttribute("aria-label", `Copy link to ${row.name}`);
-  copy.addEventListener("click", () => copyLink(out, copy));
+  const copy = button("Copy link", `Copy link to ${row.name}`, () => copyLink(out, copy));
   row.item.append(out, copy);
   announce(`${row.name} uploaded. Link ready to copy.`);
 }
@@ -111,12 +124,24 @@ async function copyLink(field, button) {
   setTimeout(() => { button.textContent = "Copy link"; }, 2000);
 }
 
-function showError(row, message) {
+function showError(row, message, canRetry) {
   row.item.classList.add("failed");
   row.bar.hidden = true;
   row.status.textContent = `Not uploaded: ${message}`;
   row.status.setAttribute("role", "alert");
   announce(`${row.name} not uploaded: ${message}`);
+  const again = button("Try again", `Try uploading ${row.name} again`, () => retry(row));
+  setAction(row, canRetry ? again : null);
+}
+
+function retry(row) {
+  row.item.classList.remove("failed");
+  row.status.removeAttribute("role");
+  row.status.textContent = "Waiting";
+  row.bar.hidden = false;
+  row.bar.value = 0;
+  queue.push({ file: row.file, row });
+  drain();
 }
 
 // The service's own message, plus when to try again for 429 and 503.
@@ -151,15 +176,24 @@ function send(file, row, token, service) {
         `${formatSeconds((event.total - event.loaded) / speed)} left`;
     });
     xhr.upload.addEventListener("load", () => { row.status.textContent = "Storing…"; });
+    const cancel = button("Cancel", `Cancel uploading ${row.name}`, () => xhr.abort());
+    const wasFocused = row.action && document.activeElement === row.action;
+    setAction(row, cancel);
+    if (wasFocused) cancel.focus();  // "Try again" became "Cancel": keep the keyboard there
     xhr.addEventListener("load", () => {
       let body = null;
       try { body = JSON.parse(xhr.responseText); } catch (_) { /* handled below */ }
       if (xhr.status === 200 && body && body.link) showLink(row, body.link);
-      else showError(row, errorMessage(xhr));
+      // Sending the same request again cannot help with these; it can after a new token.
+      else showError(row, errorMessage(xhr), ![400, 413, 415, 422].includes(xhr.status));
       resolve();
     });
     xhr.addEventListener("error", () => {
-      showError(row, "the service could not be reached; check your connection and try again");
+      showError(row, "the service could not be reached; check your connection", true);
+      resolve();
+    });
+    xhr.addEventListener("abort", () => {
+      showError(row, "cancelled", true);
       resolve();
     });
     const form = new FormData();
