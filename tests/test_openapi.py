@@ -17,19 +17,22 @@ APP = ROOT / "app"
 
 
 def answered_errors() -> set[tuple[int, str]]:
-    """Every (status, code) that ``ApiError(...)`` or ``error_response(...)`` is called with
-    literally anywhere in the application."""
+    """Every (status, code) pair written literally as the first two arguments of a call
+    anywhere in the application: ``ApiError(403, "invalid_token", ...)``,
+    ``error_response(503, "not_ready", ...)`` and any other error built the same way."""
     found = set()
     for path in APP.rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
             if not isinstance(node, ast.Call) or len(node.args) < 2:
                 continue
-            name = getattr(node.func, "id", getattr(node.func, "attr", ""))
             status, code = node.args[0], node.args[1]
             if (
-                name in {"ApiError", "error_response"}
-                and isinstance(status, ast.Constant)
+                isinstance(status, ast.Constant)
+                and isinstance(status.value, int)
+                and 400 <= status.value < 600
                 and isinstance(code, ast.Constant)
+                and isinstance(code.value, str)
+                and re.fullmatch(r"[a-z][a-z0-9_]*", code.value)
             ):
                 found.add((status.value, code.value))
     return found
