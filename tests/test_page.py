@@ -131,8 +131,13 @@ def test_files_uploaded_through_the_page_link_to_the_same_bytes(
         link = links.nth(index).input_value()
         assert link.startswith(server.url + "/files/")
         assert httpx.get(link, timeout=10).content == path.read_bytes()
-    # Screen readers hear the result; nothing came from outside the service.
+    # Screen readers hear the result and can name every control; nothing came from outside.
     expect(page.locator("#announce")).to_contain_text("uploaded")
+    unnamed = page.locator("input, button, select, progress").evaluate_all(
+        """controls => controls.filter(c => !(c.labels && c.labels.length)
+            && !c.getAttribute('aria-label') && !c.textContent.trim()).map(c => c.outerHTML)"""
+    )
+    assert unnamed == []
     assert browser_visit.outside_requests() == []
     assert browser_visit.console_errors == []
     if os.environ.get("UPDATE_SCREENSHOT") == "1":
