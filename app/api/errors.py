@@ -186,6 +186,47 @@ CATALOGUE: list[CatalogueEntry] = [
         "10",
     ),
 ]
+# Refused by the HTTP protocol layer (app/serving/protocol.py) before any route runs, so
+# any operation can answer with them.
+CATALOGUE += [
+    CatalogueEntry(
+        408,
+        "request_timeout",
+        "all",
+        "The request head did not arrive within REQUEST_HEAD_TIMEOUT_SECONDS.",
+        "the request headers did not arrive in time",
+    ),
+    CatalogueEntry(
+        414,
+        "uri_too_long",
+        "all",
+        "The request line is longer than MAX_REQUEST_LINE_BYTES.",
+        "the request line is too long",
+    ),
+    CatalogueEntry(
+        431,
+        "headers_too_large",
+        "all",
+        "The request head is larger than MAX_REQUEST_HEAD_BYTES.",
+        "the request headers are too large",
+    ),
+    CatalogueEntry(
+        429,
+        "too_many_connections",
+        "all",
+        "More than MAX_CONNECTIONS_PER_CLIENT connections at once from one address.",
+        "more than 64 connections at once from one address",
+        "10",
+    ),
+    CatalogueEntry(
+        429,
+        "too_many_failures",
+        "token",
+        "Too many wrong tokens from this address (AUTH_FAILURES_PER_MINUTE).",
+        "too many wrong tokens from this address; try again in 42 s",
+        "42",
+    ),
+]
 # The storage failures come from STORAGE_ERRORS, so a row added there is documented too.
 _STORAGE_RETRY_AFTER = "30"
 for _kind, _status, _code in STORAGE_ERRORS:
