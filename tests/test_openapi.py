@@ -17,15 +17,27 @@ APP = ROOT / "app"
 
 
 def answered_errors() -> set[tuple[int, str]]:
-    """Every (status, code) pair written literally as the first two arguments of a call
-    anywhere in the application: ``ApiError(403, "invalid_token", ...)``,
-    ``error_response(503, "not_ready", ...)`` and any other error built the same way."""
+    """Every (status, code) pair written literally anywhere in the application: as the
+    first two arguments of a call (``ApiError(403, "invalid_token", ...)``,
+    ``error_response(503, "not_ready", ...)``, any other error built the same way) or as
+    an error class's ``status`` and ``code``."""
     found = set()
     for path in APP.rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
-            if not isinstance(node, ast.Call) or len(node.args) < 2:
+            if isinstance(node, ast.ClassDef):
+                # An error class carrying its answer: ``status = 401`` and ``code = "..."``.
+                fields = {
+                    target.id: statement.value
+                    for statement in node.body
+                    if isinstance(statement, ast.Assign)
+                    for target in statement.targets
+                    if isinstance(target, ast.Name)
+                }
+                status, code = fields.get("status"), fields.get("code")
+            elif isinstance(node, ast.Call) and len(node.args) >= 2:
+                status, code = node.args[0], node.args[1]
+            else:
                 continue
-            status, code = node.args[0], node.args[1]
             if (
                 isinstance(status, ast.Constant)
                 and isinstance(status.value, int)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import secrets
 import shutil
 import sys
 from collections.abc import Iterator
@@ -18,7 +19,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from tests.conftest import ROOT, ServerProcess, held_upload_slot
+from tests.conftest import ROOT, ServerProcess, held_upload_slot, tokens_toml
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 WAIT_MS = 30_000
@@ -144,6 +145,29 @@ def test_files_uploaded_through_the_page_link_to_the_same_bytes(
         SCREENSHOT.parent.mkdir(exist_ok=True)
         page.set_viewport_size({"width": 720, "height": 560})
         page.screenshot(path=str(SCREENSHOT), full_page=True)
+
+
+def test_an_upload_ticket_is_pasted_like_a_token(live_server, visit, tmp_path: Path) -> None:
+    portal_token = secrets.token_urlsafe(24)
+    tokens = tmp_path / "tokens.toml"
+    tokens.write_text(tokens_toml(portal={"secret": portal_token, "can_issue_tickets": True}))
+    server = start(live_server, TOKENS_FILE=str(tokens), TICKET_SECRET=secrets.token_urlsafe(32))
+    issued = httpx.post(
+        f"{server.url}/tickets",
+        headers={"X-Auth-Token": portal_token},
+        json={"expires_in": 600, "max_uses": 1},
+        timeout=10,
+    )
+    assert issued.status_code == 200, issued.text
+    path = tmp_path / "from-a-ticket.txt"
+    path.write_text("ticketed")
+    page = visit(server).open()
+    expect(page.locator("#token-help")).to_contain_text("upload ticket")
+
+    choose_files(page, issued.json()["ticket"], [path])
+
+    link = page.get_by_role("textbox", name="Link to from-a-ticket.txt")
+    assert httpx.get(link.input_value(), timeout=10).text == "ticketed"
 
 
 def test_copy_button_puts_the_link_on_the_clipboard(live_server, visit, tmp_path: Path) -> None:

@@ -51,23 +51,27 @@ STORAGE_ERRORS: list[tuple[type[StorageError], int, str]] = [
     (StorageError, 502, "storage_failed"),
 ]
 
-Scope = Literal["all", "params", "token", "upload", "multipart", "download", "ready"]
+Scope = Literal[
+    "all", "params", "token", "caller", "upload", "multipart", "tickets", "download", "ready"
+]
 
 
 @dataclass(frozen=True)
 class CatalogueEntry:
     """One error a client can receive: what the OpenAPI document says about it.
 
-    ``scope`` says which operations can answer with it: ``all`` (every operation),
-    ``params`` (operations with parameters or a body), ``token`` (operations that need a
-    token), ``upload`` (the upload routes), ``multipart`` (``POST /upload``), ``download``
-    and ``ready``. A test checks that every status and code the code base can answer with
-    has an entry here, so the document cannot fall behind.
+    ``scope`` (one or a tuple) says which operations can answer with it: ``all`` (every
+    operation), ``params`` (operations whose parameters or body can be invalid), ``token``
+    (operations that take a token), ``caller`` (operations that take a token or a ticket:
+    uploads and ``POST /tickets``), ``upload`` (the upload routes), ``multipart``
+    (``POST /upload``), ``tickets``, ``download`` and ``ready``. A test checks that every
+    status and code the code base can answer with has an entry here, so the document
+    cannot fall behind.
     """
 
     status: int
     code: str
-    scope: Scope
+    scope: Scope | tuple[Scope, ...]
     description: str
     example: str
     retry_after: str | None = None
@@ -108,15 +112,15 @@ CATALOGUE: list[CatalogueEntry] = [
     CatalogueEntry(
         400,
         "invalid_filename",
-        "upload",
+        ("upload", "tickets"),
         "The file name is empty or cleans to nothing.",
         "the file name is empty or invalid",
     ),
     CatalogueEntry(
         400,
         "bad_request",
-        "upload",
-        "The Content-Length header is not a number.",
+        ("upload", "tickets"),
+        "The Content-Length header is not a number, or max_bytes is over the token's limit.",
         "the Content-Length header is not a number",
     ),
     CatalogueEntry(
@@ -221,10 +225,83 @@ CATALOGUE += [
     CatalogueEntry(
         429,
         "too_many_failures",
-        "token",
+        "caller",
         "Too many wrong tokens from this address (AUTH_FAILURES_PER_MINUTE).",
         "too many wrong tokens from this address; try again in 42 s",
         "42",
+    ),
+    CatalogueEntry(
+        401,
+        "ticket_expired",
+        "caller",
+        "The ticket has expired.",
+        "the ticket expired at 2026-01-01T12:00:00Z",
+    ),
+    CatalogueEntry(
+        403,
+        "invalid_ticket",
+        "caller",
+        "The ticket is forged or damaged, its issuer was revoked, or tickets are off.",
+        "the ticket is not valid",
+    ),
+    CatalogueEntry(
+        403,
+        "service_not_allowed",
+        "upload",
+        "The token may not use the `service` asked for.",
+        "token 'game-mod' may not upload to 'local'",
+    ),
+    CatalogueEntry(
+        403,
+        "ticket_wrong_file",
+        "upload",
+        "The ticket is for another file name (or needs PUT /files/{name}).",
+        "this ticket is only for the file 'report.pdf'",
+    ),
+    CatalogueEntry(
+        429,
+        "rate_limited",
+        "upload",
+        "The token's uploads_per_minute is used up; see Retry-After.",
+        "rate limit: token 'game-mod' may start 10 uploads per minute",
+        "20",
+    ),
+    CatalogueEntry(
+        429,
+        "quota_exceeded",
+        "upload",
+        "The token's bytes_per_day is used up; see Retry-After.",
+        "daily quota: token 'game-mod' may upload 2147483648 bytes per day; 0 bytes are left",
+        "3600",
+    ),
+    CatalogueEntry(
+        429,
+        "ticket_used_up",
+        "upload",
+        "The ticket has been used max_uses times.",
+        "the ticket has been used up: it allows 1 upload(s)",
+    ),
+    CatalogueEntry(
+        503,
+        "tickets_unavailable",
+        "upload",
+        "Ticket uses cannot be counted now (shared state unreachable); see Retry-After.",
+        "tickets cannot be checked right now (shared state unreachable); try again later",
+        "30",
+    ),
+    CatalogueEntry(
+        403,
+        "may_not_issue",
+        "tickets",
+        "The token may not issue tickets (or a ticket was sent).",
+        "token 'game-mod' may not issue tickets",
+    ),
+    CatalogueEntry(
+        501,
+        "tickets_disabled",
+        "tickets",
+        "TICKET_SECRET is not configured.",
+        "tickets are not enabled: set TICKET_SECRET",
     ),
 ]
 # The storage failures come from STORAGE_ERRORS, so a row added there is documented too.
@@ -324,7 +401,8 @@ def catalogue_responses(scopes: Iterable[str]) -> dict[str, dict[str, Any]]:
     wanted = set(scopes) | {"all"}
     responses: dict[str, dict[str, Any]] = {}
     for entry in sorted(CATALOGUE, key=lambda entry: entry.status):
-        if entry.scope not in wanted:
+        scopes = {entry.scope} if isinstance(entry.scope, str) else set(entry.scope)
+        if not scopes & wanted:
             continue
         response = responses.setdefault(
             str(entry.status),

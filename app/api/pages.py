@@ -189,7 +189,9 @@ def _scopes(path: str, operation: dict[str, Any]) -> set[str]:
     if any(p["in"] == "header" and p["name"].lower() == "x-auth-token" for p in parameters):
         scopes.add("token")
     if "uploads" in tags:
-        scopes.add("upload")
+        scopes.update({"upload", "caller"})
+    if "tickets" in tags:
+        scopes.update({"tickets", "caller"})
     if "multipart/form-data" in operation.get("requestBody", {}).get("content", {}):
         scopes.add("multipart")
     if "downloads" in tags:
