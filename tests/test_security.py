@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import io
 import json
+import logging
 import os
 import re
 import secrets
@@ -29,7 +31,8 @@ import pytest
 
 from app.api.auth_brake import AuthBrake
 from app.api.errors import ApiError
-from app.serving.logs import Redactor
+from app.logging_setup import JsonFormatter
+from app.serving.logs import Redactor, install_redaction
 from app.shared_state import MemoryState
 from tests.conftest import ROOT, ServerProcess, free_port, start_server
 
@@ -649,6 +652,35 @@ def test_redactor_hides_secrets_query_values_and_bearer_tokens() -> None:
     )
     assert "abc" not in line and "xyz" not in line and "s3cret" not in line
     assert "service=mega" in line and "token=[redacted]" in line
+
+
+def test_tracebacks_and_mega_upload_urls_are_redacted_in_text_and_json_logs() -> None:
+    secret = "s3cret-value-123456"
+    upload_url = "https://gfs270n1.userstorage.mega.co.nz/ul/UpLoAdToKeN-abc_123"
+    original = logging.getLogRecordFactory()
+    stream = io.StringIO()
+    handlers = [logging.StreamHandler(stream), logging.StreamHandler(stream)]
+    handlers[0].setFormatter(logging.Formatter("%(message)s"))
+    handlers[1].setFormatter(JsonFormatter())
+    log = logging.getLogger("paimon.test-redaction")
+    log.propagate = False
+    log.setLevel(logging.DEBUG)
+    for handler in handlers:
+        log.addHandler(handler)
+    install_redaction([secret])
+    try:
+        try:
+            raise RuntimeError(f"failed with key={secret} at {upload_url}/1048576")
+        except RuntimeError:
+            log.exception("an unexpected error")
+        log.debug("POST %s/0 HTTP/1.1", upload_url)
+    finally:
+        logging.setLogRecordFactory(original)
+        for handler in handlers:
+            log.removeHandler(handler)
+    written = stream.getvalue()
+    assert "RuntimeError" in written and '"exception"' in written  # both formats wrote it
+    assert secret not in written and "UpLoAdToKeN" not in written, written
 
 
 def test_brake_counts_per_address_and_ipv6_per_64() -> None:

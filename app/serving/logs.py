@@ -15,10 +15,14 @@ from collections.abc import Iterable
 from typing import Any
 
 REDACTED = "[redacted]"
+_TRACEBACK = logging.Formatter()
 # Query parameters whose values are shown: nothing secret is ever sent in them.
 _SHOWN_PARAMETERS = frozenset({"service"})
 _QUERY_PARAMETER = re.compile(r"([?&;])([^=&;?#\s\"']*)=([^&;#\s\"']*)")
 _BEARER = re.compile(r"(?i)\b(bearer\s+)[^\s\"',]+")
+# The path of a MEGA upload URL is a credential for that upload (urllib3 logs request
+# lines at DEBUG).
+_MEGA_UPLOAD_PATH = re.compile(r"(/ul/)[^/\s\"']+")
 
 
 class Redactor:
@@ -32,6 +36,7 @@ class Redactor:
         for secret in self.secrets:
             text = text.replace(secret, REDACTED)
         text = _QUERY_PARAMETER.sub(self._parameter, text)
+        text = _MEGA_UPLOAD_PATH.sub(rf"\g<1>{REDACTED}", text)
         return _BEARER.sub(rf"\g<1>{REDACTED}", text)
 
     @staticmethod
@@ -64,6 +69,14 @@ def install_redaction(secrets: Iterable[str]) -> None:
             record.args = tuple(redact.value(arg) for arg in record.args)
         elif isinstance(record.args, dict):
             record.args = {key: redact.value(arg) for key, arg in record.args.items()}
+        if record.exc_info:
+            # A traceback quotes exception texts, which may hold a secret or a URL with
+            # one: formatted here, redacted, and handed on as text (formatters use
+            # exc_text when exc_info is gone).
+            record.exc_text = redact(_TRACEBACK.formatException(record.exc_info))
+            record.exc_info = None
+        if record.stack_info:
+            record.stack_info = redact(record.stack_info)
         return record
 
     redacting_record.unredacted = make_record  # type: ignore[attr-defined]
