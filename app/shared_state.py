@@ -245,9 +245,10 @@ class RedisState(SharedState):
     def problem(self) -> str | None:
         try:
             self.run(self.client.ping)
-        except SharedStateUnavailable as error:
+        except SharedStateUnavailable:
+            # /ready answers anyone: the cause (with Redis's host and port) goes to the log.
             return (
-                f"shared state (Redis) unreachable: {error}; limits are counted per process "
+                "shared state (Redis) unreachable; limits are counted per process "
                 "and tickets are refused until it is back"
             )
         return None

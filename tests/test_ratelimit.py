@@ -87,6 +87,7 @@ def test_the_service_survives_redis_going_away_and_coming_back(
         assert refused.status_code == 503 and refused.json()["code"] == "tickets_unavailable"
         ready = http.get("/ready")
         assert ready.status_code == 200 and "unreachable" in ready.json()["shared_state"]
+        assert str(redis_server.port) not in ready.text  # anyone may ask /ready
 
         redis_server.start()
         deadline = time.monotonic() + WAIT_S
