@@ -188,6 +188,19 @@ def multipart(*parts: str) -> bytes:
     ).encode()
 
 
+def test_a_big_file_under_another_field_name_is_422_naming_the_field(
+    client: TestClient, auth: dict[str, str]
+) -> None:
+    response = client.post(
+        "/upload", headers=auth, files={"upload": ("big.jpg", b"j" * (256 * 1024))}
+    )
+    assert response.status_code == 422, response.text
+    assert response.json()["code"] == "missing_file"
+    assert "'file'" in response.json()["message"] and "'upload'" in response.json()["message"]
+    assert stored_files(client) == []
+    assert spool_leftovers(client) == []
+
+
 @pytest.mark.parametrize(
     ("content_type", "body", "status", "code"),
     [

@@ -211,6 +211,7 @@ class MultipartIntake(Intake):
         self._file_parts = 0
         self._file_started = False
         self._ended = False
+        self._other_file: str | None = None  # the field name of a file part not named FILE_FIELD
 
     def take(self, block: bytes) -> None:
         self._block = block
@@ -231,6 +232,14 @@ class MultipartIntake(Intake):
         # Everything that is not the file: framing, part headers, other fields, empty
         # parts, an epilogue. Counted on every byte, whatever shape it has.
         if self._before - self.size > MULTIPART_OVERHEAD:
+            if self._file_parts == 0 and self._other_file is not None:
+                # A file sent under another field name (-F upload=@x): say what is wrong.
+                raise ApiError(
+                    422,
+                    "missing_file",
+                    f"the form has no field {FILE_FIELD!r}; send the file as "
+                    f"{FILE_FIELD!r}, not {self._other_file[:40]!r}",
+                )
             raise ApiError(413, "too_large", "the form fields beside the file are too large")
 
     def end(self) -> None:
@@ -273,11 +282,14 @@ class MultipartIntake(Intake):
     def _on_headers_finished(self) -> None:
         disposition = Message()
         disposition["content-disposition"] = self._headers.get("content-disposition", "")
-        if disposition.get_param("name", header="content-disposition") == FILE_FIELD:
+        name = disposition.get_param("name", header="content-disposition")
+        if name == FILE_FIELD:
             self._in_file = True
             self._file_parts += 1
             if self._file_parts == 1:
                 self.filename = disposition.get_filename()
+        elif disposition.get_filename() is not None and self._other_file is None:
+            self._other_file = str(name or "")
 
     def _on_part_data(self, data: bytes, start: int, end: int) -> None:
         if not (self._in_file and self._file_parts == 1):
