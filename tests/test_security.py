@@ -177,6 +177,16 @@ def wait_for_exit(process: subprocess.Popen[bytes], timeout_s: float = WAIT_S) -
         raise AssertionError("the server did not stop") from None
 
 
+def attacker_output(attacker: subprocess.Popen[str], timeout_s: float = 60) -> str:
+    """What an attack process printed; killed, and the test failed, if it overruns."""
+    try:
+        return attacker.communicate(timeout=timeout_s)[0]
+    except subprocess.TimeoutExpired:
+        attacker.kill()
+        attacker.communicate(timeout=5)
+        raise AssertionError(f"the attack did not stop within {timeout_s:g} s") from None
+
+
 @contextlib.contextmanager
 def small_disk(where: Path, size: str) -> Iterator[Path]:
     """A tmpfs of ``size`` mounted at ``where``: a disk that really fills up."""
@@ -230,7 +240,7 @@ def test_endless_headers_get_431_and_memory_and_health_stay_flat(serve) -> None:
         samples.append(health_latency_s(server))
         peak = max(peak, tree_rss_bytes(server.process.pid))
         time.sleep(0.01)
-    statuses = json.loads(attacker.communicate(timeout=60)[0])
+    statuses = json.loads(attacker_output(attacker))
 
     assert statuses == ["431"] * 24, statuses
     assert peak - rss_before < 50 * MiB, f"RSS grew by {(peak - rss_before) / MiB:.0f} MiB"
@@ -289,7 +299,7 @@ def test_slowloris_connections_are_closed_at_the_head_deadline(serve) -> None:
         samples.append(health_latency_s(server))
         peak = max(peak, tree_rss_bytes(server.process.pid))
         time.sleep(0.01)
-    result = json.loads(attacker.communicate(timeout=60)[0])
+    result = json.loads(attacker_output(attacker))
 
     assert result["held"] == 0, f"{result['held']} connections still held after 12 s"
     assert result["answers"] == ["408"] * 400
@@ -371,11 +381,14 @@ def test_one_address_cannot_use_up_the_open_file_limit(serve_how, live_server) -
     attacker = subprocess.Popen(
         [sys.executable, "-c", HOARD, str(server.port), "1100"], stdout=subprocess.PIPE, text=True
     )
-    assert attacker.stdout is not None
-    assert attacker.stdout.readline().strip() == "open"
-    # While 1,100 connections from one address are open, everyone else is still served.
-    latencies = [health_latency_s(server) for _ in range(20)]
-    result = json.loads(attacker.communicate(timeout=60)[0])
+    try:
+        assert attacker.stdout is not None
+        assert attacker.stdout.readline().strip() == "open"
+        # While 1,100 connections from one address are open, everyone else is still served.
+        latencies = [health_latency_s(server) for _ in range(20)]
+    finally:
+        output = attacker_output(attacker)  # also ends the attack if a step above failed
+    result = json.loads(output)
     assert max(latencies) < 5
     assert result["held"] <= 64, "the cap holds; the rest were answered and closed"
     assert set(result["statuses"]) <= {"429", "closed", "reset"}
