@@ -435,11 +435,9 @@ def test_unreachable_mega_keeps_the_service_up_but_not_ready(
     assert service.http.get(f"{service.url}/ready").status_code == 503
 
 
-def test_a_session_from_the_session_command_needs_no_log_in(
-    new_service: Callable[..., Service], emulator: MegaEmulator, tmp_path: Path
-) -> None:
-    env = _mega_env(emulator, tmp_path)
-    result = subprocess.run(
+def run_session_command(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """``python server.py mega-session`` as an operator runs it."""
+    return subprocess.run(
         [sys.executable, "server.py", "mega-session"],
         cwd=ROOT,
         env=env,
@@ -447,6 +445,12 @@ def test_a_session_from_the_session_command_needs_no_log_in(
         text=True,
         timeout=START_TIMEOUT_S * 3,
     )
+
+
+def test_a_session_from_the_session_command_needs_no_log_in(
+    new_service: Callable[..., Service], emulator: MegaEmulator, tmp_path: Path
+) -> None:
+    result = run_session_command(_mega_env(emulator, tmp_path))
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert len(lines) == 1 and lines[0].startswith("mega-session-v1.")
@@ -487,15 +491,7 @@ def test_ready_when_logged_in_with_the_folder(service: Service) -> None:
 def test_the_session_command_with_a_refused_password_says_why(
     emulator: MegaEmulator, tmp_path: Path
 ) -> None:
-    env = _mega_env(emulator, tmp_path, MEGA_PASSWORD="a wrong password")
-    result = subprocess.run(
-        [sys.executable, "server.py", "mega-session"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=START_TIMEOUT_S * 3,
-    )
+    result = run_session_command(_mega_env(emulator, tmp_path, MEGA_PASSWORD="a wrong password"))
     assert result.returncode == 1 and result.stdout == ""
     assert result.stderr.strip().splitlines()[-1] == (
         "paimon-server: MEGA login failed: wrong email or password"
