@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import hashlib
 import logging
 import os
@@ -23,9 +24,7 @@ from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
 import redis
-from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from limits.errors import StorageError as LimitsStorageError
 from limits.storage import MemoryStorage, RedisStorage, Storage
 from redis.backoff import NoBackoff
@@ -280,26 +279,52 @@ class SharedCounters(Generic[C]):
             return operation(self._local)
 
 
-class SealedBlobs:
-    """Small values kept in the shared store encrypted, so Redis's operator cannot read them.
+# The sealing key's cost: scrypt at these parameters takes tens of milliseconds and 16 MiB
+# once per process (the key is cached), so that whoever can read Redis (a dump, another
+# service on the same instance) tests password guesses thousands of times slower than
+# with a plain hash.
+SCRYPT_N = 2**14
+SCRYPT_R = 8
+SCRYPT_P = 1
+SCRYPT_MAXMEM = 64 * 1024 * 1024
 
-    The key comes from ``secret`` (e.g. the MEGA credentials), which Redis never sees;
-    values are AES-GCM sealed with their key name as associated data, so a value copied
-    to another key does not open. A value that does not open reads as missing.
+
+@functools.lru_cache(maxsize=8)
+def sealing_key(secret: bytes, purpose: str, namespace: str) -> bytes:
+    """The AES key for one secret: scrypt over ``secret``, salted with a fixed label, the
+    purpose and the (non-secret) namespace, so a guess tested against one account's entry
+    says nothing about another's. Cached: derived once per process, not per request."""
+    salt = f"paimon-server sealed blob v2\n{purpose}\n{namespace}".encode()
+    return hashlib.scrypt(
+        secret,
+        salt=salt,
+        n=SCRYPT_N,
+        r=SCRYPT_R,
+        p=SCRYPT_P,
+        maxmem=SCRYPT_MAXMEM,
+        dklen=32,
+    )
+
+
+class SealedBlobs:
+    """Small values kept in the shared store encrypted with a key derived from ``secret``
+    (e.g. the MEGA password), which Redis never sees.
+
+    What protects a value is the secret alone, through scrypt (:func:`sealing_key`):
+    whoever can read Redis cannot decrypt it without the secret, but can still try
+    guesses at it offline, slowly, so the secret must be a strong password. Key names
+    carry only ``namespace``, which must be derived from nothing secret (e.g. the account),
+    so they reveal nothing about the secret; a value sealed with another secret under the
+    same name (a changed password) does not open and reads as missing, and the next
+    :meth:`put` replaces it. Values are AES-GCM sealed with their key name as associated
+    data, so a value copied to another key does not open either.
     """
 
-    def __init__(self, state: SharedState, secret: bytes, purpose: str) -> None:
+    def __init__(self, state: SharedState, secret: bytes, purpose: str, namespace: str) -> None:
         self._state = state
         self._purpose = purpose
-        key = HKDF(
-            algorithm=hashes.SHA256(),
-            length=32,
-            salt=b"paimon-server shared blob v1",
-            info=purpose.encode(),
-        ).derive(secret)
-        self._aead = AESGCM(key)
-        # Different secrets must not share or overwrite each other's entries.
-        self._namespace = hashlib.sha256(b"namespace" + key).hexdigest()[:16]
+        self._namespace = namespace
+        self._aead = AESGCM(sealing_key(secret, purpose, namespace))
 
     def _key(self, name: str) -> str:
         return f"blob:{self._purpose}:{self._namespace}:{name}"
@@ -316,9 +341,12 @@ class SealedBlobs:
         try:
             sealed = base64.b64decode(stored)
             return self._aead.decrypt(sealed[:12], sealed[12:], self._key(name).encode())
-        except Exception:  # tampered, truncated, or sealed with another key
+        except Exception:  # tampered, truncated, or sealed with another secret
             log.warning(
-                "shared state: the stored %s %r does not open; ignored", self._purpose, name
+                "shared state: the stored %s %r does not open (another password, or "
+                "altered); ignored",
+                self._purpose,
+                name,
             )
             return None
 
@@ -328,7 +356,7 @@ class SealedBlobs:
     def lock(
         self, name: str, hold_seconds: float, wait_seconds: float
     ) -> contextlib.AbstractContextManager[None]:
-        """A lock shared by everyone holding the same secret."""
+        """A lock shared by everyone in the same namespace (whatever their secret)."""
         return self._state.lock(
             f"{self._purpose}:{self._namespace}:{name}", hold_seconds, wait_seconds
         )

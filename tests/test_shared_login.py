@@ -1,6 +1,6 @@
-"""Several instances sharing one Redis: one MEGA log-in in total, a session Redis's
-operator cannot read, life without Redis, and the wrong-token brake counted across
-instances.
+"""Several instances sharing one Redis: one MEGA log-in in total, a session sealed with the
+password (through scrypt) under a name that says nothing about it, life without Redis, and
+the wrong-token brake counted across instances.
 
 Each instance is a real server process with a session file of its own (no shared disk),
 against the MEGA emulator and a real redis-server.
@@ -9,6 +9,7 @@ against the MEGA emulator and a real redis-server.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import struct
 import time
@@ -19,8 +20,12 @@ from pathlib import Path
 import httpx
 import pytest
 import redis
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from app.shared_state import RedisState
+from app.shared_state import KEY_PREFIX, RedisState
 from app.storage.mega.errors import FolderLockTimeout, LoginLockTimeout
 from app.storage.mega.session import CachedSession, SessionStore, shared_session_store
 from tests.conftest import RedisServer
@@ -200,10 +205,50 @@ def test_the_brake_on_wrong_tokens_counts_across_instances(live_server, redis_se
 # -- the shared session store in one process -------------------------------------------------
 
 
-def shared_store(redis_url: str, password: str, folder: Path) -> SessionStore:
+def shared_store(
+    redis_url: str, password: str, folder: Path, api_url: str = "http://mega.test/"
+) -> SessionStore:
     return shared_session_store(
-        RedisState(redis_url), EMAIL, password, "http://mega.test/", folder / "session.json"
+        RedisState(redis_url), EMAIL, password, api_url, folder / "session.json"
     )
+
+
+def blob_keys(redis_url: str) -> dict[bytes, bytes]:
+    client = redis.Redis.from_url(redis_url)
+    try:
+        return {key: client.get(key) or b"" for key in client.scan_iter(f"{KEY_PREFIX}blob:*")}
+    finally:
+        client.close()
+
+
+def fast_hash_key(password: str, api_url: str) -> bytes:
+    """The sealing key as earlier versions derived it: one fast hash of the credentials,
+    which whoever reads Redis could test password guesses against quickly."""
+    secret = f"{EMAIL}\n{password}\n{api_url.rstrip('/')}".encode()
+    return HKDF(
+        algorithm=hashes.SHA256(),
+        length=32,
+        salt=b"paimon-server shared blob v1",
+        info=b"mega-session",
+    ).derive(secret)
+
+
+def fast_hash_entry(password: str, api_url: str) -> str:
+    """The Redis key earlier versions named the session after (password-derived)."""
+    digest = hashlib.sha256(b"namespace" + fast_hash_key(password, api_url)).hexdigest()[:16]
+    return f"{KEY_PREFIX}blob:mega-session:{digest}:login"
+
+
+def opens_with_fast_hash(key: bytes, value: bytes, password: str, api_url: str) -> bool:
+    sealed = base64.b64decode(value)
+    aead = AESGCM(fast_hash_key(password, api_url))
+    for associated in (key.decode().removeprefix(KEY_PREFIX).encode(), key, None):
+        try:
+            aead.decrypt(sealed[:12], sealed[12:], associated)
+        except InvalidTag:
+            continue
+        return True
+    return False
 
 
 def test_a_changed_password_misses_the_shared_session(
@@ -212,7 +257,95 @@ def test_a_changed_password_misses_the_shared_session(
     session = CachedSession("sid-abc", [1, 2, 3, 4], "user")
     shared_store(redis_server.url, PASSWORD, tmp_path / "a").save(session)
     assert shared_store(redis_server.url, PASSWORD, tmp_path / "b").load() == session
-    assert shared_store(redis_server.url, "a new password", tmp_path / "c").load() is None
+    renewed = shared_store(redis_server.url, "a new password", tmp_path / "c")
+    assert renewed.load() is None
+    # The log-in with the new password replaces the entry: the same one key, which now
+    # opens only with the new password.
+    before = set(blob_keys(redis_server.url))
+    renewed.save(CachedSession("sid-new", [5, 6, 7, 8], "user"))
+    assert set(blob_keys(redis_server.url)) == before and len(before) == 1
+    assert shared_store(redis_server.url, "a new password", tmp_path / "d").load() == (
+        CachedSession("sid-new", [5, 6, 7, 8], "user")
+    )
+    assert shared_store(redis_server.url, PASSWORD, tmp_path / "e").load() is None
+
+
+def test_redis_key_names_say_nothing_about_the_password(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    # Names come from the account alone: two passwords of one account name the same key
+    # (and the same lock), so a name cannot serve to test password guesses.
+    names = []
+    for index, password in enumerate([PASSWORD, "another password entirely"]):
+        redis.Redis.from_url(redis_server.url).flushall()
+        store = shared_store(redis_server.url, password, tmp_path / str(index))
+        store.save(CachedSession(f"sid-{index}", [1, 2, 3, 4], "user"))
+        with store.locked(5):
+            names.append(set(blob_keys(redis_server.url)))
+            client = redis.Redis.from_url(redis_server.url)
+            names[-1] |= {key for key in client.scan_iter() if b"lock" in key}
+            client.close()
+    assert names[0] == names[1] and len(names[0]) >= 2, names
+    for name in names[0]:
+        assert name.decode() != fast_hash_entry(PASSWORD, "http://mega.test/")
+        assert fast_hash_entry(PASSWORD, "http://mega.test/")[-22:-6] not in name.decode()
+    # Another account names another key.
+    shared_store(redis_server.url, PASSWORD, tmp_path / "x", "http://other.test/").save(
+        CachedSession("sid-x", [1, 2, 3, 4], "user")
+    )
+    assert len(blob_keys(redis_server.url)) == 2
+
+
+def test_the_sealed_session_does_not_open_with_a_fast_hash_of_the_password(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    shared_store(redis_server.url, PASSWORD, tmp_path / "a").save(
+        CachedSession("sid-abc", [1, 2, 3, 4], "user")
+    )
+    ((key, value),) = blob_keys(redis_server.url).items()
+    assert not opens_with_fast_hash(key, value, PASSWORD, "http://mega.test/")
+    # The check above can tell: an entry sealed the old way does open with it.
+    old_key = fast_hash_entry(PASSWORD, "http://mega.test/")
+    old_value = old_entry(PASSWORD, "http://mega.test/", b'{"sid": "old"}')
+    assert opens_with_fast_hash(old_key.encode(), old_value, PASSWORD, "http://mega.test/")
+
+
+def old_entry(password: str, api_url: str, value: bytes) -> bytes:
+    """A value sealed the way earlier versions sealed it."""
+    name = fast_hash_entry(password, api_url).removeprefix(KEY_PREFIX)
+    nonce = b"\x00" * 12
+    sealed = AESGCM(fast_hash_key(password, api_url)).encrypt(nonce, value, name.encode())
+    return base64.b64encode(nonce + sealed)
+
+
+def test_a_changed_password_logs_in_once_and_replaces_the_shared_session(
+    fresh_emulator: MegaEmulator,
+    instances: list[Service],
+    redis_server: RedisServer,
+    tmp_path: Path,
+) -> None:
+    # Redis holds a session sealed with the account's former password, and an entry left by
+    # an earlier version (named and sealed after a fast hash of the password).
+    shared_store(
+        redis_server.url, "the former password", tmp_path / "old", fresh_emulator.url
+    ).save(CachedSession("a-stale-sid", [1, 2, 3, 4], "user"))
+    legacy = fast_hash_entry(PASSWORD, fresh_emulator.url)
+    client = redis.Redis.from_url(redis_server.url)
+    client.set(legacy, old_entry(PASSWORD, fresh_emulator.url, b'{"sid": "old"}'))
+    (entry,) = [key for key in blob_keys(redis_server.url) if key.decode() != legacy]
+
+    first = start_instance(instances, fresh_emulator, tmp_path / "first", redis_server.url)
+    upload_ok(first, "after-the-change.bin")
+    assert fresh_emulator.stats()["logins_ok"] == 1
+    assert "does not open" in first.server.log()
+    # Replaced in place, and the earlier version's entry is gone.
+    assert set(blob_keys(redis_server.url)) == {entry}
+    assert client.get(legacy) is None
+    client.close()
+    # The next instance (fresh disk) takes the new session: still one log-in.
+    second = start_instance(instances, fresh_emulator, tmp_path / "second", redis_server.url)
+    upload_ok(second, "second.bin")
+    assert fresh_emulator.stats()["logins_ok"] == 1
 
 
 @pytest.mark.parametrize(

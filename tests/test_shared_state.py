@@ -1,4 +1,5 @@
-"""The shared store: sealed blobs the Redis operator cannot read, bounded locks, counters."""
+"""The shared store: sealed blobs that open only with their secret (under names that say
+nothing about it), bounded locks, counters."""
 
 from __future__ import annotations
 
@@ -33,17 +34,38 @@ def state(request: pytest.FixtureRequest) -> SharedState:
     return shared
 
 
+def blobs(state: SharedState, secret: bytes, namespace: str = "account-1") -> SealedBlobs:
+    return SealedBlobs(state, secret, "mega-session", namespace)
+
+
 def test_a_sealed_blob_opens_only_with_its_secret(state: SharedState) -> None:
-    SealedBlobs(state, b"mega:user@example.com:password", "mega-session").put("session", SESSION)
-    assert SealedBlobs(state, b"mega:user@example.com:password", "mega-session").get("session") == (
-        SESSION
-    )
-    assert SealedBlobs(state, b"another account's secret", "mega-session").get("session") is None
+    blobs(state, b"mega:user@example.com:password").put("session", SESSION)
+    assert blobs(state, b"mega:user@example.com:password").get("session") == SESSION
+    # Another secret under the same name (a changed password): missing, until replaced.
+    changed = blobs(state, b"mega:user@example.com:new password")
+    assert changed.get("session") is None
+    changed.put("session", b"the new session")
+    assert changed.get("session") == b"the new session"
+    assert blobs(state, b"mega:user@example.com:password").get("session") is None
+    # Another namespace is another entry altogether.
+    assert blobs(state, b"mega:user@example.com:new password", "account-2").get("session") is None
+
+
+def test_the_key_name_carries_only_the_namespace(redis_server) -> None:
+    shared = RedisState(redis_server.url)
+    raw = redis.Redis.from_url(redis_server.url)
+    names = []
+    for secret in (b"one password", b"another password"):
+        blobs(shared, secret).put("session", SESSION)
+        names.append(sorted(raw.keys("paimon:blob:*")))
+    assert names[0] == names[1] == [b"paimon:blob:mega-session:account-1:session"]
+    shared.close()
+    raw.close()
 
 
 def test_redis_holds_only_ciphertext(redis_server) -> None:
     shared = RedisState(redis_server.url)
-    SealedBlobs(shared, b"credentials", "mega-session").put("session", SESSION, ttl_seconds=60)
+    blobs(shared, b"credentials").put("session", SESSION, ttl_seconds=60)
     raw = redis.Redis.from_url(redis_server.url)
     keys = raw.keys("paimon:blob:*")
     assert len(keys) == 1
@@ -52,7 +74,7 @@ def test_redis_holds_only_ciphertext(redis_server) -> None:
     assert 0 < raw.ttl(keys[0]) <= 60
     # Tampering makes the value read as missing, not as garbage.
     raw.set(keys[0], stored[:-4] + b"AAAA")
-    assert SealedBlobs(shared, b"credentials", "mega-session").get("session") is None
+    assert blobs(shared, b"credentials").get("session") is None
     shared.close()
 
 

@@ -32,6 +32,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
 from app.config import SESSION_PREFIX
 from app.shared_state import LockTimeout, SealedBlobs, SharedState, SharedStateUnavailable
 
@@ -212,18 +215,33 @@ class SharedSessionStore:
     """The session sealed in the shared store (Redis), and the log-in lock there too, so
     that every worker and instance logs in once and shares one session.
 
-    The sealing key comes from the MEGA credentials, which Redis never sees: Redis's
-    operator cannot read the session, and a changed password finds no session and logs
-    in. The session file is kept as well, as this machine's copy: while Redis is out of
+    The sealing key comes from the MEGA password through scrypt (see ``SealedBlobs``),
+    and Redis never sees the password: whoever reads Redis cannot decrypt the session
+    without it, though they can try guesses at it, slowly (a strong password is the
+    protection). The entry's name comes from the account alone (``account_key``), so a
+    changed password finds an entry that does not open, treats it as no session, logs in
+    and replaces it. The session file is kept as well, as this machine's copy: while Redis is out of
     reach the store reads and writes only the file and takes the file's lock, so the
     service goes on with a log-in of its own if it needs one. A session found only in the
     file (Redis emptied or replaced) is handed to Redis for the others.
     """
 
-    def __init__(self, blobs: SealedBlobs, local: FileSessionStore) -> None:
+    def __init__(
+        self,
+        blobs: SealedBlobs,
+        local: FileSessionStore,
+        forget_legacy: Callable[[], None] | None = None,
+    ) -> None:
         self._blobs = blobs
         self._local = local
         self._unreachable_logged = False
+        self._forget_legacy = forget_legacy
+
+    def _put(self, session: CachedSession) -> None:
+        self._blobs.put(SHARED_NAME, _session_json(session, self._local.account))
+        if self._forget_legacy is not None:
+            forget, self._forget_legacy = self._forget_legacy, None
+            forget()
 
     def _unreachable(self, error: SharedStateUnavailable) -> None:
         # One line per outage: the shared store already logs its own, this one says what
@@ -260,12 +278,12 @@ class SharedSessionStore:
         local = self._local.load()
         if local is not None:
             with contextlib.suppress(SharedStateUnavailable):
-                self._blobs.put(SHARED_NAME, _session_json(local, self._local.account))
+                self._put(local)
         return local
 
     def save(self, session: CachedSession) -> None:
         try:
-            self._blobs.put(SHARED_NAME, _session_json(session, self._local.account))
+            self._put(session)
         except SharedStateUnavailable as error:
             self._unreachable(error)
         self._local.save(session)
@@ -306,16 +324,38 @@ class SharedSessionStore:
             yield
 
 
+def _legacy_entry(secret: bytes) -> str:
+    """The name earlier versions gave the shared session: derived from the password with a
+    fast hash, so anyone reading Redis could test guesses quickly. Only ever deleted."""
+    key = HKDF(
+        algorithm=hashes.SHA256(),
+        length=32,
+        salt=b"paimon-server shared blob v1",
+        info=b"mega-session",
+    ).derive(secret)
+    return f"blob:mega-session:{hashlib.sha256(b'namespace' + key).hexdigest()[:16]}:login"
+
+
 def shared_session_store(
     state: SharedState, email: str, password: str, api_url: str, session_file: Path
 ) -> SessionStore:
     """The session store for these credentials: in the shared store when it is Redis,
-    else the session file (a per-process store would share nothing across workers)."""
-    local = FileSessionStore(session_file, account_key(email, api_url))
+    else the session file (a per-process store would share nothing across workers).
+
+    The entry in Redis is named after the account (never after the password) and sealed
+    with a key scrypt derives from the email, password and API URL."""
+    account = account_key(email, api_url)
+    local = FileSessionStore(session_file, account)
     if state.kind == "memory":
         return local
     secret = f"{email.strip().lower()}\n{password}\n{api_url.rstrip('/')}".encode()
-    return SharedSessionStore(SealedBlobs(state, secret, "mega-session"), local)
+    legacy = _legacy_entry(secret)
+    return SharedSessionStore(
+        SealedBlobs(state, secret, "mega-session", account[:32]),
+        local,
+        # Once the new entry is written, the old one would only be an offline target.
+        forget_legacy=lambda: state.delete(legacy),
+    )
 
 
 class MemorySessionStore:
