@@ -363,6 +363,45 @@ def test_a_client_leaving_mid_put_leaves_nothing_behind(
     assert service.leftovers() == []
 
 
+def test_a_slow_client_is_not_held_against_the_mega_deadline(
+    new_stream_service: Callable[..., Service], emulator: MegaEmulator
+) -> None:
+    # The MEGA deadline bounds MEGA's work: a client sending steadily for twice as long
+    # still gets its link, while MEGA being slow still ends in 504 at the deadline.
+    deadline = 2.0
+    service = new_stream_service(
+        MEGA_UPLOAD_DEADLINE_SECONDS=str(deadline), MEGA_READ_TIMEOUT="0.4"
+    )
+    check_stored(emulator, put(service, "warm.bin", b"w"), "warm.bin", b"w")  # log-in, folder
+    data = payload(24 * KiB + 7, 17)
+    piece, pause = 1536, 0.25  # 6 KB/s: about 4 s for the file
+    for method in ("PUT", "POST"):
+        body = body_for(method, "steady.bin", data)
+        started = time.monotonic()
+        with connect(service) as sock:
+            sock.sendall(request_head(service, method, "steady.bin", len(body)))
+            for start in range(0, len(body), piece):
+                sock.sendall(body[start : start + piece])
+                time.sleep(pause)
+            response = answer_of(sock)
+        assert time.monotonic() - started > 1.5 * deadline  # the client took longer
+        check_stored(emulator, response, "steady.bin", data)
+
+    slow = 1.0
+    emulator.faults.chunk_delay = slow  # MEGA slower than its read timeout, every time
+    started = time.monotonic()
+    response = put(service, "slow-mega.bin", data)
+    elapsed = time.monotonic() - started
+    emulator.faults.reset()
+    # The POSTs the service gave up on are still asleep in the emulator: let them end, so
+    # that the next test counts only its own.
+    time.sleep(slow + 0.5)
+    assert response.status_code == 504, response.text
+    assert response.json()["code"] == "storage_timeout"
+    assert elapsed < deadline * 3, elapsed
+    assert service.leftovers() == []
+
+
 def test_the_pipeline_overlaps_regions_and_never_exceeds_the_setting(
     service: Service, emulator: MegaEmulator
 ) -> None:

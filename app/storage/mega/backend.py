@@ -97,10 +97,11 @@ class MegaBackend:
     def store_stream(self, body: BodyStream, filename: str, size: int) -> StoredFile:
         """Store ``size`` bytes read from ``body`` while they arrive (no temporary file).
 
-        The deadline covers receiving the body too. What ``body.read`` raises (the client
-        left) is re-raised unchanged; no node is made, so nothing is left in the drive
-        (MEGA drops an upload that never completes). A restart MEGA asks for replays the
-        body from its copy (``body.rewind``); a body without one ends in a 502.
+        The deadline does not count time spent waiting for the body's bytes (it bounds
+        MEGA's work). What ``body.read`` raises (the client left) is re-raised unchanged;
+        no node is made, so nothing is left in the drive (MEGA drops an upload that never
+        completes). A restart MEGA asks for replays the body from its copy
+        (``body.rewind``); a body without one ends in a 502.
         """
         try:
             return self._store(

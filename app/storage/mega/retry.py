@@ -11,6 +11,7 @@ try again and when to give up.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -51,11 +52,24 @@ class RetryPolicy:
 
 
 class Deadline:
-    """A point in monotonic time, and the length it was given (for the error message)."""
+    """A point in monotonic time, and the length it was given (for the error message).
+
+    It bounds MEGA's work only: time spent waiting for the client's bytes is handed back
+    with ``exclude``, so a slow but steady client is never blamed on MEGA (the client's own
+    limits are the idle timeout and the minimum rate).
+    """
 
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
         self.at = time.monotonic() + seconds
+        # The reading thread moves ``at`` while the region threads read it.
+        self._lock = threading.Lock()
+
+    def exclude(self, seconds: float) -> None:
+        """Do not count ``seconds`` just spent waiting on someone other than MEGA."""
+        if seconds > 0:
+            with self._lock:
+                self.at += seconds
 
     def remaining(self) -> float:
         return max(0.0, self.at - time.monotonic())

@@ -24,7 +24,9 @@ and crashes on files whose last chunk is 16 bytes or shorter. Here:
   ``src/commands.cpp``), and an ``http://`` URL is refused when the API is ``https://``:
   file data and the completion token never cross the internet unencrypted;
 * everything runs against one ``Deadline``, after which the upload is given up; the
-  API calls (``u``, ``p``, ``l``) and every POST are cut to it too.
+  API calls (``u``, ``p``, ``l``) and every POST are cut to it too. Time spent waiting
+  for a streamed body's bytes does not count: the deadline bounds MEGA's work, and a
+  slow client has limits of its own (idle timeout, minimum rate).
 
 Memory is bounded by design: at most ``parallel + 1`` region buffers per upload (the
 ones in flight and the one being read), each ``region_bytes`` plus one AES block.
@@ -35,6 +37,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
+import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -176,22 +179,31 @@ class FileSource:
 
 
 class BodySource:
-    """A request body while it arrives; rewound when the body keeps a copy of itself."""
+    """A request body while it arrives; rewound when the body keeps a copy of itself.
+
+    The time a read blocks is time spent waiting for the client (MEGA's side never holds
+    a read up: when it is slow, this thread waits in the pipeline instead and the bytes
+    pile up behind the read), so it is taken off ``deadline``.
+    """
 
     # Read in pieces of this size: a body hands out a fresh bytes per read, so one read of
     # a whole region would hold a second copy of it (and a relay joins its parts: a third).
     PIECE = 1024 * 1024
 
-    def __init__(self, body: BodyStream) -> None:
+    def __init__(self, body: BodyStream, deadline: Deadline) -> None:
         self._body = body
+        self._deadline = deadline
 
     def read_into(self, view: memoryview) -> None:
         filled = 0
         while filled < len(view):
+            started = time.monotonic()
             try:
                 data = self._body.read(min(self.PIECE, len(view) - filled))
             except Exception as exc:
                 raise SourceFailed(exc) from exc
+            finally:
+                self._deadline.exclude(time.monotonic() - started)
             if not data:
                 raise SourceFailed(EOFError("the body ended before its announced size"))
             view[filled : filled + len(data)] = data
@@ -231,7 +243,8 @@ def send_stream(
 ) -> SentFile:
     """Like ``send_file`` for a body read while it arrives. ``SourceFailed`` carries what
     ``body.read`` raised; a restart MEGA asks for fails with ``StreamCannotRestart``."""
-    return send(client, BodySource(body), size, limits, deadline)
+    deadline = deadline or Deadline(limits.deadline_s)
+    return send(client, BodySource(body, deadline), size, limits, deadline)
 
 
 def send(
