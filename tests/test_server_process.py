@@ -74,16 +74,11 @@ def send_part_of_an_upload(
     server: ServerProcess, method: str, path: str, body: bytes
 ) -> socket.socket:
     """Announce 50 MiB, send only ``body``, and return the still-open socket."""
-    content_type = (
-        "multipart/form-data; boundary=b0undary" if method == "POST" else "application/octet-stream"
-    )
-    head = (
-        f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n"
-        f"X-Auth-Token: {server.env['AUTH_TOKEN']}\r\n"
-        f"Content-Type: {content_type}\r\nContent-Length: {50 * 1024 * 1024}\r\n\r\n"
-    ).encode()
-    sock = socket.create_connection(("127.0.0.1", server.port), timeout=WAIT_S)
-    sock.sendall(head + body)
+    kind = "application/octet-stream"
+    if method == "POST":
+        kind = "multipart/form-data; boundary=b0undary"
+    sock = open_upload(server, method, path, 50 * 1024 * 1024, kind)
+    sock.sendall(body)
     return sock
 
 
