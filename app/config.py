@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal
 from pydantic import ByteSize, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from app.tokens import TokensFileError, read_tokens_file
+from app.access.tokens import TokensFileError, read_tokens_file
 
 MIN_TOKEN_LENGTH = 16
 # How a MEGA_SESSION value begins (app.storage.mega.session writes and reads the rest).

@@ -11,20 +11,19 @@ from anyio import to_thread
 from fastapi import FastAPI
 
 from app import __version__
+from app.access.tokens import watch_sighup
 from app.api import downloads, health, metrics, tickets, uploads
 from app.api.context import RequestContextMiddleware
 from app.api.deps import Services
 from app.api.errors import install_error_handlers
 from app.api.pages import install_web
 from app.config import Settings
-from app.relay import tune_allocator
+from app.intake.relay import tune_allocator
+from app.intake.spool import Spool
 from app.serving.startup import OneLineStartupErrors
 from app.shared_state import build_shared_state
-from app.spool import Spool
-from app.storage.base import StorageBackend, StorageError, StorageLoginFailed, supports_connect
+from app.storage.base import Connecting, StorageBackend, StorageError, StorageLoginFailed
 from app.storage.factory import build_backend
-from app.storage.local import LocalBackend
-from app.tokens import watch_sighup
 
 log = logging.getLogger(__name__)
 
@@ -43,12 +42,12 @@ CONNECT_RETRY_S = 30.0
 
 
 async def _connect(
-    backend: StorageBackend, on_refused: Callable[[StorageLoginFailed], None] | None
+    backend: Connecting | None, on_refused: Callable[[StorageLoginFailed], None] | None
 ) -> None:
     """Connect the backend in a worker thread until it works, so that the first upload
     does not pay for the log-in; /health answers all along. Refused credentials can never
     start working: ``on_refused`` (the entry point's, which stops the service) is told."""
-    if not supports_connect(backend):
+    if backend is None:
         return
     while True:
         try:
@@ -79,7 +78,7 @@ def create_app(
     redis_url = settings.redis_url.get_secret_value() if settings.redis_url else None
     shared = build_shared_state(redis_url)
     backend = backend or build_backend(settings, shared)
-    spool = Spool(settings.temp_upload_dir, int(settings.max_upload_bytes))
+    spool = Spool(settings.temp_upload_dir)
     services = Services(settings=settings, backend=backend, spool=spool, shared=shared)
 
     @asynccontextmanager
@@ -97,11 +96,11 @@ def create_app(
             "Paimon-server %s ready: storage=%s, max upload %d bytes, %d concurrent uploads",
             __version__,
             backend.name,
-            spool.limit,
+            int(settings.max_upload_bytes),
             settings.max_concurrent_uploads,
         )
         async with anyio.create_task_group() as tasks:
-            tasks.start_soon(_connect, backend, on_refused)
+            tasks.start_soon(_connect, services.capabilities.connect, on_refused)
             try:
                 yield
             finally:
@@ -127,7 +126,9 @@ def create_app(
     app.include_router(tickets.router)
     app.include_router(health.router)
     app.include_router(metrics.router)
-    if isinstance(backend, LocalBackend):
-        app.include_router(downloads.router)
+    # Routes follow the backend's declared capabilities; the OpenAPI document too.
+    app.include_router(
+        downloads.router, include_in_schema=services.capabilities.download is not None
+    )
     install_web(app, settings)
     return app

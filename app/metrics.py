@@ -93,8 +93,6 @@ def upload_finished(
     UPLOAD_SECONDS.labels(backend, "success" if outcome == "success" else "error").observe(seconds)
     if outcome == "success":
         UPLOAD_BYTES.labels(backend).inc(size)
-    if outcome == "too_many_uploads":
-        SLOT_REJECTIONS.inc()
     if admitted:
         UPLOADS_IN_FLIGHT.dec()
 
@@ -102,6 +100,11 @@ def upload_finished(
 def slot_waited(seconds: float) -> None:
     """Call where an upload acquires its slot, with how long it waited."""
     SLOT_WAITS.observe(seconds)
+
+
+def slot_refused() -> None:
+    """Call where an upload gave up waiting for a slot."""
+    SLOT_REJECTIONS.inc()
 
 
 def limit_rejected(token: str, limit: str) -> None:

@@ -21,7 +21,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Generic, TypeVar
+from typing import Generic, NamedTuple, TypeVar
 
 import redis
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -41,6 +41,15 @@ COMMAND_TIMEOUT_SECONDS = 2.0
 
 T = TypeVar("T")
 C = TypeVar("C")
+
+
+class Reserved(NamedTuple):
+    """What ``reserve`` did: whether it added, the counter after it, and the seconds until
+    the counter is forgotten."""
+
+    granted: bool
+    used: int
+    resets_in: float
 
 
 class SharedStateUnavailable(Exception):
@@ -64,6 +73,17 @@ class SharedState:
     def incr(self, key: str, ttl_seconds: int, amount: int = 1) -> int:
         """Add ``amount`` to ``key`` (created at 0, forgotten ``ttl_seconds`` after that);
         the new value."""
+        raise NotImplementedError
+
+    def reserve(self, key: str, amount: int, limit: int, ttl_seconds: int) -> Reserved:
+        """Add ``amount`` to the counter ``key`` only if it stays within ``limit``, in one
+        atomic step (a refusal adds nothing); the counter is forgotten ``ttl_seconds``
+        after it was made."""
+        raise NotImplementedError
+
+    def release(self, key: str, amount: int) -> None:
+        """Take ``amount`` back from the counter ``key``; nothing once it was forgotten
+        (a reservation from a window that has ended gives nothing to the next one)."""
         raise NotImplementedError
 
     def get(self, key: str) -> bytes | None:
@@ -114,6 +134,25 @@ class MemoryState(SharedState):
             self._values[key] = (value, expires)
             return value
 
+    def reserve(self, key: str, amount: int, limit: int, ttl_seconds: int) -> Reserved:
+        with self._guard:
+            current = self._live(key)
+            used = current if isinstance(current, int) else 0
+            expires = self._values[key][1] if current is not None else None
+            if expires is None:
+                expires = time.monotonic() + ttl_seconds
+            resets_in = max(0.0, expires - time.monotonic())
+            if used + amount > limit:
+                return Reserved(False, used, resets_in)
+            self._values[key] = (used + amount, expires)
+            return Reserved(True, used + amount, resets_in)
+
+    def release(self, key: str, amount: int) -> None:
+        with self._guard:
+            current = self._live(key)
+            if isinstance(current, int):
+                self._values[key] = (current - amount, self._values[key][1])
+
     def get(self, key: str) -> bytes | None:
         with self._guard:
             value = self._live(key)
@@ -140,6 +179,26 @@ class MemoryState(SharedState):
             lock.release()
 
 
+_RESERVE = """
+local used = tonumber(redis.call('GET', KEYS[1]) or '0')
+local amount, limit = tonumber(ARGV[1]), tonumber(ARGV[2])
+if used + amount > limit then
+    return {0, used, redis.call('PTTL', KEYS[1])}
+end
+used = redis.call('INCRBY', KEYS[1], amount)
+if redis.call('PTTL', KEYS[1]) < 0 then
+    redis.call('EXPIRE', KEYS[1], ARGV[3])
+end
+return {1, used, redis.call('PTTL', KEYS[1])}
+"""
+_RELEASE = """
+if redis.call('EXISTS', KEYS[1]) == 1 then
+    return redis.call('DECRBY', KEYS[1], ARGV[1])
+end
+return 0
+"""
+
+
 class RedisState(SharedState):
     """Everything in Redis, under keys starting with ``paimon:``."""
 
@@ -161,6 +220,9 @@ class RedisState(SharedState):
             key_prefix=KEY_PREFIX + "limits",
             wrap_exceptions=True,
         )
+        # One round trip, atomic across every instance: check and add happen together.
+        self._reserve = self.client.register_script(_RESERVE)
+        self._release = self.client.register_script(_RELEASE)
         self._guard = threading.Lock()
         self._down_since: float | None = None
         self._last_attempt = 0.0
@@ -217,6 +279,15 @@ class RedisState(SharedState):
                 return int(pipe.execute()[1])
 
         return self.run(operation)
+
+    def reserve(self, key: str, amount: int, limit: int, ttl_seconds: int) -> Reserved:
+        granted, used, left_ms = self.run(
+            lambda: self._reserve(keys=[KEY_PREFIX + key], args=[amount, limit, ttl_seconds])
+        )
+        return Reserved(bool(granted), int(used), max(0, int(left_ms)) / 1000)
+
+    def release(self, key: str, amount: int) -> None:
+        self.run(lambda: self._release(keys=[KEY_PREFIX + key], args=[amount]))
 
     def get(self, key: str) -> bytes | None:
         return self.run(lambda: self.client.get(KEY_PREFIX + key))  # type: ignore[return-value]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from app.relay import tune_allocator
+from app.intake.relay import tune_allocator
 
 tune_allocator()  # as the service does at start-up
 

@@ -20,10 +20,10 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
+from app.access.tokens import token_sha256
 from app.config import Settings
 from app.main import create_app
 from app.storage.base import StorageBackend
-from app.tokens import token_sha256
 
 ROOT = Path(__file__).resolve().parent.parent
 START_TIMEOUT_S = 20

@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-from app.storage.base import BodyStream, Readiness, StorageError, StoredFile
+from app.storage.base import BodyStream, Capabilities, Readiness, StorageError, StoredFile
 
 
 class FailingBackend:
@@ -20,6 +20,9 @@ class FailingBackend:
     def __init__(self, error: Exception) -> None:
         self.error = error
         self.seen: list[tuple[Path, str, int]] = []
+
+    def capabilities(self) -> Capabilities:
+        return Capabilities()
 
     def start(self) -> None:
         pass
@@ -49,6 +52,9 @@ class GatedBackend:
         self.release = threading.Event()
         self.sizes: list[int] = []
 
+    def capabilities(self) -> Capabilities:
+        return Capabilities()
+
     def start(self) -> None:
         pass
 
@@ -76,6 +82,9 @@ class FailingStreamBackend(FailingBackend):
         super().__init__(error)
         self.read_first = read_first
         self.received = 0
+
+    def capabilities(self) -> Capabilities:
+        return Capabilities(stream=self)
 
     def store_stream(self, body: BodyStream, filename: str, size: int) -> StoredFile:
         while self.received < self.read_first:

@@ -123,6 +123,17 @@ def test_metrics_token_protects_the_metrics(make_client) -> None:
     assert make_client().get("/metrics").status_code == 200
 
 
+def test_guessing_the_metrics_token_is_braked(make_client) -> None:
+    metrics_token = "metrics-reader-0b1c2d3e4f"
+    client = make_client(metrics_token=metrics_token, auth_failures_per_minute=5)
+    wrong = {"Authorization": "Bearer metrics-guess-0000000000"}
+    statuses = [client.get("/metrics", headers=wrong).status_code for _ in range(8)]
+    assert statuses == [403] * 5 + [429] * 3
+    braked = client.get("/metrics", headers={"Authorization": f"Bearer {metrics_token}"})
+    assert braked.status_code == 429  # no answer tells a guesser it has found the token
+    assert braked.json()["code"] == "too_many_failures" and int(braked.headers["Retry-After"]) > 0
+
+
 def test_json_logs_carry_request_id_and_token_name_never_the_token(
     live_server, tmp_path: Path
 ) -> None:

@@ -98,3 +98,73 @@ def test_the_service_survives_redis_going_away_and_coming_back(
     log = server.log()
     assert log.count("Redis unreachable") == 1, log
     assert "Redis reachable again" in log
+
+
+def test_a_quota_holds_for_a_body_nobody_declared(make_client, tmp_path: Path) -> None:
+    """Chunked bodies are charged as they arrive: stopped the moment they would pass
+    the day's quota, with nothing stored and nothing kept counted."""
+    path = tmp_path / "tokens.toml"
+    path.write_text(tokens_toml(daily={"secret": TOKEN, "bytes_per_day": 10_000}))
+    client = make_client(tokens_file=path)
+
+    def chunked(total: int):
+        for _ in range(total // 1000):
+            yield b"x" * 1000
+
+    first = client.put("/files/a.bin", content=chunked(6_000), headers={"X-Auth-Token": TOKEN})
+    assert first.status_code == 200
+    over = client.put("/files/b.bin", content=chunked(5_000), headers={"X-Auth-Token": TOKEN})
+    assert over.status_code == 429 and over.json()["code"] == "quota_exceeded"
+    assert "10000 bytes per day; 4000 bytes are left" in over.text
+    # A whole day's quota is also the largest file, declared or not.
+    huge = client.put("/files/c.bin", content=chunked(500_000), headers={"X-Auth-Token": TOKEN})
+    assert huge.status_code == 413 and "10000 bytes" in huge.text
+    declared = put(client, TOKEN, b"x" * 10_001)
+    assert declared.status_code == 413 and "10000 bytes" in declared.text
+    # What the refused upload had reserved was given back: 4,000 bytes are left.
+    assert put(client, TOKEN, b"x" * 4_000).status_code == 200
+    assert put(client, TOKEN, b"x").json()["code"] == "quota_exceeded"
+    stored = sorted(p.stat().st_size for p in (tmp_path / "files").rglob("*") if p.is_file())
+    assert stored == [4_000, 6_000]
+
+
+def _parallel_puts(urls: list[str], count: int, size: int) -> list[int]:
+    start = threading.Barrier(count)
+
+    def attempt(i: int) -> int:
+        with httpx.Client(base_url=urls[i % len(urls)], timeout=WAIT_S) as http:
+            start.wait(WAIT_S)
+            return put(http, TOKEN, b"q" * size, name=f"p{i}.bin").status_code
+
+    with ThreadPoolExecutor(count) as pool:
+        return list(pool.map(attempt, range(count)))
+
+
+def test_a_quota_holds_exactly_under_concurrent_uploads(
+    live_server, redis_server, tmp_path: Path
+) -> None:
+    path = tmp_path / "tokens.toml"
+    path.write_text(tokens_toml(daily={"secret": TOKEN, "bytes_per_day": 10_000}))
+    env = {"TOKENS_FILE": str(path), "MAX_CONCURRENT_UPLOADS": "32"}
+    # Two instances sharing Redis: 20 uploads of 5,000 bytes at once, room for 2.
+    shared = [
+        live_server(
+            TEMP_UPLOAD_DIR=str(tmp_path / f"spool-{i}"),
+            LOCAL_STORAGE_DIR=str(tmp_path / f"files-{i}"),
+            REDIS_URL=redis_server.url,
+            **env,
+        )
+        for i in range(2)
+    ]
+    statuses = _parallel_puts([server.url for server in shared], 20, 5_000)
+    assert statuses.count(200) == 2 and statuses.count(429) == 18, statuses
+    stored = [p for p in tmp_path.glob("files-*/**/*") if p.is_file()]
+    assert sum(p.stat().st_size for p in stored) == 10_000
+    # One instance without Redis: the same, counted in the process.
+    alone = live_server(
+        TEMP_UPLOAD_DIR=str(tmp_path / "spool-alone"),
+        LOCAL_STORAGE_DIR=str(tmp_path / "files-alone"),
+        **env,
+    )
+    statuses = _parallel_puts([alone.url], 20, 5_000)
+    assert statuses.count(200) == 2 and statuses.count(429) == 18, statuses

@@ -12,13 +12,15 @@ import httpx
 import pytest
 from prometheus_client import REGISTRY
 
-from app.tickets import issue_ticket
+from app.access.tickets import issue_ticket
+from app.access.tokens import TokenPolicy, token_sha256
 from tests.conftest import tokens_toml, write_in_place
 
 ISSUER = "issuer-token-1f2e3d4c5b6a"
 PLAIN = "plain-token-7a6b5c4d3e2f"
 SECRET = "ticket-key-" + "k" * 30
 WAIT_S = 15
+PORTAL = TokenPolicy(name="portal", digest=token_sha256(ISSUER), can_issue_tickets=True)
 
 
 @pytest.fixture
@@ -64,7 +66,7 @@ def test_a_ticket_uploads_like_a_token_until_its_uses_run_out(client) -> None:
 
 
 def test_expired_and_forged_tickets_say_which(client) -> None:
-    expired, _ = issue_ticket(SECRET, "portal", int(time.time()) - 5, 1)
+    expired, _ = issue_ticket(SECRET, PORTAL, int(time.time()) - 5, 1)
     answer = put(client, expired)
     assert answer.status_code == 401
     assert answer.json()["code"] == "ticket_expired" and "expired" in answer.json()["message"]
@@ -73,7 +75,7 @@ def test_expired_and_forged_tickets_say_which(client) -> None:
     payload, signature = ticket.rsplit(".", 1)
     for forged in (
         payload + "." + signature[::-1],
-        issue_ticket("another service's secret " + "x" * 20, "portal", 2**40, 99)[0],
+        issue_ticket("another service's secret " + "x" * 20, PORTAL, 2**40, 99)[0],
         ticket[:-3],
     ):
         answer = put(client, forged)
@@ -123,6 +125,43 @@ def test_revoking_the_issuer_revokes_its_tickets(client, tokens_file) -> None:
         assert time.monotonic() < deadline, "the ticket outlived its issuer"
         time.sleep(0.2)
     assert answer.status_code == 403 and "issuer" in answer.json()["message"]
+
+
+def test_rotating_the_issuers_token_voids_its_tickets(client, tokens_file) -> None:
+    ticket = new_ticket(client, max_uses=50).json()["ticket"]
+    assert put(client, ticket).status_code == 200
+    # Same name, new token: what an operator does with a leaked issuer token.
+    rotated = "rotated-issuer-token-9f8e7d6c"
+    write_in_place(
+        tokens_file,
+        tokens_toml(
+            portal={"secret": rotated, "can_issue_tickets": True, "uploads_per_minute": 100},
+            plain={"secret": PLAIN},
+        ),
+    )
+    deadline = time.monotonic() + WAIT_S
+    while (answer := put(client, ticket)).status_code == 200:
+        assert time.monotonic() < deadline, "the ticket outlived its issuer's rotation"
+        time.sleep(0.2)
+    assert answer.status_code == 403 and "rotated or revoked" in answer.json()["message"]
+    # Tickets of the new token work.
+    fresh = new_ticket(client, token=rotated).json()["ticket"]
+    assert put(client, fresh).status_code == 200
+
+
+def test_a_refused_ticket_spends_nothing_of_its_issuer(make_client, tmp_path: Path) -> None:
+    path = tmp_path / "tokens.toml"
+    path.write_text(
+        tokens_toml(kiosk={"secret": ISSUER, "can_issue_tickets": True, "uploads_per_minute": 2})
+    )
+    client = make_client(tokens_file=path, ticket_secret=SECRET)
+    used_up = new_ticket(client, max_uses=1).json()["ticket"]
+    assert put(client, used_up).status_code == 200
+    for _ in range(4):  # refused: the ticket is used up
+        assert put(client, used_up).json()["code"] == "ticket_used_up"
+    # The issuer's second upload of the minute is still there.
+    assert put(client, ISSUER).status_code == 200
+    assert put(client, ISSUER).json()["code"] == "rate_limited"
 
 
 def test_a_ticket_counts_under_its_issuers_name(make_client, tmp_path: Path) -> None:

@@ -88,7 +88,7 @@ def test_a_bad_file_is_refused_in_one_line_and_the_last_good_one_stays(
     client = make_client(tokens_file=tokens_file)
     bad = tokens_toml(alice={"secret": ALICE}, bob={"secret": BOB, "uploads_per_minute": "lots"})
     write_in_place(tokens_file, bad)
-    caplog.set_level(logging.ERROR, logger="app.tokens")
+    caplog.set_level(logging.ERROR, logger="app.access.tokens")
     deadline = time.monotonic() + WAIT_S
     while not caplog.records:
         assert time.monotonic() < deadline, "the bad file was never noticed"
@@ -126,7 +126,7 @@ def test_a_bad_file_stops_start_up_naming_entry_and_problem(
 def test_a_plain_token_works_with_a_warning(make_client, tmp_path: Path, caplog) -> None:
     path = tmp_path / "tokens.toml"
     path.write_text(tokens_toml(dev={"token": ALICE}))
-    with caplog.at_level(logging.WARNING, logger="app.tokens"):
+    with caplog.at_level(logging.WARNING, logger="app.access.tokens"):
         client = make_client(tokens_file=path)
     assert upload(client, ALICE).status_code == 200
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
@@ -149,10 +149,44 @@ def test_max_upload_bytes_is_413_before_anything_is_stored(make_client, tmp_path
 
     streamed = client.put("/files/s.bin", content=chunks(), headers=headers)
     assert streamed.status_code == 413
-    form = client.post("/upload", headers=headers, files={"file": ("f.bin", b"x" * 70_000)})
-    assert form.status_code == 413
     stored = [p for p in (tmp_path / "files").rglob("*") if p.is_file()]
     assert len(stored) == 1
+
+
+def test_a_multipart_file_part_is_capped_at_the_callers_limit(make_client, tmp_path) -> None:
+    """The file part itself, not the body with its framing: limit + 1 bytes is 413."""
+    path = tmp_path / "tokens.toml"
+    path.write_text(tokens_toml(small={"secret": ALICE, "max_upload_bytes": "1KB"}))
+    client = make_client(tokens_file=path)
+    headers = {"X-Auth-Token": ALICE}
+    fits = client.post("/upload", headers=headers, files={"file": ("f.bin", b"x" * 1000)})
+    assert fits.status_code == 200, fits.text
+    over = client.post("/upload", headers=headers, files={"file": ("f.bin", b"x" * 1001)})
+    assert over.status_code == 413 and "1000 bytes" in over.json()["message"]
+    assert over.headers["connection"] == "close"
+
+    boundary = "b0undary"
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="c.bin"\r\n'
+            f"Content-Type: application/octet-stream\r\n\r\n"
+        ).encode()
+        + b"y" * 1001
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+
+    def chunked():  # no Content-Length: the part is counted while it arrives
+        for start in range(0, len(body), 100):
+            yield body[start : start + 100]
+
+    streamed = client.post(
+        "/upload",
+        headers={**headers, "Content-Type": f"multipart/form-data; boundary={boundary}"},
+        content=chunked(),
+    )
+    assert streamed.status_code == 413
+    stored = [p for p in (tmp_path / "files").rglob("*") if p.is_file()]
+    assert [p.stat().st_size for p in stored] == [1000]
 
 
 def test_services_limit_which_backends_a_token_may_use(make_client, tmp_path: Path) -> None:
@@ -166,7 +200,7 @@ def test_services_limit_which_backends_a_token_may_use(make_client, tmp_path: Pa
 
 def test_new_token_command_prints_a_token_and_its_working_entry(make_client, tmp_path) -> None:
     printed = subprocess.run(
-        [sys.executable, "-m", "app.tokens", "new-token", "ci-bot"],
+        [sys.executable, "-m", "app.access.tokens", "new-token", "ci-bot"],
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -11,8 +11,8 @@ from urllib.parse import quote
 import pytest
 from fastapi.testclient import TestClient
 
-from app.filenames import DEFAULT_NAME
-from app.spool import SpoolUnusable
+from app.intake.filenames import DEFAULT_NAME
+from app.intake.spool import SpoolUnusable
 from app.storage.base import StorageFull, StorageTimeout, UpstreamRejected
 from tests.standins import FailingBackend, FailingStreamBackend, GatedBackend
 

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import re
 import secrets
+from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 
 from app.config import ConfigError, load_settings
-from tests.conftest import ROOT
+from tests.conftest import ROOT, tokens_toml
 
 WEB = ROOT / "app" / "web"
 
@@ -54,6 +55,18 @@ def test_config_tells_the_page_the_limit_and_services(make_client) -> None:
     assert config["max_upload_bytes"] == 5 * 1024 * 1024
     assert config["services"] == ["local"] and config["default_service"] == "local"
     assert config["tickets"] is False
+
+
+def test_config_tells_a_caller_its_own_limit(make_client, tmp_path: Path) -> None:
+    small = "small-token-5e4d3c2b1a"
+    path = tmp_path / "tokens.toml"
+    path.write_text(tokens_toml(small={"secret": small, "max_upload_bytes": "1MiB"}))
+    client = make_client(max_upload_bytes="5MiB", tokens_file=path)
+    assert client.get("/config").json()["max_upload_bytes"] == 5 * 1024 * 1024
+    mine = client.get("/config", headers={"X-Auth-Token": small})
+    assert mine.json()["max_upload_bytes"] == 1024 * 1024
+    wrong = client.get("/config", headers={"X-Auth-Token": "not-a-token-0000000000"})
+    assert wrong.status_code == 403 and wrong.json()["code"] == "invalid_token"
 
 
 def test_config_says_tickets_are_in_use_when_they_can_be_signed(make_client) -> None:

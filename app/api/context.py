@@ -1,14 +1,11 @@
-"""Per-request context as plain ASGI middleware: request id, body cap, upload accounting.
+"""Per-request context as plain ASGI middleware: request id and upload accounting.
 
 - Request id: a client's ``X-Request-ID`` is kept (when short and plain), else one is
   made; it is returned in the response and on every log line of the request.
-- Body cap: the auth dependency may lower the size limit for the caller (a token's
-  ``max_upload_bytes``, a ticket's ``max_bytes``); bodies without Content-Length are cut
-  here, as they arrive, with 413.
-- Upload accounting: for requests the auth dependency marked as uploads, one summary log
-  line and the upload metrics when the answer is sent, whatever the outcome, and the
-  stored bytes counted against the caller's daily quota. The upload handlers stay
-  unaware of all this.
+- Upload accounting: for requests the admission dependency marked as uploads, one
+  summary log line and the upload metrics when the answer is sent, whatever the outcome,
+  and the admission finished (its slot freed, the caller's allowances settled with what
+  was stored). The upload handlers stay unaware of all this.
 """
 
 from __future__ import annotations
@@ -27,13 +24,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import metrics
 from app.logging_setup import request_id, token_name
-from app.spool import UploadTooLarge
 
 log = logging.getLogger("app.uploads")
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")
 _UPLOAD_KEY = "paimon.upload"
-_CAP_KEY = "paimon.body_cap"
 _CAPTURE_BYTES = 64 * 1024
 
 
@@ -45,20 +40,17 @@ class UploadRecord:
     method: str
     started: float
     token: str = "-"
+    # The name from the request's path, for the summary of a refused request.
+    filename: str | None = None
     admitted: bool = False
-    # Called in a thread with (stored, size) once the answer is sent: quotas, ticket uses.
-    settle: Callable[[bool, int], None] | None = None
+    # Called in a thread with (stored, size) once the answer is sent: slot, allowances.
+    finish: Callable[[bool, int], None] | None = None
 
 
 def start_upload_record(state: dict[str, Any], backend: str, method: str) -> UploadRecord:
     record = UploadRecord(backend=backend, method=method, started=time.monotonic())
     state[_UPLOAD_KEY] = record
     return record
-
-
-def cap_body(state: dict[str, Any], file_limit: int, overhead: int) -> None:
-    """Refuse the rest of this request's body once it passes ``file_limit + overhead``."""
-    state[_CAP_KEY] = (file_limit, file_limit + overhead)
 
 
 def current_request_id() -> str:
@@ -78,19 +70,8 @@ class RequestContextMiddleware:
         rid = offered if offered and _REQUEST_ID.fullmatch(offered) else uuid.uuid4().hex
         rid_token = request_id.set(rid)
         name_token = token_name.set("")
-        received = 0
         status = 500
         captured = bytearray()
-
-        async def capped_receive() -> Message:
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request" and _CAP_KEY in state:
-                received += len(message.get("body", b""))
-                file_limit, body_limit = state[_CAP_KEY]
-                if received > body_limit:
-                    raise UploadTooLarge(file_limit)
-            return message
 
         async def send_with_id(message: Message) -> None:
             nonlocal status
@@ -107,7 +88,7 @@ class RequestContextMiddleware:
             await send(message)
 
         try:
-            await self.app(scope, capped_receive, send_with_id)
+            await self.app(scope, receive, send_with_id)
         finally:
             record = state.get(_UPLOAD_KEY)
             try:
@@ -130,7 +111,7 @@ async def _finish_upload(record: UploadRecord, status: int, body: bytes) -> None
     seconds = time.monotonic() - record.started
     metrics.upload_finished(record.backend, record.method, outcome, size, seconds, record.admitted)
     summary = {
-        "name": answer.get("filename"),
+        "name": answer.get("filename") or record.filename,
         "size": size,
         "duration_s": round(seconds, 3),
         "backend": record.backend,
@@ -149,8 +130,8 @@ async def _finish_upload(record: UploadRecord, status: int, body: bytes) -> None
         status,
         extra={"upload": summary},
     )
-    if record.settle is not None:
-        await to_thread.run_sync(record.settle, outcome == "success", size)
+    if record.finish is not None:
+        await to_thread.run_sync(record.finish, outcome == "success", size)
 
 
 def _header(scope: Scope, name: bytes) -> str | None:

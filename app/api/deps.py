@@ -2,30 +2,30 @@
 
 from __future__ import annotations
 
-import functools
 import time
 from dataclasses import dataclass, field
 from typing import Annotated
 
 from anyio import to_thread
-from fastapi import Depends, Header, Request
+from fastapi import Depends, Header, Query, Request
 
 from app import metrics
-from app.api.auth_brake import AuthBrake
-from app.api.context import cap_body, start_upload_record
-from app.api.errors import ApiError
-from app.api.receive import MULTIPART_OVERHEAD, check_declared_length
+from app.access.admission import Caller, Gatekeeper
+from app.access.brake import AuthBrake
+from app.access.limits import Allowances, Grant
+from app.access.tokens import TokenRegistry
+from app.api.context import UploadRecord, start_upload_record
+from app.api.errors import UNSUPPORTED_SERVICE
 from app.config import Settings
-from app.filenames import InvalidFilename, safe_filename
+from app.intake.body import Pace
+from app.intake.errors import InvalidLength, UploadTooLarge
+from app.intake.filenames import filename_or_default
+from app.intake.multipart import MULTIPART_OVERHEAD
+from app.intake.slots import Slot, UploadSlots
+from app.intake.spool import Spool
 from app.logging_setup import token_name
-from app.ratelimit import LimitExceeded, UploadLimits
 from app.shared_state import SharedState
-from app.spool import Spool, UploadSlots
-from app.storage.base import StorageBackend
-from app.tickets import Ticket, TicketError, is_ticket, read_ticket
-from app.tokens import TokenPolicy, TokenRegistry
-
-RETRY_AFTER_BUSY = "5"
+from app.storage.base import Capabilities, StorageBackend
 
 
 @dataclass
@@ -36,34 +36,40 @@ class Services:
     backend: StorageBackend
     spool: Spool
     shared: SharedState
+    capabilities: Capabilities = field(init=False)
     upload_slots: UploadSlots = field(init=False)
     tokens: TokenRegistry = field(init=False)
-    limits: UploadLimits = field(init=False)
-    auth_brake: AuthBrake = field(init=False)
+    gatekeeper: Gatekeeper = field(init=False)
+    pace: Pace = field(init=False)
 
     def __post_init__(self) -> None:
         settings = self.settings
+        self.capabilities = self.backend.capabilities()
         self.upload_slots = UploadSlots(
             settings.temp_upload_dir,
             settings.max_concurrent_uploads,
             settings.upload_slot_wait_seconds,
         )
-        self.auth_brake = AuthBrake(settings.auth_failures_per_minute, self.shared)
         self.tokens = TokenRegistry(
             settings.auth_token.get_secret_value() if settings.auth_token else None,
             settings.tokens_file,
             int(settings.max_upload_bytes),
         )
-        self.limits = UploadLimits(self.shared)
+        self.gatekeeper = Gatekeeper(
+            self.tokens,
+            AuthBrake(settings.auth_failures_per_minute, self.shared),
+            Allowances(self.shared),
+            int(settings.max_upload_bytes),
+            settings.ticket_secret.get_secret_value() if settings.ticket_secret else None,
+        )
+        self.pace = Pace(settings.client_idle_timeout_seconds, settings.client_min_bytes_per_second)
 
     def backend_for(self, service: str | None) -> StorageBackend:
         """The backend a request names; None means the configured one."""
         if service is None or service.strip().lower() == self.backend.name:
             return self.backend
-        raise ApiError(
-            400,
-            "unsupported_service",
-            f"unsupported service {service[:40]!r}; supported services: {self.backend.name}",
+        raise UNSUPPORTED_SERVICE(
+            f"unsupported service {service[:40]!r}; supported services: {self.backend.name}"
         )
 
 
@@ -73,22 +79,13 @@ def get_services(request: Request) -> Services:
 
 ServicesDep = Annotated[Services, Depends(get_services)]
 
-
-@dataclass(frozen=True)
-class Caller:
-    """Who sent a request: a named token, or a ticket acting for its issuer's name."""
-
-    policy: TokenPolicy
-    ticket: Ticket | None = None
-
-    @property
-    def name(self) -> str:
-        return self.policy.name
-
-
 TokenHeader = Annotated[str | None, Header(description="A token or an upload ticket.")]
 BearerHeader = Annotated[
     str | None, Header(description="Alternatively: `Bearer <token or ticket>`.")
+]
+ServiceParam = Annotated[
+    str | None,
+    Query(description="Storage backend to use, e.g. `mega`; omitted means the configured one."),
 ]
 
 
@@ -101,43 +98,8 @@ def offered_credential(x_auth_token: str | None, authorization: str | None) -> s
     return x_auth_token
 
 
-def identify(services: Services, offered: str | None, address: str) -> Caller:
-    """The caller behind ``offered``; 401/403 naming what is wrong otherwise, and 429
-    after too many wrong credentials from ``address`` (see auth_brake)."""
-    if not offered:
-        raise ApiError(
-            401, "missing_token", "an auth token is required", {"WWW-Authenticate": "Bearer"}
-        )
-    services.auth_brake.check(address)  # 429 after too many wrong tokens from here
-    try:
-        return _caller(services, offered)
-    except ApiError:
-        services.auth_brake.failed(address)
-        raise
-
-
-def _caller(services: Services, offered: str) -> Caller:
-    if is_ticket(offered):
-        return _ticket_caller(services, offered)
-    policy = services.tokens.lookup(offered)
-    if policy is None:
-        raise ApiError(403, "invalid_token", "the auth token is not valid")
-    return Caller(policy)
-
-
-def _ticket_caller(services: Services, offered: str) -> Caller:
-    secret = services.settings.ticket_secret
-    if secret is None:
-        raise ApiError(403, "invalid_ticket", "this service does not accept tickets")
-    try:
-        ticket = read_ticket(secret.get_secret_value(), offered, time.time())
-    except TicketError as error:
-        raise ApiError(error.status, error.code, str(error)) from None
-    policy = services.tokens.by_name(ticket.issuer)
-    if policy is None or not policy.can_issue_tickets:
-        # Revoking a token (or its right to issue) revokes its tickets too.
-        raise ApiError(403, "invalid_ticket", "the ticket's issuer is no longer valid")
-    return Caller(policy, ticket)
+def client_address(request: Request) -> str:
+    return request.client.host if request.client else ""
 
 
 async def authenticate(
@@ -148,87 +110,100 @@ async def authenticate(
 ) -> Caller:
     """The caller, for routes that need one but are not uploads."""
     offered = offered_credential(x_auth_token, authorization)
-    caller = await _identify(services, offered, request)
+    # The brake's counts may live in Redis: never wait for it on the event loop.
+    caller = await to_thread.run_sync(
+        services.gatekeeper.identify, offered, client_address(request)
+    )
     token_name.set(caller.name)
     return caller
 
 
-async def require_token(
+CallerDep = Annotated[Caller, Depends(authenticate)]
+
+
+@dataclass
+class Admission:
+    """One upload, admitted: decided once, here, and used by every later step.
+
+    ``limit`` is the largest file this request may store (413 beyond it); ``declared``
+    the file's size when the request states it (a raw body's Content-Length); ``grant``
+    what it holds of the caller's allowances (and meters undeclared bytes against the
+    quota as they arrive); ``slot`` its place among the instance's concurrent uploads.
+    """
+
+    caller: Caller
+    backend: StorageBackend
+    limit: int
+    declared: int | None
+    grant: Grant
+    slot: Slot
+    filename: str | None = None
+
+    def finish(self, stored: bool, size: int) -> None:
+        """The answer was sent: free the slot and settle the allowances (blocking)."""
+        self.slot.release()
+        self.grant.settle(stored, size)
+
+
+async def admit_upload(
     request: Request,
     services: ServicesDep,
     x_auth_token: TokenHeader = None,
     authorization: BearerHeader = None,
-) -> Caller:
-    """Admit an upload: a valid token or ticket within its limits (401/403/413/429 if not)."""
+    service: ServiceParam = None,
+) -> Admission:
+    """Admit an upload: a valid token or ticket that may use this service and name, a
+    declared size within its limit, a free upload slot, and room in its allowances."""
     state = request.scope.setdefault("state", {})
-    method = "multipart" if request.method == "POST" else "raw"
-    record = start_upload_record(state, services.backend.name, method)
-    offered = offered_credential(x_auth_token, authorization)
-    caller = await _identify(services, offered, request)
+    multipart = request.method == "POST"
+    record = start_upload_record(state, services.backend.name, "multipart" if multipart else "raw")
+    caller = await authenticate(request, services, x_auth_token, authorization)
     record.token = caller.name
-    token_name.set(caller.name)
-    _check_scope(request, services, caller)
-    declared = _cap_size(request, services, caller)
+    backend = services.backend_for(service)
+    gate = services.gatekeeper
+    filename = None
+    if not multipart:
+        filename = filename_or_default(request.path_params.get("filename"))
+        record.filename = filename
+    gate.check_target(caller, backend.name, filename)
+    limit = gate.file_limit(caller)
+    length = _content_length(request)
+    if length is not None and length > limit + (MULTIPART_OVERHEAD if multipart else 0):
+        raise UploadTooLarge(limit)
+    # A multipart body's length includes its framing: the file's size is not declared.
+    declared = None if multipart else length
+    slot = await services.upload_slots.acquire()
     try:
-        await to_thread.run_sync(services.limits.admit, caller.policy, declared, caller.ticket)
-    except LimitExceeded as refusal:
-        if refusal.limit:
-            metrics.limit_rejected(caller.name, refusal.limit)
-        retry = {"Retry-After": str(refusal.retry_after)} if refusal.retry_after else None
-        raise ApiError(refusal.status, refusal.code, refusal.message, retry) from None
-    record.settle = functools.partial(services.limits.settle, caller.policy, caller.ticket)
-    record.admitted = True
-    metrics.upload_started()
-    return caller
+        grant = await to_thread.run_sync(gate.take, caller, declared)
+    except BaseException as refused:
+        slot.release()
+        _count_refusal(caller, refused)
+        raise
+    admission = Admission(caller, backend, limit, declared, grant, slot, filename)
+    _account(record, admission)
+    return admission
 
 
-async def _identify(services: Services, offered: str | None, request: Request) -> Caller:
-    # The brake's counts may live in Redis: never wait for it on the event loop.
-    return await to_thread.run_sync(identify, services, offered, _address(request))
-
-
-def _address(request: Request) -> str:
-    return request.client.host if request.client else ""
-
-
-def _check_scope(request: Request, services: Services, caller: Caller) -> None:
-    """403 when the caller may not use the requested backend or file name."""
-    service = (request.query_params.get("service") or services.backend.name).strip().lower()
-    if not caller.policy.allows_service(service):
-        raise ApiError(
-            403, "service_not_allowed", f"token {caller.name!r} may not upload to {service[:40]!r}"
-        )
-    wanted = caller.ticket.filename if caller.ticket else None
-    if wanted is None:
-        return
-    if request.method != "PUT":
-        raise ApiError(
-            403,
-            "ticket_wrong_file",
-            f"this ticket is for one file: upload it with PUT /files/{wanted}",
-        )
-    try:
-        name = safe_filename(request.path_params.get("filename", ""))
-    except InvalidFilename:
-        name = ""
-    if name != wanted:
-        raise ApiError(403, "ticket_wrong_file", f"this ticket is only for the file {wanted!r}")
-
-
-def _cap_size(request: Request, services: Services, caller: Caller) -> int | None:
-    """Apply the caller's size limit (413 before any byte is read); the declared size."""
-    limits = [services.spool.limit, caller.policy.max_upload_bytes]
-    if caller.ticket is not None:
-        limits.append(caller.ticket.max_bytes)
-    limit = min(value for value in limits if value is not None)
-    overhead = MULTIPART_OVERHEAD if request.method == "POST" else 0
-    if limit < services.spool.limit:
-        check_declared_length(request, limit, overhead)
-        cap_body(request.scope["state"], limit, overhead)
+def _content_length(request: Request) -> int | None:
     declared = request.headers.get("content-length")
-    # A multipart body's length includes its framing: count it as "some bytes" only.
-    return int(declared) if declared and declared.isdigit() and not overhead else None
+    if declared is None:
+        return None
+    if not declared.isdigit():
+        raise InvalidLength("the Content-Length header is not a number")
+    return int(declared)
 
 
-Authorized = Depends(require_token)
-CallerDep = Annotated[Caller, Depends(authenticate)]
+def _count_refusal(caller: Caller, refused: BaseException) -> None:
+    limit = getattr(refused, "limit", "")
+    if isinstance(limit, str) and limit:
+        metrics.limit_rejected(caller.name, limit)
+
+
+def _account(record: UploadRecord, admission: Admission) -> None:
+    record.finish = admission.finish
+    record.admitted = True
+    record.started_admitted = time.monotonic()
+    metrics.upload_started()
+
+
+AdmissionDep = Annotated[Admission, Depends(admit_upload)]

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from fastapi.responses import FileResponse
 
-from app.api.errors import ApiError
-from app.api.models import ErrorBody
-from app.storage.local import LocalBackend
+from app.api.deps import ServicesDep
+from app.api.errors import NOT_FOUND, NOT_SUPPORTED, error_responses
 
 router = APIRouter(tags=["downloads"])
 
@@ -15,14 +14,19 @@ router = APIRouter(tags=["downloads"])
 @router.get(
     "/files/{handle}/{filename}",
     response_class=FileResponse,
-    responses={404: {"model": ErrorBody, "description": "No such file."}},
+    responses=error_responses("download"),
     summary="Download a file stored by the local backend (the upload's `link`)",
 )
-async def download(handle: str, filename: str, request: Request) -> FileResponse:
-    backend = request.app.state.services.backend
-    path = backend.locate(handle, filename) if isinstance(backend, LocalBackend) else None
+async def download(handle: str, filename: str, services: ServicesDep) -> FileResponse:
+    downloads = services.capabilities.download
+    if downloads is None:
+        raise NOT_SUPPORTED(
+            f"the storage backend {services.backend.name!r} does not serve downloads; "
+            "its links point at the storage itself"
+        )
+    path = downloads.locate(handle, filename)
     if path is None:
-        raise ApiError(404, "not_found", "no such file")
+        raise NOT_FOUND("no such file")
     # Always a download, never rendered: an uploaded HTML file must not run as our origin.
     return FileResponse(
         path,

@@ -1,9 +1,18 @@
-"""The one table that turns every failure into an HTTP status, a code and a safe message."""
+"""Every error a client can receive, declared once, and the one mapping onto them.
+
+Each error is an ``ErrorKind`` constant below: its status, code, when it happens, an
+example message, and its ``Retry-After`` where waiting helps. The API layer raises one
+by name (``raise NOT_FOUND("no such upload")``); the layers below raise their own domain
+errors (``app.access.errors``, ``app.intake.errors``, ``app.storage.base``), which
+``DOMAIN_ERRORS`` maps onto kinds by walking the exception's MRO, the way Starlette
+finds a handler: the most specific class wins. The OpenAPI document's error responses
+are generated from the same constants (``error_responses``), so nothing is kept in step
+by hand.
+"""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -13,320 +22,85 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
-from app.relay import ClientTooSlow, SourceGone
-from app.spool import UploadTooLarge
-from app.storage.base import (
-    StorageError,
-    StorageFull,
-    StorageLoginFailed,
-    StorageTimeout,
-    StorageUnavailable,
-    UpstreamRejected,
-)
+from app.access import errors as access
+from app.intake import errors as intake
+from app.storage import base as storage
 
 log = logging.getLogger(__name__)
 
-
-class ApiError(Exception):
-    """A request the API layer refuses, with everything the client will see."""
-
-    def __init__(
-        self, status: int, code: str, message: str, headers: dict[str, str] | None = None
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.headers = headers or {}
-
-
-# Storage failures, most specific first. Their messages are written for clients
-# (StorageError's contract), so they are passed through.
-STORAGE_ERRORS: list[tuple[type[StorageError], int, str]] = [
-    (StorageFull, 507, "storage_full"),
-    (StorageTimeout, 504, "storage_timeout"),
-    (StorageUnavailable, 503, "storage_unavailable"),
-    (StorageLoginFailed, 502, "storage_login_failed"),
-    (UpstreamRejected, 502, "storage_failed"),
-    (StorageError, 502, "storage_failed"),
-]
-
+# Which operations can answer with an error, for the OpenAPI document: ``all`` (every
+# operation), ``params`` (operations whose parameters or body can be invalid), ``token``
+# (operations that take a token), ``caller`` (uploads and ``POST /tickets``: a token or
+# a ticket), ``upload`` (the upload routes), ``multipart`` (``POST /upload``),
+# ``tickets``, ``download`` and ``ready``.
 Scope = Literal[
-    "all", "params", "token", "caller", "upload", "multipart", "tickets", "download", "ready"
+    "all",
+    "params",
+    "token",
+    "caller",
+    "upload",
+    "multipart",
+    "tickets",
+    "download",
+    "ready",
 ]
 
 
-@dataclass(frozen=True)
-class CatalogueEntry:
-    """One error a client can receive: what the OpenAPI document says about it.
+# eq=False: kinds are constants, compared and hashed by identity.
+@dataclass(frozen=True, eq=False)
+class ErrorKind:
+    """One error a client can receive.
 
-    ``scope`` (one or a tuple) says which operations can answer with it: ``all`` (every
-    operation), ``params`` (operations whose parameters or body can be invalid), ``token``
-    (operations that take a token), ``caller`` (operations that take a token or a ticket:
-    uploads and ``POST /tickets``), ``upload`` (the upload routes), ``multipart``
-    (``POST /upload``), ``tickets``, ``download`` and ``ready``. A test checks that every
-    status and code the code base can answer with has an entry here, so the document
-    cannot fall behind.
+    ``scope`` says which operations can answer with it (see ``Scope``); ``retry_after``
+    is the wait the service suggests (seconds), and an error that knows a better one (a
+    rate limit's window) carries its own; ``close`` asks the client to stop sending: the
+    rest of its body will not be read.
     """
 
     status: int
     code: str
-    scope: Scope | tuple[Scope, ...]
+    scope: str  # space-separated Scope names
+    retry_after: int | None
+    close: bool
     description: str
     example: str
-    retry_after: str | None = None
 
+    def __call__(self, message: str | None = None, retry_after: int | None = None) -> ApiError:
+        """The exception to raise: ``raise NOT_FOUND("no such upload")``."""
+        return ApiError(self, message or self.example, retry_after)
 
-CATALOGUE: list[CatalogueEntry] = [
-    CatalogueEntry(
-        500,
-        "internal_error",
-        "all",
-        "An unexpected failure; details are only logged.",
-        "internal server error",
-    ),
-    CatalogueEntry(
-        422,
-        "invalid_request",
-        "params",
-        "A parameter is missing or malformed.",
-        "service: Input should be a valid string",
-    ),
-    CatalogueEntry(
-        401, "missing_token", "token", "No token or ticket was sent.", "an auth token is required"
-    ),
-    CatalogueEntry(
-        403,
-        "invalid_token",
-        "token",
-        "The token or ticket is wrong.",
-        "the auth token is not valid",
-    ),
-    CatalogueEntry(
-        400,
-        "unsupported_service",
-        "upload",
-        "The `service` parameter names a backend this service does not run.",
-        "unsupported service 'dropbox'; supported services: mega",
-    ),
-    CatalogueEntry(
-        400,
-        "invalid_filename",
-        ("upload", "tickets"),
-        "The file name is empty or cleans to nothing.",
-        "the file name is empty or invalid",
-    ),
-    CatalogueEntry(
-        400,
-        "bad_request",
-        ("upload", "tickets"),
-        "The Content-Length header is not a number, or max_bytes is over the token's limit.",
-        "the Content-Length header is not a number",
-    ),
-    CatalogueEntry(
-        400,
-        "client_disconnected",
-        "upload",
-        "The client closed the connection mid-body.",
-        "the client closed the connection",
-    ),
-    CatalogueEntry(
-        408,
-        "client_timeout",
-        "upload",
-        "The client stopped sending the body for CLIENT_IDLE_TIMEOUT_SECONDS.",
-        "the client sent nothing for 60 s",
-    ),
-    CatalogueEntry(
-        413,
-        "too_large",
-        "upload",
-        "The file is larger than MAX_UPLOAD_BYTES (from Content-Length, or while receiving).",
-        "the file is larger than the limit of 1073741824 bytes",
-    ),
-    CatalogueEntry(
-        503,
-        "too_many_uploads",
-        "upload",
-        "Too many uploads in progress; try again after Retry-After seconds.",
-        "too many uploads in progress; try again shortly",
-        "5",
-    ),
-    CatalogueEntry(
-        415,
-        "unsupported_media_type",
-        "multipart",
-        "The body is not multipart/form-data.",
-        "send the file as multipart/form-data in the field 'file'",
-    ),
-    CatalogueEntry(
-        400,
-        "bad_multipart",
-        "multipart",
-        "The multipart body is malformed, incomplete or has no boundary.",
-        "the multipart body is malformed",
-    ),
-    CatalogueEntry(
-        400,
-        "too_many_files",
-        "multipart",
-        "More than one `file` part.",
-        "send exactly one file per request",
-    ),
-    CatalogueEntry(
-        422,
-        "missing_file",
-        "multipart",
-        "The form has no `file` field.",
-        "the form has no field 'file'",
-    ),
-    CatalogueEntry(404, "not_found", "download", "No such file.", "no such file"),
-    CatalogueEntry(
-        503,
-        "not_ready",
-        "ready",
-        "Storage cannot take uploads now; the message says why.",
-        "the storage backend is not ready",
-        "10",
-    ),
-]
-# Refused by the HTTP protocol layer (app/serving/protocol.py) before any route runs, so
-# any operation can answer with them.
-CATALOGUE += [
-    CatalogueEntry(
-        408,
-        "request_timeout",
-        "all",
-        "The request head did not arrive within REQUEST_HEAD_TIMEOUT_SECONDS.",
-        "the request headers did not arrive in time",
-    ),
-    CatalogueEntry(
-        414,
-        "uri_too_long",
-        "all",
-        "The request line is longer than MAX_REQUEST_LINE_BYTES.",
-        "the request line is too long",
-    ),
-    CatalogueEntry(
-        431,
-        "headers_too_large",
-        "all",
-        "The request head is larger than MAX_REQUEST_HEAD_BYTES.",
-        "the request headers are too large",
-    ),
-    CatalogueEntry(
-        429,
-        "too_many_connections",
-        "all",
-        "More than MAX_CONNECTIONS_PER_CLIENT connections at once from one address.",
-        "more than 64 connections at once from one address",
-        "10",
-    ),
-    CatalogueEntry(
-        429,
-        "too_many_failures",
-        "caller",
-        "Too many wrong tokens from this address (AUTH_FAILURES_PER_MINUTE).",
-        "too many wrong tokens from this address; try again in 42 s",
-        "42",
-    ),
-    CatalogueEntry(
-        401,
-        "ticket_expired",
-        "caller",
-        "The ticket has expired.",
-        "the ticket expired at 2026-01-01T12:00:00Z",
-    ),
-    CatalogueEntry(
-        403,
-        "invalid_ticket",
-        "caller",
-        "The ticket is forged or damaged, its issuer was revoked, or tickets are off.",
-        "the ticket is not valid",
-    ),
-    CatalogueEntry(
-        403,
-        "service_not_allowed",
-        "upload",
-        "The token may not use the `service` asked for.",
-        "token 'game-mod' may not upload to 'local'",
-    ),
-    CatalogueEntry(
-        403,
-        "ticket_wrong_file",
-        "upload",
-        "The ticket is for another file name (or needs PUT /files/{name}).",
-        "this ticket is only for the file 'report.pdf'",
-    ),
-    CatalogueEntry(
-        429,
-        "rate_limited",
-        "upload",
-        "The token's uploads_per_minute is used up; see Retry-After.",
-        "rate limit: token 'game-mod' may start 10 uploads per minute",
-        "20",
-    ),
-    CatalogueEntry(
-        429,
-        "quota_exceeded",
-        "upload",
-        "The token's bytes_per_day is used up; see Retry-After.",
-        "daily quota: token 'game-mod' may upload 2147483648 bytes per day; 0 bytes are left",
-        "3600",
-    ),
-    CatalogueEntry(
-        429,
-        "ticket_used_up",
-        "upload",
-        "The ticket has been used max_uses times.",
-        "the ticket has been used up: it allows 1 upload(s)",
-    ),
-    CatalogueEntry(
-        503,
-        "tickets_unavailable",
-        "upload",
-        "Ticket uses cannot be counted now (shared state unreachable); see Retry-After.",
-        "tickets cannot be checked right now (shared state unreachable); try again later",
-        "30",
-    ),
-    CatalogueEntry(
-        403,
-        "may_not_issue",
-        "tickets",
-        "The token may not issue tickets (or a ticket was sent).",
-        "token 'game-mod' may not issue tickets",
-    ),
-    CatalogueEntry(
-        501,
-        "tickets_disabled",
-        "tickets",
-        "TICKET_SECRET is not configured.",
-        "tickets are not enabled: set TICKET_SECRET",
-    ),
-]
-# The storage failures come from STORAGE_ERRORS, so a row added there is documented too.
-_STORAGE_RETRY_AFTER = "30"
-for _kind, _status, _code in STORAGE_ERRORS:
-    if not any(entry.code == _code for entry in CATALOGUE):
-        CATALOGUE.append(
-            CatalogueEntry(
-                _status,
-                _code,
-                "upload",
-                (_kind.__doc__ or _code).split("\n")[0],
-                "storage is unavailable, try again later" if _status == 503 else _code,
-                _STORAGE_RETRY_AFTER if _status == 503 else None,
-            )
+    @property
+    def scopes(self) -> frozenset[str]:
+        return frozenset(self.scope.split())
+
+    def response(self, message: str, retry_after: int | None = None) -> JSONResponse:
+        """This error as the response every error of the service is."""
+        return JSONResponse(
+            error_body(self.code, message),
+            status_code=self.status,
+            headers=self.response_headers(retry_after),
         )
 
-_HTTP_CODES = {
-    400: "bad_request",
-    404: "not_found",
-    405: "method_not_allowed",
-    413: "too_large",
-    415: "unsupported_media_type",
-    429: "too_many_requests",
-}
+    def response_headers(self, retry_after: int | None = None) -> dict[str, str]:
+        headers = {}
+        if self.status == 401:
+            headers["WWW-Authenticate"] = "Bearer"  # RFC 9110: a 401 names its scheme
+        wait = retry_after if retry_after is not None else self.retry_after
+        if wait is not None:
+            headers["Retry-After"] = str(max(1, int(wait)))
+        if self.close:
+            headers["Connection"] = "close"
+        return headers
+
+
+class ApiError(Exception):
+    """An error of the catalogue, raised by the API layer with its message."""
+
+    def __init__(self, kind: ErrorKind, message: str, retry_after: int | None = None) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+        self.retry_after = retry_after
 
 
 def error_body(code: str, message: str) -> dict[str, str]:
@@ -334,78 +108,267 @@ def error_body(code: str, message: str) -> dict[str, str]:
     return {"status": "error", "message": message, "code": code}
 
 
-def error_response(
-    status: int, code: str, message: str, headers: dict[str, str] | None = None
-) -> JSONResponse:
-    return JSONResponse(error_body(code, message), status_code=status, headers=headers)
+# -- the catalogue -------------------------------------------------------------------
+# Waits suggested to clients, in seconds: one place for each kind of "try again".
+NO_WAIT = None  # waiting would not help
+BUSY_RETRY_S = 5  # an upload slot frees within seconds
+NOT_READY_RETRY_S = 10  # a probe's interval
+STORAGE_RETRY_S = 30  # storage or shared state out of reach
+MINUTE_S = 60  # a one-minute window; the error carries the exact wait
+HOUR_S = 3600  # a day's window; the error carries the exact wait
+
+INTERNAL_ERROR = ErrorKind(500, "internal_error", "all", NO_WAIT, False,
+    "An unexpected failure; details are only logged.",
+    "internal server error")  # fmt: skip
+INVALID_REQUEST = ErrorKind(422, "invalid_request", "params", NO_WAIT, False,
+    "A parameter is missing or malformed.",
+    "service: Input should be a valid string")  # fmt: skip
+NOT_FOUND = ErrorKind(404, "not_found", "download", NO_WAIT, False,
+    "No such file.",
+    "no such file")  # fmt: skip
+# Answered for a path that no operation has with this method: documented on none.
+METHOD_NOT_ALLOWED = ErrorKind(405, "method_not_allowed", "", NO_WAIT, False,
+    "The path does not take this method.",
+    "Method Not Allowed")  # fmt: skip
+NOT_SUPPORTED = ErrorKind(501, "not_supported", "download", NO_WAIT, False,
+    "The storage backend in use cannot do this (e.g. serve downloads).",
+    "the storage backend 'mega' does not serve downloads; links point at MEGA")  # fmt: skip
+# Refused by the HTTP protocol layer (app/serving/protocol.py) before any route runs.
+REQUEST_TIMEOUT = ErrorKind(408, "request_timeout", "all", NO_WAIT, True,
+    "The request head did not arrive within REQUEST_HEAD_TIMEOUT_SECONDS.",
+    "the request headers did not arrive in time")  # fmt: skip
+URI_TOO_LONG = ErrorKind(414, "uri_too_long", "all", NO_WAIT, True,
+    "The request line is longer than MAX_REQUEST_LINE_BYTES.",
+    "the request line is too long")  # fmt: skip
+HEADERS_TOO_LARGE = ErrorKind(431, "headers_too_large", "all", NO_WAIT, True,
+    "The request head is larger than MAX_REQUEST_HEAD_BYTES.",
+    "the request headers are too large")  # fmt: skip
+TOO_MANY_CONNECTIONS = ErrorKind(429, "too_many_connections", "all", NOT_READY_RETRY_S, True,
+    "More than MAX_CONNECTIONS_PER_CLIENT connections at once from one address.",
+    "more than 64 connections at once from one address")  # fmt: skip
+# Who is calling (app.access).
+MISSING_TOKEN = ErrorKind(401, "missing_token", "token", NO_WAIT, False,
+    "No token or ticket was sent.",
+    "an auth token is required")  # fmt: skip
+INVALID_TOKEN = ErrorKind(403, "invalid_token", "token", NO_WAIT, False,
+    "The token is wrong.",
+    "the auth token is not valid")  # fmt: skip
+TOO_MANY_FAILURES = ErrorKind(429, "too_many_failures", "token", MINUTE_S, False,
+    "Too many wrong tokens from this address (AUTH_FAILURES_PER_MINUTE).",
+    "too many wrong tokens from this address; try again in 42 s")  # fmt: skip
+TICKET_EXPIRED = ErrorKind(401, "ticket_expired", "caller", NO_WAIT, False,
+    "The ticket has expired.",
+    "the ticket expired 42 s ago")  # fmt: skip
+INVALID_TICKET = ErrorKind(403, "invalid_ticket", "caller", NO_WAIT, False,
+    "The ticket is forged or damaged, its issuer was revoked or rotated, or tickets are off.",
+    "the ticket is not valid")  # fmt: skip
+SERVICE_NOT_ALLOWED = ErrorKind(403, "service_not_allowed", "upload", NO_WAIT, False,
+    "The token may not use the `service` asked for.",
+    "token 'game-mod' may not upload to 'local'")  # fmt: skip
+TICKET_WRONG_FILE = ErrorKind(403, "ticket_wrong_file", "upload", NO_WAIT, False,
+    "The ticket is for another file name (or needs PUT /files/{name}).",
+    "this ticket is only for the file 'report.pdf'")  # fmt: skip
+RATE_LIMITED = ErrorKind(429, "rate_limited", "upload", MINUTE_S, False,
+    "The token's uploads_per_minute is used up; see Retry-After.",
+    "rate limit: token 'game-mod' may start 10 uploads per minute")  # fmt: skip
+QUOTA_EXCEEDED = ErrorKind(429, "quota_exceeded", "upload", HOUR_S, False,
+    "The token's bytes_per_day has no room for this file now; see Retry-After.",
+    "daily quota: token 'game-mod' may upload 2000000 bytes per day; 0 bytes are left")  # fmt: skip
+TICKET_USED_UP = ErrorKind(429, "ticket_used_up", "upload", NO_WAIT, False,
+    "The ticket has been used max_uses times.",
+    "the ticket has been used up: it allows 1 upload(s)")  # fmt: skip
+TICKETS_UNAVAILABLE = ErrorKind(503, "tickets_unavailable", "upload", STORAGE_RETRY_S, False,
+    "Ticket uses cannot be counted now (shared state unreachable); see Retry-After.",
+    "tickets cannot be checked right now (shared state unreachable); try again later")  # fmt: skip
+MAY_NOT_ISSUE = ErrorKind(403, "may_not_issue", "tickets", NO_WAIT, False,
+    "The token may not issue tickets (or a ticket was sent).",
+    "token 'game-mod' may not issue tickets")  # fmt: skip
+TICKETS_DISABLED = ErrorKind(501, "tickets_disabled", "tickets", NO_WAIT, False,
+    "TICKET_SECRET is not configured.",
+    "tickets are not enabled: set TICKET_SECRET")  # fmt: skip
+# What the request asked for (app.api).
+UNSUPPORTED_SERVICE = ErrorKind(400, "unsupported_service", "upload", NO_WAIT, False,
+    "The `service` parameter names a backend this service does not run.",
+    "unsupported service 'dropbox'; supported services: mega")  # fmt: skip
+BAD_REQUEST = ErrorKind(400, "bad_request", "all", NO_WAIT, False,
+    "Not valid HTTP/1.1, a Content-Length that is not a number, or max_bytes over a limit.",
+    "the Content-Length header is not a number")  # fmt: skip
+# Taking the body in (app.intake).
+INVALID_FILENAME = ErrorKind(400, "invalid_filename", "upload tickets", NO_WAIT, False,
+    "The file name is empty or cleans to nothing.",
+    "the file name is empty or invalid")  # fmt: skip
+CLIENT_DISCONNECTED = ErrorKind(400, "client_disconnected", "upload", NO_WAIT, False,
+    "The client closed the connection mid-body.",
+    "the client closed the connection")  # fmt: skip
+CLIENT_TIMEOUT = ErrorKind(408, "client_timeout", "upload", NO_WAIT, True,
+    "The body stalled (CLIENT_IDLE_TIMEOUT_SECONDS) or crawled (CLIENT_MIN_BYTES_PER_SECOND).",
+    "the client sent nothing for 60 s")  # fmt: skip
+TOO_LARGE = ErrorKind(413, "too_large", "upload", NO_WAIT, True,
+    "The file is over the caller's limit, or the form fields beside it are over 64 KiB.",
+    "the file is larger than the limit of 1073741824 bytes")  # fmt: skip
+TOO_MANY_UPLOADS = ErrorKind(503, "too_many_uploads", "upload", BUSY_RETRY_S, False,
+    "Too many uploads in progress; try again after Retry-After seconds.",
+    "too many uploads in progress; try again shortly")  # fmt: skip
+UNSUPPORTED_MEDIA_TYPE = ErrorKind(415, "unsupported_media_type", "multipart", NO_WAIT, False,
+    "The body is not multipart/form-data.",
+    "send the file as multipart/form-data in the field 'file'")  # fmt: skip
+BAD_MULTIPART = ErrorKind(400, "bad_multipart", "multipart", NO_WAIT, False,
+    "The multipart body is malformed, incomplete or has no boundary.",
+    "the multipart body is malformed")  # fmt: skip
+TOO_MANY_FILES = ErrorKind(400, "too_many_files", "multipart", NO_WAIT, False,
+    "More than one `file` part.",
+    "send exactly one file per request")  # fmt: skip
+MISSING_FILE = ErrorKind(422, "missing_file", "multipart", NO_WAIT, False,
+    "The form has no `file` field.",
+    "the form has no field 'file'")  # fmt: skip
+# Storage (app.storage); their messages are written for clients and passed through.
+STORAGE_FULL = ErrorKind(507, "storage_full", "upload", NO_WAIT, False,
+    "The destination has no room for the file.",
+    "MEGA storage quota exceeded (EOVERQUOTA)")  # fmt: skip
+STORAGE_TIMEOUT = ErrorKind(504, "storage_timeout", "upload", NO_WAIT, False,
+    "The destination did not answer within the deadline.",
+    "MEGA did not succeed within 1800 s")  # fmt: skip
+STORAGE_UNAVAILABLE = ErrorKind(503, "storage_unavailable", "upload", STORAGE_RETRY_S, False,
+    "The backend cannot take uploads right now (not reachable, logging in).",
+    "the service is logging in to MEGA; try again shortly")  # fmt: skip
+STORAGE_LOGIN_FAILED = ErrorKind(502, "storage_login_failed", "upload", NO_WAIT, False,
+    "The destination refused the service's credentials.",
+    "MEGA login failed: ENOENT")  # fmt: skip
+STORAGE_FAILED = ErrorKind(502, "storage_failed", "upload", NO_WAIT, False,
+    "The destination refused the upload or kept failing after retries.",
+    "MEGA kept failing after 8 attempts")  # fmt: skip
+NOT_READY = ErrorKind(503, "not_ready", "ready", NOT_READY_RETRY_S, False,
+    "Storage cannot take uploads now; the message says why.",
+    "the storage backend is not ready")  # fmt: skip
+
+CATALOGUE: tuple[ErrorKind, ...] = tuple(
+    value for value in dict(globals()).values() if isinstance(value, ErrorKind)
+)
+
+# Domain errors of the layers below, onto their kinds. A class missing here falls back
+# to its nearest listed base class; one with none is a 500 (and a test lists them all).
+DOMAIN_ERRORS: dict[type[BaseException], ErrorKind] = {
+    access.NoCredential: MISSING_TOKEN,
+    access.InvalidToken: INVALID_TOKEN,
+    access.InvalidTicket: INVALID_TICKET,
+    access.TicketExpired: TICKET_EXPIRED,
+    access.TooManyFailures: TOO_MANY_FAILURES,
+    access.ServiceNotAllowed: SERVICE_NOT_ALLOWED,
+    access.TicketWrongFile: TICKET_WRONG_FILE,
+    access.NotPermitted: MAY_NOT_ISSUE,
+    access.TicketsDisabled: TICKETS_DISABLED,
+    access.RateLimited: RATE_LIMITED,
+    access.QuotaExceeded: QUOTA_EXCEEDED,
+    access.TicketUsedUp: TICKET_USED_UP,
+    access.TicketsUnavailable: TICKETS_UNAVAILABLE,
+    intake.UploadTooLarge: TOO_LARGE,
+    intake.FormTooLarge: TOO_LARGE,
+    intake.InvalidLength: BAD_REQUEST,
+    intake.NotMultipart: UNSUPPORTED_MEDIA_TYPE,
+    intake.BadMultipart: BAD_MULTIPART,
+    intake.TooManyFiles: TOO_MANY_FILES,
+    intake.MissingFile: MISSING_FILE,
+    intake.InvalidFilename: INVALID_FILENAME,
+    intake.NoFreeSlot: TOO_MANY_UPLOADS,
+    intake.SourceGone: CLIENT_DISCONNECTED,
+    intake.ClientTooSlow: CLIENT_TIMEOUT,
+    ClientDisconnect: CLIENT_DISCONNECTED,
+    storage.StorageFull: STORAGE_FULL,
+    storage.StorageTimeout: STORAGE_TIMEOUT,
+    storage.StorageUnavailable: STORAGE_UNAVAILABLE,
+    storage.StorageLoginFailed: STORAGE_LOGIN_FAILED,
+    storage.UpstreamRejected: STORAGE_FAILED,
+    storage.StorageError: STORAGE_FAILED,
+}
+
+# The base classes of everything DOMAIN_ERRORS maps: one exception handler each.
+_ROOTS = (
+    access.AccessError,
+    intake.IntakeError,
+    storage.StorageError,
+    ClientDisconnect,
+)
+
+# Starlette's own HTTP errors (unknown paths, wrong methods, its body limits).
+_HTTP_STATUS_KINDS = {
+    404: NOT_FOUND,
+    405: METHOD_NOT_ALLOWED,
+    413: TOO_LARGE,
+    415: UNSUPPORTED_MEDIA_TYPE,
+    400: BAD_REQUEST,
+}
 
 
-def storage_error_status(error: StorageError) -> tuple[int, str]:
-    for kind, status, code in STORAGE_ERRORS:
-        if isinstance(error, kind):
-            return status, code
-    raise AssertionError("StorageError is the last row")  # pragma: no cover
+def kind_of(error: BaseException) -> ErrorKind | None:
+    """The catalogue entry for ``error``: its own for an ``ApiError``, else the entry of
+    the nearest class in its MRO that ``DOMAIN_ERRORS`` lists; None for anything else."""
+    if isinstance(error, ApiError):
+        return error.kind
+    for cls in type(error).__mro__:
+        if cls in DOMAIN_ERRORS:
+            return DOMAIN_ERRORS[cls]
+    return None
+
+
+def error_response(error: BaseException) -> JSONResponse:
+    """The response for any exception; details of unexpected ones are only logged."""
+    kind = kind_of(error)
+    if kind is None:
+        log.exception("unexpected error", exc_info=error)
+        return INTERNAL_ERROR.response(INTERNAL_ERROR.example)
+    if kind.status >= 500 and isinstance(error, storage.StorageError):
+        log.warning("upload failed: %s (%s)", kind.code, error)
+    elif kind is CLIENT_DISCONNECTED:
+        log.info("client disconnected before the upload finished")
+    message = str(error) if str(error) else kind.example
+    return kind.response(message, getattr(error, "retry_after", None))
 
 
 def install_error_handlers(app: FastAPI) -> None:
     """Register the handlers so that no exception text, path or secret reaches a client."""
-
-    @app.exception_handler(ApiError)
-    async def _api(_: Request, error: ApiError) -> JSONResponse:
-        return error_response(error.status, error.code, error.message, error.headers)
-
-    @app.exception_handler(UploadTooLarge)
-    async def _too_large(_: Request, error: UploadTooLarge) -> JSONResponse:
-        # The rest of the body is never read; closing tells the client to stop sending.
-        return error_response(413, "too_large", str(error), {"Connection": "close"})
-
-    @app.exception_handler(StorageError)
-    async def _storage(_: Request, error: StorageError) -> JSONResponse:
-        status, code = storage_error_status(error)
-        log.warning("upload failed: %s (%s)", code, error)
-        headers = {"Retry-After": _STORAGE_RETRY_AFTER} if status == 503 else None
-        return error_response(status, code, str(error), headers)
-
-    @app.exception_handler(ClientTooSlow)
-    async def _slow(_: Request, error: ClientTooSlow) -> JSONResponse:
-        return error_response(408, "client_timeout", str(error), {"Connection": "close"})
-
-    @app.exception_handler(ClientDisconnect)
-    @app.exception_handler(SourceGone)
-    async def _gone(_: Request, __: Exception) -> JSONResponse:
-        log.info("client disconnected before the upload finished")
-        return error_response(400, "client_disconnected", "the client closed the connection")
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, error: RequestValidationError) -> JSONResponse:
         first = error.errors()[0] if error.errors() else {}
         where = ".".join(str(part) for part in first.get("loc", ()) if part != "body")
         message = f"{where}: {first.get('msg', 'invalid')}" if where else "invalid request"
-        return error_response(422, "invalid_request", message)
+        return INVALID_REQUEST.response(message)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, error: StarletteHTTPException) -> JSONResponse:
-        code = _HTTP_CODES.get(error.status_code, "http_error")
+        kind = _HTTP_STATUS_KINDS.get(error.status_code)
         message = error.detail if isinstance(error.detail, str) else "request failed"
-        return error_response(error.status_code, code, message, getattr(error, "headers", None))
+        if kind is None:
+            return JSONResponse(
+                error_body("http_error", message),
+                status_code=error.status_code,
+                headers=getattr(error, "headers", None),
+            )
+        return kind.response(message)
+
+    async def _mapped(_: Request, error: Exception) -> JSONResponse:
+        return error_response(error)
+
+    # The roots of the mapped hierarchies; Starlette picks the handler by the MRO too.
+    for root in (ApiError, *_ROOTS):
+        app.add_exception_handler(root, _mapped)
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, error: Exception) -> JSONResponse:
-        log.exception("unexpected error")
-        return error_response(500, "internal_error", "internal server error")
+        log.exception("unexpected error", exc_info=error)
+        return INTERNAL_ERROR.response(INTERNAL_ERROR.example)
 
 
-def catalogue_responses(scopes: Iterable[str]) -> dict[str, dict[str, Any]]:
-    """OpenAPI ``responses`` for the catalogue entries in ``scopes``: one per status,
-    with every code of that status as a named example."""
+def error_responses(*scopes: Scope) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for an operation that can fail as ``scopes`` say (``all`` is
+    always included): one per status, with every code of that status as a named example."""
     wanted = set(scopes) | {"all"}
-    responses: dict[str, dict[str, Any]] = {}
-    for entry in sorted(CATALOGUE, key=lambda entry: entry.status):
-        scopes = {entry.scope} if isinstance(entry.scope, str) else set(entry.scope)
-        if not scopes & wanted:
+    responses: dict[int | str, dict[str, Any]] = {}
+    for kind in sorted(CATALOGUE, key=lambda kind: (kind.status, kind.code)):
+        if not kind.scopes & wanted:
             continue
         response = responses.setdefault(
-            str(entry.status),
+            str(kind.status),
             {
                 "description": "",
                 "content": {
@@ -416,17 +379,17 @@ def catalogue_responses(scopes: Iterable[str]) -> dict[str, dict[str, Any]]:
                 },
             },
         )
-        line = f"`{entry.code}`: {entry.description}"
+        line = f"`{kind.code}`: {kind.description}"
         response["description"] = f"{response['description']}\n\n{line}".strip()
-        response["content"]["application/json"]["examples"][entry.code] = {
-            "summary": entry.description,
-            "value": {"status": "error", "message": entry.example, "code": entry.code},
+        response["content"]["application/json"]["examples"][kind.code] = {
+            "summary": kind.description,
+            "value": error_body(kind.code, kind.example),
         }
-        if entry.retry_after:
+        if kind.retry_after is not None:
             response["headers"] = {
                 "Retry-After": {
                     "description": "Seconds to wait before trying again.",
-                    "schema": {"type": "integer", "example": int(entry.retry_after)},
+                    "schema": {"type": "integer", "example": kind.retry_after},
                 }
             }
     return responses

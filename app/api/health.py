@@ -9,8 +9,8 @@ from fastapi.responses import JSONResponse
 
 from app import __version__
 from app.api.deps import ServicesDep
-from app.api.errors import error_response
-from app.api.models import ErrorBody, Health, Ping, ReadyState, ServiceStatus
+from app.api.errors import NOT_READY, error_responses
+from app.api.models import Health, Ping, ReadyState, ServiceStatus
 
 router = APIRouter(tags=["service"])
 READY_TIMEOUT_SECONDS = 10
@@ -35,7 +35,7 @@ async def health() -> Health:
 @router.get(
     "/ready",
     response_model=ReadyState,
-    responses={503: {"model": ErrorBody, "description": "Storage cannot take uploads now."}},
+    responses=error_responses("ready"),
     summary="Readiness: 200 only when the storage backend can take uploads",
 )
 async def ready(services: ServicesDep) -> ReadyState | JSONResponse:
@@ -53,4 +53,4 @@ async def ready(services: ServicesDep) -> ReadyState | JSONResponse:
             shared = problem or services.shared.kind
             return ReadyState(status="ready", service=backend.name, shared_state=shared)
     reason = reason or "the storage backend did not answer the readiness check in time"
-    return error_response(503, "not_ready", reason, {"Retry-After": "10"})
+    return NOT_READY.response(reason)

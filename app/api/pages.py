@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import fastapi_offline
+from anyio import to_thread
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
@@ -19,8 +20,8 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 
 from app import __version__
-from app.api.deps import ServicesDep
-from app.api.errors import catalogue_responses
+from app.api.deps import BearerHeader, ServicesDep, TokenHeader, client_address, offered_credential
+from app.api.errors import error_responses
 from app.api.models import ErrorBody
 from app.config import Settings
 
@@ -47,7 +48,10 @@ class ClientConfig(BaseModel):
     version: str
     services: list[str] = Field(description="Values accepted by the `service` parameter.")
     default_service: str
-    max_upload_bytes: int = Field(description="Largest file accepted, in bytes.")
+    max_upload_bytes: int = Field(
+        description="Largest file accepted, in bytes: for the caller when it sends its token "
+        "or ticket, else the service's limit."
+    )
     tickets: bool = Field(description="Whether upload tickets can be used in place of a token.")
 
 
@@ -87,15 +91,28 @@ async def docs_page() -> HTMLResponse:
 @router.get(
     "/config",
     response_model=ClientConfig,
+    responses=error_responses("token", "caller"),
     summary="Settings a client needs: services, size limit, whether tickets are in use",
 )
-async def client_config(services: ServicesDep) -> ClientConfig:
+async def client_config(
+    request: Request,
+    services: ServicesDep,
+    x_auth_token: TokenHeader = None,
+    authorization: BearerHeader = None,
+) -> ClientConfig:
     name = services.backend.name
+    gate = services.gatekeeper
+    limit = gate.max_upload_bytes
+    offered = offered_credential(x_auth_token, authorization)
+    if offered:
+        # The caller's own limit, so a client can refuse a file before sending a byte.
+        caller = await to_thread.run_sync(gate.identify, offered, client_address(request))
+        limit = gate.file_limit(caller)
     return ClientConfig(
         version=__version__,
         services=[name],
         default_service=name,
-        max_upload_bytes=services.spool.limit,
+        max_upload_bytes=limit,
         tickets=tickets_enabled(services.settings),
     )
 
@@ -155,59 +172,27 @@ def install_web(app: FastAPI, settings: Settings) -> None:
 
 
 def build_openapi(app: FastAPI) -> dict[str, Any]:
-    """FastAPI's document, with every operation's errors taken from the error catalogue."""
+    """FastAPI's document, with every operation's errors from the error catalogue: those
+    its route declares (``error_responses``), the ones any operation can answer, and the
+    service's error body in place of FastAPI's own validation error."""
     schema = get_openapi(
         title=app.title,
         version=app.version,
         description=app.description,
         routes=app.routes,
     )
-    for path, operations in schema["paths"].items():
+    everywhere = error_responses()
+    invalid = error_responses("params")["422"]
+    for operations in schema["paths"].values():
         for operation in operations.values():
-            responses = {
-                status: response
-                for status, response in operation["responses"].items()
-                if status[0] not in "45"
-            }
-            responses.update(catalogue_responses(_scopes(path, operation)))
-            operation["responses"] = responses
+            responses = operation["responses"]
+            if "HTTPValidationError" in str(responses.get("422", "")):
+                responses["422"] = invalid
+            for status, response in everywhere.items():
+                responses.setdefault(str(status), response)
+            operation["responses"] = dict(sorted(responses.items()))
     components = schema.setdefault("components", {}).setdefault("schemas", {})
     components.setdefault("ErrorBody", ErrorBody.model_json_schema())
-    # FastAPI's own 422 shapes are replaced by ErrorBody everywhere.
     components.pop("HTTPValidationError", None)
     components.pop("ValidationError", None)
     return schema
-
-
-def _scopes(path: str, operation: dict[str, Any]) -> set[str]:
-    """Which catalogue scopes apply to an operation, read from the operation itself."""
-    scopes = set()
-    parameters = operation.get("parameters", [])
-    tags = operation.get("tags", [])
-    if _can_fail_validation(operation):
-        scopes.add("params")
-    if any(p["in"] == "header" and p["name"].lower() == "x-auth-token" for p in parameters):
-        scopes.add("token")
-    if "uploads" in tags:
-        scopes.update({"upload", "caller"})
-    if "tickets" in tags:
-        scopes.update({"tickets", "caller"})
-    if "multipart/form-data" in operation.get("requestBody", {}).get("content", {}):
-        scopes.add("multipart")
-    if "downloads" in tags:
-        scopes.add("download")
-    if path == "/ready":
-        scopes.add("ready")
-    return scopes
-
-
-def _can_fail_validation(operation: dict[str, Any]) -> bool:
-    """A JSON body or a parameter that is not a plain string can be refused with 422."""
-    if "application/json" in operation.get("requestBody", {}).get("content", {}):
-        return True
-    for parameter in operation.get("parameters", []):
-        schema = parameter.get("schema", {})
-        types = {part.get("type") for part in schema.get("anyOf", [schema])}
-        if not types <= {"string", "null"}:
-            return True
-    return False

@@ -8,11 +8,11 @@ from datetime import UTC, datetime
 from fastapi import APIRouter
 from pydantic import BaseModel, ByteSize, Field
 
+from app.access.errors import NotPermitted, TicketsDisabled
+from app.access.tickets import issue_ticket
 from app.api.deps import CallerDep, ServicesDep
-from app.api.errors import ApiError
-from app.api.models import ErrorBody
-from app.filenames import InvalidFilename, safe_filename
-from app.tickets import issue_ticket
+from app.api.errors import BAD_REQUEST, error_responses
+from app.intake.filenames import safe_filename
 
 router = APIRouter(tags=["tickets"])
 MAX_TICKET_SECONDS = 7 * 24 * 3600
@@ -41,15 +41,7 @@ class TicketAnswer(BaseModel):
 @router.post(
     "/tickets",
     response_model=TicketAnswer,
-    responses={
-        status: {"model": ErrorBody, "description": text}
-        for status, text in {
-            400: "max_bytes over the token's limit, or an invalid file name.",
-            401: "No token was sent.",
-            403: "The token is wrong, or may not issue tickets.",
-            501: "TICKET_SECRET is not configured.",
-        }.items()
-    },
+    responses=error_responses("params", "token", "caller", "tickets"),
     summary="Issue an upload ticket (needs a token with can_issue_tickets)",
 )
 async def create_ticket(
@@ -57,26 +49,17 @@ async def create_ticket(
 ) -> TicketAnswer:
     secret = services.settings.ticket_secret
     if secret is None:
-        raise ApiError(501, "tickets_disabled", "tickets are not enabled: set TICKET_SECRET")
+        raise TicketsDisabled("tickets are not enabled: set TICKET_SECRET")
     if caller.ticket is not None or not caller.policy.can_issue_tickets:
-        raise ApiError(403, "may_not_issue", f"token {caller.name!r} may not issue tickets")
-    ceiling = min(
-        v for v in (services.spool.limit, caller.policy.max_upload_bytes) if v is not None
-    )
+        raise NotPermitted(f"token {caller.name!r} may not issue tickets")
+    ceiling = services.gatekeeper.file_limit(caller)
     if body.max_bytes is not None and body.max_bytes > ceiling:
-        raise ApiError(
-            400, "bad_request", f"max_bytes is larger than this token's limit ({ceiling})"
-        )
-    filename = None
-    if body.filename is not None:
-        try:
-            filename = safe_filename(body.filename)
-        except InvalidFilename:
-            raise ApiError(400, "invalid_filename", "the file name is empty or invalid") from None
+        raise BAD_REQUEST(f"max_bytes is larger than this token's limit ({ceiling})")
+    filename = safe_filename(body.filename) if body.filename is not None else None
     expires_at = int(time.time()) + body.expires_in
     text, ticket = issue_ticket(
         secret.get_secret_value(),
-        caller.name,
+        caller.policy,
         expires_at,
         body.max_uses,
         int(body.max_bytes) if body.max_bytes is not None else None,

@@ -30,8 +30,16 @@ from typing import Any, ClassVar
 
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
-from app.addresses import client_key
-from app.api.errors import error_body
+from app.access.addresses import client_key
+from app.api.errors import (
+    BAD_REQUEST,
+    HEADERS_TOO_LARGE,
+    REQUEST_TIMEOUT,
+    TOO_MANY_CONNECTIONS,
+    URI_TOO_LONG,
+    ErrorKind,
+    error_body,
+)
 from app.config import Settings
 
 log = logging.getLogger("paimon.http")
@@ -66,15 +74,15 @@ class TrustedProxies:
         return any(address in network for network in self.networks)
 
 
-def raw_error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> bytes:
+def raw_error(kind: ErrorKind, message: str) -> bytes:
     """A complete HTTP/1.1 error response with the service's JSON body, closing the connection."""
-    body = json.dumps(error_body(code, message)).encode()
-    lines = [STATUS_LINE[status]]
+    body = json.dumps(error_body(kind.code, message)).encode()
+    lines = [STATUS_LINE[kind.status]]
     fields = {
         "content-type": "application/json",
         "content-length": str(len(body)),
+        **{name.lower(): value for name, value in kind.response_headers().items()},
         "connection": "close",
-        **(headers or {}),
     }
     lines += [f"{name}: {value}\r\n".encode("latin-1") for name, value in fields.items()]
     return b"".join([*lines, b"\r\n", body])
@@ -136,10 +144,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
                 # Closed at once, not after a lingering close: the point is to give the
                 # file descriptor back, and the client has rarely sent anything yet.
                 self._refuse(
-                    429,
-                    "too_many_connections",
+                    TOO_MANY_CONNECTIONS,
                     f"more than {cap} connections at once from one address",
-                    {"Retry-After": "10"},
                     linger=False,
                 )
                 return
@@ -169,9 +175,9 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         if not self._in_head or self._refused or self.transport.is_closing():
             return
         if len(getattr(self, "url", b"")) > self.settings.max_request_line_bytes:
-            self._refuse(414, "uri_too_long", "the request line is too long")
+            self._refuse(URI_TOO_LONG, "the request line is too long")
         elif self._head_bytes > self.settings.max_request_head_bytes:
-            self._refuse(431, "headers_too_large", "the request headers are too large")
+            self._refuse(HEADERS_TOO_LARGE, "the request headers are too large")
 
     # Parser callbacks: a head ends with its headers; the next one starts after its message.
 
@@ -193,7 +199,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     # What uvicorn answers itself.
 
     def send_400_response(self, msg: str) -> None:
-        self._refuse(400, "bad_request", "the request is not valid HTTP/1.1")
+        self._refuse(BAD_REQUEST, "the request is not valid HTTP/1.1")
 
     # Helpers.
 
@@ -216,16 +222,9 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             # A pipelined head behind a response still being sent: end after that one.
             self.cycle.keep_alive = False
             return
-        self._refuse(408, "request_timeout", "the request headers did not arrive in time")
+        self._refuse(REQUEST_TIMEOUT, "the request headers did not arrive in time")
 
-    def _refuse(
-        self,
-        status: int,
-        code: str,
-        message: str,
-        headers: dict[str, str] | None = None,
-        linger: bool = True,
-    ) -> None:
+    def _refuse(self, kind: ErrorKind, message: str, linger: bool = True) -> None:
         """Answer, then close once the client has had a moment to read the answer.
 
         Closing at once, with the client's unread bytes still arriving, makes the kernel
@@ -239,8 +238,9 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             return
         self._refused = True
         self._head_bytes = 0
-        self.refusals.log(self.client[0] if self.client else "unknown client", status, message)
-        self.transport.write(raw_error(status, code, message, headers))
+        peer = self.client[0] if self.client else "unknown client"
+        self.refusals.log(peer, kind.status, message)
+        self.transport.write(raw_error(kind, message))
         if not linger:
             self.transport.close()  # after the answer is written
             return

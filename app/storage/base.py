@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, TypeGuard
+from typing import Protocol
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,18 +30,24 @@ class Readiness:
 
 
 class StorageBackend(Protocol):
-    """What the HTTP layer needs from a place that stores files."""
+    """What the HTTP layer needs from every place that stores files."""
 
     name: str
+
+    def capabilities(self) -> Capabilities:
+        """What this backend can do beyond the core: declared in one place per backend."""
+        ...
 
     def start(self) -> None:
         """Prepare local resources; must not fail because a remote service is down."""
 
     def store(self, source: Path, filename: str, size: int) -> StoredFile:
         """Store the local file ``source`` under ``filename``; ``source`` stays the caller's."""
+        ...
 
     def readiness(self) -> Readiness:
         """Whether an upload started now could succeed, and if not, why."""
+        ...
 
     def delete(self, handle: str) -> None:
         """Remove a stored file; a missing one is not an error."""
@@ -50,17 +56,13 @@ class StorageBackend(Protocol):
         """Release connections and files; called once at shutdown."""
 
 
-class ConnectingBackend(StorageBackend, Protocol):
-    """A backend that must connect (log in) before it can store; done once at start-up,
-    in a worker thread, while the service already answers /health."""
+class Connecting(Protocol):
+    """Must connect (log in) before it can store; done once at start-up, in a worker
+    thread, while the service already answers /health."""
 
     def connect(self) -> None:
         """Connect, or raise: ``StorageLoginFailed`` when the credentials are refused (the
         deploy can never work), another ``StorageError`` when it is worth trying later."""
-
-
-def supports_connect(backend: StorageBackend) -> TypeGuard[ConnectingBackend]:
-    return callable(getattr(backend, "connect", None))
 
 
 class BodyStream(Protocol):
@@ -75,8 +77,8 @@ class BodyStream(Protocol):
         ...
 
 
-class StreamingBackend(StorageBackend, Protocol):
-    """A backend that can store a body while it is still arriving, with no temporary file."""
+class Streaming(Protocol):
+    """Stores a body while it is still arriving, with no temporary file."""
 
     def store_stream(self, body: BodyStream, filename: str, size: int) -> StoredFile:
         """Store exactly ``size`` bytes from ``body``.
@@ -87,8 +89,31 @@ class StreamingBackend(StorageBackend, Protocol):
         ...
 
 
-def supports_streaming(backend: StorageBackend) -> TypeGuard[StreamingBackend]:
-    return callable(getattr(backend, "store_stream", None))
+class Downloads(Protocol):
+    """Serves its files back itself (its links point at this service)."""
+
+    def locate(self, handle: str, filename: str) -> Path | None:
+        """The stored file behind a download link, or None when there is none."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    """The optional capabilities of a backend, the way tusd's ``StoreComposer`` composes a
+    store: each field holds the object that provides it (usually the backend itself) or
+    None. The app enables routes and features from this declaration alone, never from
+    the backend's class or attributes.
+
+    ``restarts_streams``: the backend may ask a stream to ``rewind`` (MEGA starting an
+    upload again on a fresh URL), so streamed bodies keep a private copy, and multipart
+    bodies are streamed to it too (it would otherwise upload the file a second time after
+    the body).
+    """
+
+    connect: Connecting | None = None
+    stream: Streaming | None = None
+    restarts_streams: bool = False
+    download: Downloads | None = None
 
 
 class StartupError(Exception):
@@ -96,15 +121,6 @@ class StartupError(Exception):
 
     ``str(error)`` is one line for the operator that starts with the setting's name.
     """
-
-
-def wants_replayable_streams(backend: StorageBackend) -> bool:
-    """Whether the backend may ask a stream to ``rewind`` (an upload started again).
-
-    Such a backend gets bodies that keep a private temporary copy while they stream, and
-    multipart bodies streamed to it too; the others get a copy only where one is needed.
-    """
-    return bool(getattr(backend, "replays_streams", False))
 
 
 class StorageError(Exception):

@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import BinaryIO
 from urllib.parse import quote
 
-from app.leftovers import remove_if_abandoned
+from app.intake.leftovers import remove_if_abandoned
 from app.storage.base import (
     BodyStream,
+    Capabilities,
     Readiness,
     StartupError,
     StorageFull,
@@ -45,6 +46,9 @@ class LocalBackend:
 
     def __init__(self, root: Path) -> None:
         self.root = root
+
+    def capabilities(self) -> Capabilities:
+        return Capabilities(stream=self, download=self)
 
     def start(self) -> None:
         """Create the storage directory and remove what killed uploads left in it."""

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from mega.crypto import make_id
 
-from app.storage.base import BodyStream, Readiness, StorageError, StoredFile
+from app.storage.base import BodyStream, Capabilities, Readiness, StorageError, StoredFile
 
 from .client import MegaClient
 from .errors import ENOENT, MegaApiError, MegaLoggingIn, failure_name, to_storage_error
@@ -47,8 +47,6 @@ class MegaBackend:
     """Stores files in the configured folder of the configured MEGA account."""
 
     name = "mega"
-    # MEGA may ask for an upload to start again on a fresh URL: streams must be replayable.
-    replays_streams = True
 
     def __init__(self, settings: MegaSettings, store: SessionStore | None = None) -> None:
         """``store`` keeps the session and the log-in and folder locks; by default the
@@ -72,6 +70,10 @@ class MegaBackend:
         self._readiness_lock = threading.Lock()
 
     # -- StorageBackend ------------------------------------------------------------
+
+    def capabilities(self) -> Capabilities:
+        # MEGA may ask for an upload to start again on a fresh URL: streams restart.
+        return Capabilities(connect=self, stream=self, restarts_streams=True)
 
     def start(self) -> None:
         """Build the client; no network I/O (``connect`` logs in, in the background)."""

@@ -1,4 +1,4 @@
-"""The brake on guessing tokens: too many wrong tokens from one address answer 429.
+"""The brake on guessing tokens: too many wrong tokens from one address are refused.
 
 Failures are counted per client address (IPv6 per /64) in a moving one-minute window by
 the ``limits`` library. Once an address has sent AUTH_FAILURES_PER_MINUTE wrong tokens,
@@ -21,8 +21,8 @@ import time
 from limits import RateLimitItemPerMinute
 from limits.strategies import MovingWindowRateLimiter
 
-from app.addresses import client_key
-from app.api.errors import ApiError
+from app.access.addresses import client_key
+from app.access.errors import TooManyFailures
 from app.shared_state import SharedCounters, SharedState
 
 NAMESPACE = "auth-failures"
@@ -36,18 +36,15 @@ class AuthBrake:
         self._count = SharedCounters(state, MovingWindowRateLimiter).count
 
     def check(self, address: str) -> None:
-        """Raise 429 when ``address`` may not try a token now."""
+        """Raise ``TooManyFailures`` when ``address`` may not try a token now."""
         key = client_key(address)
         if self._count(lambda limiter: limiter.test(self.limit, NAMESPACE, key)):
             return
         stats = self._count(lambda limiter: limiter.get_window_stats(self.limit, NAMESPACE, key))
         reset = stats.reset_time
         wait_s = max(1, math.ceil(reset - time.time()))
-        raise ApiError(
-            429,
-            "too_many_failures",
-            f"too many wrong tokens from this address; try again in {wait_s} s",
-            {"Retry-After": str(wait_s)},
+        raise TooManyFailures(
+            f"too many wrong tokens from this address; try again in {wait_s} s", wait_s
         )
 
     def failed(self, address: str) -> None:

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import unicodedata
 
+from app.intake.errors import InvalidFilename
+
 MAX_NAME_BYTES = 255  # the usual file-system limit for one path component
-
-
-class InvalidFilename(ValueError):
-    """The name is empty once the unsafe parts are removed."""
 
 
 def safe_filename(raw: str) -> str:
@@ -23,10 +21,10 @@ def safe_filename(raw: str) -> str:
     name = "".join(ch for ch in name if unicodedata.category(ch) not in {"Cc", "Cf", "Cs", "Co"})
     name = name.strip()
     if not name.strip("."):
-        raise InvalidFilename("the file name is empty")
+        raise InvalidFilename("the file name is empty or invalid")
     name = _truncate(name)
     if not name.strip("."):  # cutting a long name can leave only dots behind
-        raise InvalidFilename("the file name is empty")
+        raise InvalidFilename("the file name is empty or invalid")
     return name
 
 

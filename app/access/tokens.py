@@ -6,7 +6,7 @@ without limits (the contract of existing clients). The file is read again when i
 changes (checked at most once a second, on use) or on SIGHUP; a bad file is refused with
 one line naming the entry and the problem, and the last good one stays in force.
 
-``python -m app.tokens new-token NAME`` prints a new random token and its file entry.
+``python -m app.access.tokens new-token NAME`` prints a new random token and its file entry.
 """
 
 from __future__ import annotations
@@ -43,9 +43,14 @@ class TokensFileError(Exception):
 
 @dataclass(frozen=True)
 class TokenPolicy:
-    """One client: its name and its limits (None means no limit)."""
+    """One client: its name, its token's digest and its limits (None means no limit).
+
+    ``digest`` changes when the token is rotated; tickets are bound to it, so rotating a
+    token voids the tickets it issued.
+    """
 
     name: str
+    digest: str
     max_upload_bytes: int | None = None
     uploads_per_minute: int | None = None
     bytes_per_day: int | None = None
@@ -131,6 +136,7 @@ def _parse_entry(name: str, raw: Any, max_upload_bytes: int) -> tuple[TokenPolic
         )
     policy = TokenPolicy(
         name=name,
+        digest=digest,
         max_upload_bytes=entry.max_upload_bytes,
         uploads_per_minute=entry.uploads_per_minute,
         bytes_per_day=entry.bytes_per_day,
@@ -179,14 +185,14 @@ class TokenRegistry:
         digest = token_sha256(token)
         policy = self._policies.get(digest)
         if policy is None and digest == self._default:
-            return TokenPolicy(name=DEFAULT_NAME)
+            return TokenPolicy(name=DEFAULT_NAME, digest=digest)
         return policy
 
     def by_name(self, name: str) -> TokenPolicy | None:
         """The current policy of the token called ``name`` (a ticket's issuer)."""
         self._refresh()
         if name == DEFAULT_NAME and self._default is not None:
-            return TokenPolicy(name=DEFAULT_NAME)
+            return TokenPolicy(name=DEFAULT_NAME, digest=self._default)
         return self._by_name.get(name)
 
     def _install(self, policies: dict[str, TokenPolicy], warnings: list[str]) -> None:
@@ -248,9 +254,9 @@ def new_token_entry(name: str) -> tuple[str, str]:
 
 
 def main(argv: list[str]) -> int:
-    """``python -m app.tokens new-token [NAME]``."""
+    """``python -m app.access.tokens new-token [NAME]``."""
     if not argv or argv[0] != "new-token" or len(argv) > 2:
-        print("usage: python -m app.tokens new-token [NAME]", file=sys.stderr)
+        print("usage: python -m app.access.tokens new-token [NAME]", file=sys.stderr)
         return 2
     name = argv[1] if len(argv) == 2 else "client"
     if not _NAME.fullmatch(name) or name == DEFAULT_NAME:

@@ -10,15 +10,11 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import hashlib
 import logging
 import os
 import shutil
-import socket
 import stat
-import sys
 import tempfile
-import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
@@ -26,7 +22,7 @@ from typing import Any, BinaryIO, TypeVar
 import anyio
 from anyio import to_thread
 
-from app.leftovers import remove_if_abandoned
+from app.intake.leftovers import remove_if_abandoned
 from app.storage.base import Readiness, StartupError, StorageFull, StorageUnavailable
 
 log = logging.getLogger(__name__)
@@ -39,14 +35,6 @@ MIN_FREE_BYTES = 16 * 1024 * 1024
 
 class SpoolUnusable(StartupError):
     """TEMP_UPLOAD_DIR cannot be used safely."""
-
-
-class UploadTooLarge(Exception):
-    """The body is larger than the configured maximum."""
-
-    def __init__(self, limit: int) -> None:
-        super().__init__(f"the file is larger than the limit of {limit} bytes")
-        self.limit = limit
 
 
 class SpoolFile:
@@ -76,9 +64,8 @@ class SpoolFile:
 class Spool:
     """The directory of in-flight uploads."""
 
-    def __init__(self, directory: Path, limit: int) -> None:
+    def __init__(self, directory: Path) -> None:
         self.directory = directory
-        self.limit = limit
 
     def prepare(self) -> int:
         """Create the directory (private to this user) and remove crash leftovers."""
@@ -172,61 +159,3 @@ def _disk_errors(action: Callable[..., T], *args: Any, **kwargs: Any) -> T:
             raise StorageFull("the server's temporary storage is full") from error
         log.error("temporary upload storage failed: %s", error.strerror)
         raise StorageUnavailable("the server cannot store uploads right now") from error
-
-
-class UploadSlots:
-    """How many uploads this instance runs at once, counted across all its worker processes.
-
-    Under gunicorn, connections do not spread evenly over the workers, so a count per
-    worker turns uploads away while other workers have room. A slot is a bound socket in
-    Linux's abstract namespace: only one process can hold a name, the kernel frees it
-    when its holder exits (even on kill -9), and no file is left behind. The names are
-    keyed on the user and the spool directory: the processes of one instance share them,
-    other instances on the same host do not. Elsewhere (not Linux), each process counts
-    its own uploads.
-
-    A request that finds every slot taken waits up to ``wait_s`` for one before it is
-    turned away: a burst of uploads queues briefly instead of failing at once.
-    """
-
-    POLL_S = 0.05
-
-    def __init__(self, directory: Path, total: int, wait_s: float) -> None:
-        self.total = total
-        self.wait_s = wait_s
-        key = hashlib.sha256(f"{os.geteuid()}:{directory.absolute()}".encode()).hexdigest()
-        self._names = [f"\0paimon-upload-slot-{key[:24]}-{i}" for i in range(total)]
-        self._shared = sys.platform.startswith("linux")
-        self._local_free = total
-
-    def try_acquire(self) -> socket.socket | int | None:
-        """A held slot, or None when all are taken. Never blocks."""
-        if not self._shared:
-            if self._local_free <= 0:
-                return None
-            self._local_free -= 1
-            return 0
-        for name in self._names:
-            holder = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            try:
-                holder.bind(name)
-            except OSError:
-                holder.close()
-                continue
-            return holder
-        return None
-
-    async def acquire(self) -> socket.socket | int | None:
-        """A held slot, waiting up to ``wait_s`` for one; None when none came free."""
-        deadline = time.monotonic() + self.wait_s
-        while True:
-            slot = self.try_acquire()
-            if slot is not None or time.monotonic() >= deadline:
-                return slot
-            await anyio.sleep(self.POLL_S)
-
-    def release(self, slot: socket.socket | int) -> None:
-        if isinstance(slot, socket.socket):
-            slot.close()
-        else:
-            self._local_free += 1

@@ -1,6 +1,6 @@
 """Request body -> a storage worker thread, while it arrives, replayable from a copy.
 
-The receiving side (``app.api.receive``) hands the file's bytes to ``BodyRelay.put`` from
+The receiving side (``app.intake.body``) hands the file's bytes to ``BodyRelay.put`` from
 a worker thread; the backend's own worker thread reads them with ``read`` as a blocking
 stream. A small bounded queue between the two bounds memory, and a full queue stops the
 receiving side, which stops reading the socket: the client is slowed down
@@ -60,20 +60,6 @@ def tune_allocator() -> bool:
         (_M_TOP_PAD, 16 * 1024 * 1024),
     )
     return all(mallopt(option, value) == 1 for option, value in settings)
-
-
-class SourceGone(Exception):
-    """The client stopped sending before the announced end of the body."""
-
-    def __init__(self, reason: str = "the client closed the connection") -> None:
-        super().__init__(reason)
-
-
-class ClientTooSlow(SourceGone):
-    """The client sent nothing for too long, or sent too slowly on average."""
-
-    def __init__(self, idle_s: float, reason: str | None = None) -> None:
-        super().__init__(reason or f"the client sent nothing for {idle_s:g} s")
 
 
 class PredictionMissed(Exception):

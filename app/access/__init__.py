@@ -1,0 +1,1 @@
+"""Who may upload and how much: tokens, tickets, limits, the wrong-token brake, addresses."""

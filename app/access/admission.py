@@ -1,0 +1,130 @@
+"""Who is calling, and what one upload of theirs may do: decided here, once.
+
+``Gatekeeper.identify`` turns a token or ticket into a ``Caller`` (with the brake on
+wrong guesses); ``file_limit`` is the one place the largest file a caller may store is
+computed; ``check_target`` says whether the caller may upload to that service under that
+name; ``take`` takes the upload from the caller's allowances. The API layer runs these
+in order and hands one admission object down; nothing later computes a limit again.
+"""
+
+from __future__ import annotations
+
+import hmac
+import time
+from dataclasses import dataclass
+
+from app.access.brake import AuthBrake
+from app.access.errors import (
+    InvalidTicket,
+    InvalidToken,
+    NoCredential,
+    ServiceNotAllowed,
+    TicketWrongFile,
+)
+from app.access.limits import Allowances, Grant
+from app.access.tickets import Ticket, check_issuer, is_ticket, read_ticket
+from app.access.tokens import TokenPolicy, TokenRegistry
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who sent a request: a named token, or a ticket acting for its issuer's name."""
+
+    policy: TokenPolicy
+    ticket: Ticket | None = None
+
+    @property
+    def name(self) -> str:
+        return self.policy.name
+
+
+class Gatekeeper:
+    """The access decisions of one service: identity, limits and allowances.
+
+    Blocking (the brake, tickets and allowances may live in Redis): call it from a
+    worker thread.
+    """
+
+    def __init__(
+        self,
+        tokens: TokenRegistry,
+        brake: AuthBrake,
+        allowances: Allowances,
+        max_upload_bytes: int,
+        ticket_secret: str | None,
+    ) -> None:
+        self.tokens = tokens
+        self.brake = brake
+        self.allowances = allowances
+        self.max_upload_bytes = max_upload_bytes
+        self.ticket_secret = ticket_secret
+
+    def identify(self, offered: str | None, address: str) -> Caller:
+        """The caller behind ``offered``; an access error naming what is wrong otherwise,
+        and ``TooManyFailures`` after too many wrong credentials from ``address``."""
+        if not offered:
+            raise NoCredential("an auth token is required")
+        self.brake.check(address)
+        try:
+            return self._caller(offered)
+        except (InvalidToken, InvalidTicket):
+            self.brake.failed(address)
+            raise
+
+    def check_secret(self, offered: str | None, expected: str, address: str) -> None:
+        """The same brake for a single configured secret (e.g. METRICS_TOKEN)."""
+        if not offered:
+            raise NoCredential("a token is required")
+        self.brake.check(address)
+        if not hmac.compare_digest(offered.encode(), expected.encode()):
+            self.brake.failed(address)
+            raise InvalidToken("the token is not valid")
+
+    def _caller(self, offered: str) -> Caller:
+        if is_ticket(offered):
+            return self._ticket_caller(offered)
+        policy = self.tokens.lookup(offered)
+        if policy is None:
+            raise InvalidToken("the auth token is not valid")
+        return Caller(policy)
+
+    def _ticket_caller(self, offered: str) -> Caller:
+        secret = self.ticket_secret
+        if secret is None:
+            raise InvalidTicket("this service does not accept tickets")
+        ticket = read_ticket(secret, offered, time.time())
+        issuer = check_issuer(secret, ticket, self.tokens.by_name(ticket.issuer))
+        return Caller(issuer, ticket)
+
+    def file_limit(self, caller: Caller) -> int:
+        """The largest file ``caller`` may store: the smallest of MAX_UPLOAD_BYTES, the
+        token's own ``max_upload_bytes`` and ``bytes_per_day`` (a file can never be larger
+        than a whole day's quota), and the ticket's ``max_bytes``."""
+        limits = [
+            self.max_upload_bytes,
+            caller.policy.max_upload_bytes,
+            caller.policy.bytes_per_day,
+        ]
+        if caller.ticket is not None:
+            limits.append(caller.ticket.max_bytes)
+        return min(value for value in limits if value is not None)
+
+    def check_target(self, caller: Caller, service: str, filename: str | None) -> None:
+        """Whether ``caller`` may upload to ``service`` under ``filename`` (None: the name
+        comes with the body, as in a multipart form)."""
+        if not caller.policy.allows_service(service):
+            raise ServiceNotAllowed(f"token {caller.name!r} may not upload to {service[:40]!r}")
+        wanted = caller.ticket.filename if caller.ticket else None
+        if wanted is None:
+            return
+        if filename is None:
+            raise TicketWrongFile(
+                f"this ticket is for one file: upload it with PUT /files/{wanted}"
+            )
+        if filename != wanted:
+            raise TicketWrongFile(f"this ticket is only for the file {wanted!r}")
+
+    def take(self, caller: Caller, declared: int | None) -> Grant:
+        """Take one upload of ``declared`` bytes (None: not known) from the caller's
+        allowances; a refusal takes nothing."""
+        return self.allowances.admit(caller.policy, caller.ticket, declared)

@@ -1,0 +1,1 @@
+"""Taking a request body in: spool, relay, multipart parsing, leftovers, file names."""
