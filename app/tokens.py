@@ -6,7 +6,8 @@ without limits (the contract of existing clients). The file is read again when i
 changes (checked at most once a second, on use) or on SIGHUP; a bad file is refused with
 one line naming the entry and the problem, and the last good one stays in force.
 
-``python -m app.tokens new-token NAME`` prints a new random token and its file entry.
+``python -m app.tokens new-token NAME`` makes a new random token: the entry for the file
+on stdout (so that ``>> tokens.toml`` appends it), the token itself on stderr only.
 """
 
 from __future__ import annotations
@@ -257,8 +258,13 @@ def main(argv: list[str]) -> int:
         print(f"invalid name {name!r}: 1-64 letters, digits, '_', '.' or '-'", file=sys.stderr)
         return 2
     token, entry = new_token_entry(name)
-    print(f"# Give this token to the client {name!r}; it is not stored anywhere:\n# {token}")
-    print(f"# Add this to TOKENS_FILE:\n{entry}", end="")
+    # The file holds digests only: stdout, which `>> tokens.toml` appends, gets the entry
+    # alone, and the token goes to the terminal on stderr.
+    print(
+        f"Token for the client {name!r} (give it to the client; it is stored nowhere):\n{token}",
+        file=sys.stderr,
+    )
+    print(f"\n{entry}", end="")
     return 0
 
 

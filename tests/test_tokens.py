@@ -164,21 +164,30 @@ def test_services_limit_which_backends_a_token_may_use(make_client, tmp_path: Pa
     assert answer.json()["code"] == "service_not_allowed"
 
 
-def test_new_token_command_prints_a_token_and_its_working_entry(make_client, tmp_path) -> None:
-    printed = subprocess.run(
-        [sys.executable, "-m", "app.tokens", "new-token", "ci-bot"],
+def test_new_token_appended_with_shell_redirection_works_and_the_file_holds_no_secret(
+    live_server, tmp_path: Path
+) -> None:
+    path = tmp_path / "tokens.toml"
+    path.write_text(tokens_toml(alice={"secret": ALICE}))
+    server = live_server(TOKENS_FILE=str(path))
+    # As README shows it: stdout appended to the file, the token read from the terminal.
+    made = subprocess.run(
+        ["sh", "-c", f'"{sys.executable}" -m app.tokens new-token ci-bot >> "{path}"'],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=30,
         check=True,
-    ).stdout
-    token = re.search(r"^# (\S{40,})$", printed, re.M).group(1)
-    entry = printed[printed.index("[tokens.ci-bot]") :]
-    assert re.search(r'^token_sha256 = "[0-9a-f]{64}"$', entry, re.M)
-    path = tmp_path / "tokens.toml"
-    path.write_text(entry)
-    assert upload(make_client(tokens_file=path), token).status_code == 200
+    )
+    assert made.stdout == "" and made.stderr.strip(), "the token goes to stderr only"
+    token = made.stderr.split()[-1]
+    assert len(token) >= 40
+    text = path.read_text()
+    assert token not in text, "the file must hold the digest only"
+    assert re.search(r'^\[tokens\.ci-bot\]\ntoken_sha256 = "[0-9a-f]{64}"$', text, re.M)
+    with httpx.Client(base_url=server.url, timeout=WAIT_S) as http:
+        wait_for_status(http, token, 200)
+        assert upload(http, ALICE).status_code == 200
 
 
 @pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="no SIGHUP on this platform")
