@@ -13,6 +13,7 @@ import sys
 from typing import Any
 
 from dotenv import dotenv_values
+from fastapi import FastAPI
 
 from app.config import (
     ConfigError,
@@ -20,15 +21,17 @@ from app.config import (
     check_served_settings,
     generate_token,
     load_settings,
+    tokens_file_error,
 )
 from app.logging_setup import configure_logging
 from app.main import create_app
+from app.serving import master
 from app.serving.logs import install_redaction
 from app.serving.protocol import limited_protocol
+from app.serving.startup import BOOT_ERROR, stop_for
 from app.storage.base import StorageLoginFailed
+from app.tokens import TokensFileError
 
-# gunicorn stops, instead of restarting workers forever, when a worker exits with 3.
-BOOT_ERROR = 3
 _app = None
 
 # Uploads keep several worker threads busy with crypto and sockets. A shorter interval
@@ -36,11 +39,6 @@ _app = None
 # /health and other small requests are not queued behind them. Measured on 2 cores with
 # 8 uploads at once: /health p99 about 36 ms with 1 ms, about 43 ms with the default.
 sys.setswitchinterval(0.001)
-
-
-def _exit_with(error: ConfigError) -> None:
-    print(f"paimon-server: configuration error: {error}", file=sys.stderr, flush=True)
-    raise SystemExit(BOOT_ERROR)
 
 
 def _refused(error: StorageLoginFailed) -> None:
@@ -79,10 +77,19 @@ def __getattr__(name: str) -> Any:
             settings = load_settings()
             check_served_settings(settings)
         except ConfigError as error:
-            _exit_with(error)
+            stop_for(error)
         _configure_logging(settings)
-        _app = create_app(settings, on_refused=_refused)
+        _app = _create_app(settings)
     return _app
+
+
+def _create_app(settings: Settings) -> FastAPI:
+    # In a gunicorn worker the master has checked TOKENS_FILE and keeps the instance's
+    # last good one: a file that went bad since is refused in the log instead of stopping.
+    try:
+        return create_app(settings, on_refused=_refused, last_good_tokens=master.last_good_tokens())
+    except TokensFileError as error:
+        stop_for(tokens_file_error(error))
 
 
 def _development_settings() -> tuple[Settings, list[str]]:
@@ -114,7 +121,7 @@ def mega_session() -> None:
     try:
         settings = load_settings(auth_token=generate_token(), storage_backend="mega")
     except ConfigError as error:
-        _exit_with(error)
+        stop_for(error)
     raise SystemExit(print_session(settings))
 
 
@@ -127,12 +134,12 @@ def main() -> None:
     try:
         settings, notes = _development_settings()
     except ConfigError as error:
-        _exit_with(error)
+        stop_for(error)
     _configure_logging(settings)
     for note in notes:
         print(f"paimon-server (development run): {note}", file=sys.stderr, flush=True)
     uvicorn.run(
-        create_app(settings, on_refused=_refused),
+        _create_app(settings),
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,

@@ -17,6 +17,7 @@ from app.api.deps import Services
 from app.api.errors import install_error_handlers
 from app.api.pages import install_web
 from app.config import Settings
+from app.last_good_tokens import LastGoodTokens
 from app.relay import tune_allocator
 from app.serving.startup import OneLineStartupErrors
 from app.shared_state import build_shared_state
@@ -72,15 +73,24 @@ def create_app(
     settings: Settings,
     backend: StorageBackend | None = None,
     on_refused: Callable[[StorageLoginFailed], None] | None = None,
+    last_good_tokens: LastGoodTokens | None = None,
 ) -> FastAPI:
     """Build the service for ``settings``; ``backend`` replaces the configured one if given.
-    ``on_refused`` is called when the storage refuses the credentials at start-up."""
+    ``on_refused`` is called when the storage refuses the credentials at start-up.
+    ``last_good_tokens``: the instance's running tokens, when this is a gunicorn worker.
+    Raises TokensFileError when TOKENS_FILE cannot be used and there is no such fallback."""
     # The shared state first: the MEGA backend keeps its session and log-in lock in it.
     redis_url = settings.redis_url.get_secret_value() if settings.redis_url else None
     shared = build_shared_state(redis_url)
     backend = backend or build_backend(settings, shared)
     spool = Spool(settings.temp_upload_dir, int(settings.max_upload_bytes))
-    services = Services(settings=settings, backend=backend, spool=spool, shared=shared)
+    services = Services(
+        settings=settings,
+        backend=backend,
+        spool=spool,
+        shared=shared,
+        last_good_tokens=last_good_tokens,
+    )
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

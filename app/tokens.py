@@ -30,6 +30,8 @@ from typing import Any
 
 from pydantic import BaseModel, ByteSize, ConfigDict, Field, ValidationError
 
+from app.last_good_tokens import LastGoodTokens
+
 log = logging.getLogger(__name__)
 
 DEFAULT_NAME = "default"
@@ -143,23 +145,39 @@ def _parse_entry(name: str, raw: Any, max_upload_bytes: int) -> tuple[TokenPolic
     return policy, digest, warning
 
 
-def read_tokens_file(path: Path, max_upload_bytes: int) -> tuple[dict[str, TokenPolicy], list[str]]:
-    """Parse the file at ``path``; TokensFileError (one line) if it cannot be used."""
+def read_tokens_text(path: Path) -> str:
+    """The text of the file at ``path``; TokensFileError (one line) if it cannot be read."""
     try:
-        text = path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as error:
         reason = error.strerror if isinstance(error, OSError) and error.strerror else "unreadable"
         raise TokensFileError(f"cannot read {path}: {reason}") from None
-    return parse_tokens(text, max_upload_bytes)
+
+
+def read_tokens_file(path: Path, max_upload_bytes: int) -> tuple[dict[str, TokenPolicy], list[str]]:
+    """Parse the file at ``path``; TokensFileError (one line) if it cannot be used."""
+    return parse_tokens(read_tokens_text(path), max_upload_bytes)
 
 
 class TokenRegistry:
-    """The tokens in force: AUTH_TOKEN as ``default`` plus the file's, kept up to date."""
+    """The tokens in force: AUTH_TOKEN as ``default`` plus the file's, kept up to date.
 
-    def __init__(self, auth_token: str | None, path: Path | None, max_upload_bytes: int) -> None:
+    A bad file stops the first process of a service (TokensFileError). With
+    ``last_good`` (a gunicorn worker, see app/last_good_tokens.py) the service is already
+    running: a bad file is then refused in one log line and the last good one is used.
+    """
+
+    def __init__(
+        self,
+        auth_token: str | None,
+        path: Path | None,
+        max_upload_bytes: int,
+        last_good: LastGoodTokens | None = None,
+    ) -> None:
         self._default = token_sha256(auth_token) if auth_token else None
         self._path = path
         self._max = max_upload_bytes
+        self._last_good = last_good
         self._policies: dict[str, TokenPolicy] = {}
         self._by_name: dict[str, TokenPolicy] = {}
         self._seen: tuple[int, int, int] | None = None
@@ -168,7 +186,22 @@ class TokenRegistry:
         self._lock = threading.Lock()
         if path is not None:
             self._seen = _stamp(path)
-            self._install(*read_tokens_file(path, max_upload_bytes))
+            self._install_first(path)
+
+    def _install_first(self, path: Path) -> None:
+        try:
+            self._accept(read_tokens_text(path))
+        except TokensFileError as error:
+            if self._last_good is None:
+                raise
+            log.error("TOKENS_FILE refused, the previous tokens stay in force: %s", error)
+            self._install(*parse_tokens(self._last_good.recall(), self._max))
+
+    def _accept(self, text: str) -> None:
+        """Install the tokens of ``text``, or raise TokensFileError and change nothing."""
+        self._install(*parse_tokens(text, self._max))
+        if self._last_good is not None:
+            self._last_good.remember(text)
 
     def request_reload(self) -> None:
         """Read the file again on next use (SIGHUP)."""
@@ -212,11 +245,10 @@ class TokenRegistry:
                 return
             self._seen = stamp
             try:
-                loaded = read_tokens_file(self._path, self._max)
+                self._accept(read_tokens_text(self._path))
             except TokensFileError as error:
                 log.error("TOKENS_FILE refused, the previous tokens stay in force: %s", error)
                 return
-            self._install(*loaded)
             log.info("TOKENS_FILE reloaded: %d named tokens", len(self._policies))
 
 

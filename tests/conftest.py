@@ -134,6 +134,28 @@ def start_server(
 ) -> ServerProcess:
     """Run the service as a real process on 127.0.0.1 and wait until /health answers."""
     port = free_port()
+    env = service_env(tmp_path, port, env_overrides)
+    argv = argv or [sys.executable, "-m", "uvicorn", "server:app", "--port", str(port)]
+    argv = [part.replace("{port}", str(port)) for part in argv]
+    log_path = tmp_path / f"server-{port}.log"
+    with log_path.open("wb") as log_file:
+        process = subprocess.Popen(
+            argv, cwd=cwd, env=env, stdout=log_file, stderr=subprocess.STDOUT
+        )
+    url = f"http://127.0.0.1:{port}"
+    server = ServerProcess(url, port, env, process, log_path, tmp_path)
+    try:
+        wait_until_healthy(url, process, log_path)
+    except BaseException:
+        server.stop()
+        raise
+    return server
+
+
+def service_env(tmp_path: Path, port: int, overrides: dict[str, str | None]) -> dict[str, str]:
+    """The environment of a service process: this one's without the service's settings,
+    then a local-storage service in ``tmp_path`` on ``port``, then ``overrides`` (None
+    removes a variable)."""
     env = {
         key: value
         for key, value in os.environ.items()
@@ -156,26 +178,12 @@ def start_server(
             "PYTHONUNBUFFERED": "1",
         }
     )
-    for key, value in env_overrides.items():  # None removes a variable
+    for key, value in overrides.items():
         if value is None:
             env.pop(key, None)
         else:
             env[key] = value
-    argv = argv or [sys.executable, "-m", "uvicorn", "server:app", "--port", str(port)]
-    argv = [part.replace("{port}", str(port)) for part in argv]
-    log_path = tmp_path / f"server-{port}.log"
-    with log_path.open("wb") as log_file:
-        process = subprocess.Popen(
-            argv, cwd=cwd, env=env, stdout=log_file, stderr=subprocess.STDOUT
-        )
-    url = f"http://127.0.0.1:{port}"
-    server = ServerProcess(url, port, env, process, log_path, tmp_path)
-    try:
-        wait_until_healthy(url, process, log_path)
-    except BaseException:
-        server.stop()
-        raise
-    return server
+    return env
 
 
 @pytest.fixture

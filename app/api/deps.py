@@ -17,6 +17,7 @@ from app.api.errors import ApiError
 from app.api.receive import MULTIPART_OVERHEAD, check_declared_length
 from app.config import Settings
 from app.filenames import InvalidFilename, safe_filename
+from app.last_good_tokens import LastGoodTokens
 from app.logging_setup import token_name
 from app.ratelimit import LimitExceeded, UploadLimits
 from app.shared_state import SharedState
@@ -36,6 +37,8 @@ class Services:
     backend: StorageBackend
     spool: Spool
     shared: SharedState
+    # Under gunicorn: the tokens file as last accepted by any process of the instance.
+    last_good_tokens: LastGoodTokens | None = None
     upload_slots: UploadSlots = field(init=False)
     tokens: TokenRegistry = field(init=False)
     limits: UploadLimits = field(init=False)
@@ -53,6 +56,7 @@ class Services:
             settings.auth_token.get_secret_value() if settings.auth_token else None,
             settings.tokens_file,
             int(settings.max_upload_bytes),
+            self.last_good_tokens,
         )
         self.limits = UploadLimits(self.shared)
 
