@@ -1,7 +1,8 @@
 """Per-request context as plain ASGI middleware: request id, body cap, upload accounting.
 
-- Request id: a client's ``X-Request-ID`` is kept (when short and plain), else one is
-  made; it is returned in the response and on every log line of the request.
+- Request id: a client's ``X-Request-ID`` is kept (when short, plain and not shaped like
+  a credential), else one is made; it is returned in the response and on every log line
+  of the request.
 - Body cap: the auth dependency may lower the size limit for the caller (a token's
   ``max_upload_bytes``, a ticket's ``max_bytes``); bodies without Content-Length are cut
   here, as they arrive, with 413.
@@ -15,7 +16,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import time
 import uuid
 from collections.abc import Callable
@@ -27,11 +27,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import metrics
 from app.logging_setup import request_id, token_name
+from app.serving.logs import accepted_request_id
 from app.spool import UploadTooLarge
 
 log = logging.getLogger("app.uploads")
 
-_REQUEST_ID = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")
 _UPLOAD_KEY = "paimon.upload"
 _CAP_KEY = "paimon.body_cap"
 _CAPTURE_BYTES = 64 * 1024
@@ -74,8 +74,7 @@ class RequestContextMiddleware:
             await self.app(scope, receive, send)
             return
         state: dict[str, Any] = scope.setdefault("state", {})
-        offered = _header(scope, b"x-request-id")
-        rid = offered if offered and _REQUEST_ID.fullmatch(offered) else uuid.uuid4().hex
+        rid = accepted_request_id(_header(scope, b"x-request-id")) or uuid.uuid4().hex
         rid_token = request_id.set(rid)
         name_token = token_name.set("")
         received = 0
