@@ -29,6 +29,22 @@ ROOT = Path(__file__).resolve().parent.parent
 START_TIMEOUT_S = 20
 
 
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+# Settings for the MEGA backend with MEGA out of reach (nothing listens on that port): the
+# log-in fails in the background and is tried again, while the service answers.
+MEGA_OUT_OF_REACH = {
+    "STORAGE_BACKEND": "mega",
+    "MEGA_EMAIL": "someone@example.com",
+    "MEGA_PASSWORD": "a-password-nobody-checks",
+    "MEGA_API_URL": f"http://127.0.0.1:{free_port()}",
+}
+
+
 @pytest.fixture
 def token() -> str:
     return secrets.token_urlsafe(24)
@@ -81,12 +97,6 @@ def client(make_client: Callable[..., TestClient]) -> TestClient:
 @pytest.fixture
 def auth(token: str) -> dict[str, str]:
     return {"X-Auth-Token": token}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass

@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from tests.conftest import ROOT, ServerProcess, held_upload_slot, tokens_toml
+from tests.conftest import MEGA_OUT_OF_REACH, ROOT, ServerProcess, held_upload_slot, tokens_toml
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 WAIT_MS = 30_000
@@ -320,6 +320,17 @@ def test_sharex_config_with_the_token_is_made_in_the_browser(live_server, visit)
     assert config["RequestURL"] == f"{server.url}/upload"
     # The token stayed in the browser: no request carried it in its URL.
     assert not [url for url in browser_visit.requests if server.env["AUTH_TOKEN"] in url]
+
+
+def test_sharex_without_a_public_address_says_why(live_server, visit) -> None:
+    server = start(live_server, **MEGA_OUT_OF_REACH, PUBLIC_BASE_URL=None)
+    page = visit(server).open()
+    page.get_by_label("Token or ticket").fill(server.env["AUTH_TOKEN"])
+    page.get_by_text("ShareX and other clients").click()
+
+    page.get_by_role("button", name="ShareX uploader with my token or ticket").click()
+
+    expect(page.get_by_role("alert")).to_contain_text("PUBLIC_BASE_URL")
 
 
 def test_docs_render_from_the_service_alone(live_server, visit) -> None:

@@ -36,7 +36,7 @@ from app.api.errors import ApiError
 from app.logging_setup import JsonFormatter
 from app.serving.logs import Redactor, install_redaction
 from app.shared_state import MemoryState
-from tests.conftest import ROOT, ServerProcess, free_port, start_server
+from tests.conftest import MEGA_OUT_OF_REACH, ROOT, ServerProcess, free_port, start_server
 
 WAIT_S = 20
 PROBE = "127.0.0.2"  # the probing client's own address
@@ -541,6 +541,26 @@ def test_development_run_links_point_at_itself_not_the_host_header(live_server) 
     response = upload(server, b"data", Host="evil.example")
     assert response.status_code == 200
     assert response.json()["link"].startswith(f"http://localhost:{server.port}/files/")
+
+
+def test_sharex_config_never_comes_from_the_host_header(serve) -> None:
+    server = serve()
+    with client_from(PROBE) as http:
+        answer = http.get(f"{server.url}/sharex.sxcu", headers={"Host": "evil.example"})
+    assert answer.status_code == 200
+    assert "evil" not in answer.text and "evil" not in answer.headers["content-disposition"]
+    assert answer.json()["RequestURL"] == server.env["PUBLIC_BASE_URL"] + "/upload"
+    assert answer.headers["cache-control"] == "no-store"
+
+
+def test_mega_without_public_base_url_gives_no_sharex_config(live_server) -> None:
+    server = live_server(**MEGA_OUT_OF_REACH, PUBLIC_BASE_URL=None)
+    with client_from(PROBE) as http:
+        answer = http.get(f"{server.url}/sharex.sxcu", headers={"Host": "evil.example"})
+    assert answer.status_code == 501
+    assert answer.json()["code"] == "sharex_unavailable"
+    assert "PUBLIC_BASE_URL" in answer.json()["message"] and "evil" not in answer.text
+    assert answer.headers["cache-control"] == "no-store"
 
 
 def test_served_local_storage_without_public_base_url_stops_in_one_line(tmp_path) -> None:

@@ -52,7 +52,16 @@ STORAGE_ERRORS: list[tuple[type[StorageError], int, str]] = [
 ]
 
 Scope = Literal[
-    "all", "params", "token", "caller", "upload", "multipart", "tickets", "download", "ready"
+    "all",
+    "params",
+    "token",
+    "caller",
+    "upload",
+    "multipart",
+    "tickets",
+    "download",
+    "ready",
+    "sharex",
 ]
 
 
@@ -64,9 +73,9 @@ class CatalogueEntry:
     operation), ``params`` (operations whose parameters or body can be invalid), ``token``
     (operations that take a token), ``caller`` (operations that take a token or a ticket:
     uploads and ``POST /tickets``), ``upload`` (the upload routes), ``multipart``
-    (``POST /upload``), ``tickets``, ``download`` and ``ready``. A test checks that every
-    status and code the code base can answer with has an entry here, so the document
-    cannot fall behind.
+    (``POST /upload``), ``tickets``, ``download``, ``ready`` and ``sharex``. A test checks
+    that every status and code the code base can answer with has an entry here, so the
+    document cannot fall behind.
     """
 
     status: int
@@ -302,6 +311,13 @@ CATALOGUE += [
         "tickets",
         "TICKET_SECRET is not configured.",
         "tickets are not enabled: set TICKET_SECRET",
+    ),
+    CatalogueEntry(
+        501,
+        "sharex_unavailable",
+        "sharex",
+        "PUBLIC_BASE_URL is not configured, and the Host header is never trusted.",
+        "no ShareX config: the service's public address is not configured (PUBLIC_BASE_URL)",
     ),
 ]
 # The storage failures come from STORAGE_ERRORS, so a row added there is documented too.

@@ -9,9 +9,10 @@ from __future__ import annotations
 from functools import cache
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import fastapi_offline
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import APIRouter, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse, JSONResponse
@@ -20,7 +21,7 @@ from pydantic import BaseModel, Field
 
 from app import __version__
 from app.api.deps import ServicesDep
-from app.api.errors import catalogue_responses
+from app.api.errors import ApiError, catalogue_responses
 from app.api.models import ErrorBody
 from app.config import Settings
 
@@ -106,13 +107,25 @@ async def client_config(services: ServicesDep) -> ClientConfig:
     description=(
         "The token is never embedded: ShareX asks for nothing, so paste your token or "
         "ticket into the `X-Auth-Token` header in ShareX, or download the config from the "
-        "upload page, which adds it in the browser without sending it anywhere."
+        "upload page, which adds it in the browser without sending it anywhere. The "
+        "address in it is `PUBLIC_BASE_URL`, never the request's `Host`; without that "
+        "setting there is no config."
     ),
     responses={200: {"content": {"application/json": {}}}},
 )
-async def sharex_config(request: Request, services: ServicesDep) -> JSONResponse:
-    base = services.settings.public_base_url or str(request.base_url).rstrip("/")
-    host = request.url.hostname or "paimon"
+async def sharex_config(services: ServicesDep) -> JSONResponse:
+    # The page puts the user's token into this file: built from the request's Host header
+    # (which any client, or a poisoned cache in between, chooses), it could send the token
+    # elsewhere. So only from PUBLIC_BASE_URL, and never stored by a cache.
+    base = services.settings.public_base_url
+    if base is None:
+        raise ApiError(
+            501,
+            "sharex_unavailable",
+            "no ShareX config: the service's public address is not configured (PUBLIC_BASE_URL)",
+            {"Cache-Control": "no-store"},
+        )
+    host = urlsplit(base).hostname or "paimon"
     config: dict[str, Any] = {
         "Version": "15.0.0",
         "Name": f"Paimon-server ({host})",
@@ -127,7 +140,10 @@ async def sharex_config(request: Request, services: ServicesDep) -> JSONResponse
     }
     return JSONResponse(
         config,
-        headers={"Content-Disposition": f'attachment; filename="paimon-{host}.sxcu"'},
+        headers={
+            "Content-Disposition": f'attachment; filename="paimon-{host}.sxcu"',
+            "Cache-Control": "no-store",
+        },
     )
 
 
@@ -198,6 +214,8 @@ def _scopes(path: str, operation: dict[str, Any]) -> set[str]:
         scopes.add("download")
     if path == "/ready":
         scopes.add("ready")
+    if path == "/sharex.sxcu":
+        scopes.add("sharex")
     return scopes
 
 

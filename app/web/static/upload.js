@@ -242,7 +242,13 @@ function downloadShareX() {
     announce("Enter your token or ticket first.");
     return;
   }
-  fetch("/sharex.sxcu").then((answer) => answer.json()).then((sxcu) => {
+  fetch("/sharex.sxcu", { cache: "no-store" }).then(async (answer) => {
+    const sxcu = await answer.json();
+    // Without PUBLIC_BASE_URL the service has no address to put in it: say so.
+    if (!answer.ok || !sxcu.Headers) {
+      showNotice(sxcu.message || `the service answered ${answer.status}`);
+      return;
+    }
     sxcu.Headers["X-Auth-Token"] = token;
     const blob = new Blob([JSON.stringify(sxcu, null, 2)], { type: "application/json" });
     const link = document.createElement("a");
@@ -250,7 +256,14 @@ function downloadShareX() {
     link.download = "paimon-with-token.sxcu";
     link.click();
     setTimeout(() => URL.revokeObjectURL(link.href), 1000);
-  });
+  }).catch(() => showNotice("the service could not be reached; check your connection"));
+}
+
+// A problem that belongs to no file's row, read out at once.
+function showNotice(message) {
+  const notice = $("sharex-notice");
+  notice.textContent = `No ShareX uploader: ${message}`;
+  notice.hidden = false;
 }
 
 function init() {
