@@ -23,6 +23,11 @@ from app.config import (
     load_settings,
     tokens_file_error,
 )
+from app.development_token import (
+    DEVELOPMENT_TOKEN_FILE,
+    DevelopmentTokenError,
+    development_token,
+)
 from app.logging_setup import configure_logging
 from app.main import create_app
 from app.serving import master
@@ -99,18 +104,34 @@ def _development_settings() -> tuple[Settings, list[str]]:
     overrides: dict[str, Any] = {}
     notes = []
     if not configured & {"AUTH_TOKEN", "TOKENS_FILE"}:
-        overrides["auth_token"] = generate_token()
-        notes.append(f"AUTH_TOKEN is not set; this run's token is: {overrides['auth_token']}")
+        try:
+            overrides["auth_token"], made = development_token(DEVELOPMENT_TOKEN_FILE)
+        except DevelopmentTokenError as error:
+            raise ConfigError(f"AUTH_TOKEN is not set, and the development token {error}") from None
+        notes.append(_token_note(overrides["auth_token"], made))
     if "STORAGE_BACKEND" not in configured and "MEGA_EMAIL" not in configured:
         overrides["storage_backend"] = "local"
-        notes.append("STORAGE_BACKEND and MEGA_EMAIL are not set; storing files on local disk")
     settings = load_settings(**overrides)
+    if "storage_backend" in overrides:
+        notes.append(
+            "STORAGE_BACKEND and MEGA_EMAIL are not set; storing files on local disk in "
+            f"{settings.local_storage_dir.resolve()}"
+        )
     if "PUBLIC_BASE_URL" not in configured and settings.storage_backend == "local":
         # Never from the request's Host header, which any client chooses.
         host = "localhost" if settings.host in {"0.0.0.0", "::", "127.0.0.1"} else settings.host
         settings = load_settings(**overrides, public_base_url=f"http://{host}:{settings.port}")
         notes.append(f"PUBLIC_BASE_URL is not set; links point at {settings.public_base_url}")
     return settings, notes
+
+
+def _token_note(token: str, made: bool) -> str:
+    """Where the development token is; the token itself only to a terminal, where a person
+    reads it, never into a log file or a collector that stderr may be going to."""
+    path = DEVELOPMENT_TOKEN_FILE
+    kept = f"made a token and keeps it in {path}" if made else f"using the token kept in {path}"
+    shown = f": {token}" if sys.stderr.isatty() else f" (export TOKEN=$(cat {path}))"
+    return f"AUTH_TOKEN is not set; {kept} (mode 0600, the same on every run){shown}"
 
 
 def mega_session() -> None:

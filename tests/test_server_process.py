@@ -5,9 +5,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import shutil
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -180,22 +180,32 @@ def test_concurrent_uploads_all_succeed_intact(live_server) -> None:
     assert spool_is_empty_soon(server.tmp / "spool")
 
 
-def test_development_run_generates_a_token_and_serves_local_storage(
+def test_development_run_keeps_its_token_across_restarts_and_serves_local_storage(
     live_server, tmp_path: Path
 ) -> None:
-    server = live_server(
-        [sys.executable, str(ROOT / "server.py")],
-        cwd=tmp_path,
-        AUTH_TOKEN=None,
-        STORAGE_BACKEND=None,
-        LOCAL_STORAGE_DIR=None,
-    )
-    match = re.search(r"this run's token is: (\S+)", server.log())
-    assert match, server.log()
-    assert server.log().count(match.group(1)) == 1, "the token is printed exactly once"
+    def development_run() -> ServerProcess:
+        return live_server(
+            [sys.executable, str(ROOT / "server.py")],
+            cwd=tmp_path,
+            AUTH_TOKEN=None,
+            STORAGE_BACKEND=None,
+            LOCAL_STORAGE_DIR=None,
+        )
+
+    first = development_run()
+    kept = tmp_path / "data" / "development-token"
+    token = kept.read_text().strip()
+    assert len(token) >= 32 and stat.S_IMODE(kept.stat().st_mode) == 0o600
+    # Not a terminal: the log says where the token is, never the token.
+    assert "data/development-token" in first.log() and token not in first.log()
+    assert f"local disk in {tmp_path / 'data' / 'files'}" in first.log()
+    first.stop()
+
+    server = development_run()
+    assert kept.read_text().strip() == token, "the same token on every run"
     response = httpx.put(
         f"{server.url}/files/first.txt",
-        headers={"Authorization": f"Bearer {match.group(1)}"},
+        headers={"Authorization": f"Bearer {token}"},
         content=b"hello",
         timeout=WAIT_S,
     )
@@ -203,6 +213,7 @@ def test_development_run_generates_a_token_and_serves_local_storage(
     assert response.json()["service"] == "local"
     assert (tmp_path / "data" / "files" / response.json()["handle"] / "first.txt").exists()
     assert httpx.put(f"{server.url}/files/x", content=b"1", timeout=WAIT_S).status_code == 401
+    assert token not in server.log()
 
 
 def test_a_client_that_stops_sending_gets_408_and_frees_its_slot(live_server) -> None:
