@@ -7,6 +7,7 @@ const $ = (id) => document.getElementById(id);
 let config = { services: [], default_service: "", max_upload_bytes: Infinity, tickets: false };
 const queue = [];
 let busy = false;
+let chosen = [];  // picked or dropped, sent when Upload is pressed
 
 function formatBytes(n) {
   const units = ["B", "KiB", "MiB", "GiB", "TiB"];
@@ -44,7 +45,7 @@ async function loadConfig() {
   }
   if (isFinite(config.max_upload_bytes)) {
     $("limit").textContent =
-      `Choose one or more files, or drop them here. Up to ${formatBytes(config.max_upload_bytes)} each.`;
+      `Choose one or more files, or drop them here, then press Upload. Up to ${formatBytes(config.max_upload_bytes)} each.`;
   }
 }
 
@@ -213,13 +214,21 @@ async function drain() {
   busy = false;
 }
 
+// Files to send once Upload is pressed; choosing alone starts nothing.
+function choose(files) {
+  chosen = [...files];
+  const names = chosen.map((file) => file.name).join(", ");
+  const count = chosen.length === 1 ? "1 file" : `${chosen.length} files`;
+  $("chosen").textContent = chosen.length ? `${count} chosen: ${names}. Press Upload to send.` : "";
+}
+
 function enqueue(files) {
-  if (!files.length) return;
+  if (!files.length) return false;
   if (!$("token").value.trim()) {
     $("token").setAttribute("aria-invalid", "true");
     $("token").focus();
-    announce("Enter your token or ticket first, then choose the files again.");
-    return;
+    announce("Enter your token or ticket first, then press Upload again.");
+    return false;
   }
   $("token").removeAttribute("aria-invalid");
   keepToken();
@@ -231,8 +240,8 @@ function enqueue(files) {
       queue.push({ file, row });
     }
   }
-  $("files").value = "";
   drain();
+  return true;
 }
 
 function downloadShareX() {
@@ -271,17 +280,18 @@ function init() {
   loadConfig();
   $("remember").addEventListener("change", keepToken);
   $("token").addEventListener("change", keepToken);
-  $("files").addEventListener("change", () => {
-    if ($("token").value.trim()) enqueue([...$("files").files]);
-  });
+  $("files").addEventListener("change", () => choose($("files").files));
   $("upload-form").addEventListener("submit", (event) => {
     event.preventDefault();
-    if (!$("files").files.length) {
+    if (!chosen.length) {
       $("files").focus();
       announce("Choose one or more files first.");
       return;
     }
-    enqueue([...$("files").files]);
+    if (enqueue(chosen)) {
+      $("files").value = "";
+      choose([]);
+    }
   });
   // The whole page takes drops, so a file dropped beside the box is not opened instead.
   const drop = $("drop");
@@ -290,7 +300,7 @@ function init() {
   document.addEventListener("drop", (event) => {
     event.preventDefault();
     drop.classList.remove("over");
-    enqueue([...event.dataTransfer.files]);
+    choose(event.dataTransfer.files);
   });
   $("sharex-with-token").addEventListener("click", downloadShareX);
 }
