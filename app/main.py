@@ -45,12 +45,14 @@ CONNECT_RETRY_S = 30.0
 
 async def _connect(
     backend: StorageBackend, on_refused: Callable[[StorageLoginFailed], None] | None
-) -> None:
+) -> bool:
     """Connect the backend in a worker thread until it works, so that the first upload
     does not pay for the log-in; /health answers all along. Refused credentials can never
-    start working: ``on_refused`` (the entry point's, which stops the service) is told."""
+    start working: ``on_refused`` (the entry point's, which stops the service) is told.
+    True once the backend can store (at once for one that needs no connection)."""
     if not supports_connect(backend):
-        return
+        return True
+    log.info("connecting to storage (%s); /health answers meanwhile", backend.name)
     while True:
         try:
             await to_thread.run_sync(backend.connect, abandon_on_cancel=True)
@@ -58,7 +60,7 @@ async def _connect(
             log.error("storage refused the credentials: %s", refused)
             if on_refused is not None:
                 on_refused(refused)
-            return
+            return False
         except StorageError as error:
             log.warning(
                 "storage not reachable yet (%s); trying again in %g s", error, CONNECT_RETRY_S
@@ -66,7 +68,24 @@ async def _connect(
             await anyio.sleep(CONNECT_RETRY_S)
             continue
         log.info("storage connected")
-        return
+        return True
+
+
+async def _connect_then_announce(
+    backend: StorageBackend,
+    on_refused: Callable[[StorageLoginFailed], None] | None,
+    announcement: str,
+) -> None:
+    # "ready" only once it is true: never before a MEGA log-in that then fails.
+    if await _connect(backend, on_refused):
+        log.info("%s", announcement)
+
+
+def _storage_description(backend: StorageBackend) -> str:
+    """The backend's name, and for local storage the directory files go to."""
+    if isinstance(backend, LocalBackend):
+        return f"{backend.name} in {backend.root.resolve()}"
+    return backend.name
 
 
 def create_app(
@@ -103,15 +122,12 @@ def create_app(
         await to_thread.run_sync(spool.prepare)
         await to_thread.run_sync(backend.start)
         stop_watching = watch_sighup(services.tokens.request_reload)
-        log.info(
-            "Paimon-server %s ready: storage=%s, max upload %d bytes, %d concurrent uploads",
-            __version__,
-            backend.name,
-            spool.limit,
-            settings.max_concurrent_uploads,
+        ready = (
+            f"Paimon-server {__version__} ready: storage={_storage_description(backend)}, "
+            f"max upload {spool.limit} bytes, {settings.max_concurrent_uploads} concurrent uploads"
         )
         async with anyio.create_task_group() as tasks:
-            tasks.start_soon(_connect, backend, on_refused)
+            tasks.start_soon(_connect_then_announce, backend, on_refused, ready)
             try:
                 yield
             finally:

@@ -111,6 +111,16 @@ class ServerProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def log_line(self, text: str, wait_s: float = 15) -> str:
+        """The first line of the log that holds ``text``, waiting up to ``wait_s`` for it."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            lines = [line for line in self.log().splitlines() if text in line]
+            if lines:
+                return lines[0]
+            assert time.monotonic() < deadline, f"no {text!r} in the log:\n{self.log()}"
+            time.sleep(0.05)
+
     def stop(self) -> int:
         if self.process.poll() is None:
             self.process.terminate()

@@ -57,6 +57,9 @@ def test_readme_demo_against_the_emulator_round_trips_a_file(tmp_path: Path) -> 
         )
         assert answer.status_code == 200, answer.text
         assert answer.json()["link"].startswith("https://mega.nz/file/")
+        # "ready" is logged once the log-in is done, not before.
+        server.log_line("ready: storage=mega")
+        assert server.log().index("storage connected") < server.log().index("ready:")
         fetched = tmp_path / "fetched.jpg"
         check = subprocess.run(
             [

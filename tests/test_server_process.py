@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import ROOT, ServerProcess
+from tests.conftest import MEGA_OUT_OF_REACH, ROOT, ServerProcess
 
 WAIT_S = 15
 
@@ -467,3 +467,50 @@ def test_a_nameless_file_part_from_curl_is_stored_under_the_default_name(
     answer = json.loads(done.stdout)
     assert answer["filename"] == "upload.bin"
     assert httpx.get(answer["link"], timeout=WAIT_S).content == source.read_bytes()
+
+
+def test_ready_says_where_local_files_go(live_server) -> None:
+    server = live_server()
+    line = server.log_line(" ready: ")
+    assert f"storage=local in {server.tmp / 'files'}," in line
+
+
+def test_ready_is_not_logged_before_storage_is_connected(live_server) -> None:
+    server = live_server(**MEGA_OUT_OF_REACH, PUBLIC_BASE_URL=None, MEGA_RETRY_ATTEMPTS="1")
+    server.log_line("storage not reachable yet")
+    assert " ready" not in server.log()
+    assert httpx.get(f"{server.url}/ready", timeout=WAIT_S).status_code == 503
+
+
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_a_refused_put_logs_the_name_of_the_file(live_server, log_format: str) -> None:
+    server = live_server(LOG_FORMAT=log_format)
+    refused = httpx.put(
+        f"{server.url}/files/quarterly%20report.pdf",
+        headers={"X-Auth-Token": "not-the-token-of-anyone"},
+        content=b"x",
+        timeout=WAIT_S,
+    )
+    assert refused.status_code == 403
+    line = server.log_line("upload invalid_token")
+    if log_format == "json":
+        assert json.loads(line)["upload"]["name"] == "quarterly report.pdf"
+        line = json.loads(line)["message"]
+    assert 'upload invalid_token: "quarterly report.pdf"' in line
+
+
+def test_head_on_a_download_link_answers_like_get_without_a_body(live_server) -> None:
+    server = live_server()
+    data = os.urandom(5000)
+    with httpx.Client(timeout=WAIT_S) as http:
+        link = http.put(
+            f"{server.url}/files/photo.jpg", headers=token_of(server), content=data
+        ).json()["link"]
+        got = http.get(link)
+        head = http.head(link)
+        missing = http.head(f"{server.url}/files/{'A' * 22}/photo.jpg")
+    assert head.status_code == 200 and head.content == b""
+    for name in ["content-length", "content-type", "content-disposition", "etag"]:
+        assert head.headers[name] == got.headers[name], name
+    assert int(head.headers["content-length"]) == len(data) == len(got.content)
+    assert missing.status_code == 404

@@ -45,6 +45,9 @@ class UploadRecord:
     method: str
     started: float
     token: str = "-"
+    # The file name as the request gives it before any body is read (a PUT's path), so
+    # that a refused upload still says which file it was.
+    name: str | None = None
     admitted: bool = False
     # Called in a thread with (stored, size) once the answer is sent: quotas, ticket uses.
     settle: Callable[[bool, int], None] | None = None
@@ -129,7 +132,7 @@ async def _finish_upload(record: UploadRecord, status: int, body: bytes) -> None
     seconds = time.monotonic() - record.started
     metrics.upload_finished(record.backend, record.method, outcome, size, seconds, record.admitted)
     summary = {
-        "name": answer.get("filename"),
+        "name": answer.get("filename") or record.name,
         "size": size,
         "duration_s": round(seconds, 3),
         "backend": record.backend,

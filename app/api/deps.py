@@ -16,7 +16,7 @@ from app.api.context import cap_body, start_upload_record
 from app.api.errors import ApiError
 from app.api.receive import MULTIPART_OVERHEAD, check_declared_length
 from app.config import Settings
-from app.filenames import InvalidFilename, safe_filename
+from app.filenames import InvalidFilename, filename_or_default, safe_filename
 from app.last_good_tokens import LastGoodTokens
 from app.logging_setup import token_name
 from app.ratelimit import LimitExceeded, UploadLimits
@@ -167,6 +167,8 @@ async def require_token(
     state = request.scope.setdefault("state", {})
     method = "multipart" if request.method == "POST" else "raw"
     record = start_upload_record(state, services.backend.name, method)
+    if "filename" in request.path_params:
+        record.name = filename_or_default(request.path_params["filename"])
     offered = offered_credential(x_auth_token, authorization)
     caller = await _identify(services, offered, request)
     record.token = caller.name
