@@ -12,6 +12,7 @@ this module's state) without being told: ``last_good_tokens`` in a worker return
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Mapping, Sequence
 
 from app.config import ConfigError, check_served_settings, load_settings, tokens_file_error
@@ -40,12 +41,22 @@ def check_once(argv: Sequence[str], environ: Mapping[str, str] = os.environ) -> 
         if settings.tokens_file is not None:
             text = read_tokens_text(settings.tokens_file)
             parse_tokens(text, int(settings.max_upload_bytes))
-            _last_good = LastGoodTokens(text)
+            _last_good = _keep(text)
     except TokensFileError as error:
         stop_for(tokens_file_error(error))
     except ConfigError as error:
         stop_for(error)
     _checked = True
+
+
+def _keep(text: str) -> LastGoodTokens:
+    try:
+        return LastGoodTokens(text)
+    except OSError as error:
+        raise ConfigError(
+            f"TMPDIR {tempfile.gettempdir()} cannot hold the workers' copy of TOKENS_FILE "
+            f"({error.strerror}); point TMPDIR at a writable directory"
+        ) from None
 
 
 def last_good_tokens() -> LastGoodTokens | None:
