@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pty
+import select
 import shutil
 import socket
 import stat
@@ -17,7 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import MEGA_OUT_OF_REACH, ROOT, ServerProcess
+from tests.conftest import MEGA_OUT_OF_REACH, ROOT, ServerProcess, free_port, service_env
 
 WAIT_S = 15
 
@@ -514,3 +516,30 @@ def test_head_on_a_download_link_answers_like_get_without_a_body(live_server) ->
         assert head.headers[name] == got.headers[name], name
     assert int(head.headers["content-length"]) == len(data) == len(got.content)
     assert missing.status_code == 404
+
+
+def test_development_run_shows_its_token_on_a_terminal(tmp_path: Path) -> None:
+    env = service_env(tmp_path, free_port(), {"AUTH_TOKEN": None, "STORAGE_BACKEND": None})
+    controller, terminal = pty.openpty()
+    process = subprocess.Popen(
+        [sys.executable, str(ROOT / "server.py")],
+        cwd=tmp_path,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=terminal,
+    )
+    os.close(terminal)
+    shown = b""
+    try:
+        deadline = time.monotonic() + WAIT_S
+        while b"AUTH_TOKEN is not set" not in shown or not shown.endswith(b"\n"):
+            assert time.monotonic() < deadline, shown
+            if select.select([controller], [], [], 0.2)[0]:
+                shown += os.read(controller, 4096)
+    finally:
+        process.terminate()
+        process.wait(timeout=WAIT_S)
+        os.close(controller)
+    token = (tmp_path / "data" / "development-token").read_text().strip()
+    assert f"data/development-token (mode 0600, the same on every run): {token}" in shown.decode()
