@@ -154,11 +154,6 @@ def read_tokens_text(path: Path) -> str:
         raise TokensFileError(f"cannot read {path}: {reason}") from None
 
 
-def read_tokens_file(path: Path, max_upload_bytes: int) -> tuple[dict[str, TokenPolicy], list[str]]:
-    """Parse the file at ``path``; TokensFileError (one line) if it cannot be used."""
-    return parse_tokens(read_tokens_text(path), max_upload_bytes)
-
-
 class TokenRegistry:
     """The tokens in force: AUTH_TOKEN as ``default`` plus the file's, kept up to date.
 
