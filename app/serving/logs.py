@@ -76,7 +76,8 @@ def _redact_shapes(text: str) -> str:
 
 
 class Redactor:
-    """Replaces the given secrets and every query-string value in a text."""
+    """Replaces the given secrets, every query-string value and whatever is shaped like a
+    credential (``looks_like_a_secret``) in a text."""
 
     def __init__(self, secrets: Iterable[str]) -> None:
         # Longest first, so that a secret containing another is replaced whole.
