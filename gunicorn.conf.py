@@ -8,8 +8,16 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
+
+from app.serving import master
+
+# The service's settings, checked once here in the master before gunicorn binds or starts
+# a worker: a bad one stops start-up with one line naming it (exit status 3). Also keeps
+# the tokens file for workers started later while it is bad (app/serving/master.py).
+master.check_once(sys.argv)
 
 
 def _int_env(name: str, default: int) -> int:

@@ -13,22 +13,30 @@ import sys
 from typing import Any
 
 from dotenv import dotenv_values
+from fastapi import FastAPI
 
+from app.access.development_token import (
+    DEVELOPMENT_TOKEN_FILE,
+    DevelopmentTokenError,
+    development_token,
+)
+from app.access.tokens import TokensFileError
 from app.config import (
     ConfigError,
     Settings,
     check_served_settings,
     generate_token,
     load_settings,
+    tokens_file_error,
 )
 from app.logging_setup import configure_logging
 from app.main import create_app
+from app.serving import master
 from app.serving.logs import install_redaction
 from app.serving.protocol import limited_protocol
+from app.serving.startup import BOOT_ERROR, stop_for
 from app.storage.base import StorageLoginFailed
 
-# gunicorn stops, instead of restarting workers forever, when a worker exits with 3.
-BOOT_ERROR = 3
 _app = None
 
 # Uploads keep several worker threads busy with crypto and sockets. A shorter interval
@@ -36,11 +44,6 @@ _app = None
 # /health and other small requests are not queued behind them. Measured on 2 cores with
 # 8 uploads at once: /health p99 about 36 ms with 1 ms, about 43 ms with the default.
 sys.setswitchinterval(0.001)
-
-
-def _exit_with(error: ConfigError) -> None:
-    print(f"paimon-server: configuration error: {error}", file=sys.stderr, flush=True)
-    raise SystemExit(BOOT_ERROR)
 
 
 def _refused(error: StorageLoginFailed) -> None:
@@ -79,10 +82,19 @@ def __getattr__(name: str) -> Any:
             settings = load_settings()
             check_served_settings(settings)
         except ConfigError as error:
-            _exit_with(error)
+            stop_for(error)
         _configure_logging(settings)
-        _app = create_app(settings, on_refused=_refused)
+        _app = _create_app(settings)
     return _app
+
+
+def _create_app(settings: Settings) -> FastAPI:
+    # In a gunicorn worker the master has checked TOKENS_FILE and keeps the instance's
+    # last good one: a file that went bad since is refused in the log instead of stopping.
+    try:
+        return create_app(settings, on_refused=_refused, last_good_tokens=master.last_good_tokens())
+    except TokensFileError as error:
+        stop_for(tokens_file_error(error))
 
 
 def _development_settings() -> tuple[Settings, list[str]]:
@@ -92,18 +104,34 @@ def _development_settings() -> tuple[Settings, list[str]]:
     overrides: dict[str, Any] = {}
     notes = []
     if not configured & {"AUTH_TOKEN", "TOKENS_FILE"}:
-        overrides["auth_token"] = generate_token()
-        notes.append(f"AUTH_TOKEN is not set; this run's token is: {overrides['auth_token']}")
+        try:
+            overrides["auth_token"], made = development_token(DEVELOPMENT_TOKEN_FILE)
+        except DevelopmentTokenError as error:
+            raise ConfigError(f"AUTH_TOKEN is not set, and the development token {error}") from None
+        notes.append(_token_note(overrides["auth_token"], made))
     if "STORAGE_BACKEND" not in configured and "MEGA_EMAIL" not in configured:
         overrides["storage_backend"] = "local"
-        notes.append("STORAGE_BACKEND and MEGA_EMAIL are not set; storing files on local disk")
     settings = load_settings(**overrides)
+    if "storage_backend" in overrides:
+        notes.append(
+            "STORAGE_BACKEND and MEGA_EMAIL are not set; storing files on local disk in "
+            f"{settings.local_storage_dir.resolve()}"
+        )
     if "PUBLIC_BASE_URL" not in configured and settings.storage_backend == "local":
         # Never from the request's Host header, which any client chooses.
         host = "localhost" if settings.host in {"0.0.0.0", "::", "127.0.0.1"} else settings.host
         settings = load_settings(**overrides, public_base_url=f"http://{host}:{settings.port}")
         notes.append(f"PUBLIC_BASE_URL is not set; links point at {settings.public_base_url}")
     return settings, notes
+
+
+def _token_note(token: str, made: bool) -> str:
+    """Where the development token is; the token itself only to a terminal, where a person
+    reads it, never into a log file or a collector that stderr may be going to."""
+    path = DEVELOPMENT_TOKEN_FILE
+    kept = f"made a token and keeps it in {path}" if made else f"using the token kept in {path}"
+    shown = f": {token}" if sys.stderr.isatty() else f" (export TOKEN=$(cat {path}))"
+    return f"AUTH_TOKEN is not set; {kept} (mode 0600, the same on every run){shown}"
 
 
 def mega_session() -> None:
@@ -114,7 +142,7 @@ def mega_session() -> None:
     try:
         settings = load_settings(auth_token=generate_token(), storage_backend="mega")
     except ConfigError as error:
-        _exit_with(error)
+        stop_for(error)
     raise SystemExit(print_session(settings))
 
 
@@ -127,12 +155,12 @@ def main() -> None:
     try:
         settings, notes = _development_settings()
     except ConfigError as error:
-        _exit_with(error)
+        stop_for(error)
     _configure_logging(settings)
     for note in notes:
         print(f"paimon-server (development run): {note}", file=sys.stderr, flush=True)
     uvicorn.run(
-        create_app(settings, on_refused=_refused),
+        _create_app(settings),
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,

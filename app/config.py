@@ -13,10 +13,11 @@ import tempfile
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import redis
 from pydantic import ByteSize, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from app.access.tokens import TokensFileError, read_tokens_file
+from app.access.tokens import TokensFileError
 
 MIN_TOKEN_LENGTH = 16
 # How a MEGA_SESSION value begins (app.storage.mega.session writes and reads the rest).
@@ -153,8 +154,18 @@ class Settings(BaseSettings):
     @field_validator("redis_url")
     @classmethod
     def _is_redis_url(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is not None and not re.match(r"(rediss?|unix)://", value.get_secret_value()):
+        if value is None:
+            return None
+        url = value.get_secret_value()
+        if not re.match(r"(rediss?|unix)://", url):
             raise ValueError("must start with redis://, rediss:// or unix://")
+        try:
+            # The parse the service itself does later (no connection is made), so that a
+            # bad URL stops start-up here in one line. redis-py's message can quote parts
+            # of the URL, the password among them: it is not passed on.
+            redis.ConnectionPool.from_url(url)
+        except ValueError:
+            raise ValueError("is not a valid URL: check its host, port and options") from None
         return value
 
     @field_validator("log_level", "storage_backend", "log_format", mode="before")
@@ -239,13 +250,10 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _someone_may_upload(self) -> Settings:
+        # The file itself is read where its tokens are put in force (app.access.tokens): a bad
+        # file stops the first process of a service, never a gunicorn worker started later.
         if self.auth_token is None and self.tokens_file is None:
             raise ValueError(f"AUTH_TOKEN is not set ({_HINTS['auth_token']}; or set TOKENS_FILE)")
-        if self.tokens_file is not None:
-            try:
-                read_tokens_file(self.tokens_file, int(self.max_upload_bytes))
-            except TokensFileError as error:
-                raise ValueError(f"TOKENS_FILE {error}") from None
         return self
 
     @model_validator(mode="after")
@@ -296,6 +304,11 @@ def check_served_settings(settings: Settings) -> None:
             "point back at this service: set the address clients use, e.g. "
             "https://files.example.org or http://localhost:8080)"
         )
+
+
+def tokens_file_error(error: TokensFileError) -> ConfigError:
+    """The start-up error for a TOKENS_FILE that cannot be used, in the usual one line."""
+    return ConfigError(f"TOKENS_FILE {error}")
 
 
 def generate_token() -> str:

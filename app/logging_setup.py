@@ -13,6 +13,8 @@ import logging
 from datetime import UTC, datetime
 from typing import Any
 
+from app.serving.logs import redact_fields
+
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
 token_name: contextvars.ContextVar[str] = contextvars.ContextVar("token_name", default="")
 
@@ -45,7 +47,9 @@ class JsonFormatter(logging.Formatter):
             entry["token"] = name
         for key, value in vars(record).items():
             if key not in _STANDARD and not key.startswith("_"):
-                entry[key] = value
+                # Fields given with extra= (an upload's file name) missed the redaction
+                # every record gets where it is made.
+                entry[key] = redact_fields(value)
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         elif record.exc_text:  # already formatted (and redacted) where the record was made

@@ -11,6 +11,7 @@ from anyio import to_thread
 from fastapi import FastAPI
 
 from app import __version__
+from app.access.last_good_tokens import LastGoodTokens
 from app.access.tokens import watch_sighup
 from app.api import downloads, health, metrics, tickets, uploads
 from app.api.context import RequestContextMiddleware
@@ -43,12 +44,14 @@ CONNECT_RETRY_S = 30.0
 
 async def _connect(
     backend: Connecting | None, on_refused: Callable[[StorageLoginFailed], None] | None
-) -> None:
+) -> bool:
     """Connect the backend in a worker thread until it works, so that the first upload
     does not pay for the log-in; /health answers all along. Refused credentials can never
-    start working: ``on_refused`` (the entry point's, which stops the service) is told."""
+    start working: ``on_refused`` (the entry point's, which stops the service) is told.
+    True once the backend can store (at once for one that needs no connection)."""
     if backend is None:
-        return
+        return True
+    log.info("connecting to storage; /health answers meanwhile")
     while True:
         try:
             await to_thread.run_sync(backend.connect, abandon_on_cancel=True)
@@ -56,7 +59,7 @@ async def _connect(
             log.error("storage refused the credentials: %s", refused)
             if on_refused is not None:
                 on_refused(refused)
-            return
+            return False
         except StorageError as error:
             log.warning(
                 "storage not reachable yet (%s); trying again in %g s", error, CONNECT_RETRY_S
@@ -64,22 +67,41 @@ async def _connect(
             await anyio.sleep(CONNECT_RETRY_S)
             continue
         log.info("storage connected")
-        return
+        return True
+
+
+async def _connect_then_announce(
+    backend: Connecting | None,
+    on_refused: Callable[[StorageLoginFailed], None] | None,
+    announcement: str,
+) -> None:
+    # "ready" only once it is true: never before a MEGA log-in that then fails.
+    if await _connect(backend, on_refused):
+        log.info("%s", announcement)
 
 
 def create_app(
     settings: Settings,
     backend: StorageBackend | None = None,
     on_refused: Callable[[StorageLoginFailed], None] | None = None,
+    last_good_tokens: LastGoodTokens | None = None,
 ) -> FastAPI:
     """Build the service for ``settings``; ``backend`` replaces the configured one if given.
-    ``on_refused`` is called when the storage refuses the credentials at start-up."""
+    ``on_refused`` is called when the storage refuses the credentials at start-up.
+    ``last_good_tokens``: the instance's running tokens, when this is a gunicorn worker.
+    Raises TokensFileError when TOKENS_FILE cannot be used and there is no such fallback."""
     # The shared state first: the MEGA backend keeps its session and log-in lock in it.
     redis_url = settings.redis_url.get_secret_value() if settings.redis_url else None
     shared = build_shared_state(redis_url)
     backend = backend or build_backend(settings, shared)
     spool = Spool(settings.temp_upload_dir)
-    services = Services(settings=settings, backend=backend, spool=spool, shared=shared)
+    services = Services(
+        settings=settings,
+        backend=backend,
+        spool=spool,
+        shared=shared,
+        last_good_tokens=last_good_tokens,
+    )
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -92,15 +114,15 @@ def create_app(
         await to_thread.run_sync(spool.prepare)
         await to_thread.run_sync(backend.start)
         stop_watching = watch_sighup(services.tokens.request_reload)
-        log.info(
-            "Paimon-server %s ready: storage=%s, max upload %d bytes, %d concurrent uploads",
-            __version__,
-            backend.name,
-            int(settings.max_upload_bytes),
-            settings.max_concurrent_uploads,
+        ready = (
+            f"Paimon-server {__version__} ready: storage={backend.name} in {backend.location()}, "
+            f"max upload {int(settings.max_upload_bytes)} bytes, "
+            f"{settings.max_concurrent_uploads} concurrent uploads"
         )
         async with anyio.create_task_group() as tasks:
-            tasks.start_soon(_connect, services.capabilities.connect, on_refused)
+            tasks.start_soon(
+                _connect_then_announce, services.capabilities.connect, on_refused, ready
+            )
             try:
                 yield
             finally:

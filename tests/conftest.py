@@ -29,6 +29,22 @@ ROOT = Path(__file__).resolve().parent.parent
 START_TIMEOUT_S = 20
 
 
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+# Settings for the MEGA backend with MEGA out of reach (nothing listens on that port): the
+# log-in fails in the background and is tried again, while the service answers.
+MEGA_OUT_OF_REACH = {
+    "STORAGE_BACKEND": "mega",
+    "MEGA_EMAIL": "someone@example.com",
+    "MEGA_PASSWORD": "a-password-nobody-checks",
+    "MEGA_API_URL": f"http://127.0.0.1:{free_port()}",
+}
+
+
 @pytest.fixture
 def token() -> str:
     return secrets.token_urlsafe(24)
@@ -83,12 +99,6 @@ def auth(token: str) -> dict[str, str]:
     return {"X-Auth-Token": token}
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @dataclass
 class ServerProcess:
     url: str
@@ -100,6 +110,16 @@ class ServerProcess:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+    def log_line(self, text: str, wait_s: float = 15) -> str:
+        """The first line of the log that holds ``text``, waiting up to ``wait_s`` for it."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            lines = [line for line in self.log().splitlines() if text in line]
+            if lines:
+                return lines[0]
+            assert time.monotonic() < deadline, f"no {text!r} in the log:\n{self.log()}"
+            time.sleep(0.05)
 
     def stop(self) -> int:
         if self.process.poll() is None:
@@ -134,6 +154,28 @@ def start_server(
 ) -> ServerProcess:
     """Run the service as a real process on 127.0.0.1 and wait until /health answers."""
     port = free_port()
+    env = service_env(tmp_path, port, env_overrides)
+    argv = argv or [sys.executable, "-m", "uvicorn", "server:app", "--port", str(port)]
+    argv = [part.replace("{port}", str(port)) for part in argv]
+    log_path = tmp_path / f"server-{port}.log"
+    with log_path.open("wb") as log_file:
+        process = subprocess.Popen(
+            argv, cwd=cwd, env=env, stdout=log_file, stderr=subprocess.STDOUT
+        )
+    url = f"http://127.0.0.1:{port}"
+    server = ServerProcess(url, port, env, process, log_path, tmp_path)
+    try:
+        wait_until_healthy(url, process, log_path)
+    except BaseException:
+        server.stop()
+        raise
+    return server
+
+
+def service_env(tmp_path: Path, port: int, overrides: dict[str, str | None]) -> dict[str, str]:
+    """The environment of a service process: this one's without the service's settings,
+    then a local-storage service in ``tmp_path`` on ``port``, then ``overrides`` (None
+    removes a variable)."""
     env = {
         key: value
         for key, value in os.environ.items()
@@ -156,26 +198,12 @@ def start_server(
             "PYTHONUNBUFFERED": "1",
         }
     )
-    for key, value in env_overrides.items():  # None removes a variable
+    for key, value in overrides.items():
         if value is None:
             env.pop(key, None)
         else:
             env[key] = value
-    argv = argv or [sys.executable, "-m", "uvicorn", "server:app", "--port", str(port)]
-    argv = [part.replace("{port}", str(port)) for part in argv]
-    log_path = tmp_path / f"server-{port}.log"
-    with log_path.open("wb") as log_file:
-        process = subprocess.Popen(
-            argv, cwd=cwd, env=env, stdout=log_file, stderr=subprocess.STDOUT
-        )
-    url = f"http://127.0.0.1:{port}"
-    server = ServerProcess(url, port, env, process, log_path, tmp_path)
-    try:
-        wait_until_healthy(url, process, log_path)
-    except BaseException:
-        server.stop()
-        raise
-    return server
+    return env
 
 
 @pytest.fixture

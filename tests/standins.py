@@ -24,6 +24,9 @@ class FailingBackend:
     def capabilities(self) -> Capabilities:
         return Capabilities()
 
+    def location(self) -> str:
+        return "nowhere (a stand-in)"
+
     def start(self) -> None:
         pass
 
@@ -54,6 +57,9 @@ class GatedBackend:
 
     def capabilities(self) -> Capabilities:
         return Capabilities()
+
+    def location(self) -> str:
+        return "nowhere (a stand-in)"
 
     def start(self) -> None:
         pass

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -48,17 +47,19 @@ def test_readme_demo_against_the_emulator_round_trips_a_file(tmp_path: Path) -> 
             [sys.executable, str(ROOT / "server.py")],
             cwd=tmp_path,
         )
-        token = re.search(r"this run's token is: (\S+)", server.log())
-        assert token, server.log()
+        token = (tmp_path / "data" / "development-token").read_text().strip()
         data = os.urandom(300_000)
         answer = httpx.post(
             f"{server.url}/upload?service=mega",
-            headers={"X-Auth-Token": token.group(1)},
+            headers={"X-Auth-Token": token},
             files={"file": ("holiday.jpg", data)},
             timeout=TIMEOUT_S,
         )
         assert answer.status_code == 200, answer.text
         assert answer.json()["link"].startswith("https://mega.nz/file/")
+        # "ready" is logged once the log-in is done, not before.
+        server.log_line("ready: storage=mega")
+        assert server.log().index("storage connected") < server.log().index("ready:")
         fetched = tmp_path / "fetched.jpg"
         check = subprocess.run(
             [

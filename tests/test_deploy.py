@@ -286,8 +286,18 @@ def test_ci_script_is_strict_and_uses_the_same_commands() -> None:
 # --- gunicorn ------------------------------------------------------------------------
 
 
+# The least the service starts with: gunicorn.conf.py refuses to load without them.
+SERVICE_SETTINGS = {
+    "AUTH_TOKEN": secrets.token_urlsafe(24),
+    "STORAGE_BACKEND": "local",
+    "PUBLIC_BASE_URL": "http://127.0.0.1:8080",
+}
+
+
 def load_gunicorn_config(env: dict[str, str]) -> dict[str, Any]:
-    """Evaluate gunicorn.conf.py in a child process with exactly `env` (plus PATH)."""
+    """Evaluate gunicorn.conf.py in a child process with exactly `env` (plus PATH and the
+    settings the service needs: reading the file checks them)."""
+    env = {**SERVICE_SETTINGS, **env}
     code = (
         "import json, runpy; c = runpy.run_path('gunicorn.conf.py'); "
         "print(json.dumps({k: v for k, v in c.items() if k[0] != '_' and "
@@ -325,8 +335,10 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_command_argv(port: int) -> list[str]:
-    """render.yaml's startCommand, bound to 127.0.0.1:<port>, run with this Python."""
+def start_command_argv(port: int | str) -> list[str]:
+    """render.yaml's startCommand, bound to 127.0.0.1:<port>, run with this Python.
+
+    ``port`` may be ``"{port}"``, which ``start_server`` fills in with the port it picks."""
     command = render_service()["startCommand"].replace("$PORT", str(port))
     argv = shlex.split(command.replace("0.0.0.0:", "127.0.0.1:"))
     assert argv[0] == "gunicorn"

@@ -166,6 +166,8 @@ def test_every_route_is_documented_with_examples(app_client: TestClient) -> None
     assert {"/", "/config", "/sharex.sxcu"} <= set(paths)
     upload_ok = document["components"]["schemas"]["UploadResult"]
     assert upload_ok["examples"][0]["link"].startswith("https://mega.nz/file/")
+    # The handle differs from the one in a MEGA link: the document says why.
+    assert "public handle in the `link`" in upload_ok["properties"]["handle"]["description"]
 
 
 def test_docs_load_only_from_the_service(app_client: TestClient) -> None:

@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from tests.conftest import ROOT, ServerProcess, held_upload_slot, tokens_toml
+from tests.conftest import MEGA_OUT_OF_REACH, ROOT, ServerProcess, held_upload_slot, tokens_toml
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 WAIT_MS = 30_000
@@ -111,6 +111,11 @@ def choose_files(page: Page, token: str, files: list[Path]) -> None:
     page.get_by_label("Files").set_input_files([str(path) for path in files])
 
 
+def upload_files(page: Page, token: str, files: list[Path]) -> None:
+    choose_files(page, token, files)
+    page.get_by_role("button", name="Upload", exact=True).click()
+
+
 def test_files_uploaded_through_the_page_link_to_the_same_bytes(
     live_server, visit, tmp_path: Path
 ) -> None:
@@ -121,7 +126,7 @@ def test_files_uploaded_through_the_page_link_to_the_same_bytes(
     browser_visit = visit(server)
     page = browser_visit.open()
 
-    choose_files(page, server.env["AUTH_TOKEN"], [first, second])
+    upload_files(page, server.env["AUTH_TOKEN"], [first, second])
 
     links = page.get_by_role("textbox", name="Link to")
     links.nth(1).wait_for()
@@ -164,7 +169,7 @@ def test_an_upload_ticket_is_pasted_like_a_token(live_server, visit, tmp_path: P
     page = visit(server).open()
     expect(page.locator("#token-help")).to_contain_text("upload ticket")
 
-    choose_files(page, issued.json()["ticket"], [path])
+    upload_files(page, issued.json()["ticket"], [path])
 
     link = page.get_by_role("textbox", name="Link to from-a-ticket.txt")
     assert httpx.get(link.input_value(), timeout=10).text == "ticketed"
@@ -176,7 +181,7 @@ def test_copy_button_puts_the_link_on_the_clipboard(live_server, visit, tmp_path
     path.write_text("copy me")
     browser_visit = visit(server, permissions=["clipboard-read", "clipboard-write"])
     page = browser_visit.open()
-    choose_files(page, server.env["AUTH_TOKEN"], [path])
+    upload_files(page, server.env["AUTH_TOKEN"], [path])
 
     page.get_by_role("button", name="Copy link to copied.txt").click()
 
@@ -185,13 +190,36 @@ def test_copy_button_puts_the_link_on_the_clipboard(live_server, visit, tmp_path
     assert page.evaluate("navigator.clipboard.readText()") == link
 
 
+def test_choosing_files_starts_nothing_until_upload_is_pressed(
+    live_server, visit, tmp_path: Path
+) -> None:
+    server = start(live_server)
+    path = tmp_path / "chosen.txt"
+    path.write_text("sent on Upload")
+    browser_visit = visit(server)
+    page = browser_visit.open()
+
+    choose_files(page, server.env["AUTH_TOKEN"], [path])
+
+    expect(page.locator("#chosen")).to_have_text("1 file chosen: chosen.txt. Press Upload to send.")
+    assert page.locator("li.file").count() == 0 and browser_visit.upload_requests() == []
+
+    page.get_by_role("button", name="Upload", exact=True).click()
+
+    link = page.get_by_role("textbox", name="Link to chosen.txt")
+    assert httpx.get(link.input_value(), timeout=10).text == "sent on Upload"
+    assert "Choose one or more files first" not in page.locator("#announce").inner_text()
+    assert len(browser_visit.upload_requests()) == 1
+    expect(page.locator("#chosen")).to_have_text("")
+
+
 def test_wrong_token_shows_the_services_message(live_server, visit, tmp_path: Path) -> None:
     server = start(live_server)
     path = tmp_path / "refused.txt"
     path.write_text("no")
     page = visit(server).open()
 
-    choose_files(page, "not-the-token-at-all", [path])
+    upload_files(page, "not-the-token-at-all", [path])
 
     alert = page.get_by_role("alert")
     alert.wait_for()
@@ -208,11 +236,32 @@ def test_file_over_the_limit_is_refused_before_sending(live_server, visit, tmp_p
     page = browser_visit.open()
     expect(page.locator("#limit")).to_contain_text("1.0 KiB")
 
-    choose_files(page, server.env["AUTH_TOKEN"], [path])
+    upload_files(page, server.env["AUTH_TOKEN"], [path])
 
     alert = page.get_by_role("alert")
     alert.wait_for()
     assert "larger than the limit of 1.0 KiB" in alert.inner_text()
+    assert browser_visit.upload_requests() == []
+
+
+def test_a_tokens_own_limit_is_checked_before_sending(
+    live_server, visit, tmp_path: Path
+) -> None:
+    small = "small-page-token-4c3b2a19"
+    tokens = tmp_path / "tokens.toml"
+    tokens.write_text(tokens_toml(small={"secret": small, "max_upload_bytes": "1KiB"}))
+    server = start(live_server, TOKENS_FILE=str(tokens), MAX_UPLOAD_BYTES="1MiB")
+    path = tmp_path / "two-kib.bin"
+    path.write_bytes(b"k" * 2048)
+    browser_visit = visit(server)
+    page = browser_visit.open()
+    expect(page.locator("#limit")).to_contain_text("1.0 MiB")  # the service's limit
+
+    upload_files(page, small, [path])
+
+    alert = page.get_by_role("alert")
+    alert.wait_for()
+    assert "larger than the limit of 1.0 KiB" in alert.inner_text()  # the token's own
     assert browser_visit.upload_requests() == []
 
 
@@ -223,7 +272,7 @@ def test_busy_service_says_when_to_try_again(live_server, visit, tmp_path: Path)
     page = visit(server).open()
 
     with held_upload_slot(server):
-        choose_files(page, server.env["AUTH_TOKEN"], [path])
+        upload_files(page, server.env["AUTH_TOKEN"], [path])
         alert = page.get_by_role("alert")
         alert.wait_for()
         text = alert.inner_text()
@@ -249,7 +298,7 @@ def test_progress_shows_speed_and_time_left_and_can_be_cancelled(
     slow = {"offline": False, "latency": 0, "downloadThroughput": -1}
     network.send("Network.emulateNetworkConditions", {**slow, "uploadThroughput": 256 * 1024})
 
-    choose_files(page, server.env["AUTH_TOKEN"], [path])
+    upload_files(page, server.env["AUTH_TOKEN"], [path])
 
     status = page.locator("li.file .status")
     expect(status).to_have_text(re.compile(r"\d+ %, [\d.]+ [KM]iB/s, \d+ s left"))
@@ -298,7 +347,12 @@ def test_page_works_with_the_keyboard_on_a_phone_sized_screen(
     page.keyboard.type(server.env["AUTH_TOKEN"])
     page.keyboard.press("Tab")
     assert page.evaluate("document.activeElement.id") == "remember"
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.id") == "files"
     page.get_by_label("Files").set_input_files(str(path))
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.id") == "send"
+    page.keyboard.press("Enter")
     page.get_by_role("textbox", name="Link to phone.txt").wait_for()
 
     # Nothing sticks out sideways on a narrow screen.
@@ -320,6 +374,17 @@ def test_sharex_config_with_the_token_is_made_in_the_browser(live_server, visit)
     assert config["RequestURL"] == f"{server.url}/upload"
     # The token stayed in the browser: no request carried it in its URL.
     assert not [url for url in browser_visit.requests if server.env["AUTH_TOKEN"] in url]
+
+
+def test_sharex_without_a_public_address_says_why(live_server, visit) -> None:
+    server = start(live_server, **MEGA_OUT_OF_REACH, PUBLIC_BASE_URL=None)
+    page = visit(server).open()
+    page.get_by_label("Token or ticket").fill(server.env["AUTH_TOKEN"])
+    page.get_by_text("ShareX and other clients").click()
+
+    page.get_by_role("button", name="ShareX uploader with my token or ticket").click()
+
+    expect(page.get_by_role("alert")).to_contain_text("PUBLIC_BASE_URL")
 
 
 def test_docs_render_from_the_service_alone(live_server, visit) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import io
 import json
 import logging
@@ -23,6 +24,7 @@ import statistics
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -34,7 +36,7 @@ from app.access.errors import TooManyFailures
 from app.logging_setup import JsonFormatter
 from app.serving.logs import Redactor, install_redaction
 from app.shared_state import MemoryState
-from tests.conftest import ROOT, ServerProcess, free_port, start_server
+from tests.conftest import MEGA_OUT_OF_REACH, ROOT, ServerProcess, free_port, start_server
 
 WAIT_S = 20
 PROBE = "127.0.0.2"  # the probing client's own address
@@ -541,6 +543,26 @@ def test_development_run_links_point_at_itself_not_the_host_header(live_server) 
     assert response.json()["link"].startswith(f"http://localhost:{server.port}/files/")
 
 
+def test_sharex_config_never_comes_from_the_host_header(serve) -> None:
+    server = serve()
+    with client_from(PROBE) as http:
+        answer = http.get(f"{server.url}/sharex.sxcu", headers={"Host": "evil.example"})
+    assert answer.status_code == 200
+    assert "evil" not in answer.text and "evil" not in answer.headers["content-disposition"]
+    assert answer.json()["RequestURL"] == server.env["PUBLIC_BASE_URL"] + "/upload"
+    assert answer.headers["cache-control"] == "no-store"
+
+
+def test_mega_without_public_base_url_gives_no_sharex_config(live_server) -> None:
+    server = live_server(**MEGA_OUT_OF_REACH, PUBLIC_BASE_URL=None)
+    with client_from(PROBE) as http:
+        answer = http.get(f"{server.url}/sharex.sxcu", headers={"Host": "evil.example"})
+    assert answer.status_code == 501
+    assert answer.json()["code"] == "sharex_unavailable"
+    assert "PUBLIC_BASE_URL" in answer.json()["message"] and "evil" not in answer.text
+    assert answer.headers["cache-control"] == "no-store"
+
+
 def test_served_local_storage_without_public_base_url_stops_in_one_line(tmp_path) -> None:
     with pytest.raises(AssertionError, match="PUBLIC_BASE_URL is not set"):
         start_server(tmp_path, {"PUBLIC_BASE_URL": None}, SERVE["gunicorn"])
@@ -645,13 +667,52 @@ def test_tokens_never_reach_the_log(serve) -> None:
     assert token not in log and guessed not in log
 
 
+# Shaped like our tokens (secrets.token_urlsafe) and tickets, known to no configuration.
+CLIENT_TOKEN = "Zq8vK2pLm4Xw9RtY7uB3nC6dE1fG5hJ0aS-kQ_x"
+CLIENT_TICKET = "pt1.eyJpZCI6ImFiYyIsImlzcyI6InBvcnRhbCJ9.c2lnbmF0dXJlLWJ5dGVz"
+
+
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_tokens_a_client_puts_in_the_path_query_or_request_id_never_reach_the_log(
+    serve, log_format: str
+) -> None:
+    server = serve(LOG_FORMAT=log_format)
+    auth = token_of(server)
+    with client_from(PROBE) as http:
+        stored = http.put(f"{server.url}/files/{CLIENT_TOKEN}", headers=auth, content=b"x")
+        assert stored.status_code == 200, stored.text
+        http.get(f"{server.url}/files/{CLIENT_TOKEN}/{CLIENT_TICKET}")
+        http.post(f"{server.url}/upload/{CLIENT_TICKET}?service=local")
+        http.get(f"{server.url}/{CLIENT_TOKEN}")
+        echoed = {}
+        for offered in [CLIENT_TOKEN, CLIENT_TICKET, auth["X-Auth-Token"], "client-req-42"]:
+            answer = http.put(
+                f"{server.url}/files/a.txt", headers={**auth, "X-Request-ID": offered}, content=b"a"
+            )
+            echoed[offered] = answer.headers["x-request-id"]
+    time.sleep(0.3)
+    log = server.log()
+    for secret in [CLIENT_TOKEN, CLIENT_TICKET, "eyJpZCI6ImFiYyIsImlzcyI6InBvcnRhbCJ9"]:
+        assert secret not in log
+        assert echoed.get(secret, "") != secret
+    assert auth["X-Auth-Token"] not in log and echoed[auth["X-Auth-Token"]] != auth["X-Auth-Token"]
+    assert "/files/[redacted]/[redacted]" in log and "/upload/[redacted]" in log
+    # A plain request id is kept, and both formats say which request a line belongs to.
+    assert echoed["client-req-42"] == "client-req-42"
+    if log_format == "json":
+        summaries = [json.loads(line) for line in log.splitlines() if '"upload": {' in line]
+        assert "client-req-42" in {entry.get("request_id") for entry in summaries}
+        assert "[redacted]" in {entry["upload"]["name"] for entry in summaries}
+
+
 def test_gunicorn_opens_no_control_socket(live_server, tmp_path: Path) -> None:
     home = tmp_path / "home"
     home.mkdir()
     server = live_server(argv=SERVE["gunicorn"], HOME=str(home), XDG_RUNTIME_DIR=None)
     assert health_latency_s(server) < 5
     assert not (home / ".gunicorn").exists()
-    assert "control" not in server.log().lower()
+    # (The test's own folder, named after it, appears in the start-up line.)
+    assert "control" not in server.log().replace(str(server.tmp), "").lower()
 
 
 # --- the pieces, in process ----------------------------------------------------------
@@ -665,6 +726,23 @@ def test_redactor_hides_secrets_query_values_and_bearer_tokens() -> None:
     )
     assert "abc" not in line and "xyz" not in line and "s3cret" not in line
     assert "service=mega" in line and "token=[redacted]" in line
+
+
+def test_ids_and_names_stay_readable_where_token_shapes_are_redacted() -> None:
+    readable = [
+        uuid.uuid4().hex,
+        str(uuid.uuid4()),
+        hashlib.sha256(b"x").hexdigest(),
+        "SharedStateUnavailable: ResponseValidationError",
+        "Screenshot_2024-05-12-10-11-12-123_com.android.chrome.png",
+        "MyHolidayPhoto2024_final-version.jpg",
+        "Root=1-5759e988-bd862e3fe1be46a994272793",
+        "/files/SUJO5wxW3a0Z9MVHUPiPAA/notes.txt",  # a local handle: 22 characters
+    ]
+    redact = Redactor([])
+    assert [redact(text) for text in readable] == readable
+    assert redact(f"PUT /files/{CLIENT_TOKEN} 200") == "PUT /files/[redacted] 200"
+    assert redact(f"id {CLIENT_TICKET}.") == "id [redacted]"
 
 
 def test_tracebacks_and_mega_upload_urls_are_redacted_in_text_and_json_logs() -> None:

@@ -5,9 +5,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
+import pty
+import select
 import shutil
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -17,7 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import ROOT, ServerProcess
+from tests.conftest import MEGA_OUT_OF_REACH, ROOT, ServerProcess, free_port, service_env
 
 WAIT_S = 15
 
@@ -180,22 +182,32 @@ def test_concurrent_uploads_all_succeed_intact(live_server) -> None:
     assert spool_is_empty_soon(server.tmp / "spool")
 
 
-def test_development_run_generates_a_token_and_serves_local_storage(
+def test_development_run_keeps_its_token_across_restarts_and_serves_local_storage(
     live_server, tmp_path: Path
 ) -> None:
-    server = live_server(
-        [sys.executable, str(ROOT / "server.py")],
-        cwd=tmp_path,
-        AUTH_TOKEN=None,
-        STORAGE_BACKEND=None,
-        LOCAL_STORAGE_DIR=None,
-    )
-    match = re.search(r"this run's token is: (\S+)", server.log())
-    assert match, server.log()
-    assert server.log().count(match.group(1)) == 1, "the token is printed exactly once"
+    def development_run() -> ServerProcess:
+        return live_server(
+            [sys.executable, str(ROOT / "server.py")],
+            cwd=tmp_path,
+            AUTH_TOKEN=None,
+            STORAGE_BACKEND=None,
+            LOCAL_STORAGE_DIR=None,
+        )
+
+    first = development_run()
+    kept = tmp_path / "data" / "development-token"
+    token = kept.read_text().strip()
+    assert len(token) >= 32 and stat.S_IMODE(kept.stat().st_mode) == 0o600
+    # Not a terminal: the log says where the token is, never the token.
+    assert "data/development-token" in first.log() and token not in first.log()
+    assert f"local disk in {tmp_path / 'data' / 'files'}" in first.log()
+    first.stop()
+
+    server = development_run()
+    assert kept.read_text().strip() == token, "the same token on every run"
     response = httpx.put(
         f"{server.url}/files/first.txt",
-        headers={"Authorization": f"Bearer {match.group(1)}"},
+        headers={"Authorization": f"Bearer {token}"},
         content=b"hello",
         timeout=WAIT_S,
     )
@@ -203,6 +215,7 @@ def test_development_run_generates_a_token_and_serves_local_storage(
     assert response.json()["service"] == "local"
     assert (tmp_path / "data" / "files" / response.json()["handle"] / "first.txt").exists()
     assert httpx.put(f"{server.url}/files/x", content=b"1", timeout=WAIT_S).status_code == 401
+    assert token not in server.log()
 
 
 def test_a_client_that_stops_sending_gets_408_and_frees_its_slot(live_server) -> None:
@@ -456,3 +469,77 @@ def test_a_nameless_file_part_from_curl_is_stored_under_the_default_name(
     answer = json.loads(done.stdout)
     assert answer["filename"] == "upload.bin"
     assert httpx.get(answer["link"], timeout=WAIT_S).content == source.read_bytes()
+
+
+def test_ready_says_where_local_files_go(live_server) -> None:
+    server = live_server()
+    line = server.log_line(" ready: ")
+    assert f"storage=local in {server.tmp / 'files'}," in line
+
+
+def test_ready_is_not_logged_before_storage_is_connected(live_server) -> None:
+    server = live_server(**MEGA_OUT_OF_REACH, PUBLIC_BASE_URL=None, MEGA_RETRY_ATTEMPTS="1")
+    server.log_line("storage not reachable yet")
+    assert " ready" not in server.log()
+    assert httpx.get(f"{server.url}/ready", timeout=WAIT_S).status_code == 503
+
+
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_a_refused_put_logs_the_name_of_the_file(live_server, log_format: str) -> None:
+    server = live_server(LOG_FORMAT=log_format)
+    refused = httpx.put(
+        f"{server.url}/files/quarterly%20report.pdf",
+        headers={"X-Auth-Token": "not-the-token-of-anyone"},
+        content=b"x",
+        timeout=WAIT_S,
+    )
+    assert refused.status_code == 403
+    line = server.log_line("upload invalid_token")
+    if log_format == "json":
+        assert json.loads(line)["upload"]["name"] == "quarterly report.pdf"
+        line = json.loads(line)["message"]
+    assert 'upload invalid_token: "quarterly report.pdf"' in line
+
+
+def test_head_on_a_download_link_answers_like_get_without_a_body(live_server) -> None:
+    server = live_server()
+    data = os.urandom(5000)
+    with httpx.Client(timeout=WAIT_S) as http:
+        link = http.put(
+            f"{server.url}/files/photo.jpg", headers=token_of(server), content=data
+        ).json()["link"]
+        got = http.get(link)
+        head = http.head(link)
+        missing = http.head(f"{server.url}/files/{'A' * 22}/photo.jpg")
+    assert head.status_code == 200 and head.content == b""
+    for name in ["content-length", "content-type", "content-disposition", "etag"]:
+        assert head.headers[name] == got.headers[name], name
+    assert int(head.headers["content-length"]) == len(data) == len(got.content)
+    assert missing.status_code == 404
+
+
+def test_development_run_shows_its_token_on_a_terminal(tmp_path: Path) -> None:
+    env = service_env(tmp_path, free_port(), {"AUTH_TOKEN": None, "STORAGE_BACKEND": None})
+    controller, terminal = pty.openpty()
+    process = subprocess.Popen(
+        [sys.executable, str(ROOT / "server.py")],
+        cwd=tmp_path,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=terminal,
+    )
+    os.close(terminal)
+    shown = b""
+    try:
+        deadline = time.monotonic() + WAIT_S
+        while b"AUTH_TOKEN is not set" not in shown or not shown.endswith(b"\n"):
+            assert time.monotonic() < deadline, shown
+            if select.select([controller], [], [], 0.2)[0]:
+                shown += os.read(controller, 4096)
+    finally:
+        process.terminate()
+        process.wait(timeout=WAIT_S)
+        os.close(controller)
+    token = (tmp_path / "data" / "development-token").read_text().strip()
+    assert f"data/development-token (mode 0600, the same on every run): {token}" in shown.decode()

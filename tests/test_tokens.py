@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+import json
 import logging
 import os
 import re
@@ -14,8 +16,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app.config import ConfigError, load_settings
+from app.access.tokens import TokensFileError
+from app.config import ConfigError, load_settings, tokens_file_error
+from app.main import create_app
 from tests.conftest import ROOT, tokens_toml, write_in_place
+from tests.test_deploy import start_command_argv
 
 ALICE = "alice-token-9f1c2e7a4b"
 BOB = "bob-token-5d8e1f0c3a6b"
@@ -113,14 +118,14 @@ def test_a_bad_file_is_refused_in_one_line_and_the_last_good_one_stays(
     ],
 )
 def test_a_bad_file_stops_start_up_naming_entry_and_problem(
-    tmp_path: Path, token: str, entry: dict, problem: str
+    make_settings, tmp_path: Path, entry: dict, problem: str
 ) -> None:
     path = tmp_path / "tokens.toml"
     path.write_text(tokens_toml(uploader=entry))
-    with pytest.raises(ConfigError) as error:
-        load_settings(_env_file=None, auth_token=token, storage_backend="local", tokens_file=path)
-    assert "TOKENS_FILE" in str(error.value) and "entry 'uploader'" in str(error.value)
-    assert problem in str(error.value)
+    with pytest.raises(TokensFileError) as error:
+        create_app(make_settings(tokens_file=path))
+    assert "entry 'uploader'" in str(error.value) and problem in str(error.value)
+    assert str(tokens_file_error(error.value)).startswith("TOKENS_FILE entry 'uploader': ")
 
 
 def test_a_plain_token_works_with_a_warning(make_client, tmp_path: Path, caplog) -> None:
@@ -198,21 +203,123 @@ def test_services_limit_which_backends_a_token_may_use(make_client, tmp_path: Pa
     assert answer.json()["code"] == "service_not_allowed"
 
 
-def test_new_token_command_prints_a_token_and_its_working_entry(make_client, tmp_path) -> None:
-    printed = subprocess.run(
-        [sys.executable, "-m", "app.access.tokens", "new-token", "ci-bot"],
+def test_new_token_appended_with_shell_redirection_works_and_the_file_holds_no_secret(
+    live_server, tmp_path: Path
+) -> None:
+    path = tmp_path / "tokens.toml"
+    path.write_text(tokens_toml(alice={"secret": ALICE}))
+    server = live_server(TOKENS_FILE=str(path))
+    # As README shows it: stdout appended to the file, the token read from the terminal.
+    made = subprocess.run(
+        ["sh", "-c", f'"{sys.executable}" -m app.access.tokens new-token ci-bot >> "{path}"'],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=30,
         check=True,
-    ).stdout
-    token = re.search(r"^# (\S{40,})$", printed, re.M).group(1)
-    entry = printed[printed.index("[tokens.ci-bot]") :]
-    assert re.search(r'^token_sha256 = "[0-9a-f]{64}"$', entry, re.M)
+    )
+    assert made.stdout == "" and made.stderr.strip(), "the token goes to stderr only"
+    token = made.stderr.split()[-1]
+    assert len(token) >= 40
+    text = path.read_text()
+    assert token not in text, "the file must hold the digest only"
+    assert re.search(r'^\[tokens\.ci-bot\]\ntoken_sha256 = "[0-9a-f]{64}"$', text, re.M)
+    with httpx.Client(base_url=server.url, timeout=WAIT_S) as http:
+        wait_for_status(http, token, 200)
+        assert upload(http, ALICE).status_code == 200
+
+
+def worker_pids(master: int) -> set[int]:
+    """The processes gunicorn's master ``master`` has started."""
+    children = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            if parent == master:
+                children.add(int(entry.name))
+    return children
+
+
+def wait_for_workers(master: int, count: int, not_among: set[int]) -> set[int]:
+    """``count`` workers of ``master``, none of them in ``not_among``."""
+    deadline = time.monotonic() + WAIT_S
+    while True:
+        pids = worker_pids(master)
+        if len(pids) == count and not pids & not_among:
+            return pids
+        assert time.monotonic() < deadline, f"workers {pids}, expected {count} new ones"
+        time.sleep(0.1)
+
+
+def answers_of(server, pid: int) -> dict[str, int]:
+    """Upload status per client (``alice``, ``bob``) from the JSON lines worker ``pid`` wrote;
+    the client is told by the request id it sent."""
+    answers = {}
+    for line in server.log().splitlines():
+        if line.startswith("{") and '"upload"' in line:
+            entry = json.loads(line)
+            if entry["pid"] == pid:
+                answers[entry["request_id"].split("-")[0]] = entry["upload"]["status"]
+    return answers
+
+
+def served_by(server, http: httpx.Client, pid: int) -> dict[str, int]:
+    """Upload with ALICE and BOB until worker ``pid`` has answered both; its answers."""
+    deadline = time.monotonic() + WAIT_S
+    for attempt in itertools.count():
+        if len(answers := answers_of(server, pid)) == 2:
+            return answers
+        assert time.monotonic() < deadline, f"worker {pid} never answered both: {answers}"
+        for name, token in [("alice", ALICE), ("bob", BOB)]:
+            # A fresh connection each time, so that either worker may take it.
+            headers = {"X-Auth-Token": token, "X-Request-ID": f"{name}-{attempt}"}
+            http.put("/files/a.txt", content=b"a", headers={**headers, "Connection": "close"})
+        time.sleep(0.05)
+    raise AssertionError("unreachable")
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="no SIGHUP on this platform")
+def test_a_bad_file_never_stops_gunicorn_and_new_workers_keep_the_last_good_tokens(
+    live_server, tmp_path: Path
+) -> None:
     path = tmp_path / "tokens.toml"
-    path.write_text(entry)
-    assert upload(make_client(tokens_file=path), token).status_code == 200
+    path.write_text(tokens_toml(alice={"secret": ALICE}, bob={"secret": BOB}))
+    server = live_server(
+        start_command_argv("{port}"),
+        TOKENS_FILE=str(path),
+        AUTH_TOKEN=None,
+        WEB_CONCURRENCY="2",
+        LOG_FORMAT="json",
+        AUTH_FAILURES_PER_MINUTE="1000",  # Bob's refusals must not brake Alice
+    )
+    master = server.process.pid
+    first = wait_for_workers(master, 2, set())
+    with httpx.Client(base_url=server.url, timeout=WAIT_S) as http:
+        # Bob is revoked by an edit only the workers see (no SIGHUP) ...
+        write_in_place(path, tokens_toml(alice={"secret": ALICE}))
+        wait_for_status(http, BOB, 403)
+        # ... and the next edit is a mistake.
+        bad = tokens_toml(alice={"secret": ALICE, "uploads_per_minute": "lots"})
+        write_in_place(path, bad)
+
+        # SIGHUP: gunicorn replaces every worker while the file is bad.
+        server.process.send_signal(signal.SIGHUP)
+        after_hup = wait_for_workers(master, 2, first)
+        for pid in after_hup:
+            assert served_by(server, http, pid) == {"alice": 200, "bob": 403}
+
+        # A worker killed outright is replaced while the file is still bad.
+        killed = min(after_hup)
+        os.kill(killed, signal.SIGKILL)
+        (replacement,) = wait_for_workers(master, 2, {killed}) - after_hup
+        assert served_by(server, http, replacement) == {"alice": 200, "bob": 403}
+    assert server.process.poll() is None, "the master must keep running"
+    refusals = [line for line in server.log().splitlines() if "TOKENS_FILE refused" in line]
+    assert len(refusals) >= 3 and all("uploads_per_minute" in line for line in refusals)
+    assert "exited with code 3" not in server.log()
 
 
 @pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="no SIGHUP on this platform")

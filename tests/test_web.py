@@ -30,7 +30,9 @@ def test_page_is_served_with_a_strict_content_security_policy(client: TestClient
     assert page.headers["x-content-type-options"] == "nosniff"
 
 
-def test_page_has_no_inline_code_and_only_local_assets(client: TestClient) -> None:
+def test_page_has_no_inline_code_and_only_local_assets(make_client) -> None:
+    # As served, with the public address the ShareX config link needs.
+    client = make_client(public_base_url="http://testserver")
     for name in ["index.html", "docs.html"]:
         html = (WEB / name).read_text()
         assert not re.search(r"<script(?![^>]*\bsrc=)", html), name

@@ -6,7 +6,8 @@ without limits (the contract of existing clients). The file is read again when i
 changes (checked at most once a second, on use) or on SIGHUP; a bad file is refused with
 one line naming the entry and the problem, and the last good one stays in force.
 
-``python -m app.access.tokens new-token NAME`` prints a new random token and its file entry.
+``python -m app.access.tokens new-token NAME`` makes a new random token: the entry for the file
+on stdout (so that ``>> tokens.toml`` appends it), the token itself on stderr only.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ByteSize, ConfigDict, Field, ValidationError
+
+from app.access.last_good_tokens import LastGoodTokens
 
 log = logging.getLogger(__name__)
 
@@ -148,23 +151,34 @@ def _parse_entry(name: str, raw: Any, max_upload_bytes: int) -> tuple[TokenPolic
     return policy, digest, warning
 
 
-def read_tokens_file(path: Path, max_upload_bytes: int) -> tuple[dict[str, TokenPolicy], list[str]]:
-    """Parse the file at ``path``; TokensFileError (one line) if it cannot be used."""
+def read_tokens_text(path: Path) -> str:
+    """The text of the file at ``path``; TokensFileError (one line) if it cannot be read."""
     try:
-        text = path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as error:
         reason = error.strerror if isinstance(error, OSError) and error.strerror else "unreadable"
         raise TokensFileError(f"cannot read {path}: {reason}") from None
-    return parse_tokens(text, max_upload_bytes)
 
 
 class TokenRegistry:
-    """The tokens in force: AUTH_TOKEN as ``default`` plus the file's, kept up to date."""
+    """The tokens in force: AUTH_TOKEN as ``default`` plus the file's, kept up to date.
 
-    def __init__(self, auth_token: str | None, path: Path | None, max_upload_bytes: int) -> None:
+    A bad file stops the first process of a service (TokensFileError). With
+    ``last_good`` (a gunicorn worker, see app/last_good_tokens.py) the service is already
+    running: a bad file is then refused in one log line and the last good one is used.
+    """
+
+    def __init__(
+        self,
+        auth_token: str | None,
+        path: Path | None,
+        max_upload_bytes: int,
+        last_good: LastGoodTokens | None = None,
+    ) -> None:
         self._default = token_sha256(auth_token) if auth_token else None
         self._path = path
         self._max = max_upload_bytes
+        self._last_good = last_good
         self._policies: dict[str, TokenPolicy] = {}
         self._by_name: dict[str, TokenPolicy] = {}
         self._seen: tuple[int, int, int] | None = None
@@ -173,7 +187,22 @@ class TokenRegistry:
         self._lock = threading.Lock()
         if path is not None:
             self._seen = _stamp(path)
-            self._install(*read_tokens_file(path, max_upload_bytes))
+            self._install_first(path)
+
+    def _install_first(self, path: Path) -> None:
+        try:
+            self._accept(read_tokens_text(path))
+        except TokensFileError as error:
+            if self._last_good is None:
+                raise
+            log.error("TOKENS_FILE refused, the previous tokens stay in force: %s", error)
+            self._install(*parse_tokens(self._last_good.recall(), self._max))
+
+    def _accept(self, text: str) -> None:
+        """Install the tokens of ``text``, or raise TokensFileError and change nothing."""
+        self._install(*parse_tokens(text, self._max))
+        if self._last_good is not None:
+            self._last_good.remember(text)
 
     def request_reload(self) -> None:
         """Read the file again on next use (SIGHUP)."""
@@ -217,11 +246,10 @@ class TokenRegistry:
                 return
             self._seen = stamp
             try:
-                loaded = read_tokens_file(self._path, self._max)
+                self._accept(read_tokens_text(self._path))
             except TokensFileError as error:
                 log.error("TOKENS_FILE refused, the previous tokens stay in force: %s", error)
                 return
-            self._install(*loaded)
             log.info("TOKENS_FILE reloaded: %d named tokens", len(self._policies))
 
 
@@ -263,8 +291,13 @@ def main(argv: list[str]) -> int:
         print(f"invalid name {name!r}: 1-64 letters, digits, '_', '.' or '-'", file=sys.stderr)
         return 2
     token, entry = new_token_entry(name)
-    print(f"# Give this token to the client {name!r}; it is not stored anywhere:\n# {token}")
-    print(f"# Add this to TOKENS_FILE:\n{entry}", end="")
+    # The file holds digests only: stdout, which `>> tokens.toml` appends, gets the entry
+    # alone, and the token goes to the terminal on stderr.
+    print(
+        f"Token for the client {name!r} (give it to the client; it is stored nowhere):\n{token}",
+        file=sys.stderr,
+    )
+    print(f"\n{entry}", end="")
     return 0
 
 

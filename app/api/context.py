@@ -1,7 +1,8 @@
 """Per-request context as plain ASGI middleware: request id and upload accounting.
 
-- Request id: a client's ``X-Request-ID`` is kept (when short and plain), else one is
-  made; it is returned in the response and on every log line of the request.
+- Request id: a client's ``X-Request-ID`` is kept (when short, plain and not shaped like
+  a credential), else one is made; it is returned in the response and on every log line
+  of the request.
 - Upload accounting: for requests the admission dependency marked as uploads, one
   summary log line and the upload metrics when the answer is sent, whatever the outcome,
   and the admission finished (its slot freed, the caller's allowances settled with what
@@ -12,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import time
 import uuid
 from collections.abc import Callable
@@ -24,10 +24,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import metrics
 from app.logging_setup import request_id, token_name
+from app.serving.logs import accepted_request_id
 
 log = logging.getLogger("app.uploads")
 
-_REQUEST_ID = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")
 _UPLOAD_KEY = "paimon.upload"
 _CAPTURE_BYTES = 64 * 1024
 
@@ -40,8 +40,9 @@ class UploadRecord:
     method: str
     started: float
     token: str = "-"
-    # The name from the request's path, for the summary of a refused request.
-    filename: str | None = None
+    # The file name as the request gives it before any body is read (a PUT's path), so
+    # that a refused upload still says which file it was.
+    name: str | None = None
     admitted: bool = False
     # Called in a thread with (stored, size) once the answer is sent: slot, allowances.
     finish: Callable[[bool, int], None] | None = None
@@ -66,8 +67,7 @@ class RequestContextMiddleware:
             await self.app(scope, receive, send)
             return
         state: dict[str, Any] = scope.setdefault("state", {})
-        offered = _header(scope, b"x-request-id")
-        rid = offered if offered and _REQUEST_ID.fullmatch(offered) else uuid.uuid4().hex
+        rid = accepted_request_id(_header(scope, b"x-request-id")) or uuid.uuid4().hex
         rid_token = request_id.set(rid)
         name_token = token_name.set("")
         status = 500
@@ -111,7 +111,7 @@ async def _finish_upload(record: UploadRecord, status: int, body: bytes) -> None
     seconds = time.monotonic() - record.started
     metrics.upload_finished(record.backend, record.method, outcome, size, seconds, record.admitted)
     summary = {
-        "name": answer.get("filename") or record.filename,
+        "name": answer.get("filename") or record.name,
         "size": size,
         "duration_s": round(seconds, 3),
         "backend": record.backend,

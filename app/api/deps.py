@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from typing import Annotated
 
@@ -12,6 +11,7 @@ from fastapi import Depends, Header, Query, Request
 from app import metrics
 from app.access.admission import Caller, Gatekeeper
 from app.access.brake import AuthBrake
+from app.access.last_good_tokens import LastGoodTokens
 from app.access.limits import Allowances, Grant
 from app.access.tokens import TokenRegistry
 from app.api.context import UploadRecord, start_upload_record
@@ -37,6 +37,8 @@ class Services:
     spool: Spool
     shared: SharedState
     capabilities: Capabilities = field(init=False)
+    # Under gunicorn: the tokens file as last accepted by any process of the instance.
+    last_good_tokens: LastGoodTokens | None = None
     upload_slots: UploadSlots = field(init=False)
     tokens: TokenRegistry = field(init=False)
     gatekeeper: Gatekeeper = field(init=False)
@@ -54,6 +56,7 @@ class Services:
             settings.auth_token.get_secret_value() if settings.auth_token else None,
             settings.tokens_file,
             int(settings.max_upload_bytes),
+            self.last_good_tokens,
         )
         self.gatekeeper = Gatekeeper(
             self.tokens,
@@ -157,14 +160,13 @@ async def admit_upload(
     state = request.scope.setdefault("state", {})
     multipart = request.method == "POST"
     record = start_upload_record(state, services.backend.name, "multipart" if multipart else "raw")
+    # Named before anything can refuse it, so that the summary of a refusal says which file.
+    filename = None if multipart else filename_or_default(request.path_params.get("filename"))
+    record.name = filename
     caller = await authenticate(request, services, x_auth_token, authorization)
     record.token = caller.name
     backend = services.backend_for(service)
     gate = services.gatekeeper
-    filename = None
-    if not multipart:
-        filename = filename_or_default(request.path_params.get("filename"))
-        record.filename = filename
     gate.check_target(caller, backend.name, filename)
     limit = gate.file_limit(caller)
     length = _content_length(request)
@@ -202,7 +204,6 @@ def _count_refusal(caller: Caller, refused: BaseException) -> None:
 def _account(record: UploadRecord, admission: Admission) -> None:
     record.finish = admission.finish
     record.admitted = True
-    record.started_admitted = time.monotonic()
     metrics.upload_started()
 
 

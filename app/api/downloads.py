@@ -11,6 +11,9 @@ from app.api.errors import NOT_FOUND, NOT_SUPPORTED, error_responses
 router = APIRouter(tags=["downloads"])
 
 
+# HEAD answers like GET without the body (size, type, disposition), as clients that
+# check a link before fetching it expect; one operation in the API document.
+@router.head("/files/{handle}/{filename}", include_in_schema=False)
 @router.get(
     "/files/{handle}/{filename}",
     response_class=FileResponse,

@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 # operation), ``params`` (operations whose parameters or body can be invalid), ``token``
 # (operations that take a token), ``caller`` (uploads and ``POST /tickets``: a token or
 # a ticket), ``upload`` (the upload routes), ``multipart`` (``POST /upload``),
-# ``tickets``, ``download`` and ``ready``.
+# ``tickets``, ``download``, ``ready`` and ``sharex``.
 Scope = Literal[
     "all",
     "params",
@@ -43,6 +43,7 @@ Scope = Literal[
     "tickets",
     "download",
     "ready",
+    "sharex",
 ]
 
 
@@ -186,6 +187,10 @@ MAY_NOT_ISSUE = ErrorKind(403, "may_not_issue", "tickets", NO_WAIT, False,
 TICKETS_DISABLED = ErrorKind(501, "tickets_disabled", "tickets", NO_WAIT, False,
     "TICKET_SECRET is not configured.",
     "tickets are not enabled: set TICKET_SECRET")  # fmt: skip
+SHAREX_UNAVAILABLE = ErrorKind(501, "sharex_unavailable", "sharex", NO_WAIT, False,
+    "PUBLIC_BASE_URL is not configured, and the Host header is never trusted.",
+    "no ShareX config: the public address of the service is not set (PUBLIC_BASE_URL)")  # fmt: skip
+
 # What the request asked for (app.api).
 UNSUPPORTED_SERVICE = ErrorKind(400, "unsupported_service", "upload", NO_WAIT, False,
     "The `service` parameter names a backend this service does not run.",

@@ -34,7 +34,14 @@ class UploadResult(BaseModel):
     link: str = Field(description="Where the file can be downloaded.")
     size: int = Field(description="Bytes received and stored.")
     sha256: str = Field(description="SHA-256 of the bytes received, hex.")
-    handle: str = Field(description="The storage backend's id of the stored file.")
+    handle: str = Field(
+        description=(
+            "The stored file's id in the backend, kept for clients that look the file up "
+            "there. With MEGA it is the file's node handle in the service's account, which "
+            "differs from the public handle in the `link` (MEGA gives a published link its "
+            "own handle); with local storage it is the random folder in the `link`."
+        )
+    )
 
 
 class ErrorBody(BaseModel):

@@ -9,6 +9,7 @@ from __future__ import annotations
 from functools import cache
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import fastapi_offline
 from anyio import to_thread
@@ -21,7 +22,7 @@ from pydantic import BaseModel, Field
 
 from app import __version__
 from app.api.deps import BearerHeader, ServicesDep, TokenHeader, client_address, offered_credential
-from app.api.errors import error_responses
+from app.api.errors import SHAREX_UNAVAILABLE, error_responses
 from app.api.models import ErrorBody
 from app.config import Settings
 
@@ -123,13 +124,23 @@ async def client_config(
     description=(
         "The token is never embedded: ShareX asks for nothing, so paste your token or "
         "ticket into the `X-Auth-Token` header in ShareX, or download the config from the "
-        "upload page, which adds it in the browser without sending it anywhere."
+        "upload page, which adds it in the browser without sending it anywhere. The "
+        "address in it is `PUBLIC_BASE_URL`, never the request's `Host`; without that "
+        "setting there is no config."
     ),
-    responses={200: {"content": {"application/json": {}}}},
+    responses={200: {"content": {"application/json": {}}}, **error_responses("sharex")},
 )
-async def sharex_config(request: Request, services: ServicesDep) -> JSONResponse:
-    base = services.settings.public_base_url or str(request.base_url).rstrip("/")
-    host = request.url.hostname or "paimon"
+async def sharex_config(services: ServicesDep) -> JSONResponse:
+    # The page puts the user's token into this file: built from the request's Host header
+    # (which any client, or a poisoned cache in between, chooses), it could send the token
+    # elsewhere. So only from PUBLIC_BASE_URL, and never stored by a cache.
+    base = services.settings.public_base_url
+    if base is None:
+        # A 501 is heuristically cacheable: this one must not outlive the setting.
+        refused = SHAREX_UNAVAILABLE.response(SHAREX_UNAVAILABLE.example)
+        refused.headers["Cache-Control"] = "no-store"
+        return refused
+    host = urlsplit(base).hostname or "paimon"
     config: dict[str, Any] = {
         "Version": "15.0.0",
         "Name": f"Paimon-server ({host})",
@@ -144,7 +155,10 @@ async def sharex_config(request: Request, services: ServicesDep) -> JSONResponse
     }
     return JSONResponse(
         config,
-        headers={"Content-Disposition": f'attachment; filename="paimon-{host}.sxcu"'},
+        headers={
+            "Content-Disposition": f'attachment; filename="paimon-{host}.sxcu"',
+            "Cache-Control": "no-store",
+        },
     )
 
 

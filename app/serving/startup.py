@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Any
+import sys
+from typing import Any, NoReturn
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.config import ConfigError
 from app.storage.base import StartupError
+
+# gunicorn stops, instead of starting workers again forever, when a worker exits with 3.
+BOOT_ERROR = 3
+
+
+def stop_for(error: ConfigError) -> NoReturn:
+    """Stop start-up with the one line that names the setting at fault (exit status 3)."""
+    print(f"paimon-server: configuration error: {error}", file=sys.stderr, flush=True)
+    raise SystemExit(BOOT_ERROR)
 
 
 class OneLineStartupErrors:

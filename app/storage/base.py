@@ -38,6 +38,10 @@ class StorageBackend(Protocol):
         """What this backend can do beyond the core: declared in one place per backend."""
         ...
 
+    def location(self) -> str:
+        """Where files go, in words for the operator's start-up line."""
+        ...
+
     def start(self) -> None:
         """Prepare local resources; must not fail because a remote service is down."""
 

@@ -50,6 +50,9 @@ class LocalBackend:
     def capabilities(self) -> Capabilities:
         return Capabilities(stream=self, download=self)
 
+    def location(self) -> str:
+        return str(self.root.resolve())
+
     def start(self) -> None:
         """Create the storage directory and remove what killed uploads left in it."""
         try:

@@ -75,6 +75,9 @@ class MegaBackend:
         # MEGA may ask for an upload to start again on a fresh URL: streams restart.
         return Capabilities(connect=self, stream=self, restarts_streams=True)
 
+    def location(self) -> str:
+        return f"the folder {self._settings.folder!r} of the account {self._settings.email}"
+
     def start(self) -> None:
         """Build the client; no network I/O (``connect`` logs in, in the background)."""
         self._settings.session_file.parent.mkdir(parents=True, exist_ok=True)

@@ -7,6 +7,7 @@ const $ = (id) => document.getElementById(id);
 let config = { services: [], default_service: "", max_upload_bytes: Infinity, tickets: false };
 const queue = [];
 let busy = false;
+let chosen = [];  // picked or dropped, sent when Upload is pressed
 
 function formatBytes(n) {
   const units = ["B", "KiB", "MiB", "GiB", "TiB"];
@@ -44,7 +45,7 @@ async function loadConfig() {
   }
   if (isFinite(config.max_upload_bytes)) {
     $("limit").textContent =
-      `Choose one or more files, or drop them here. Up to ${formatBytes(config.max_upload_bytes)} each.`;
+      `Choose one or more files, or drop them here, then press Upload. Up to ${formatBytes(config.max_upload_bytes)} each.`;
   }
 }
 
@@ -213,26 +214,48 @@ async function drain() {
   busy = false;
 }
 
-function enqueue(files) {
-  if (!files.length) return;
-  if (!$("token").value.trim()) {
+// Files to send once Upload is pressed; choosing alone starts nothing.
+function choose(files) {
+  chosen = [...files];
+  const names = chosen.map((file) => file.name).join(", ");
+  const count = chosen.length === 1 ? "1 file" : `${chosen.length} files`;
+  $("chosen").textContent = chosen.length ? `${count} chosen: ${names}. Press Upload to send.` : "";
+}
+
+// The largest file this token or ticket may send: its own limit can be below the service's.
+async function limitFor(token) {
+  try {
+    const answer = await fetch("/config", {
+      headers: { Accept: "application/json", "X-Auth-Token": token },
+      cache: "no-store",
+    });
+    if (answer.ok) return (await answer.json()).max_upload_bytes;
+  } catch (_) { /* the upload itself will say what is wrong */ }
+  return config.max_upload_bytes;
+}
+
+async function enqueue(files) {
+  if (!files.length) return false;
+  const token = $("token").value.trim();
+  if (!token) {
     $("token").setAttribute("aria-invalid", "true");
     $("token").focus();
-    announce("Enter your token or ticket first, then choose the files again.");
-    return;
+    announce("Enter your token or ticket first, then press Upload again.");
+    return false;
   }
   $("token").removeAttribute("aria-invalid");
   keepToken();
+  const limit = await limitFor(token);
   for (const file of files) {
     const row = addRow(file);
-    if (file.size > config.max_upload_bytes) {
-      showError(row, `the file is larger than the limit of ${formatBytes(config.max_upload_bytes)}`);
+    if (file.size > limit) {
+      showError(row, `the file is larger than the limit of ${formatBytes(limit)}`);
     } else {
       queue.push({ file, row });
     }
   }
-  $("files").value = "";
   drain();
+  return true;
 }
 
 function downloadShareX() {
@@ -242,7 +265,13 @@ function downloadShareX() {
     announce("Enter your token or ticket first.");
     return;
   }
-  fetch("/sharex.sxcu").then((answer) => answer.json()).then((sxcu) => {
+  fetch("/sharex.sxcu", { cache: "no-store" }).then(async (answer) => {
+    const sxcu = await answer.json();
+    // Without PUBLIC_BASE_URL the service has no address to put in it: say so.
+    if (!answer.ok || !sxcu.Headers) {
+      showNotice(sxcu.message || `the service answered ${answer.status}`);
+      return;
+    }
     sxcu.Headers["X-Auth-Token"] = token;
     const blob = new Blob([JSON.stringify(sxcu, null, 2)], { type: "application/json" });
     const link = document.createElement("a");
@@ -250,7 +279,14 @@ function downloadShareX() {
     link.download = "paimon-with-token.sxcu";
     link.click();
     setTimeout(() => URL.revokeObjectURL(link.href), 1000);
-  });
+  }).catch(() => showNotice("the service could not be reached; check your connection"));
+}
+
+// A problem that belongs to no file's row, read out at once.
+function showNotice(message) {
+  const notice = $("sharex-notice");
+  notice.textContent = `No ShareX uploader: ${message}`;
+  notice.hidden = false;
 }
 
 function init() {
@@ -258,17 +294,20 @@ function init() {
   loadConfig();
   $("remember").addEventListener("change", keepToken);
   $("token").addEventListener("change", keepToken);
-  $("files").addEventListener("change", () => {
-    if ($("token").value.trim()) enqueue([...$("files").files]);
-  });
+  $("files").addEventListener("change", () => choose($("files").files));
   $("upload-form").addEventListener("submit", (event) => {
     event.preventDefault();
-    if (!$("files").files.length) {
+    if (!chosen.length) {
       $("files").focus();
       announce("Choose one or more files first.");
       return;
     }
-    enqueue([...$("files").files]);
+    enqueue(chosen).then((queued) => {
+      if (queued) {
+        $("files").value = "";
+        choose([]);
+      }
+    });
   });
   // The whole page takes drops, so a file dropped beside the box is not opened instead.
   const drop = $("drop");
@@ -277,7 +316,7 @@ function init() {
   document.addEventListener("drop", (event) => {
     event.preventDefault();
     drop.classList.remove("over");
-    enqueue([...event.dataTransfer.files]);
+    choose(event.dataTransfer.files);
   });
   $("sharex-with-token").addEventListener("click", downloadShareX);
 }

@@ -1,0 +1,94 @@
+"""The gunicorn master's part in starting the service, called from gunicorn.conf.py.
+
+Settings are checked once, in the master, when gunicorn reads its configuration: before
+it binds the port or starts a worker. A bad value stops it with one line and exit status
+3, instead of one error per worker followed by gunicorn's own report of their exits.
+
+The master also opens the instance's copy of the last good tokens file
+(app/last_good_tokens.py). Workers are forked from the master, so they inherit it (and
+this module's state) without being told: ``last_good_tokens`` in a worker returns it.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+
+from app.access.last_good_tokens import LastGoodTokens
+from app.access.tokens import TokensFileError, parse_tokens, read_tokens_text
+from app.config import ConfigError, check_served_settings, load_settings, tokens_file_error
+from app.serving.startup import stop_for
+
+_checked = False
+_last_good: LastGoodTokens | None = None
+
+
+def check_once(argv: Sequence[str], environ: Mapping[str, str] = os.environ) -> None:
+    """Check the settings gunicorn was started with; on a problem print one line and exit 3.
+
+    gunicorn reads its configuration again on SIGHUP: the service is running by then,
+    so later calls change nothing (a bad TOKENS_FILE is refused by the workers, which
+    keep the last good one).
+    """
+    global _checked, _last_good
+    if _checked:
+        return
+    try:
+        _check_port(argv, environ)
+        settings = load_settings()
+        check_served_settings(settings)
+        if settings.tokens_file is not None:
+            text = read_tokens_text(settings.tokens_file)
+            parse_tokens(text, int(settings.max_upload_bytes))
+            _last_good = _keep(text)
+    except TokensFileError as error:
+        stop_for(tokens_file_error(error))
+    except ConfigError as error:
+        stop_for(error)
+    _checked = True
+
+
+def _keep(text: str) -> LastGoodTokens:
+    try:
+        return LastGoodTokens(text)
+    except OSError as error:
+        raise ConfigError(
+            f"TMPDIR {tempfile.gettempdir()} cannot hold the workers' copy of TOKENS_FILE "
+            f"({error.strerror}); point TMPDIR at a writable directory"
+        ) from None
+
+
+def last_good_tokens() -> LastGoodTokens | None:
+    """The instance's last good tokens file when this process is (forked from) a gunicorn
+    master that has one, else None."""
+    return _last_good
+
+
+def _check_port(argv: Sequence[str], environ: Mapping[str, str]) -> None:
+    """Name PORT when the start command's ``--bind 0.0.0.0:$PORT`` is left without a port
+    (gunicorn itself would only say ``'' is not a valid port number``)."""
+    port = environ.get("PORT")
+    if port is not None and not port.strip():
+        raise ConfigError("PORT is empty (set it to the port to listen on, e.g. PORT=8080)")
+    if port is None:
+        for bind in _binds(argv):
+            if bind.endswith(":") and not bind.startswith(("unix:", "fd://")):
+                raise ConfigError(
+                    f"PORT is not set, so --bind {bind} has no port "
+                    "(set it to the port to listen on, e.g. PORT=8080)"
+                )
+
+
+def _binds(argv: Sequence[str]) -> list[str]:
+    """The addresses given to gunicorn's ``-b``/``--bind`` options."""
+    binds = []
+    arguments = iter(argv)
+    for argument in arguments:
+        if argument in {"-b", "--bind"}:
+            binds.append(next(arguments, ""))
+        elif argument.startswith("--bind="):
+            binds.append(argument.removeprefix("--bind="))
+        elif argument.startswith("-b") and not argument.startswith("--"):
+            binds.append(argument.removeprefix("-b"))
+    return binds
