@@ -244,9 +244,7 @@ def test_file_over_the_limit_is_refused_before_sending(live_server, visit, tmp_p
     assert browser_visit.upload_requests() == []
 
 
-def test_a_tokens_own_limit_is_checked_before_sending(
-    live_server, visit, tmp_path: Path
-) -> None:
+def test_a_tokens_own_limit_is_checked_before_sending(live_server, visit, tmp_path: Path) -> None:
     small = "small-page-token-4c3b2a19"
     tokens = tmp_path / "tokens.toml"
     tokens.write_text(tokens_toml(small={"secret": small, "max_upload_bytes": "1KiB"}))
