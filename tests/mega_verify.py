@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+import secrets
 import struct
 import time
 from dataclasses import dataclass
@@ -96,7 +97,8 @@ def _file_info(http: requests.Session, api_url: str, public_handle: str) -> dict
     for _ in range(TRANSIENT_ATTEMPTS):
         answer = http.post(
             f"{api_url}/cs",
-            params={"id": "1"},
+            # A fresh id per request: MEGA answers a repeated id from its cache.
+            params={"id": secrets.token_hex(5)},
             data=json.dumps([{"a": "g", "g": 1, "p": public_handle}]),
             timeout=TIMEOUT,
         ).json()

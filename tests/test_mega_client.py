@@ -46,6 +46,7 @@ from app.storage.mega.folders import ensure_folder, find_folder
 from app.storage.mega.retry import Deadline, RetryPolicy, call_with_retries
 from app.storage.mega.session import FileSessionStore, MemorySessionStore
 from app.storage.mega.totp import totp
+from tests.conftest import EmulatorOptions
 from tests.mega_emulator import MegaEmulator, verify_hashcash
 from tests.mega_emulator.hashcash import new_challenge
 
@@ -55,13 +56,7 @@ PASSWORD = "Tr0ub4dor-and-3-horses"
 FAST = RetryPolicy(attempts=6, deadline_s=10, initial_s=0.01, max_s=0.05)
 QUOTA = {"a": "uq", "strg": 1, "xfer": 1}
 CHILD_TIMEOUT_S = 60
-
-
-@pytest.fixture
-def emulator() -> Iterator[MegaEmulator]:
-    with MegaEmulator(seed=11) as emu:
-        emu.add_account(EMAIL, PASSWORD)
-        yield emu
+MEGA_EMULATOR = EmulatorOptions(seed=11, accounts=((EMAIL, PASSWORD),))
 
 
 @pytest.fixture

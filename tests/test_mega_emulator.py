@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import itertools
 import json
 import os
 import selectors
@@ -18,6 +19,7 @@ import pytest
 import requests
 from mega.errors import RequestError
 
+from tests.conftest import EmulatorOptions
 from tests.mega_emulator import MegaEmulator, verify_hashcash
 from tests.mega_emulator.codec import b64url_decode, b64url_encode
 from tests.mega_emulator.stock_client import EmulatedMega
@@ -27,13 +29,14 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 EMAIL, PASSWORD = "user@example.com", "correct horse"
 
 
-@pytest.fixture
-def emulator(monkeypatch: pytest.MonkeyPatch) -> Any:
+MEGA_EMULATOR = EmulatorOptions(seed=7, avoid_dash_in_handles=True)
+_REQUEST_IDS = itertools.count(1)
+
+
+@pytest.fixture(autouse=True)
+def _mega_py_download_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
     # mega.py downloads with requests.get and no timeout; give it one.
     monkeypatch.setattr(requests, "get", functools.partial(requests.get, timeout=TIMEOUT))
-    # avoid_dash: mega.py's /file/ link parser cannot cope with '-' in handles.
-    with MegaEmulator(seed=7, avoid_dash_in_handles=True) as emu:
-        yield emu
 
 
 def api(
@@ -42,7 +45,9 @@ def api(
     sid: str | None = None,
     headers: dict[str, str] | None = None,
 ) -> requests.Response:
-    params = {"id": "1"}
+    # A fresh id per request, as MEGA's clients send: MEGA answers a repeated id from
+    # its cache (src/request.cpp in the SDK).
+    params = {"id": str(next(_REQUEST_IDS))}
     if sid:
         params["sid"] = sid
     return requests.post(

@@ -30,26 +30,22 @@ from app.storage.mega.upload import (
     put_node,
     send_stream,
 )
+from tests.conftest import EmulatorOptions
 from tests.mega_emulator import MegaEmulator
 from tests.mega_verify import verify
-from tests.test_mega_e2e import Service, check_stored, payload, start_service
+from tests.support.mega_service import (
+    EMAIL,
+    PASSWORD,
+    Service,
+    check_stored,
+    payload,
+    start_service,
+)
 
-EMAIL, PASSWORD = "e2e@example.com", "emulated e2e password"
 KiB, MiB = 1024, 1024 * 1024
 PIPELINE = {"MEGA_UPLOAD_REGION_BYTES": "1MiB", "MEGA_UPLOAD_PARALLEL": "3"}
-
-
-@pytest.fixture(scope="module")
-def emulator() -> Iterator[MegaEmulator]:
-    with MegaEmulator(seed=31) as emu:
-        emu.add_account(EMAIL, PASSWORD)
-        yield emu
-
-
-@pytest.fixture(autouse=True)
-def clean_emulator(emulator: MegaEmulator) -> None:
-    emulator.faults.reset()
-    emulator.reset_stats()
+# One emulator and one service for the module's tests; faults and counters are reset.
+MEGA_EMULATOR = EmulatorOptions(seed=31, accounts=((EMAIL, PASSWORD),), fresh_per_test=False)
 
 
 @pytest.fixture(scope="module")

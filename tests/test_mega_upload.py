@@ -39,6 +39,7 @@ from app.storage.mega.errors import MegaError, to_storage_error
 from app.storage.mega.retry import RetryPolicy
 from app.storage.mega.session import MemorySessionStore
 from app.storage.mega.upload import UploadLimits, export_link, put_node, send_file
+from tests.conftest import EmulatorOptions
 from tests.mega_emulator import MegaEmulator
 from tests.mega_verify import meta_mac_of, verify
 
@@ -193,13 +194,7 @@ def test_a_region_must_start_on_a_block_boundary() -> None:
 
 EMAIL, PASSWORD = "uploader@example.com", "emulated password 1"
 FAST = RetryPolicy(attempts=6, deadline_s=20, initial_s=0.01, max_s=0.05)
-
-
-@pytest.fixture
-def emulator() -> Iterator[MegaEmulator]:
-    with MegaEmulator(seed=11) as emu:
-        emu.add_account(EMAIL, PASSWORD)
-        yield emu
+MEGA_EMULATOR = EmulatorOptions(seed=11, accounts=((EMAIL, PASSWORD),))
 
 
 def mega_settings(emu: MegaEmulator, tmp_path: Path, **overrides: Any) -> MegaSettings:
@@ -439,18 +434,15 @@ def test_upload_urls_are_asked_for_over_ssl(
     assert stats["upload_urls_ssl"] == 1 and stats["upload_urls_without_ssl"] == 0
 
 
-@pytest.fixture
-def tls_emulator(monkeypatch: pytest.MonkeyPatch) -> Iterator[MegaEmulator]:
-    with MegaEmulator(seed=12, tls=True) as emu:
-        emu.add_account(EMAIL, PASSWORD)
-        assert emu.ca_file is not None and emu.url.startswith("https://")
-        monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(emu.ca_file))
-        yield emu
-
-
+@pytest.mark.parametrize(
+    "emulator", [EmulatorOptions(seed=12, accounts=((EMAIL, PASSWORD),), tls=True)], indirect=True
+)
 def test_over_https_file_data_goes_only_to_https_upload_urls(
-    tls_emulator: MegaEmulator, tmp_path: Path
+    emulator: MegaEmulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    tls_emulator = emulator
+    assert tls_emulator.ca_file is not None and tls_emulator.url.startswith("https://")
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(tls_emulator.ca_file))
     path, data = source_file(tmp_path, 3 * MiB)
     store = MegaBackend(mega_settings(tls_emulator, tmp_path))
     store.start()

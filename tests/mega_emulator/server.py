@@ -445,6 +445,9 @@ class MegaEmulator:
             self.faults = faults
         else:
             self.faults = Faults(seed=seed, **(faults or {}))
+        self._seed = seed
+        self._avoid_dash = avoid_dash_in_handles
+        self._generation = 0
         self.store = CloudStore(self.data_dir, seed=seed, avoid_dash=avoid_dash_in_handles)
         self._stats = Stats()
         self._challenges: dict[str, int] = {}  # outstanding hashcash token -> easiness
@@ -540,6 +543,25 @@ class MegaEmulator:
 
     def reset_stats(self) -> None:
         self._stats.reset()
+
+    def reset(self) -> None:
+        """Forget everything, as a fresh emulator with the same seed would: accounts,
+        sessions, nodes, stored files, uploads, faults, counters and open challenges. The
+        address stays, so a test can reuse a running emulator instead of starting one."""
+        self._generation += 1
+        fresh = self.data_dir / f"cloud-{self._generation}"
+        store = CloudStore(fresh, seed=self._seed, avoid_dash=self._avoid_dash)
+        old, self.store = self.store, store
+        if old.data_dir != self.data_dir:
+            shutil.rmtree(old.data_dir, ignore_errors=True)
+        else:
+            for part in ("uploads", "blobs"):
+                shutil.rmtree(old.data_dir / part, ignore_errors=True)
+        self.faults.reset()
+        self.faults.seed(self._seed)
+        self._stats.reset()
+        with self._challenge_lock:
+            self._challenges.clear()
 
     def nodes(self, email: str) -> list[dict[str, Any]]:
         """The account's nodes as 'f' returns them (attributes still encrypted)."""
