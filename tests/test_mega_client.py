@@ -298,6 +298,47 @@ def test_session_rejected_again_after_relogin_fails_instead_of_looping(
     assert logins(emulator) == 2  # one re-login, no more
 
 
+# -- request ids ----------------------------------------------------------------------------
+# MEGA answers a request id it has seen from its cache; the SDK resends the same id only
+# after a transport failure or a bare -3/-4 (src/request.cpp, src/megaclient.cpp exec).
+
+
+@pytest.mark.parametrize("objects", [False, True], ids=["number", "object"])
+@pytest.mark.parametrize("code", [-3, -4, -18])
+def test_a_command_error_is_tried_again_under_a_fresh_request_id(
+    emulator: MegaEmulator, make_client: Callable[..., MegaClient], code: int, objects: bool
+) -> None:
+    client = make_client()
+    client.ensure_login()
+    emulator.faults.update(
+        command_error_next=1,
+        command_error_code=code,
+        command_error_command="uq",
+        error_objects=objects,
+    )
+    assert client.api(QUOTA)["mstrg"] > 0
+    stats = emulator.stats()
+    assert stats["faults_injected"]["command_error"] == 1
+    assert stats["replayed_answers"] == 0
+
+
+def test_a_request_whose_answer_was_lost_is_sent_again_under_its_id(
+    emulator: MegaEmulator, make_client: Callable[..., MegaClient], session_file: Path
+) -> None:
+    client = make_client()
+    store = FileSessionStore(session_file, client.account)
+    client.ensure_login()
+    emulator.faults.update(api_answer_lost_next=1, api_answer_lost_command="p")
+    # MEGA made the folder; only the answer was lost. The resend gets that answer, and
+    # no twin folder is made.
+    made = ensure_folder(client, "Once", store.folder_locked, 5)
+    stats = emulator.stats()
+    assert stats["faults_injected"]["api_answer_lost"] == 1
+    assert stats["replayed_answers"] == 1
+    assert stats["folders_created"] == 1
+    assert find_folder(client, "Once") == made
+
+
 # -- retries -----------------------------------------------------------------------------
 
 

@@ -57,7 +57,11 @@ place cites the file it follows):
 * hashcash: an empty answer (``1:<token>:``) gets a fresh challenge;
   ``hashcash_hard_challenges_next`` issues unsolvable ones first;
 * ``sdk_names(email)``: node names as the SDK reads attribute blocks (a
-  ``\\uXXXX`` escape keeps only its low byte).
+  ``\\uXXXX`` escape keeps only its low byte);
+* request ids: a complete answer is kept for its ``(sid, id)`` and a request with
+  that id again gets it replayed, commands not carried out again
+  (``replay_repeated_ids``; the SDK's ``src/request.cpp``); bare -3/-4 and
+  challenges are not kept, so their resend is carried out.
 
 Throughput: chunk bodies go to disk in 1 MiB pieces. A plain ``requests`` POST
 of 256 MiB measured 130-210 MB/s on a 2-vCPU machine with the emulator in its

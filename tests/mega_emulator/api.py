@@ -400,6 +400,10 @@ def _run(ctx: ApiContext, cmd: Any) -> Any:
         raise ApiError(errors.EARGS)
     name = cmd["a"]
     ctx.stats.command(name)
+    wanted = ctx.faults.command_error_command
+    if (wanted is None or wanted == name) and ctx.faults.take("command_error_next"):
+        ctx.stats.fault("command_error")
+        raise ApiError(ctx.faults.command_error_code)
     handler = HANDLERS.get(name)
     if handler is None:
         raise ApiError(errors.EARGS)

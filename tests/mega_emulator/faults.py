@@ -30,6 +30,10 @@ FAULT_FIELDS: dict[str, tuple[type, Any]] = {
     "api_ratelimit_probability": (float, 0.0),  # -4
     "api_tempunavail_probability": (float, 0.0),  # -18
     "api_delay": (float, 0.0),  # seconds before answering /cs
+    # The next N requests are carried out (and their answer kept for their id), then the
+    # connection is dropped before the answer goes out.
+    "api_answer_lost_next": (int, 0),
+    "api_answer_lost_command": (str, None),  # only requests holding this command
     # A session answers -15 ESID once it has served this many requests.
     "session_expire_after_calls": (int, None),
     # Log-in of these addresses answers -16 EBLOCKED.
@@ -44,6 +48,16 @@ FAULT_FIELDS: dict[str, tuple[type, Any]] = {
     # Per-command errors as {"err": N} objects instead of bare numbers, as MEGA's API
     # answers newer commands (the SDK's Command::checkError reads both forms).
     "error_objects": (bool, False),
+    # MEGA answers a request whose id (?id=) it has answered before from its cache,
+    # without carrying it out again: the SDK resends a request unchanged, same id, only
+    # after a transport failure or a bare -3/-4 ("server API is idempotent", src/request.cpp
+    # RequestDispatcher; src/megaclient.cpp MegaClient::exec).
+    "replay_repeated_ids": (bool, True),
+    # The next N commands (of the name command_error_command, or any) fail on their own
+    # with command_error_code, inside a complete answer: [-3] or [{"err": -3}].
+    "command_error_next": (int, 0),
+    "command_error_code": (int, -3),
+    "command_error_command": (str, None),
     "storage_quota_bytes": (int, 20 * GiB),
     "transfer_quota_bytes": (int, 10 * GiB),
     # Upload chunk POSTs.
@@ -80,6 +94,10 @@ def _coerce(name: str, value: Any) -> Any:
     if kind is bool:
         if not isinstance(value, bool):
             raise TypeError(f"fault {name} must be a boolean")
+        return value
+    if kind is str:
+        if not isinstance(value, str):
+            raise TypeError(f"fault {name} must be a string")
         return value
     if kind is list:
         if not isinstance(value, (list, tuple, set, frozenset)):

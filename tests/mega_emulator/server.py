@@ -11,6 +11,7 @@ import ssl
 import tempfile
 import threading
 import time
+from collections import OrderedDict
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Self
@@ -25,6 +26,7 @@ from .stats import Stats
 from .store import CloudStore, Upload
 
 MAX_API_BODY = 16 * 1024 * 1024
+ANSWER_CACHE_SIZE = 100_000
 _RANGE_HEADER = re.compile(r"bytes=(\d*)-(\d*)$")
 _RANGE_SUFFIX = re.compile(r"^(\d+)-(\d*)$")
 
@@ -195,8 +197,20 @@ class RequestHandler(BaseHTTPRequestHandler):
                 self._send_json(code)
                 return
 
-        account: Account | None = None
         sid = query.get("sid", [None])[0]
+        request_id = query.get("id", [None])[0]
+        cache_key = (sid or "", request_id)
+        if request_id is not None and faults.replay_repeated_ids:
+            with emulator._answers_lock:
+                cached = emulator._answers.get(cache_key)
+            if cached is not None:
+                # A request id seen before: the answer it got, not the commands carried out
+                # again (the SDK keeps one id for resends of the same request only).
+                stats.add("replayed_answers")
+                self._send(200, cached)
+                return
+
+        account: Account | None = None
         if sid:
             limit = faults.session_expire_after_calls
             with store.lock:
@@ -216,7 +230,18 @@ class RequestHandler(BaseHTTPRequestHandler):
                 account = store.accounts[session.email]
 
         ctx = ApiContext(store, faults, stats, account, emulator.url, emulator.plain_url)
-        self._send_json([run_command(ctx, command) for command in commands])
+        body = json.dumps([run_command(ctx, c) for c in commands], separators=(",", ":")).encode()
+        if request_id is not None:
+            emulator._remember_answer(cache_key, body)
+        lost_for = faults.api_answer_lost_command
+        names = {c.get("a") for c in commands if isinstance(c, dict)}
+        if (lost_for is None or lost_for in names) and faults.take("api_answer_lost_next"):
+            stats.fault("api_answer_lost")
+            self.close_connection = True
+            with contextlib.suppress(OSError):
+                self.connection.shutdown(socket.SHUT_RDWR)
+            return
+        self._send(200, body)
 
     # -- uploads -----------------------------------------------------------
     def _chunk(self, path: str) -> None:
@@ -451,6 +476,9 @@ class MegaEmulator:
         self.store = CloudStore(self.data_dir, seed=seed, avoid_dash=avoid_dash_in_handles)
         self._stats = Stats()
         self._challenges: dict[str, int] = {}  # outstanding hashcash token -> easiness
+        # Complete answers by (sid, request id), the oldest dropped first.
+        self._answers: OrderedDict[tuple[str, str], bytes] = OrderedDict()
+        self._answers_lock = threading.Lock()
         self._challenge_lock = threading.Lock()
         self._server: _HttpServer | None = None
         self._thread: threading.Thread | None = None
@@ -562,6 +590,8 @@ class MegaEmulator:
         self._stats.reset()
         with self._challenge_lock:
             self._challenges.clear()
+        with self._answers_lock:
+            self._answers.clear()
 
     def nodes(self, email: str) -> list[dict[str, Any]]:
         """The account's nodes as 'f' returns them (attributes still encrypted)."""
@@ -598,6 +628,12 @@ class MegaEmulator:
 
     def read_ciphertext(self, handle: str) -> bytes:
         return self.ciphertext_path(handle).read_bytes()
+
+    def _remember_answer(self, key: tuple[str, str], body: bytes) -> None:
+        with self._answers_lock:
+            self._answers[key] = body
+            while len(self._answers) > ANSWER_CACHE_SIZE:
+                self._answers.popitem(last=False)
 
     # -- hashcash bookkeeping ------------------------------------------------------
     def _hashcash_issue(self, token: str, easiness: int) -> None:

@@ -12,6 +12,7 @@ SCALARS = (
     "upload_urls_ssl",
     "upload_urls_without_ssl",
     "window_refusals",
+    "replayed_answers",
     "chunk_posts_to_dead_uploads",
     "api_requests",
     "logins_ok",

@@ -54,6 +54,8 @@ from app import metrics
 
 from . import hashcash
 from .errors import (
+    EAGAIN,
+    ERATELIMIT,
     LOGIN_REASONS,
     SESSION_GONE,
     HashcashUnsolved,
@@ -288,16 +290,33 @@ class MegaClient:
         return sid
 
     def _request(self, command: dict[str, Any], sid: str | None, deadline: Deadline) -> Any:
-        """One logical request: same id through retries and proof-of-work resends, so MEGA
-        can recognise a repeat of a request it already carried out."""
+        """One command, tried again under the retry policy.
+
+        MEGA answers a request id it has seen before from its cache ("server API is
+        idempotent", the SDK's ``RequestDispatcher`` in ``src/request.cpp``). So the same
+        id goes out again only where MEGA did not answer the request: a transport failure,
+        an HTTP error, a proof-of-work challenge, or a bare -3/-4 for the whole request
+        (``MegaClient::exec`` in ``src/megaclient.cpp`` resends ``inflightreq`` unchanged
+        then). After any complete answer, error codes in it included, the next try is a
+        new request with the next id, or it would only get the same answer back.
+        """
         params: dict[str, Any] = {"id": next(self._sequence)}
         if sid:
             params["sid"] = sid
         body = json.dumps([command], separators=(",", ":"))
         name = str(command.get("a", "?"))[:20]
+
+        def attempt() -> Any:
+            try:
+                return self._exchange(params, body, deadline)
+            except MegaApiError as exc:
+                if not (exc.whole_request and exc.code in (EAGAIN, ERATELIMIT)):
+                    params["id"] = next(self._sequence)
+                raise
+
         try:
             answer = call_with_retries(
-                lambda: self._exchange(params, body, deadline),
+                attempt,
                 self.policy,
                 deadline,
                 what=f"MEGA API call {name}",
@@ -501,7 +520,7 @@ def _result(content: bytes) -> Any:
         raise MegaBadAnswer() from None
     code = _error_in(answer)  # a request-level error (a number, or an object)
     if code is not None:
-        raise MegaApiError(code)
+        raise MegaApiError(code, whole_request=True)
     if isinstance(answer, int) and not isinstance(answer, bool):
         return answer
     if not isinstance(answer, list) or not answer:

@@ -204,10 +204,11 @@ class MegaError(Exception):
 
 
 class MegaApiError(MegaError):
-    """MEGA answered a command, or a whole request, with an error code."""
+    """MEGA answered a command, or a whole request (``whole_request``), with an error code."""
 
-    def __init__(self, code: int) -> None:
+    def __init__(self, code: int, *, whole_request: bool = False) -> None:
         self.code = code
+        self.whole_request = whole_request
         self.name = code_name(code)
         self.failure = API_CODES.get(code, REJECTED)
         super().__init__(f"MEGA answered {self.name} ({code})")
