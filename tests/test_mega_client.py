@@ -9,6 +9,7 @@ import logging
 import math
 import os
 import stat
+import struct
 import subprocess
 import sys
 import threading
@@ -28,11 +29,12 @@ from app.storage.base import (
     UpstreamRejected,
 )
 from app.storage.mega import hashcash
-from app.storage.mega.client import MegaClient
+from app.storage.mega.client import MegaClient, session_id
 from app.storage.mega.errors import (
     Action,
     HashcashUnsolved,
     MegaApiError,
+    MegaBadAnswer,
     MegaChunkError,
     MegaDeadlineExceeded,
     MegaHttpError,
@@ -44,10 +46,12 @@ from app.storage.mega.errors import (
 )
 from app.storage.mega.folders import ensure_folder, find_folder
 from app.storage.mega.retry import Deadline, RetryPolicy, call_with_retries
-from app.storage.mega.session import FileSessionStore, MemorySessionStore
+from app.storage.mega.session import FileSessionStore, MemorySessionStore, decode_session
 from app.storage.mega.totp import totp
 from tests.conftest import EmulatorOptions
 from tests.mega_emulator import MegaEmulator, verify_hashcash
+from tests.mega_emulator.accounts.crypto import encrypt_session_id, new_session_secret
+from tests.mega_emulator.codec import b64url_decode
 from tests.mega_emulator.hashcash import new_challenge
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -122,6 +126,43 @@ def test_v1_account_logs_in(emulator: MegaEmulator, make_client: Callable[..., M
     assert client.api({"a": "ug"})["email"] == "legacy@example.com"
 
 
+def test_a_session_id_that_begins_with_a_zero_byte_is_read_at_its_full_width(
+    emulator: MegaEmulator, make_client: Callable[..., MegaClient], session_file: Path
+) -> None:
+    # About one MEGA session id in 256 begins with a zero byte; the SDK reads it at a
+    # fixed width (AsymmCipher::decrypt), so the zero stays.
+    emulator.faults.session_id_leading_zero_next = 1
+    client = make_client()
+    client.ensure_login()
+    assert emulator.stats()["faults_injected"]["session_id_leading_zero"] == 1
+    assert cached_sid(session_file) in emulator.store.sessions
+    assert client.api(QUOTA)["mstrg"] > 0
+    assert logins(emulator) == 1
+    # What mega-session prints works too.
+    exported = decode_session(client.export_session(), client.account)
+    assert exported is not None and exported.sid in emulator.store.sessions
+
+
+def test_a_session_id_for_another_user_is_refused(emulator: MegaEmulator) -> None:
+    account = emulator.store.accounts[EMAIL]
+    other = emulator.add_account("someone@example.com", "another password 2")
+    secret = new_session_secret(other.user_handle)
+    answer = {
+        "k": account.encrypted_master_key,
+        "privk": account.encrypted_privk,
+        "csid": encrypt_session_id(account.rsa, secret),
+        "u": account.user_handle,
+    }
+    master_key = list(struct.unpack(">4I", account.master_key))
+    with pytest.raises(MegaBadAnswer):
+        session_id(answer, master_key)
+    right = {
+        **answer,
+        "csid": encrypt_session_id(account.rsa, new_session_secret(account.user_handle)),
+    }
+    assert len(b64url_decode(session_id(right, master_key))) == 43
+
+
 def test_session_cache_is_private_holds_no_password_and_is_keyed_to_the_account(
     emulator: MegaEmulator, make_client: Callable[..., MegaClient], session_file: Path
 ) -> None:
@@ -190,7 +231,7 @@ def test_threads_and_two_clients_share_one_login(
 _CHILD = """
 import sys, time
 from pathlib import Path
-from app.storage.mega.client import MegaClient
+from app.storage.mega.client import MegaClient, session_id
 from app.storage.mega.retry import RetryPolicy
 url, email, password, session_file, start_at = sys.argv[1:6]
 client = MegaClient(url, email, password, Path(session_file),

@@ -98,7 +98,10 @@ def cmd_login(ctx: ApiContext, cmd: dict[str, Any]) -> Any:
         ctx.stats.add("logins_failed")
         ctx.stats.fault("blocked")
         raise ApiError(errors.EBLOCKED)
-    _sid, csid = ctx.store.open_session(account)
+    leading_zero = ctx.faults.take("session_id_leading_zero_next")
+    if leading_zero:
+        ctx.stats.fault("session_id_leading_zero")
+    _sid, csid = ctx.store.open_session(account, leading_zero)
     ctx.stats.add("logins_ok")
     return {
         "k": account.encrypted_master_key,

@@ -36,6 +36,9 @@ FAULT_FIELDS: dict[str, tuple[type, Any]] = {
     "api_answer_lost_command": (str, None),  # only requests holding this command
     # A session answers -15 ESID once it has served this many requests.
     "session_expire_after_calls": (int, None),
+    # The next N log-ins get a session id whose first byte is zero (MEGA's are, about one
+    # in 256; otherwise the emulator avoids it, for stock clients that drop it).
+    "session_id_leading_zero_next": (int, 0),
     # Log-in of these addresses answers -16 EBLOCKED.
     "blocked_emails": (list, []),
     # -17 EOVERQUOTA on 'u' (upload URL) and/or 'p' (put nodes).

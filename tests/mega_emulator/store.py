@@ -150,9 +150,10 @@ class CloudStore:
         with self.lock:
             return next((a for a in self.accounts.values() if a.user_handle == user_handle), None)
 
-    def open_session(self, account: Account) -> tuple[str, str]:
-        """(sid the client will derive, csid to send)."""
-        secret = new_session_secret()
+    def open_session(self, account: Account, leading_zero: bool = False) -> tuple[str, str]:
+        """(sid the client will derive, csid to send); ``leading_zero``: a session id whose
+        first byte is zero, as MEGA's are about once in 256."""
+        secret = new_session_secret(account.user_handle, leading_zero)
         sid = b64url_encode(secret)
         with self.lock:
             self.sessions[sid] = Session(sid, account.email)

@@ -476,29 +476,52 @@ class MegaClient:
         master_key = list(decrypt_key(base64_to_a32(answer["k"]), password_key))
         user = answer.get("u")
         return CachedSession(
-            _session_id(answer, master_key), master_key, user if isinstance(user, str) else None
+            session_id(answer, master_key), master_key, user if isinstance(user, str) else None
         )
 
 
-def _session_id(answer: dict[str, Any], master_key: list[int]) -> str:
+SID_BYTES = 43  # include/mega/megaclient.h: SIDLEN = 2 * 16 + 8 * 4 / 3 + 1
+_HANDLE_IN_SID = slice(16, 27)  # the user's handle, 11 base64url characters
+
+
+def session_id(answer: dict[str, Any], master_key: list[int]) -> str:
     """The session id in a log-in answer: a temporary ``tsid`` checked against the master
     key, or ``csid`` encrypted with the account's RSA key (decrypted with its private key,
-    itself encrypted with the master key), as mega.py and the SDK read them."""
+    itself encrypted with the master key).
+
+    The decrypted number is read at a fixed width, its leading zero bytes kept: the SDK's
+    ``AsymmCipher::decrypt`` (``src/crypto/cryptopp.cpp``) takes the top 43 bytes of it
+    written in p's and q's byte lengths minus 2, and the web client left-pads it
+    (``crypto_rsadecrypt``). Stripping the zeros, as mega.py does, shifts the id of about
+    one log-in in 256. As the SDK does (``CommandLogin`` in ``src/commands.cpp``), the
+    user's handle inside the id must be the account's.
+    """
     if "tsid" in answer:
         tsid = base64_url_decode(answer["tsid"])
         if a32_to_str(encrypt_key(str_to_a32(tsid[:16]), master_key)) != tsid[-16:]:
             raise MegaBadAnswer()
         return str(answer["tsid"])
     private = a32_to_str(decrypt_key(base64_to_a32(answer["privk"]), master_key))
-    parts = []
+    parts, widths = [], []
     for _ in range(4):  # p, q, d, u as MPIs: a 2-byte bit length, then the number
         length = 2 + (int.from_bytes(private[:2], "big") + 7) // 8
         parts.append(mpi_to_int(private[:length]))
+        widths.append(length - 2)
         private = private[length:]
     p, q, d = parts[0], parts[1], parts[2]
     sid = pow(mpi_to_int(base64_url_decode(answer["csid"])), d, p * q)
-    raw = sid.to_bytes((sid.bit_length() + 7) // 8, "big")
-    return base64_url_encode(raw[:43])
+    width = max(widths[0] + widths[1] - 2, (sid.bit_length() + 7) // 8)
+    raw = sid.to_bytes(width, "big")[:SID_BYTES]
+    user = answer.get("u")
+    if len(raw) < SID_BYTES or not isinstance(user, str):
+        raise MegaBadAnswer()
+    try:
+        inside = base64_url_decode(raw[_HANDLE_IN_SID].decode("ascii"))
+    except (UnicodeDecodeError, ValueError):
+        raise MegaBadAnswer() from None
+    if inside != base64_url_decode(user):
+        raise MegaBadAnswer()
+    return base64_url_encode(raw)
 
 
 def _error_in(value: Any) -> int | None:
