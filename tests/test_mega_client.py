@@ -120,10 +120,31 @@ def test_login_is_lazy_and_api_calls_work(
     assert logins(emulator) == 1
 
 
-def test_v1_account_logs_in(emulator: MegaEmulator, make_client: Callable[..., MegaClient]) -> None:
-    emulator.add_account("legacy@example.com", "old-style-pass", version=1)
-    client = make_client(email="legacy@example.com", password="old-style-pass")
+@pytest.mark.parametrize(
+    "password",
+    ["old-style-pass", "mot de passe d'été", "пароль über 密码 🔑"],
+    ids=["ascii", "latin-1", "beyond-latin-1"],
+)
+def test_v1_account_logs_in(
+    emulator: MegaEmulator, make_client: Callable[..., MegaClient], password: str
+) -> None:
+    # The SDK takes any UTF-8 password for a v1 account (MegaClient::pw_key); mega.py's
+    # str_to_a32 only Latin-1.
+    emulator.add_account("legacy@example.com", password, version=1)
+    client = make_client(email="legacy@example.com", password=password)
     assert client.api({"a": "ug"})["email"] == "legacy@example.com"
+
+
+def test_the_account_version_comes_from_v_not_from_a_salt(
+    emulator: MegaEmulator, make_client: Callable[..., MegaClient]
+) -> None:
+    # A v2 answer without its salt is a broken answer to the SDK (CommandPrelogin), not a
+    # v1 account whose password is then "wrong".
+    emulator.faults.prelogin_without_salt = True
+    client = make_client()
+    with pytest.raises(MegaBadAnswer):
+        client.ensure_login()
+    assert emulator.stats()["commands"].get("us", 0) == 0
 
 
 def test_a_session_id_that_begins_with_a_zero_byte_is_read_at_its_full_width(

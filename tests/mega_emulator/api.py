@@ -79,6 +79,9 @@ def cmd_prelogin(ctx: ApiContext, cmd: dict[str, Any]) -> Any:
     if account is None or account.version == 1:
         return {"v": 1}
     assert account.salt is not None
+    if ctx.faults.prelogin_without_salt:
+        ctx.stats.fault("prelogin_without_salt")
+        return {"v": 2}
     return {"s": b64url_encode(account.salt), "v": 2}
 
 

@@ -36,6 +36,8 @@ FAULT_FIELDS: dict[str, tuple[type, Any]] = {
     "api_answer_lost_command": (str, None),  # only requests holding this command
     # A session answers -15 ESID once it has served this many requests.
     "session_expire_after_calls": (int, None),
+    # 'us0' answers a v2 account without its salt ({"v": 2}).
+    "prelogin_without_salt": (bool, False),
     # The next N log-ins get a session id whose first byte is zero (MEGA's are, about one
     # in 256; otherwise the emulator avoids it, for stock clients that drop it).
     "session_id_leading_zero_next": (int, 0),

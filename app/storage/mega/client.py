@@ -457,16 +457,23 @@ class MegaClient:
         key derivation and key helpers."""
         password = self._password.get_secret_value()
         pre = self._request({"a": "us0", "user": self._email}, None, deadline)
+        # The account's version is its "v", as the SDK reads it (CommandPrelogin in
+        # src/commands.cpp): 2 needs a salt, 1 has none, anything else is not understood.
+        version = pre.get("v") if isinstance(pre, dict) else None
         salt = pre.get("s") if isinstance(pre, dict) else None
-        if isinstance(salt, str) and salt:  # a v2 account: PBKDF2-SHA512, 100,000 rounds
+        if version == 2:  # PBKDF2-SHA512, 100,000 rounds
+            if not isinstance(salt, str) or not salt:
+                raise MegaBadAnswer()
             derived = hashlib.pbkdf2_hmac(
                 "sha512", password.encode(), a32_to_str(base64_to_a32(salt)), 100000, 32
             )
             password_key = str_to_a32(derived[:16])
             user_hash = base64_url_encode(derived[16:])
-        else:  # a v1 account
-            password_key = prepare_key(str_to_a32(password))
+        elif version == 1:
+            password_key = prepare_key(js_string_words(password))
             user_hash = stringhash(self._email, password_key)
+        else:
+            raise MegaBadAnswer()
         command: dict[str, Any] = {"a": "us", "user": self._email, "uh": user_hash}
         if self._totp_secret is not None:
             command["mfa"] = totp(self._totp_secret.get_secret_value())
@@ -522,6 +529,20 @@ def session_id(answer: dict[str, Any], master_key: list[int]) -> str:
     if inside != base64_url_decode(user):
         raise MegaBadAnswer()
     return base64_url_encode(raw)
+
+
+def js_string_words(text: str) -> list[int]:
+    """32-bit words of ``text`` packed as the web client's ``str_to_a32`` packs a string,
+    for v1 password keys: one byte lane per UTF-16 code unit, shifted into place in 32-bit
+    arithmetic (a unit above 0xFF spills its high byte into the lane before). The SDK does
+    the same from UTF-8 (``MegaClient::utf8_to_a32forjs`` in ``src/megaclient.cpp``), so
+    any password works; mega.py's ``str_to_a32`` accepts only Latin-1."""
+    utf16 = text.encode("utf-16-be")
+    words = [0] * ((len(utf16) // 2 + 3) // 4)
+    for index in range(len(utf16) // 2):
+        unit = int.from_bytes(utf16[2 * index : 2 * index + 2], "big")
+        words[index >> 2] |= (unit << (24 - 8 * (index & 3))) & 0xFFFFFFFF
+    return words
 
 
 def _error_in(value: Any) -> int | None:

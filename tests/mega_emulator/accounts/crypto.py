@@ -36,10 +36,23 @@ def _words(data: bytes) -> bytes:
     return data + b"\0" * (-len(data) % 4)
 
 
+def js_string_bytes(text: str) -> bytes:
+    """A string as the web client's ``str_to_a32`` packs it, which the SDK copies for v1
+    passwords (``MegaClient::utf8_to_a32forjs`` in ``src/megaclient.cpp``): one byte lane
+    per UTF-16 code unit, each unit shifted into its lane in 32-bit arithmetic, so the
+    high byte of a unit above 0xFF is ORed into the lane before it."""
+    utf16 = text.encode("utf-16-be")
+    units = [int.from_bytes(utf16[i : i + 2], "big") for i in range(0, len(utf16), 2)]
+    words = [0] * ((len(units) + 3) // 4)
+    for index, unit in enumerate(units):
+        words[index // 4] |= (unit << (24 - 8 * (index % 4))) & 0xFFFFFFFF
+    return struct.pack(f">{len(words)}I", *words)
+
+
 def v1_password_key(password: str) -> bytes:
-    """MEGA's prepare_key. A single-block CBC with a zero IV is plain ECB, so
-    one cipher per 16-byte password slice is enough (and much faster)."""
-    raw = _words(password.encode("latin-1"))
+    """MEGA's prepare_key over any password (``MegaClient::pw_key``). A single-block
+    CBC with a zero IV is plain ECB, so one cipher per 16-byte slice is enough."""
+    raw = js_string_bytes(password)
     slices = [raw[i : i + 16].ljust(16, b"\0") for i in range(0, len(raw), 16)]
     ciphers = [AES.new(key, AES.MODE_ECB) for key in slices]
     pkey = _V1_INITIAL_KEY
