@@ -4,6 +4,7 @@ re-login, proof of work, the error table, and secrets staying out of logs and er
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import math
@@ -53,11 +54,12 @@ from tests.mega_emulator import MegaEmulator, verify_hashcash
 from tests.mega_emulator.accounts.crypto import encrypt_session_id, new_session_secret
 from tests.mega_emulator.codec import b64url_decode
 from tests.mega_emulator.hashcash import new_challenge
+from tests.support.mega_service import QUICK_WAITS
 
 ROOT = Path(__file__).resolve().parent.parent
 EMAIL = "owner@example.com"
 PASSWORD = "Tr0ub4dor-and-3-horses"
-FAST = RetryPolicy(attempts=6, deadline_s=10, initial_s=0.01, max_s=0.05)
+FAST = RetryPolicy(attempts=6, deadline_s=10, initial_s=0.01, max_s=0.05, waits=QUICK_WAITS)
 QUOTA = {"a": "uq", "strg": 1, "xfer": 1}
 CHILD_TIMEOUT_S = 60
 MEGA_EMULATOR = EmulatorOptions(seed=11, accounts=((EMAIL, PASSWORD),))
@@ -429,6 +431,63 @@ def test_eagain_always_fails_after_the_attempts(
     error = to_storage_error(caught.value)
     assert type(error) is UpstreamRejected
     assert str(error) == "MEGA kept failing after 5 attempts"
+
+
+def _waits_of(failures: list[BaseException], policy: RetryPolicy) -> list[float]:
+    """The waits call_with_retries takes while ``failures`` happen in turn, then success."""
+    slept: list[float] = []
+    left = iter(failures)
+
+    def flaky() -> str:
+        failure = next(left, None)
+        if failure is not None:
+            raise failure
+        return "ok"
+
+    assert call_with_retries(flaky, policy, Deadline(10**6), sleep=slept.append) == "ok"
+    return slept
+
+
+def test_waits_are_megas_clients_waits() -> None:
+    policy = RetryPolicy(attempts=5, deadline_s=10**6, initial_s=0.1, max_s=15)
+    # The SDK's BackoffTimer: 0.1 s, then the base doubles and up to half of it is added.
+    slept = _waits_of([MegaApiError(-3, whole_request=True)] * 4, policy)
+    assert slept[0] == pytest.approx(0.1)
+    for wait, base in zip(slept[1:], (0.2, 0.4, 0.8), strict=True):
+        assert base <= wait <= 1.5 * base
+    # A rate limit is waited out, however many times MEGA says it, and never near zero:
+    # the web client's 0.9 s + Exp(4 s), doubled before each wait, at most 300 s.
+    slept = _waits_of([MegaApiError(-4, whole_request=True)] * 12, policy)
+    assert len(slept) == 12 and slept[0] >= 1.8
+    for earlier, later in itertools.pairwise(slept):
+        assert later == pytest.approx(min(300.0, 2 * earlier))
+    # The upload server's 429 and 503: the SDK's fixed 0.5 s and 5 s, not counted.
+    busy = [MegaHttpError(503, upload=True), MegaHttpError(429, upload=True)] * 4
+    assert _waits_of(busy, policy) == [5.0, 0.5] * 4
+
+
+def test_a_rate_limit_is_waited_out_instead_of_counted(
+    emulator: MegaEmulator, make_client: Callable[..., MegaClient]
+) -> None:
+    policy = RetryPolicy(attempts=2, deadline_s=20, initial_s=0.01, max_s=0.05, waits=QUICK_WAITS)
+    client = make_client(policy=policy)
+    client.ensure_login()
+    emulator.faults.api_ratelimit_next = 6
+    assert client.api(QUOTA)["mstrg"] > 0
+    assert emulator.stats()["faults_injected"]["api_ratelimit"] == 6
+
+
+@pytest.mark.parametrize("status", [402, 403, 404, 400, 500])
+def test_api_http_errors_are_tried_again(
+    emulator: MegaEmulator, make_client: Callable[..., MegaClient], status: int
+) -> None:
+    # MEGA's clients resend a request whatever the status (the SDK's exec, the web client's
+    # finish); 403 and 404 mean an expired upload URL only from the upload server.
+    client = make_client()
+    client.ensure_login()
+    emulator.faults.update(api_http_error_next=2, api_http_error_status=status)
+    assert client.api(QUOTA)["mstrg"] > 0
+    assert emulator.stats()["faults_injected"]["api_http_error"] == 2
 
 
 def test_eagain_always_stops_at_the_deadline(

@@ -36,6 +36,7 @@ from tests.mega_verify import verify
 from tests.support.mega_service import (
     EMAIL,
     PASSWORD,
+    QUICK_WAITS,
     Service,
     check_stored,
     payload,
@@ -442,7 +443,7 @@ def new_stream_service(emulator: MegaEmulator, tmp_path: Path) -> Iterator[Calla
 
 # -- the data path's streaming contract, without the HTTP layer --------------------------
 
-FAST = RetryPolicy(attempts=6, deadline_s=20, initial_s=0.01, max_s=0.05)
+FAST = RetryPolicy(attempts=6, deadline_s=20, initial_s=0.01, max_s=0.05, waits=QUICK_WAITS)
 
 
 @pytest.fixture

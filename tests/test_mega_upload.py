@@ -42,6 +42,7 @@ from app.storage.mega.upload import UploadLimits, export_link, put_node, send_fi
 from tests.conftest import EmulatorOptions
 from tests.mega_emulator import MegaEmulator
 from tests.mega_verify import meta_mac_of, verify
+from tests.support.mega_service import QUICK_WAITS
 
 MiB = 1024 * 1024
 SIZES = [0, 1, 15, 16, 17, 131071, 131072, 131073, MiB + 5, 2 * MiB + 16]
@@ -193,7 +194,7 @@ def test_a_region_must_start_on_a_block_boundary() -> None:
 # -- the data path against the emulator ------------------------------------------------
 
 EMAIL, PASSWORD = "uploader@example.com", "emulated password 1"
-FAST = RetryPolicy(attempts=6, deadline_s=20, initial_s=0.01, max_s=0.05)
+FAST = RetryPolicy(attempts=6, deadline_s=20, initial_s=0.01, max_s=0.05, waits=QUICK_WAITS)
 MEGA_EMULATOR = EmulatorOptions(seed=11, accounts=((EMAIL, PASSWORD),))
 
 
@@ -272,6 +273,23 @@ def test_a_failed_region_is_resent_alone(
     stats = emulator.stats()
     assert stats["commands"]["u"] == 1  # no restart of the file
     assert stats["chunk_posts"] == planned + 4
+
+
+def test_a_busy_upload_server_is_waited_for_not_counted(
+    client: MegaClient, emulator: MegaEmulator, tmp_path: Path
+) -> None:
+    # The SDK sends the same piece again after a fixed 5 s (503) or 0.5 s (429), however
+    # often (TransferSlot::processRequestFailure); only the deadline ends that.
+    path, data = source_file(tmp_path, 2 * MiB + 9)
+    policy = RetryPolicy(attempts=2, deadline_s=20, initial_s=0.01, max_s=0.05, waits=QUICK_WAITS)
+    emulator.faults.update(chunk_http503_next=3, chunk_http429_next=3)
+    link = upload_to_root(
+        client, path, len(data), UploadLimits(region_bytes=MiB, chunk_policy=policy)
+    )
+    verify(emulator.url, link, data)
+    stats = emulator.stats()
+    assert stats["faults_injected"] == {"chunk_http503": 3, "chunk_http429": 3}
+    assert stats["commands"]["u"] == 1
 
 
 def test_a_dropped_connection_resends_the_region(

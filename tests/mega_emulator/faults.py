@@ -28,6 +28,10 @@ FAULT_FIELDS: dict[str, tuple[type, Any]] = {
     "api_eagain_probability": (float, 0.0),  # -3
     "api_eagain_next": (int, 0),
     "api_ratelimit_probability": (float, 0.0),  # -4
+    "api_ratelimit_next": (int, 0),
+    # The next N requests to /cs get this HTTP status and an empty body (no X-Hashcash).
+    "api_http_error_next": (int, 0),
+    "api_http_error_status": (int, 500),
     "api_tempunavail_probability": (float, 0.0),  # -18
     "api_delay": (float, 0.0),  # seconds before answering /cs
     # The next N requests are carried out (and their answer kept for their id), then the

@@ -187,6 +187,11 @@ class RequestHandler(BaseHTTPRequestHandler):
             self._send(402, headers={"X-Hashcash": header})
             return
 
+        if faults.take("api_http_error_next"):
+            stats.fault("api_http_error")
+            self._send(faults.api_http_error_status, content_type="text/plain")
+            return
+
         for stem, code in (
             ("api_eagain", errors.EAGAIN),
             ("api_ratelimit", errors.ERATELIMIT),

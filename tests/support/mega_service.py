@@ -13,12 +13,22 @@ from pathlib import Path
 import httpx
 from mega.crypto import get_chunks
 
+from app.storage.mega.retry import Waits
 from tests.conftest import ServerProcess, start_server
 from tests.mega_emulator import MegaEmulator
 from tests.mega_emulator.stock_client import EmulatedMega
 from tests.mega_verify import parse_link, verify
 
 EMAIL, PASSWORD = "e2e@example.com", "emulated e2e password"
+# MEGA's clients' waits (rate limits, a busy upload server) made short for tests that
+# build a retry policy of their own.
+QUICK_WAITS = Waits(
+    rate_limit_floor_s=0.005,
+    rate_limit_mean_s=0.01,
+    rate_limit_max_s=0.1,
+    upload_slow_down_s=0.01,
+    upload_busy_s=0.02,
+)
 HTTP_TIMEOUT = 60
 FAST_RETRIES = {
     "MEGA_RETRY_INITIAL_SECONDS": "0.01",

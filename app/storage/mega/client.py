@@ -248,7 +248,7 @@ class MegaClient:
             headers={"Content-Type": "application/octet-stream"},
         )
         if response.status_code != 200:
-            raise MegaHttpError(response.status_code)
+            raise MegaHttpError(response.status_code, upload=True)
         return response.text.strip()
 
     def ensure_login(self, deadline: Deadline | None = None) -> None:

@@ -449,12 +449,18 @@ def _post_with_retries(
                 raise UploadUrlDead(exc) from None
             raise
 
+    def pause(seconds: float) -> None:
+        # A torn-down pipeline (a failure elsewhere, or the upload complete) ends the wait.
+        if stop.wait(seconds):
+            raise _Stopped()
+
     return call_with_retries(
         post,
         limits.chunk_policy,
         deadline,
         retryable=lambda exc: action_for(exc) is Action.RETRY,
         what=f"MEGA upload of region at {offset}",
+        sleep=pause,
     )
 
 
