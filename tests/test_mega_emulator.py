@@ -304,6 +304,40 @@ def test_chunks_in_any_order_with_resends(emulator: MegaEmulator) -> None:
     assert requests.get(f"{info['g']}/5-9", timeout=TIMEOUT).content == data[5:10]
 
 
+@pytest.mark.parametrize(
+    ("version", "ack"),
+    [(None, b""), (2, b""), (3, b"0")],
+    ids=["legacy", "v2", "v3"],
+)
+def test_upload_answers_in_the_protocol_version_asked_for(
+    emulator: MegaEmulator, version: int | None, ack: bytes
+) -> None:
+    # Legacy (no "v", mega.py): empty acknowledgements, a 36-character token used as is.
+    # v2 (web client upload2.js, megajs): empty acknowledgements, a 36-byte binary token
+    # ending in byte 1, sent base64url-encoded in 'p'. v3 (the SDK's transferslot.cpp):
+    # "0" acknowledgements and the binary token.
+    emulator.add_account(EMAIL, PASSWORD)
+    sid, root = session(emulator)
+    data = os.urandom(200_000)
+    command: dict[str, Any] = {"a": "u", "s": len(data), "ssl": 2}
+    if version is not None:
+        command["v"] = version
+    url = api(emulator, [command], sid=sid).json()[0]["p"]
+    first = requests.post(f"{url}/0", data=data[:131072], timeout=TIMEOUT)
+    assert first.content == ack
+    last = requests.post(f"{url}/131072", data=data[131072:], timeout=TIMEOUT).content
+    assert len(last) == 36
+    if version is None:
+        handle = last.decode("ascii")
+        assert len(b64url_decode(handle)) == 27
+    else:
+        assert last[35] == 1
+        handle = b64url_encode(last)
+    node = put_file(emulator, sid, root, handle)["f"][0]
+    assert emulator.read_ciphertext(node["h"]) == data
+    assert emulator.stats()[f"upload_urls_v{version or 0}"] == 1
+
+
 def test_zero_byte_upload(emulator: MegaEmulator) -> None:
     emulator.add_account(EMAIL, PASSWORD)
     sid, root = session(emulator)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import itertools
 import random
 import secrets
@@ -35,10 +36,23 @@ from app.storage.mega.crypto import (
     seal_region,
     split_node_key,
 )
-from app.storage.mega.errors import MegaError, to_storage_error
+from app.storage.mega.errors import (
+    Action,
+    MegaBadUploadAnswer,
+    MegaChunkError,
+    MegaError,
+    action_for,
+    to_storage_error,
+)
 from app.storage.mega.retry import RetryPolicy
 from app.storage.mega.session import MemorySessionStore
-from app.storage.mega.upload import UploadLimits, export_link, put_node, send_file
+from app.storage.mega.upload import (
+    UploadLimits,
+    export_link,
+    put_node,
+    send_file,
+    upload_answer,
+)
 from tests.conftest import EmulatorOptions
 from tests.mega_emulator import MegaEmulator
 from tests.mega_verify import meta_mac_of, verify
@@ -189,6 +203,22 @@ def test_generated_keys_differ() -> None:
 def test_a_region_must_start_on_a_block_boundary() -> None:
     with pytest.raises(ValueError):
         seal_region(FIXED_KEY, 8, bytearray(32), 1)
+
+
+def test_the_upload_servers_answers_are_read_as_bytes() -> None:
+    binary = bytes(range(200, 235)) + b"\x01"  # a v2/v3 token ends in byte 1
+    text = b"A" * 35 + b"_"  # the legacy token: 36 base64url characters
+    assert upload_answer(b"") is None and upload_answer(b"0") is None
+    assert upload_answer(binary) == base64.urlsafe_b64encode(binary).decode().rstrip("=")
+    assert upload_answer(text) == text.decode() and upload_answer(text + b"\n") == text.decode()
+    with pytest.raises(MegaChunkError) as caught:
+        upload_answer(b"-14")
+    assert caught.value.code == -14
+    for garbage in (b"<html>", bytes(36), b"\xff\xfe", b"OK"):
+        with pytest.raises(MegaBadUploadAnswer):
+            upload_answer(garbage)
+    # The web client starts such an upload again on a fresh URL ($FATAL in upload2.js).
+    assert action_for(MegaBadUploadAnswer()) is Action.RESTART_UPLOAD
 
 
 # -- the data path against the emulator ------------------------------------------------
@@ -441,6 +471,32 @@ def test_delete_removes_the_node_and_ignores_a_missing_one(
 
 
 # -- as MEGA's own clients upload ----------------------------------------------------------
+
+
+def test_uploads_speak_the_web_clients_upload_protocol(
+    backend: MegaBackend, emulator: MegaEmulator, tmp_path: Path
+) -> None:
+    # 'u' with "v": 2, as the web client (upload2.js) and megajs ask: binary tokens.
+    path, data = source_file(tmp_path, 2 * MiB + 3)
+    stored = backend.store(path, "v2.bin", len(data))
+    verify(emulator.url, stored.link, data, name="v2.bin")
+    stats = emulator.stats()
+    assert stats["upload_urls_v2"] == 1 and stats["upload_urls_v0"] == 0
+
+
+@pytest.mark.parametrize("version", [0, 2, 3], ids=["legacy", "v2", "v3"])
+def test_every_form_of_the_upload_servers_answers_is_read(
+    client: MegaClient, emulator: MegaEmulator, tmp_path: Path, version: int
+) -> None:
+    # Whatever form the upload server answers in (empty or "0" acknowledgements, a text or
+    # a binary token), the file is stored, at the first try.
+    path, data = source_file(tmp_path, 3 * MiB + 5)
+    emulator.faults.upload_answer_version = version
+    link = upload_to_root(
+        client, path, len(data), UploadLimits(region_bytes=MiB, chunk_policy=FAST)
+    )
+    verify(emulator.url, link, data)
+    assert emulator.stats()["commands"]["u"] == 1
 
 
 def test_upload_urls_are_asked_for_over_ssl(

@@ -215,7 +215,13 @@ def cmd_upload_url(ctx: ApiContext, cmd: dict[str, Any]) -> Any:
     # MEGA may answer with an http:// upload URL.
     ssl = cmd.get("ssl")
     ctx.stats.add("upload_urls_ssl" if ssl == 2 else "upload_urls_without_ssl")
-    upload = ctx.store.new_upload(account.user_handle, size)
+    # "v": the upload protocol: none is the legacy form (mega.py), 2 the web client's and
+    # megajs' (upload2.js ulStart, mutable-file.mjs), 3 the SDK's (CommandPutFile).
+    asked = cmd.get("v")
+    version = asked if isinstance(asked, int) and not isinstance(asked, bool) else 0
+    ctx.stats.add(f"upload_urls_v{version}")
+    forced = ctx.faults.upload_answer_version
+    upload = ctx.store.new_upload(account.user_handle, size, version if forced is None else forced)
     base = ctx.base_url if ssl == 2 and not ctx.faults.plain_upload_urls else ctx.plain_url
     return {"p": f"{base}/ul/{upload.token}"}
 

@@ -50,6 +50,10 @@ FAULT_FIELDS: dict[str, tuple[type, Any]] = {
     # -17 EOVERQUOTA on 'u' (upload URL) and/or 'p' (put nodes).
     "over_quota_upload_url": (bool, False),
     "over_quota_put_nodes": (bool, False),
+    # The upload server answers in this protocol version whatever 'u' asked for: 0 the
+    # legacy form (empty acknowledgements, a 36-character token), 2 the web client's (empty
+    # acknowledgements, a 36-byte binary token), 3 the SDK's ("0" acknowledgements).
+    "upload_answer_version": (int, None),
     # 'u' answers http:// upload URLs even when asked for ssl.
     "plain_upload_urls": (bool, False),
     # The code 'u' answers when over quota: -17, -24 (going over) or -29 (paywall).

@@ -338,10 +338,17 @@ class RequestHandler(BaseHTTPRequestHandler):
                 self._send(200, str(errors.EARGS).encode(), "text/plain")
                 return
         stats.add("chunk_bytes", written)
-        handle, first_time = store.chunk_arrived(upload, offset, offset + written)
+        completed, first_time = store.chunk_arrived(upload, offset, offset + written)
         if first_time:
             stats.add("uploads_completed")
-        self._send(200, (handle or "").encode(), "text/plain")
+        if completed is not None:
+            self._send(200, completed, "application/octet-stream")
+        elif upload.version >= 3:
+            # The SDK's protocol acknowledges a piece with "0" (src/transferslot.cpp: any
+            # answer but a token or "0" is an error); the others with an empty body.
+            self._send(200, b"0", "text/plain")
+        else:
+            self._send(200, b"", "text/plain")
 
     # -- downloads ---------------------------------------------------------
     def _download(self, path: str) -> None:

@@ -77,7 +77,11 @@ class Upload:
     size: int
     path: Path
     ranges: list[tuple[int, int]] = field(default_factory=list)  # merged [start, end)
-    completion: str | None = None
+    completion: str | None = None  # the upload token as 'p' takes it in "h"
+    # The protocol version 'u' asked for ("v"): what the upload server's answers look like.
+    version: int = 0
+    # What the last piece is answered with once the file is complete.
+    completion_answer: bytes = b""
     # Set once the upload server gave up on this upload (-3, -4, -6): every later piece
     # gets that code again, and only a fresh upload URL helps.
     dead_code: int | None = None
@@ -217,22 +221,21 @@ class CloudStore:
             return blob.download_token
 
     # -- uploads ---------------------------------------------------------
-    def new_upload(self, owner: str, size: int) -> Upload:
+    def new_upload(self, owner: str, size: int, version: int = 0) -> Upload:
         token = b64url_encode(os.urandom(24))
         path = self.data_dir / "uploads" / f"{token}.part"
         path.touch()  # chunk writers open it r+b, in any order
-        upload = Upload(token, owner, size, path)
+        upload = Upload(token, owner, size, path, version=version)
         with self.lock:
             self.uploads[token] = upload
         return upload
 
-    def chunk_arrived(self, upload: Upload, start: int, end: int) -> tuple[str | None, bool]:
-        """Record a written range. Returns (completion handle or None, whether
-        this call completed the upload); resends after completion get the
-        handle again."""
+    def chunk_arrived(self, upload: Upload, start: int, end: int) -> tuple[bytes | None, bool]:
+        """Record a written range. Returns (the answer that completes the upload or None,
+        whether this call completed it); resends after completion get that answer again."""
         with self.lock:
             if upload.completion:
-                return upload.completion, False
+                return upload.completion_answer, False
             if end > start:
                 upload.add_range(start, end)
             if not upload.complete():
@@ -241,6 +244,14 @@ class CloudStore:
             blob_path = self.data_dir / "blobs" / blob_id
             os.replace(upload.path, blob_path)
             self.blobs[blob_id] = Blob(blob_path, upload.size)
-            upload.completion = b64url_encode(os.urandom(27))  # 36 characters
+            if upload.version >= 2:
+                # 36 bytes of binary: the web client tells it from the legacy text token by
+                # its last byte, 1 (upload2.js, onXHRready), and sends it base64url-encoded
+                # in 'p'; so does the SDK (UPLOADTOKENLEN, CommandPutNodes).
+                token = os.urandom(35) + b"\x01"
+                upload.completion, upload.completion_answer = b64url_encode(token), token
+            else:  # the legacy form: 36 base64url characters, used in 'p' as they are
+                upload.completion = b64url_encode(os.urandom(27))
+                upload.completion_answer = upload.completion.encode()
             self.completions[upload.completion] = (upload.owner, blob_id, upload.size)
-            return upload.completion, True
+            return upload.completion_answer, True

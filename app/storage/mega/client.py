@@ -239,8 +239,9 @@ class MegaClient:
         self._relogin(stale_sid=sid, deadline=deadline)
         return self._request(command, self._current_sid(deadline), deadline)
 
-    def post_region(self, url: str, body: memoryview | bytes, deadline: Deadline) -> str:
-        """POST one piece of an upload to ``url`` (upload URL + offset); the answer's text."""
+    def post_region(self, url: str, body: memoryview | bytes, deadline: Deadline) -> bytes:
+        """POST one piece of an upload to ``url`` (upload URL + offset); the answer's bytes
+        (a completion token may be binary: never decoded as text here)."""
         response = self._post(
             url,
             deadline,
@@ -249,7 +250,7 @@ class MegaClient:
         )
         if response.status_code != 200:
             raise MegaHttpError(response.status_code, upload=True)
-        return response.text.strip()
+        return response.content
 
     def ensure_login(self, deadline: Deadline | None = None) -> None:
         """Have a session: the one in memory, a stored one, ``MEGA_SESSION``, or a fresh

@@ -336,6 +336,18 @@ class MegaBadAnswer(MegaError):
         super().__init__(BAD_ANSWER.message)
 
 
+class MegaBadUploadAnswer(MegaError):
+    """The upload server answered a piece with something that is neither an
+    acknowledgement, a token nor an error code. The web client starts the upload again on a
+    fresh URL (``onXHRready`` in ``js/transfers/upload2.js``: "$FATAL", ``ulmanager.restart``)."""
+
+    failure = UPLOAD_RESTART
+    name = "bad_upload_answer"
+
+    def __init__(self) -> None:
+        super().__init__("MEGA's upload server sent an answer that could not be read")
+
+
 class InsecureUploadUrl(MegaError):
     """An ``http://`` upload URL while the API itself is ``https://``."""
 

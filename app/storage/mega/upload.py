@@ -34,6 +34,7 @@ ones in flight and the one being read), each ``region_bytes`` plus one AES block
 
 from __future__ import annotations
 
+import base64
 import logging
 import re
 import threading
@@ -63,6 +64,7 @@ from .errors import (
     InsecureUploadUrl,
     MegaApiError,
     MegaBadAnswer,
+    MegaBadUploadAnswer,
     MegaChunkError,
     MegaDeadlineExceeded,
     MegaError,
@@ -76,8 +78,11 @@ logger = logging.getLogger(__name__)
 
 MiB = 1024 * 1024
 LINK_BASE = "https://mega.nz/file/"
-_COMPLETION = re.compile(r"^[A-Za-z0-9_-]{36}$")
-_ERROR_CODE = re.compile(r"^-\d{1,3}$")
+TOKEN_BYTES = 36  # include/mega/types.h: UPLOADTOKENLEN
+_TEXT_TOKEN = re.compile(rb"^[A-Za-z0-9_-]{36}$")
+_ERROR_CODE = re.compile(rb"^-\d{1,3}$")
+# The upload protocol asked for with 'u': the web client's and megajs' version.
+UPLOAD_PROTOCOL = 2
 # After the deadline, how long to wait for in-flight POSTs whose own timeouts are already
 # cut to the deadline.
 _DEADLINE_GRACE_S = 1.0
@@ -94,7 +99,7 @@ class ApiClient(Protocol):
 
     def api(self, command: dict[str, Any], deadline: Deadline | None = None) -> Any: ...
 
-    def post_region(self, url: str, body: memoryview | bytes, deadline: Deadline) -> str: ...
+    def post_region(self, url: str, body: memoryview | bytes, deadline: Deadline) -> bytes: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -336,8 +341,10 @@ def export_link(
 
 def _upload_url(client: ApiClient, size: int, deadline: Deadline) -> str:
     # "ssl": 2 asks for an https upload URL, as the SDK always does; without it MEGA may
-    # answer with http:// ones (src/commands.cpp, CommandPutFile).
-    answer = client.api({"a": "u", "s": size, "ssl": 2}, deadline)
+    # answer with http:// ones (src/commands.cpp, CommandPutFile). "v": 2 is the upload
+    # protocol the web client (js/transfers/upload2.js, ulStart) and megajs speak; the
+    # answers of every version are read (upload_answer).
+    answer = client.api({"a": "u", "s": size, "ssl": 2, "v": UPLOAD_PROTOCOL}, deadline)
     url = answer.get("p") if isinstance(answer, dict) else None
     if not isinstance(url, str) or not url.startswith(("http://", "https://")):
         raise MegaBadAnswer()
@@ -443,7 +450,7 @@ def _post_with_retries(
         if stop.is_set():
             raise _Stopped()
         try:
-            return _answer(client.post_region(f"{url}/{offset}", body, deadline))
+            return upload_answer(client.post_region(f"{url}/{offset}", body, deadline))
         except MegaError as exc:
             if action_for(exc) is Action.RESTART_UPLOAD:
                 raise UploadUrlDead(exc) from None
@@ -464,13 +471,31 @@ def _post_with_retries(
     )
 
 
-def _answer(text: str) -> str | None:
-    """An upload server answer: None while the file is incomplete, the completion handle
-    at the end; an error code raises ``MegaChunkError``."""
-    if not text:
+def upload_answer(body: bytes) -> str | None:
+    """What the upload server's answer to a piece says: None while the file is incomplete,
+    the completion token (as 'p' takes it) once it is complete; an error code raises
+    ``MegaChunkError``, anything else ``MegaBadUploadAnswer``.
+
+    Every protocol version's forms are read, as bytes:
+
+    * an empty body, or "0" (the SDK's acknowledgement, ``TransferSlot::doio`` in
+      ``src/transferslot.cpp``): the piece was taken;
+    * 36 bytes: the token. A binary one ends in byte 1 and goes to 'p' base64url-encoded;
+      otherwise it is the legacy 36-character text token, used as it is (the web client's
+      rule, ``onXHRready`` in ``js/transfers/upload2.js``);
+    * "-N": an error code (``ulStrError``; ``atoi`` in the SDK).
+    """
+    if len(body) == TOKEN_BYTES:
+        if body[-1] == 1:
+            return base64.urlsafe_b64encode(body).decode("ascii").rstrip("=")
+        if _TEXT_TOKEN.match(body):
+            return body.decode("ascii")
+        raise MegaBadUploadAnswer()
+    text = body.strip()
+    if text in (b"", b"0"):
         return None
     if _ERROR_CODE.match(text):
         raise MegaChunkError(int(text))
-    if not _COMPLETION.match(text):
-        raise MegaBadAnswer()
-    return text
+    if _TEXT_TOKEN.match(text):  # a text token with a line end
+        return text.decode("ascii")
+    raise MegaBadUploadAnswer()
