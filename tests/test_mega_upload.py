@@ -568,7 +568,7 @@ def test_folder_names_are_raw_utf8_too_and_found_again(
     assert emulator.stats()["folders_created"] == 2  # found, not made twice
 
 
-@pytest.mark.parametrize("code", [-3, -6])
+@pytest.mark.parametrize("code", [-3, -6, -7])
 def test_upload_server_restart_codes_start_over_on_a_fresh_url(
     client: MegaClient, emulator: MegaEmulator, tmp_path: Path, code: int
 ) -> None:

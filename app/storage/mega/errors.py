@@ -184,12 +184,14 @@ API_CODES: dict[int, Failure] = {
 # What the upload server's codes mean: they are the API's numbers, but not its meanings.
 # src/transferslot.cpp: -4 ("cannot be continued on that server") fails the transfer with
 # API_EAGAIN, and src/transfer.cpp retries an API_EAGAIN transfer from the start on a fresh
-# URL, as it does -6; -14 (integrity check failed) puts the same piece back to be sent
-# again. js/transfers/upload2.js does the same.
+# URL, as it does -6 and -7 (File::failed in src/file.cpp lets every code but a few
+# restart); -14 (integrity check failed) puts the same piece back to be sent again.
+# js/transfers/upload2.js does the same ("$FATAL" for all of them but EKEY).
 UPLOAD_CODES: dict[int, Failure] = {
     EAGAIN: UPLOAD_RESTART,
     ERATELIMIT: UPLOAD_RESTART,
     ETOOMANY: UPLOAD_RESTART,
+    ERANGE: UPLOAD_RESTART,
     EKEY: CHUNK_RESEND,
     EEXPIRED: UPLOAD_URL_DEAD,
     EFAILED: UPLOAD_RESTART,
