@@ -584,6 +584,27 @@ def test_upload_server_restart_codes_start_over_on_a_fresh_url(
     assert emulator.stats()["commands"]["u"] == 2
 
 
+def test_the_completion_token_ends_the_upload_while_a_piece_is_still_retried(
+    client: MegaClient, emulator: MegaEmulator, tmp_path: Path
+) -> None:
+    # The first piece arrives, but its answer is lost; while it waits to be sent again,
+    # the last piece brings the token. The SDK takes the token as completion ("could be a
+    # network error getting the result, even though it succeeded server side",
+    # TransferSlot::doio) with the other pieces' MACs; the piece sent again would only
+    # meet an upload URL that has served its purpose.
+    path, data = source_file(tmp_path, 4 * MiB)
+    emulator.faults.update(
+        chunk_answer_lost_next=1, chunk_answer_lost_offset=0, completed_upload_status=403
+    )
+    slow_retry = RetryPolicy(attempts=6, deadline_s=20, initial_s=1.0, max_s=1.0, waits=QUICK_WAITS)
+    limits = UploadLimits(region_bytes=MiB, parallel=3, chunk_policy=slow_retry)
+    link = upload_to_root(client, path, len(data), limits)
+    verify(emulator.url, link, data)
+    stats = emulator.stats()
+    assert stats["faults_injected"]["chunk_answer_lost"] == 1
+    assert stats["commands"]["u"] == 1
+
+
 def test_upload_server_minus_14_resends_the_same_piece(
     client: MegaClient, emulator: MegaEmulator, tmp_path: Path
 ) -> None:

@@ -86,6 +86,13 @@ FAULT_FIELDS: dict[str, tuple[type, Any]] = {
     "chunk_drop_probability": (float, 0.0),  # read part of the body, drop the socket
     "chunk_drop_next": (int, 0),
     "chunk_error_next": (int, 0),  # answer 200 with chunk_error_code as the body
+    # The next N pieces (at chunk_answer_lost_offset, or any) are stored, then the
+    # connection is dropped before the answer: the client cannot know they arrived.
+    "chunk_answer_lost_next": (int, 0),
+    "chunk_answer_lost_offset": (int, None),
+    # Once an upload is complete, later POSTs to its URL get this HTTP status (None: the
+    # completion answer again).
+    "completed_upload_status": (int, None),
     "chunk_error_code": (int, -4),
     # The upload server refuses a piece ending more than this past the first byte it has
     # not received yet (-4), as MEGA's do beyond the SDK's 256 MiB gap.

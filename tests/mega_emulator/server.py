@@ -269,6 +269,10 @@ class RequestHandler(BaseHTTPRequestHandler):
         if upload is None:
             self._send(403)  # what an expired or unknown upload URL gets
             return
+        if upload.completion is not None and faults.completed_upload_status is not None:
+            stats.add("chunk_posts_to_completed_uploads")
+            self._send(faults.completed_upload_status, content_type="text/plain")
+            return
         if upload.dead_code is not None:
             stats.add("chunk_posts_to_dead_uploads")
             self._send(200, str(upload.dead_code).encode(), "text/plain")
@@ -341,6 +345,13 @@ class RequestHandler(BaseHTTPRequestHandler):
         completed, first_time = store.chunk_arrived(upload, offset, offset + written)
         if first_time:
             stats.add("uploads_completed")
+        lost_at = faults.chunk_answer_lost_offset
+        if (lost_at is None or lost_at == offset) and faults.take("chunk_answer_lost_next"):
+            stats.fault("chunk_answer_lost")
+            self.close_connection = True
+            with contextlib.suppress(OSError):
+                self.connection.shutdown(socket.SHUT_RDWR)
+            return
         if completed is not None:
             self._send(200, completed, "application/octet-stream")
         elif upload.version >= 3:

@@ -17,6 +17,7 @@ SCALARS = (
     "window_refusals",
     "replayed_answers",
     "chunk_posts_to_dead_uploads",
+    "chunk_posts_to_completed_uploads",
     "api_requests",
     "logins_ok",
     "logins_failed",

@@ -374,8 +374,10 @@ def _send_regions(
     biggest = max(length for _, length in plan)
     free: list[bytearray] = []
     buffers = 0
-    in_flight: dict[Future[tuple[dict[int, bytes], str | None]], tuple[bytearray, int]] = {}
+    in_flight: dict[Future[str | None], tuple[bytearray, int]] = {}
     completion: str | None = None
+    # Chunk MACs by region, kept as soon as a region is sealed, whatever its POST does.
+    sealed: dict[int, dict[int, bytes]] = {}
 
     def collect(block: bool) -> None:
         nonlocal completion
@@ -383,25 +385,33 @@ def _send_regions(
         done, _ = wait(in_flight, timeout=timeout, return_when=FIRST_COMPLETED)
         if block and not done:
             raise MegaDeadlineExceeded(0, deadline.seconds, None)
-        for future in done:
+        # Answers before failures: a token that arrived settles the failures beside it.
+        for future in sorted(done, key=lambda f: f.exception() is not None):
             free.append(in_flight.pop(future)[0])
-            region_macs, answer = future.result()  # a region's failure ends the attempt
-            macs.add_macs(region_macs)
+            if future.exception() is not None and completion is not None:
+                # The token is in hand: MEGA has the whole file, this region included,
+                # whatever became of this POST's answer. The SDK completes then, taking
+                # the MACs of regions not confirmed yet ("could be a network error getting
+                # the result, even though it succeeded server side", TransferSlot::doio in
+                # src/transferslot.cpp).
+                continue
+            answer = future.result()  # a region's failure, token not in hand, ends the try
             completion = answer or completion
+            if completion is not None:
+                stop.set()  # regions still retrying need not: end their waits
 
     def too_far(end: int) -> bool:
         earliest = min((offset for _, offset in in_flight.values()), default=end)
         return end - earliest > limits.window_bytes
 
-    def job(buffer: bytearray, offset: int, length: int) -> tuple[dict[int, bytes], str | None]:
+    def job(buffer: bytearray, offset: int, length: int) -> str | None:
         if stop.is_set():
             raise _Stopped()
-        region_macs = seal_region(file_key, offset, buffer, length)
+        sealed[offset] = seal_region(file_key, offset, buffer, length)
         # A memoryview goes to the socket without a copy; an empty body must be bytes, or
         # requests would switch to chunked transfer encoding.
         body: memoryview | bytes = memoryview(buffer)[:length] if length else b""
-        answer = _post_with_retries(client, url, offset, body, limits, deadline, stop)
-        return region_macs, answer
+        return _post_with_retries(client, url, offset, body, limits, deadline, stop)
 
     pool = ThreadPoolExecutor(limits.parallel, thread_name_prefix="mega-upload")
     try:
@@ -431,6 +441,8 @@ def _send_regions(
         # Every region was accepted, yet the server does not consider the file
         # complete: some bytes were lost on its side. Only a fresh start helps.
         raise UploadUrlDead(MegaApiError(EAGAIN))
+    for region_macs in sealed.values():
+        macs.add_macs(region_macs)
     return completion
 
 
