@@ -23,7 +23,8 @@ from Crypto.Util import Counter
 TIMEOUT = 30
 TRANSIENT = (-3, -4, -18)  # EAGAIN, ERATELIMIT, ETEMPUNAVAIL: ask again
 TRANSIENT_ATTEMPTS = 30
-_LINK = re.compile(r"^https://mega\.nz/file/([A-Za-z0-9_-]+)#([A-Za-z0-9_-]+)$")
+# mega.app when the account's "site" flag says so (the SDK's MegaClient::readmiscflags).
+_LINK = re.compile(r"^https://mega\.(?:nz|app)/file/([A-Za-z0-9_-]+)#([A-Za-z0-9_-]+)$")
 
 
 class VerificationError(AssertionError):
@@ -43,7 +44,8 @@ def packed(values: tuple[int, ...] | list[int]) -> bytes:
 
 
 def parse_link(link: str) -> tuple[str, tuple[int, ...]]:
-    """(public handle, 8-word node key) of a ``https://mega.nz/file/<h>#<key>`` link."""
+    """(public handle, 8-word node key) of a ``https://mega.nz/file/<h>#<key>`` link (or
+    mega.app)."""
     match = _LINK.match(link)
     if not match:
         raise VerificationError(f"not a MEGA file link: {link!r}")

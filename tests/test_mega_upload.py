@@ -393,13 +393,58 @@ def test_slow_chunks_hit_the_total_deadline(emulator: MegaEmulator, tmp_path: Pa
 def test_a_removed_folder_is_made_again(
     backend: MegaBackend, emulator: MegaEmulator, tmp_path: Path
 ) -> None:
+    # Someone removes the upload folder in MEGA's web app. MEGA does not refuse a 'p' into
+    # it: "the API automatically adds the new node/s into the rubbish bin" (the SDK's
+    # CommandPutNodes), where the link dies when the bin is emptied.
     path, data = source_file(tmp_path, 20)
     first = backend.store(path, "one.txt", 20)
     parent = emulator.node(first.handle)["p"]
-    backend._ready_client().api({"a": "d", "n": parent})
+    emulator.store.delete_node(parent)
     second = backend.store(path, "two.txt", 20)
-    assert emulator.node(second.handle)["p"] != parent
+    assert emulator.stats()["put_nodes_into_removed_targets"] == 1
+    assert emulator.location(second.handle) == "root"
+    folder = emulator.node(second.handle)["p"]
+    assert folder != parent and emulator.location(folder) == "root"
     verify(emulator.url, second.link, data, name="two.txt")
+    third = backend.store(path, "three.txt", 20)  # straight into the new folder
+    assert emulator.node(third.handle)["p"] == folder
+
+
+def test_a_folder_moved_to_the_rubbish_bin_is_noticed_before_the_next_upload(
+    emulator: MegaEmulator, tmp_path: Path
+) -> None:
+    # MEGA takes a 'p' into a folder in the rubbish bin like any other; the service must
+    # notice the move itself. It looks again at least every folder_check_s.
+    store = MegaBackend(mega_settings(emulator, tmp_path), folder_check_s=0)
+    store.start()
+    try:
+        path, data = source_file(tmp_path, 30)
+        first = store.store(path, "one.txt", 30)
+        folder = emulator.node(first.handle)["p"]
+        rubbish = emulator.store.accounts[EMAIL].rubbish
+        store._ready_client().api({"a": "m", "n": folder, "t": rubbish})
+        second = store.store(path, "two.txt", 30)
+        assert emulator.location(second.handle) == "root"
+        assert emulator.node(second.handle)["p"] != folder
+        verify(emulator.url, second.link, data, name="two.txt")
+    finally:
+        store.close()
+
+
+def test_an_upload_gone_with_its_storage_server_is_sent_again(
+    backend: MegaBackend, emulator: MegaEmulator, tmp_path: Path
+) -> None:
+    # 'p' answering -9 is "file-storage server unavailable" to the SDK, which uploads the
+    # whole file again (Transfer::failed in src/transfer.cpp); the token is of no more use.
+    path, data = source_file(tmp_path, MiB + 3)
+    backend.store(path, "warm.bin", len(data))  # log-in and folder
+    emulator.reset_stats()
+    emulator.faults.put_nodes_storage_gone_next = 1
+    stored = backend.store(path, "again.bin", len(data))
+    verify(emulator.url, stored.link, data, name="again.bin")
+    stats = emulator.stats()
+    assert stats["faults_injected"]["put_nodes_storage_gone"] == 1
+    assert stats["commands"]["u"] == 2 and stats["files_stored"] == 1
 
 
 def test_the_folder_is_created_once_and_nested(
@@ -497,6 +542,29 @@ def test_every_form_of_the_upload_servers_answers_is_read(
     )
     verify(emulator.url, link, data)
     assert emulator.stats()["commands"]["u"] == 1
+
+
+def test_one_session_tag_in_every_put_nodes_of_a_client(
+    backend: MegaBackend, emulator: MegaEmulator, tmp_path: Path
+) -> None:
+    # 'i' is the client's session tag (the SDK's sessionid, JSONWriter::notself), the
+    # same in all its commands: MEGA's action packets tell a client its own changes by it.
+    path, _ = source_file(tmp_path, 10)
+    for name in ("a", "b"):
+        backend.store(path, name, 10)
+    tags = emulator.stats()["tags"]["p"]
+    assert len(tags) == 1 and len(tags[0]) == 10
+
+
+def test_links_follow_the_accounts_site(
+    backend: MegaBackend, emulator: MegaEmulator, tmp_path: Path
+) -> None:
+    # The SDK links to mega.app when the account's "site" flag is 1 (readmiscflags).
+    emulator.faults.site_flag = 1
+    path, data = source_file(tmp_path, 100)
+    stored = backend.store(path, "site.bin", 100)
+    assert stored.link.startswith("https://mega.app/file/")
+    verify(emulator.url, stored.link, data, name="site.bin")
 
 
 def test_upload_urls_are_asked_for_over_ssl(

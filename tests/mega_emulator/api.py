@@ -165,7 +165,7 @@ def sdk_read_name(attributes: str, encrypted_key: str, master_key: bytes) -> str
 
 def cmd_user(ctx: ApiContext, cmd: dict[str, Any]) -> Any:
     account = ctx.require_account()
-    return {
+    result: dict[str, Any] = {
         "u": account.user_handle,
         "email": account.email,
         "name": account.email.split("@")[0],
@@ -177,6 +177,11 @@ def cmd_user(ctx: ApiContext, cmd: dict[str, Any]) -> Any:
         "since": account.since,
         "aav": account.version,
     }
+    if ctx.faults.site_flag is not None:
+        # Feature flags ("ff_<name>"); the SDK links to mega.app when "site" is 1
+        # (MegaClient::readmiscflags in src/megaclient.cpp, flags in CommandGetUserData).
+        result["flags"] = {"ff_site": ctx.faults.site_flag}
+    return result
 
 
 def cmd_fetch_nodes(ctx: ApiContext, cmd: dict[str, Any]) -> Any:
@@ -236,7 +241,13 @@ def cmd_put_nodes(ctx: ApiContext, cmd: dict[str, Any]) -> Any:
         raise ApiError(errors.EOVERQUOTA)
     store = ctx.store
     with store.lock:
-        target = ctx.own_node(cmd.get("t"))
+        wanted = cmd.get("t")
+        if isinstance(wanted, str) and store.removed.get(wanted) == account.user_handle:
+            # src/commands.cpp, CommandPutNodes::procresult: "when the target has been
+            # removed, the API automatically adds the new node/s into the rubbish bin".
+            ctx.stats.add("put_nodes_into_removed_targets")
+            wanted = account.rubbish
+        target = ctx.own_node(wanted)
         if target.type == NODE_FILE:
             raise ApiError(errors.EARGS)
         # Validate everything first: the real service applies all or nothing.
@@ -258,6 +269,12 @@ def cmd_put_nodes(ctx: ApiContext, cmd: dict[str, Any]) -> Any:
                 else:
                     source = store.completions.get(spec.get("h"))  # type: ignore[arg-type]
                     if source is None or source[0] != account.user_handle:
+                        raise ApiError(errors.ENOENT)
+                    if ctx.faults.take("put_nodes_storage_gone_next"):
+                        # -9 for "file-storage server unavailable" (src/transfer.cpp,
+                        # Transfer::failed): the upload is gone with it, token and all.
+                        ctx.stats.fault("put_nodes_storage_gone")
+                        store.completions.pop(spec["h"], None)
                         raise ApiError(errors.ENOENT)
             plans.append((spec, source))
         created = []
@@ -412,6 +429,8 @@ def _run(ctx: ApiContext, cmd: Any) -> Any:
         raise ApiError(errors.EARGS)
     name = cmd["a"]
     ctx.stats.command(name)
+    if isinstance(cmd.get("i"), str):
+        ctx.stats.tag(name, cmd["i"])
     wanted = ctx.faults.command_error_command
     if (wanted is None or wanted == name) and ctx.faults.take("command_error_next"):
         ctx.stats.fault("command_error")

@@ -50,6 +50,10 @@ FAULT_FIELDS: dict[str, tuple[type, Any]] = {
     # -17 EOVERQUOTA on 'u' (upload URL) and/or 'p' (put nodes).
     "over_quota_upload_url": (bool, False),
     "over_quota_put_nodes": (bool, False),
+    # The next N 'p' of an uploaded file answer -9 and the upload is gone.
+    "put_nodes_storage_gone_next": (int, 0),
+    # 'ug' carries feature flags with this "ff_site" (1: links on mega.app).
+    "site_flag": (int, None),
     # The upload server answers in this protocol version whatever 'u' asked for: 0 the
     # legacy form (empty acknowledgements, a 36-character token), 2 the web client's (empty
     # acknowledgements, a 36-byte binary token), 3 the SDK's ("0" acknowledgements).

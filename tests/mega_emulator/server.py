@@ -637,6 +637,12 @@ class MegaEmulator:
         with self.store.lock:
             return self.store.nodes[handle].wire()
 
+    def location(self, handle: str) -> str | None:
+        """Where node ``handle`` lies: "root" (the cloud drive), "inbox", "rubbish", or
+        None when it is gone."""
+        kind = self.store.location(handle)
+        return {2: "root", 3: "inbox", 4: "rubbish"}.get(kind) if kind is not None else None
+
     def public_handle(self, handle: str) -> str | None:
         with self.store.lock:
             return self.store.exported.get(handle)

@@ -120,6 +120,7 @@ class CloudStore:
         self.completions: dict[str, tuple[str, str, int]] = {}  # handle -> (owner, blob, size)
         self.public: dict[str, str] = {}  # public handle -> node handle
         self.exported: dict[str, str] = {}  # node handle -> public handle
+        self.removed: dict[str, str] = {}  # handle of a removed node -> its owner
 
     # -- handles ---------------------------------------------------------
     def _unique(self, taken: Any, n_bytes: int, dash_ok: bool = True) -> str:
@@ -172,6 +173,15 @@ class CloudStore:
         with self.lock:
             return sum(n.size for n in self.owned_nodes(account) if n.type == NODE_FILE)
 
+    def location(self, handle: str) -> int | None:
+        """The type of the special node (root, inbox, rubbish) ``handle`` lies under, or
+        None when it is gone."""
+        with self.lock:
+            node = self.nodes.get(handle)
+            while node is not None and node.parent:
+                node = self.nodes.get(node.parent)
+            return node.type if node is not None else None
+
     def subtree(self, handle: str) -> list[str]:
         """handle and all its descendants, children first."""
         with self.lock:
@@ -192,6 +202,7 @@ class CloudStore:
         with self.lock:
             for h in self.subtree(handle):
                 node = self.nodes.pop(h)
+                self.removed[h] = node.owner
                 ph = self.exported.pop(h, None)
                 if ph:
                     self.public.pop(ph, None)

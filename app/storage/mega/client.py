@@ -42,6 +42,7 @@ from mega.crypto import (
     base64_url_encode,
     decrypt_key,
     encrypt_key,
+    make_id,
     mpi_to_int,
     prepare_key,
     str_to_a32,
@@ -89,6 +90,7 @@ MAX_REJECTED_ANSWERS = 3
 # After MEGA refused the credentials, no new log-in for this long (probes, uploads).
 LOGIN_COOLDOWN_S = 60.0
 _SID_IN_URL = re.compile(r"(sid=)[^&\s\"]+")
+MEGA_NZ, MEGA_APP = "https://mega.nz", "https://mega.app"  # the SDK's MEGAURL_NZ, _APP
 
 
 class _RedactSid(logging.Filter):
@@ -165,7 +167,13 @@ class MegaClient:
         self._sid: str | None = None
         self._master_key: list[int] | None = None
         self._user_handle: str | None = None
+        self._link_base: str | None = None
         self._refused: tuple[float, MegaLoginError] | None = None
+        # The client's session tag, 'i' in the commands that change nodes: MEGA's action
+        # packets carry it back, so a client tells its own changes from others' (the SDK's
+        # sessionid, made once per MegaClient; JSONWriter::notself in src/json.cpp).
+        # Resent requests are recognised by their request id, not by this.
+        self.session_tag = make_id(10)
 
     @classmethod
     def from_settings(cls, settings: MegaSettings, store: SessionStore | None = None) -> MegaClient:
@@ -216,8 +224,29 @@ class MegaClient:
     @property
     def user_handle(self) -> str:
         if self._user_handle is None:
-            self._user_handle = str(self.api({"a": "ug"})["u"])
+            self._account_details()
+        assert self._user_handle is not None
         return self._user_handle
+
+    @property
+    def link_base(self) -> str:
+        """Where public file links point: ``https://mega.app/file/`` when the account's
+        "site" feature flag is 1, else ``https://mega.nz/file/``, as the SDK chooses
+        (``MegaClient::readmiscflags`` in ``src/megaclient.cpp``; the flags come with
+        'ug', ``CommandGetUserData``). Asked once per session."""
+        if self._link_base is None:
+            self._account_details()
+        assert self._link_base is not None
+        return self._link_base
+
+    def _account_details(self) -> None:
+        answer = self.api({"a": "ug"})
+        if not isinstance(answer, dict) or not isinstance(answer.get("u"), str):
+            raise MegaBadAnswer()
+        self._user_handle = answer["u"]
+        flags = answer.get("flags")
+        site = flags.get("ff_site") if isinstance(flags, dict) else None
+        self._link_base = f"{MEGA_APP if site == 1 else MEGA_NZ}/file/"
 
     def api(self, command: dict[str, Any], deadline: Deadline | None = None) -> Any:
         """Send one command and return its result. Retries, re-login and proof of work
@@ -424,6 +453,7 @@ class MegaClient:
     def _adopt(self, session: CachedSession, source: str) -> None:
         self._master_key = list(session.master_key)
         self._user_handle = session.user_handle
+        self._link_base = None  # the account's flags, asked again in the new session
         self._sid = session.sid
         logger.info("MEGA session taken from %s", source)
 

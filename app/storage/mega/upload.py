@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
-from mega.crypto import a32_to_base64, encrypt_key, make_id
+from mega.crypto import a32_to_base64, encrypt_key
 
 from app.storage.base import BodyStream
 
@@ -77,7 +77,6 @@ from .settings import default_retry_policy, setting_default
 logger = logging.getLogger(__name__)
 
 MiB = 1024 * 1024
-LINK_BASE = "https://mega.nz/file/"
 TOKEN_BYTES = 36  # include/mega/types.h: UPLOADTOKENLEN
 _TEXT_TOKEN = re.compile(rb"^[A-Za-z0-9_-]{36}$")
 _ERROR_CODE = re.compile(rb"^-\d{1,3}$")
@@ -96,6 +95,12 @@ class ApiClient(Protocol):
 
     @property
     def secure(self) -> bool: ...
+
+    @property
+    def session_tag(self) -> str: ...
+
+    @property
+    def link_base(self) -> str: ...
 
     def api(self, command: dict[str, Any], deadline: Deadline | None = None) -> Any: ...
 
@@ -290,22 +295,35 @@ def send(
     raise last
 
 
-def put_node(
+@dataclass(frozen=True, slots=True)
+class PlacedNode:
+    """A node 'p' made: its handle, and the folder MEGA put it in (None if not said)."""
+
+    handle: str
+    parent: str | None
+
+
+def put_file_node(
     client: ApiClient,
     folder_id: str,
     sent: SentFile,
     filename: str,
     deadline: Deadline | None = None,
-) -> str:
-    """Turn a completed upload into a file node named ``filename`` in ``folder_id``."""
+) -> PlacedNode:
+    """Turn a completed upload into a file node named ``filename`` in ``folder_id``.
+
+    MEGA may put it elsewhere: into the rubbish bin when ``folder_id`` was removed
+    (``CommandPutNodes::procresult`` in the SDK's ``src/commands.cpp``); ``parent`` says.
+    """
     key = sent.node_key
     aes_key = (key[0] ^ key[4], key[1] ^ key[5], key[2] ^ key[6], key[3] ^ key[7])
     answer = client.api(
         {
             "a": "p",
             "t": folder_id,
-            # A request id lets MEGA recognise a resent 'p' instead of making a twin node.
-            "i": make_id(10),
+            # The client's session tag (see MegaClient.session_tag); a resent 'p' is known
+            # to MEGA by its request id.
+            "i": client.session_tag,
             "n": [
                 {
                     "h": sent.completion,
@@ -318,22 +336,36 @@ def put_node(
         deadline,
     )
     try:
-        handle = answer["f"][0]["h"]
+        node = answer["f"][0]
+        handle = node["h"]
     except (TypeError, KeyError, IndexError):
         raise MegaBadAnswer() from None
     if not isinstance(handle, str) or not handle:
         raise MegaBadAnswer()
-    return handle
+    parent = node.get("p")
+    return PlacedNode(handle, parent if isinstance(parent, str) else None)
+
+
+def put_node(
+    client: ApiClient,
+    folder_id: str,
+    sent: SentFile,
+    filename: str,
+    deadline: Deadline | None = None,
+) -> str:
+    """``put_file_node``'s handle."""
+    return put_file_node(client, folder_id, sent, filename, deadline).handle
 
 
 def export_link(
     client: ApiClient, node_handle: str, key: A32, deadline: Deadline | None = None
 ) -> str:
-    """Publish the node and build the link MEGA's web client and mega.py open."""
+    """Publish the node and build the link MEGA's web client and mega.py open, on the
+    account's site (``client.link_base``)."""
     public = client.api({"a": "l", "n": node_handle}, deadline)
     if not isinstance(public, str) or not public:
         raise MegaBadAnswer()
-    return f"{LINK_BASE}{public}#{a32_to_base64(key)}"
+    return f"{client.link_base}{public}#{a32_to_base64(key)}"
 
 
 # -- internals ---------------------------------------------------------------------
