@@ -34,6 +34,7 @@ from app.storage.mega.client import MegaClient, session_id
 from app.storage.mega.errors import (
     Action,
     HashcashUnsolved,
+    MegaAccountBlocked,
     MegaApiError,
     MegaBadAnswer,
     MegaChunkError,
@@ -574,16 +575,57 @@ def test_wrong_password_fails_once_then_cools_down(
     assert emulator.stats()["logins_failed"] == 2
 
 
-def test_blocked_account_is_a_login_failure(
+def test_an_account_blocked_at_log_in_is_a_state_not_refused_credentials(
     emulator: MegaEmulator, make_client: Callable[..., MegaClient]
 ) -> None:
+    # A block can be lifted (an email verified, a suspension ended): the service waits it
+    # out, saying why, instead of stopping as it does for a wrong password.
     emulator.add_account("blocked@example.com", "blocked-pass-1", blocked=True)
     client = make_client(email="blocked@example.com", password="blocked-pass-1")
-    with pytest.raises(MegaLoginError) as caught:
+    with pytest.raises(MegaAccountBlocked) as caught:
         client.ensure_login()
     error = to_storage_error(caught.value)
-    assert isinstance(error, StorageLoginFailed) and "blocked" in str(error)
+    assert type(error) is StorageUnavailable
+    assert str(error).startswith("the MEGA account is blocked")
+    with pytest.raises(MegaAccountBlocked):  # no log-in again until the next look
+        client.ensure_login()
     assert emulator.stats()["logins_failed"] == 1
+
+
+def test_a_blocked_account_fails_fast_says_why_once_and_recovers(
+    emulator: MegaEmulator,
+    make_client: Callable[..., MegaClient],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The SDK treats -16 with a session as a state of the account and asks why
+    # (MegaClient::block, whyamiblocked): here every call then fails at once with the
+    # reason, until a look (every blocked_recheck_s) finds the account unblocked.
+    caplog.set_level(logging.INFO)
+    emulator.faults.blocked_reason_code = 700
+    client = make_client(blocked_recheck_s=0)
+    client.ensure_login()
+    emulator.faults.blocked_emails = [EMAIL]
+    for _ in range(3):
+        with pytest.raises(MegaAccountBlocked) as caught:
+            client.api(QUOTA)
+        error = to_storage_error(caught.value)
+        assert type(error) is StorageUnavailable and "verify" in str(error)
+    assert caplog.text.count("MEGA blocked the account") == 1
+    stats = emulator.stats()
+    assert stats["commands"]["whyamiblocked"] == 3  # a look each time, no 'uq' sent again
+    assert stats["blocked_requests"] == 1
+    emulator.faults.blocked_emails = []
+    assert client.api(QUOTA)["mstrg"] > 0
+    assert "MEGA account is no longer blocked" in caplog.text
+    # Between looks, nothing goes to MEGA at all.
+    patient = make_client(blocked_recheck_s=3600, session_file=client._store.path)
+    emulator.faults.blocked_emails = [EMAIL]
+    with pytest.raises(MegaAccountBlocked):
+        patient.api(QUOTA)
+    emulator.reset_stats()
+    with pytest.raises(MegaAccountBlocked):
+        patient.api(QUOTA)
+    assert emulator.stats()["api_requests"] == 0
 
 
 def test_secrets_never_reach_logs_or_errors(

@@ -333,6 +333,27 @@ def test_while_logging_in_health_answers_and_uploads_get_503_retry_after(
     assert ready.status_code == 503 and "logging in" in ready.json()["message"]
 
 
+def test_a_blocked_account_makes_uploads_and_ready_503_and_is_logged_once(
+    new_service: Callable[..., Service], emulator: MegaEmulator
+) -> None:
+    service = new_service("blocked")
+    assert wait_ready(service) == 200
+    check_stored(emulator, service.upload("before.bin", b"before"), "before.bin", b"before")
+    emulator.faults.update(blocked_emails=[EMAIL], blocked_reason_code=200)
+    for index in range(3):
+        answer = service.upload(f"blocked-{index}.bin", b"x" * 100)
+        assert answer.status_code == 503, answer.text
+        assert "MEGA account is blocked" in answer.json()["message"]
+        assert "copyright" in answer.json()["message"]
+        assert int(answer.headers["Retry-After"]) > 0
+    ready = service.http.get(f"{service.url}/ready")
+    assert ready.status_code == 503 and "MEGA account is blocked" in ready.text
+    assert service.health() == 200
+    # The service says it once (the API layer adds its line per refused upload).
+    assert service.server.log().count("MEGA blocked the account") == 1
+    assert service.leftovers() == []
+
+
 def test_unreachable_mega_keeps_the_service_up_but_not_ready(
     new_service: Callable[..., Service],
 ) -> None:

@@ -373,6 +373,14 @@ def cmd_set_attributes(ctx: ApiContext, cmd: dict[str, Any]) -> Any:
     return 0
 
 
+def cmd_why_blocked(ctx: ApiContext, cmd: dict[str, Any]) -> Any:
+    # src/commands.cpp, CommandWhyAmIblocked: 0 when not blocked, else the reason's code.
+    account = ctx.require_account()
+    if account.email in ctx.faults.blocked_emails:
+        return ctx.faults.blocked_reason_code
+    return 0
+
+
 def cmd_quota(ctx: ApiContext, cmd: dict[str, Any]) -> Any:
     account = ctx.require_account()
     with ctx.store.lock:
@@ -414,6 +422,7 @@ HANDLERS: dict[str, Handler] = {
     "m": cmd_move,
     "a": cmd_set_attributes,
     "uq": cmd_quota,
+    "whyamiblocked": cmd_why_blocked,
 }
 
 

@@ -45,8 +45,13 @@ FAULT_FIELDS: dict[str, tuple[type, Any]] = {
     # The next N log-ins get a session id whose first byte is zero (MEGA's are, about one
     # in 256; otherwise the emulator avoids it, for stock clients that drop it).
     "session_id_leading_zero_next": (int, 0),
-    # Log-in of these addresses answers -16 EBLOCKED.
+    # These accounts are blocked: log-in answers -16 EBLOCKED, and so does every request
+    # of one of their sessions, as a whole, except one holding only 'whyamiblocked'
+    # (batchSeparately in the SDK's CommandWhyAmIblocked), which answers
+    # blocked_reason_code (megaapi.h: 200 copyright, 300 terms of service, 400/401
+    # disabled/removed by a business admin, 700 email verification).
     "blocked_emails": (list, []),
+    "blocked_reason_code": (int, 300),
     # -17 EOVERQUOTA on 'u' (upload URL) and/or 'p' (put nodes).
     "over_quota_upload_url": (bool, False),
     "over_quota_put_nodes": (bool, False),

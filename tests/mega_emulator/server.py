@@ -233,6 +233,13 @@ class RequestHandler(BaseHTTPRequestHandler):
                         self._send_json(errors.ESID)
                     return
                 account = store.accounts[session.email]
+            names = {c.get("a") for c in commands if isinstance(c, dict)}
+            if account.email in faults.blocked_emails and names != {"whyamiblocked"}:
+                # The SDK meets a blocked account as a request-level -16 while logged in
+                # (MegaClient::exec: "if (e == API_EBLOCKED && sid.size()) block()").
+                stats.add("blocked_requests")
+                self._send_json(errors.EBLOCKED)
+                return
 
         ctx = ApiContext(store, faults, stats, account, emulator.url, emulator.plain_url)
         body = json.dumps([run_command(ctx, c) for c in commands], separators=(",", ":")).encode()

@@ -16,6 +16,7 @@ SCALARS = (
     "upload_urls_v3",
     "window_refusals",
     "replayed_answers",
+    "blocked_requests",
     "put_nodes_into_removed_targets",
     "chunk_posts_to_dead_uploads",
     "chunk_posts_to_completed_uploads",

@@ -23,6 +23,7 @@ from app.storage.base import BodyStream, Readiness, StorageError, StoredFile
 from .client import MegaClient
 from .errors import (
     ENOENT,
+    MegaAccountBlocked,
     MegaApiError,
     MegaLoggingIn,
     StreamCannotRestart,
@@ -174,9 +175,10 @@ class MegaBackend:
             raise
         except Exception as exc:
             failure = to_storage_error(exc)
-            logger.warning(
-                "MEGA upload of %d bytes failed: %s (%s)", size, failure_name(exc), failure
-            )
+            if not isinstance(exc, MegaAccountBlocked):  # the client said it, once
+                logger.warning(
+                    "MEGA upload of %d bytes failed: %s (%s)", size, failure_name(exc), failure
+                )
             raise failure from None
         return StoredFile(handle=node.handle, link=link)
 

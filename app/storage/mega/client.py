@@ -56,10 +56,12 @@ from app import metrics
 from . import hashcash
 from .errors import (
     EAGAIN,
+    EBLOCKED,
     ERATELIMIT,
     LOGIN_REASONS,
     SESSION_GONE,
     HashcashUnsolved,
+    MegaAccountBlocked,
     MegaApiError,
     MegaBadAnswer,
     MegaError,
@@ -67,6 +69,7 @@ from .errors import (
     MegaLoggingIn,
     MegaLoginError,
     MegaTransportError,
+    block_reason,
     failure_name,
 )
 from .retry import Deadline, RetryPolicy, call_with_retries
@@ -89,6 +92,8 @@ logger = logging.getLogger(__name__)
 MAX_REJECTED_ANSWERS = 3
 # After MEGA refused the credentials, no new log-in for this long (probes, uploads).
 LOGIN_COOLDOWN_S = 60.0
+# While MEGA blocks the account, whether the block was lifted is asked this often.
+BLOCKED_RECHECK_S = 60.0
 _SID_IN_URL = re.compile(r"(sid=)[^&\s\"]+")
 MEGA_NZ, MEGA_APP = "https://mega.nz", "https://mega.app"  # the SDK's MEGAURL_NZ, _APP
 
@@ -128,6 +133,7 @@ class MegaClient:
         login_cooldown_s: float = LOGIN_COOLDOWN_S,
         login_deadline_s: float = setting_default("mega_login_deadline_seconds"),
         login_wait_s: float = setting_default("mega_login_wait_seconds"),
+        blocked_recheck_s: float = BLOCKED_RECHECK_S,
         hashcash_budget_s: float = hashcash.CHALLENGE_BUDGET_S,
         hashcash_threads: int | None = None,
         pool_size: int = 16,
@@ -144,6 +150,10 @@ class MegaClient:
         self._login_cooldown_s = login_cooldown_s
         self._login_deadline_s = login_deadline_s
         self._login_wait_s = login_wait_s
+        self._blocked_recheck_s = blocked_recheck_s
+        # While MEGA blocks the account: (why, time.monotonic() of the next look).
+        self._blocked: tuple[str, float] | None = None
+        self._blocked_lock = threading.Lock()
         self._hashcash_budget_s = hashcash_budget_s
         self._hashcash_threads = hashcash_threads
         # Long enough for another process's whole log-in, including a proof of work.
@@ -258,15 +268,24 @@ class MegaClient:
         deadline = Deadline(self.policy.deadline_s) if deadline is None else deadline
         deadline = deadline.sooner(self.policy.deadline_s)
         deadline.check()
+        self._check_blocked(deadline)
         sid = self._current_sid(deadline)
         try:
             return self._request(command, sid, deadline)
         except MegaApiError as exc:
+            if exc.code == EBLOCKED:
+                raise self._block(sid, deadline) from None
             if exc.failure is not SESSION_GONE:
                 raise
         logger.info("MEGA rejected the session; logging in again")
         self._relogin(stale_sid=sid, deadline=deadline)
-        return self._request(command, self._current_sid(deadline), deadline)
+        sid = self._current_sid(deadline)
+        try:
+            return self._request(command, sid, deadline)
+        except MegaApiError as exc:
+            if exc.code == EBLOCKED:
+                raise self._block(sid, deadline) from None
+            raise
 
     def post_region(self, url: str, body: memoryview | bytes, deadline: Deadline) -> bytes:
         """POST one piece of an upload to ``url`` (upload URL + offset); the answer's bytes
@@ -284,7 +303,9 @@ class MegaClient:
     def ensure_login(self, deadline: Deadline | None = None) -> None:
         """Have a session: the one in memory, a stored one, ``MEGA_SESSION``, or a fresh
         log-in. While another thread is logging in, wait at most ``login_wait_s``, then
-        raise ``MegaLoggingIn`` (the caller answers "try again shortly")."""
+        raise ``MegaLoggingIn`` (the caller answers "try again shortly"). While MEGA
+        blocks the account, raise ``MegaAccountBlocked``."""
+        self._check_blocked(self._login_deadline(deadline))
         if self._sid is not None:
             return
         if not self._lock.acquire(timeout=self._login_wait_s):
@@ -407,6 +428,69 @@ class MegaClient:
         except requests.RequestException:
             raise MegaTransportError(timed_out=False) from None
 
+    # -- a blocked account ------------------------------------------------------------------
+
+    def _block(self, sid: str | None, deadline: Deadline) -> MegaAccountBlocked:
+        """MEGA answered -16: the account is blocked. The SDK keeps that as the account's
+        state and asks why (``MegaClient::block``, then ``whyamiblocked``; -16 while
+        logged in, in ``MegaClient::exec``); so does this, saying so once in the log. Until
+        the next look (``blocked_recheck_s``) every call fails at once, without a request."""
+        code = self._why_blocked(sid, deadline) if sid else None
+        reason = block_reason(code or None)
+        with self._blocked_lock:
+            first = self._blocked is None
+            self._blocked = (reason, time.monotonic() + self._blocked_recheck_s)
+        if first:
+            metrics.mega_account_blocked(True)
+            logger.error(
+                "MEGA blocked the account (%s); uploads get 503 until MEGA lifts the block. "
+                "Looking again every %g s",
+                reason,
+                self._blocked_recheck_s,
+            )
+        return MegaAccountBlocked(reason)
+
+    def _why_blocked(self, sid: str, deadline: Deadline) -> int | None:
+        """What 'whyamiblocked' answers: 0 not blocked, else the reason's code; None when
+        it could not be asked."""
+        # Alone in its request, as the SDK sends it (batchSeparately), so that the block
+        # itself does not refuse the question.
+        try:
+            answer = self._request({"a": "whyamiblocked"}, sid, deadline)
+        except MegaError:
+            return None
+        return answer if isinstance(answer, int) and not isinstance(answer, bool) else None
+
+    def _check_blocked(self, deadline: Deadline) -> None:
+        """Raise ``MegaAccountBlocked`` while the account is known to be blocked; when a
+        look is due, look: ask MEGA why with the session (the block is lifted on 0), or,
+        without one, let the log-in that follows tell."""
+        if self._blocked is None:
+            return
+        with self._blocked_lock:
+            if self._blocked is None:
+                return
+            reason, next_look = self._blocked
+            if time.monotonic() < next_look:
+                raise MegaAccountBlocked(reason)
+            # One caller looks; the others keep failing at once meanwhile.
+            self._blocked = (reason, time.monotonic() + self._blocked_recheck_s)
+        sid = self._sid
+        if sid is None:
+            return
+        code = self._why_blocked(sid, deadline)
+        if code is not None and code > 0:
+            raise MegaAccountBlocked(block_reason(code))
+        self._unblocked()
+
+    def _unblocked(self) -> None:
+        with self._blocked_lock:
+            was = self._blocked is not None
+            self._blocked = None
+        if was:
+            metrics.mega_account_blocked(False)
+            logger.info("MEGA account is no longer blocked")
+
     # -- log-in and session store ---------------------------------------------------------
 
     def _relogin(self, stale_sid: str, deadline: Deadline) -> None:
@@ -462,6 +546,9 @@ class MegaClient:
         try:
             session = self._authenticate(deadline)
         except MegaApiError as exc:
+            if exc.code == EBLOCKED:
+                metrics.mega_login(ok=False)
+                raise self._block(None, deadline) from None
             if exc.code not in LOGIN_REASONS:
                 raise
             metrics.mega_login(ok=False)
@@ -475,6 +562,7 @@ class MegaClient:
             # The answer could not be decoded; its text may hold key material.
             raise MegaBadAnswer() from None
         metrics.mega_login(ok=True)
+        self._unblocked()
         self._adopt(session, "a fresh log-in")
         logger.info("logged in to MEGA")
         try:

@@ -137,6 +137,7 @@ CONNECTION = Failure(Action.RETRY, StorageUnavailable, "could not connect to MEG
 TIMEOUT = Failure(Action.RETRY, StorageTimeout, "MEGA did not answer in time")
 BAD_ANSWER = Failure(Action.FAIL, UpstreamRejected, "MEGA sent an answer that could not be read")
 LOGIN_REFUSED = Failure(Action.FAIL, StorageLoginFailed, "MEGA login failed: {name}")
+ACCOUNT_BLOCKED = Failure(Action.FAIL, StorageUnavailable, "the MEGA account is blocked ({name})")
 LOGGING_IN = Failure(
     Action.FAIL, StorageUnavailable, "the service is logging in to MEGA; try again shortly"
 )
@@ -203,9 +204,28 @@ UPLOAD_CODES: dict[int, Failure] = {
 # Why MEGA refused a log-in, by the code 'us' answered.
 LOGIN_REASONS: dict[int, str] = {
     ENOENT: "wrong email or password",
-    EBLOCKED: "the account is blocked",
     EMFAREQUIRED: "the account has two-factor authentication; set MEGA_TOTP_SECRET",
 }
+
+
+# Why MEGA blocked the account, by what 'whyamiblocked' answers (the SDK's megaapi.h,
+# ACCOUNT_BLOCKED_*, and the texts of MegaApiImpl::whyamiblocked_result).
+BLOCK_REASONS: dict[int, str] = {
+    200: "suspended for copyright violations; see the account's email",
+    300: "terminated for a breach of MEGA's terms of service",
+    400: "disabled by its business account administrator",
+    401: "removed by its business account administrator",
+    500: "blocked until it is verified by SMS",
+    700: "temporarily suspended: verify its email address and follow the steps MEGA sent",
+}
+BLOCKED_UNKNOWN = "MEGA did not say why"
+
+
+def block_reason(code: int | None) -> str:
+    """The reason for a 'whyamiblocked' code (None: it could not be asked)."""
+    if code is None:
+        return BLOCKED_UNKNOWN
+    return BLOCK_REASONS.get(code, BLOCK_REASONS[300] if code > 0 else BLOCKED_UNKNOWN)
 
 
 def http_failure(status: int) -> Failure:
@@ -294,6 +314,18 @@ class MegaLoginError(MegaError):
         self.reason = reason
         suffix = " (not retrying yet)" if cooling_down else ""
         super().__init__(f"MEGA login failed: {reason}{suffix}")
+
+
+class MegaAccountBlocked(MegaError):
+    """MEGA blocked the account (-16): a state of the account, as the SDK keeps it
+    (``MegaClient::block``), not a refused password; it may be lifted."""
+
+    failure = ACCOUNT_BLOCKED
+    name = "account_blocked"
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(ACCOUNT_BLOCKED.message.format(name=reason))
 
 
 class MegaLoggingIn(MegaError):
@@ -455,6 +487,8 @@ def to_storage_error(exc: BaseException) -> StorageError:
         return DEADLINE.error(DEADLINE.message.format(name=f"{exc.deadline_s:g}"))
     if isinstance(exc, MegaLoginError):
         return LOGIN_REFUSED.error(LOGIN_REFUSED.message.format(name=exc.reason))
+    if isinstance(exc, MegaAccountBlocked):
+        return ACCOUNT_BLOCKED.error(str(exc))
     failure = failure_of(exc)
     shown = exc.name if isinstance(exc, MegaError) else "unexpected error"
     return failure.error(failure.message.format(name=shown))
