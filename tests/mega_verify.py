@@ -14,6 +14,7 @@ import re
 import secrets
 import struct
 import time
+import zlib
 from dataclasses import dataclass
 
 import requests
@@ -77,6 +78,28 @@ def meta_mac_of(aes_key: bytes, nonce: bytes, plaintext: bytes) -> tuple[int, in
         last = file_mac.encrypt(chunk_mac)
     w = words(last)
     return (w[0] ^ w[1], w[2] ^ w[3])
+
+
+def fingerprint_of(data: bytes) -> bytes:
+    """The 16 CRC bytes of MEGA's fingerprint (the node attribute ``c``) of ``data``, as
+    the SDK's ``FileFingerprint::genfingerprint`` (src/filefingerprint.cpp) computes them
+    from a whole file: up to 16 bytes the bytes zero-padded; up to 8192 the CRC32 of each
+    quarter; beyond, of 4 x 32 windows of 64 bytes at (size - 64) * k / 127. Each CRC32
+    big-endian. Written apart from the application's streaming version."""
+    size = len(data)
+    if size <= 16:
+        return data + bytes(16 - size)
+    if size <= 8192:
+        quarters = [data[i * size // 4 : (i + 1) * size // 4] for i in range(4)]
+        return b"".join(zlib.crc32(q).to_bytes(4, "big") for q in quarters)
+    lanes = []
+    for lane in range(4):
+        sampled = b""
+        for block in range(32):
+            offset = min(size - 64, (size - 64) * (lane * 32 + block) // 127)
+            sampled += data[offset : offset + 64]
+        lanes.append(zlib.crc32(sampled).to_bytes(4, "big"))
+    return b"".join(lanes)
 
 
 def split_key(key: tuple[int, ...]) -> tuple[bytes, bytes, tuple[int, int]]:

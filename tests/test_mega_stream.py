@@ -32,7 +32,7 @@ from app.storage.mega.upload import (
 )
 from tests.conftest import EmulatorOptions
 from tests.mega_emulator import MegaEmulator
-from tests.mega_verify import verify
+from tests.mega_verify import fingerprint_of, verify
 from tests.support.mega_service import (
     EMAIL,
     PASSWORD,
@@ -76,6 +76,20 @@ def test_streamed_put_of_each_size_is_stored_intact(
     check_stored(emulator, put(service, name, data), name, data)
     assert emulator.stats()["files_stored"] == 1
     assert service.leftovers() == []  # the replay copy is gone with the upload
+
+
+def test_a_streamed_upload_carries_megas_fingerprint(
+    service: Service, emulator: MegaEmulator
+) -> None:
+    # Taken while the body streams past (size known, bytes in order), not read twice.
+    data = payload(3 * MiB + 333, 12)
+    before = int(time.time())
+    response = put(service, "fingerprinted.bin", data)
+    check_stored(emulator, response, "fingerprinted.bin", data)
+    found = emulator.sdk_fingerprint(response.json()["handle"])
+    assert found is not None
+    crc, mtime = found
+    assert crc == fingerprint_of(data) and before <= mtime <= int(time.time())
 
 
 @pytest.mark.parametrize(

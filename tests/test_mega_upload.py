@@ -44,6 +44,7 @@ from app.storage.mega.errors import (
     action_for,
     to_storage_error,
 )
+from app.storage.mega.fingerprint import Fingerprint, fingerprint_attribute, window_offsets
 from app.storage.mega.retry import RetryPolicy
 from app.storage.mega.session import MemorySessionStore
 from app.storage.mega.upload import (
@@ -55,7 +56,7 @@ from app.storage.mega.upload import (
 )
 from tests.conftest import EmulatorOptions
 from tests.mega_emulator import MegaEmulator
-from tests.mega_verify import meta_mac_of, verify
+from tests.mega_verify import fingerprint_of, meta_mac_of, verify
 from tests.support.mega_service import QUICK_WAITS
 
 MiB = 1024 * 1024
@@ -219,6 +220,103 @@ def test_the_upload_servers_answers_are_read_as_bytes() -> None:
             upload_answer(garbage)
     # The web client starts such an upload again on a fresh URL ($FATAL in upload2.js).
     assert action_for(MegaBadUploadAnswer()) is Action.RESTART_UPLOAD
+
+
+# -- the fingerprint (attribute 'c') ------------------------------------------------------
+
+
+def streamed_fingerprint(data: bytes, seed: int) -> bytes:
+    fingerprint = Fingerprint(len(data))
+    rng, position = random.Random(seed), 0
+    while position < len(data):
+        step = rng.choice([1, 7, 63, 64, 65, 4096, 100_000])
+        fingerprint.add(memoryview(data)[position : position + step])
+        position += step
+    return fingerprint.crc()
+
+
+@pytest.mark.parametrize(
+    "size", [0, 1, 15, 16, 17, 100, 8191, 8192, 8193, 8257, 20_000, 300_001, MiB + 5]
+)
+def test_the_fingerprint_taken_while_streaming_is_the_sdks(size: int) -> None:
+    data = payload(size, seed=9)
+    assert streamed_fingerprint(data, size) == fingerprint_of(data)
+
+
+XORSHIFT_MASK = 0xFFFFFFFF
+
+
+def _xorshift(x: int) -> int:
+    x ^= (x << 13) & XORSHIFT_MASK
+    x ^= x >> 17
+    return x ^ ((x << 5) & XORSHIFT_MASK)
+
+
+def _apply(columns: list[int], vector: int) -> int:
+    result, bit = 0, 0
+    while vector:
+        if vector & 1:
+            result ^= columns[bit]
+        vector >>= 1
+        bit += 1
+    return result
+
+
+def xorshift_bytes(seed: int, offset: int, count: int) -> bytes:
+    """Bytes ``offset`` to ``offset + count`` of the SDK test's xorshift32 stream (each
+    byte the low 8 bits of the next state), reached by jumping: xorshift32 is linear over
+    GF(2), so its n-th state is a matrix power applied to the seed."""
+    power = [_xorshift(1 << bit) for bit in range(32)]  # the step as 32 columns
+    state, steps = seed, offset
+    while steps:
+        if steps & 1:
+            state = _apply(power, state)
+        power = [_apply(power, column) for column in power]
+        steps >>= 1
+    out = bytearray()
+    for _ in range(count):
+        state = _xorshift(state)
+        out.append(state & 0xFF)
+    return bytes(out)
+
+
+@pytest.mark.parametrize(
+    ("mib", "expected"),
+    [
+        (40, "6iqpUy7DdAKx5NIRg31i_g"),
+        (52, "7SMVr_-v9_H7MDsN9yuVGA"),
+        (88, "3hhTVPVhwzudmjN1odbO6w"),
+    ],
+)
+def test_the_fingerprint_matches_the_sdks_test_vectors(mib: int, expected: str) -> None:
+    # tests/unit/FileFingerprint_CRC_test.cpp in the SDK: xorshift32 data seeded with
+    # 0xA5A5A5A5, the CRC part in base64url. Only the sampled windows matter, so the
+    # stream carries them and zeros between (a fingerprint never looks there).
+    size = mib * MiB
+    fingerprint = Fingerprint(size)
+    zeros, position = memoryview(bytes(MiB)), 0
+    for offset in window_offsets(size):
+        while position < offset:
+            step = min(offset - position, MiB)
+            fingerprint.add(zeros[:step])
+            position += step
+        fingerprint.add(xorshift_bytes(0xA5A5A5A5, offset, 64))
+        position += 64
+    while position < size:
+        step = min(size - position, MiB)
+        fingerprint.add(zeros[:step])
+        position += step
+    crc = fingerprint.crc()
+    assert base64.urlsafe_b64encode(crc).decode().rstrip("=") == expected
+
+
+def test_the_fingerprint_attribute_is_the_sdks_serialisation() -> None:
+    crc = bytes(range(3, 19))
+    for mtime, tail in [(0, b"\x00"), (2, b"\x01\x02"), (1_700_000_000, b"\x04\x00\xf1\x53\x65")]:
+        raw = base64.urlsafe_b64decode(fingerprint_attribute(crc, mtime) + "==")
+        assert raw == crc + tail
+    with pytest.raises(ValueError):
+        Fingerprint(10).crc()  # not all bytes seen
 
 
 # -- the data path against the emulator ------------------------------------------------
@@ -565,6 +663,24 @@ def test_links_follow_the_accounts_site(
     stored = backend.store(path, "site.bin", 100)
     assert stored.link.startswith("https://mega.app/file/")
     verify(emulator.url, stored.link, data, name="site.bin")
+
+
+def test_uploads_carry_megas_fingerprint_dated_now_or_as_given(
+    backend: MegaBackend, emulator: MegaEmulator, tmp_path: Path
+) -> None:
+    # MEGA's apps show a file's date, find duplicates and sync by 'c' (the SDK writes it on
+    # every upload, File::sendPutnodesOfUpload).
+    path, data = source_file(tmp_path, 2 * MiB + 77)
+    before = int(time.time())
+    stored = backend.store(path, "dated.bin", len(data))
+    after = int(time.time())
+    found = emulator.sdk_fingerprint(stored.handle)
+    assert found is not None
+    crc, mtime = found
+    assert crc == fingerprint_of(data) and before <= mtime <= after
+    given = backend.store(path, "given.bin", len(data), mtime=1_234_567_890)
+    assert emulator.sdk_fingerprint(given.handle) == (crc, 1_234_567_890)
+    verify(emulator.url, given.link, data, name="given.bin")
 
 
 def test_upload_urls_are_asked_for_over_ssl(

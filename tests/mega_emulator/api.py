@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import json
 import re
 import time
 from collections.abc import Callable
@@ -129,10 +130,8 @@ def _mfa_ok(secret: str, code: Any) -> bool:
     return isinstance(code, str) and any(code == _totp(secret, step + d) for d in (-1, 0, 1))
 
 
-def sdk_read_name(attributes: str, encrypted_key: str, master_key: bytes) -> str | None:
-    """A node's name as MEGA's C++ SDK reads it from the attribute block: the bytes as
-    they are, with each ``\\uXXXX`` escape cut to its low byte (``JSON::unescape`` in
-    ``src/json.cpp``); bytes are then shown as UTF-8. None when it does not decrypt."""
+def _attribute_plaintext(attributes: str, encrypted_key: str, master_key: bytes) -> bytes | None:
+    """A node's attribute block decrypted (``MEGA{...}``), or None."""
     from Crypto.Cipher import AES
 
     try:
@@ -143,7 +142,32 @@ def sdk_read_name(attributes: str, encrypted_key: str, master_key: bytes) -> str
         plain = AES.new(key_bytes, AES.MODE_CBC, bytes(16)).decrypt(block).rstrip(b"\0")
     except ValueError:
         return None
-    if not plain.startswith(b'MEGA{"'):
+    return plain if plain.startswith(b'MEGA{"') else None
+
+
+def sdk_read_fingerprint(attributes: str, encrypted_key: str, master_key: bytes) -> Any:
+    """(CRC bytes, mtime) of a node's ``c`` attribute as the SDK reads it
+    (``FileFingerprint::unserializefingerprint`` in ``src/filefingerprint.cpp``: base64
+    of 16 CRC bytes, then ``Serialize64``: a count byte and that many bytes, low first),
+    or None when there is none or it does not read."""
+    plain = _attribute_plaintext(attributes, encrypted_key, master_key)
+    try:
+        value = json.loads(plain[4:]).get("c") if plain else None
+        raw = b64url_decode(value) if isinstance(value, str) else b""
+    except ValueError:
+        return None
+    if len(raw) < 17 or raw[16] > 8 or raw[16] >= len(raw) - 16:
+        return None
+    count = raw[16]
+    return raw[:16], int.from_bytes(raw[17 : 17 + count], "little")
+
+
+def sdk_read_name(attributes: str, encrypted_key: str, master_key: bytes) -> str | None:
+    """A node's name as MEGA's C++ SDK reads it from the attribute block: the bytes as
+    they are, with each ``\\uXXXX`` escape cut to its low byte (``JSON::unescape`` in
+    ``src/json.cpp``); bytes are then shown as UTF-8. None when it does not decrypt."""
+    plain = _attribute_plaintext(attributes, encrypted_key, master_key)
+    if plain is None:
         return None
     found = re.search(rb'"n"\s*:\s*"((?:[^"\\]|\\.)*)"', plain[4:])
     if found is None:

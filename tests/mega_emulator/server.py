@@ -19,7 +19,7 @@ from urllib.parse import parse_qs
 
 from . import errors, hashcash
 from .accounts import Account
-from .api import ApiContext, run_command
+from .api import ApiContext, run_command, sdk_read_fingerprint
 from .faults import Faults
 from .http_body import PIECE, BodyReader
 from .stats import Stats
@@ -639,6 +639,15 @@ class MegaEmulator:
                 for n in self.store.nodes.values()
                 if account is not None and n.owner == account.user_handle and n.type in (0, 1)
             ]
+
+    def sdk_fingerprint(self, handle: str) -> tuple[bytes, int] | None:
+        """(CRC bytes, mtime) of a file's fingerprint as MEGA's apps read it, or None."""
+        with self.store.lock:
+            node = self.store.nodes[handle]
+            account = self.store.account_by_handle(node.owner)
+            assert account is not None
+            encrypted_key = node.key.partition(":")[2]
+            return sdk_read_fingerprint(node.attributes, encrypted_key, account.master_key)
 
     def node(self, handle: str) -> dict[str, Any]:
         with self.store.lock:

@@ -107,16 +107,24 @@ class MegaBackend:
         except Exception as exc:
             raise to_storage_error(exc) from None
 
-    def store(self, source: Path, filename: str, size: int) -> StoredFile:
+    def store(
+        self, source: Path, filename: str, size: int, *, mtime: int | None = None
+    ) -> StoredFile:
+        """Store the file ``source``; ``mtime`` (Unix seconds) dates it in MEGA's apps (its
+        fingerprint), the upload time when not given."""
         return self._store(
             lambda client, deadline: send_file(client, source, size, self._limits, deadline),
             lambda: True,  # the file is read again from its start
             filename,
             size,
+            mtime,
         )
 
-    def store_stream(self, body: BodyStream, filename: str, size: int) -> StoredFile:
-        """Store ``size`` bytes read from ``body`` while they arrive (no temporary file).
+    def store_stream(
+        self, body: BodyStream, filename: str, size: int, *, mtime: int | None = None
+    ) -> StoredFile:
+        """Store ``size`` bytes read from ``body`` while they arrive (no temporary file);
+        ``mtime`` as for ``store``.
 
         The deadline does not count time spent waiting for the body's bytes (it bounds
         MEGA's work). What ``body.read`` raises (the client left) is re-raised unchanged;
@@ -135,6 +143,7 @@ class MegaBackend:
                 rewind,
                 filename,
                 size,
+                mtime,
             )
         except SourceFailed as failed:
             # The API layer logs why (the client left, the file was another size).
@@ -147,6 +156,7 @@ class MegaBackend:
         rewind: Callable[[], bool],
         filename: str,
         size: int,
+        mtime: int | None,
     ) -> StoredFile:
         # One deadline for the whole upload: log-in and folder look-up, the data, u/p/l.
         deadline = Deadline(self._limits.deadline_s)
@@ -155,7 +165,7 @@ class MegaBackend:
             folder = self._folder(deadline)
             sent = send(client, deadline)
             try:
-                node = put_file_node(client, folder, sent, filename, deadline)
+                node = put_file_node(client, folder, sent, filename, deadline, mtime=mtime)
             except MegaApiError as exc:
                 if exc.code != ENOENT:
                     raise
@@ -167,7 +177,7 @@ class MegaBackend:
                     raise StreamCannotRestart(exc) from None
                 folder = self._folder(deadline, stale=folder)
                 sent = send(client, deadline)
-                node = put_file_node(client, folder, sent, filename, deadline)
+                node = put_file_node(client, folder, sent, filename, deadline, mtime=mtime)
             if node.parent is not None and node.parent != folder:
                 node = self._move_home(client, node, folder, deadline)
             link = export_link(client, node.handle, sent.node_key, deadline)

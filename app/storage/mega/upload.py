@@ -71,6 +71,7 @@ from .errors import (
     StreamCannotRestart,
     action_for,
 )
+from .fingerprint import Fingerprint, fingerprint_attribute
 from .retry import Deadline, RetryPolicy, call_with_retries
 from .settings import default_retry_policy, setting_default
 
@@ -125,10 +126,12 @@ class UploadLimits:
 
 @dataclass(frozen=True, slots=True)
 class SentFile:
-    """A file the upload server holds, not yet a node: the completion handle and key."""
+    """A file the upload server holds, not yet a node: the completion handle, the key,
+    and the CRC part of its fingerprint (``fingerprint.Fingerprint``)."""
 
     completion: str
     node_key: A32
+    crc: bytes
 
 
 class UploadUrlDead(MegaError):
@@ -273,8 +276,11 @@ def send(
         deadline.check(last)
         url = _upload_url(client, size, deadline)
         macs = MacAccumulator(file_key)
+        fingerprint = Fingerprint(size)
         try:
-            completion = _send_regions(client, url, source, plan, file_key, macs, limits, deadline)
+            completion = _send_regions(
+                client, url, source, plan, file_key, macs, fingerprint, limits, deadline
+            )
         except UploadUrlDead as dead:
             last = dead.cause
             if not source.rewind():
@@ -290,7 +296,11 @@ def send(
                 limits.restarts,
             )
             continue
-        return SentFile(completion=completion, node_key=node_key(file_key, macs.meta_mac()))
+        return SentFile(
+            completion=completion,
+            node_key=node_key(file_key, macs.meta_mac()),
+            crc=fingerprint.crc(),
+        )
     assert last is not None
     raise last
 
@@ -309,14 +319,24 @@ def put_file_node(
     sent: SentFile,
     filename: str,
     deadline: Deadline | None = None,
+    *,
+    mtime: int | None = None,
 ) -> PlacedNode:
-    """Turn a completed upload into a file node named ``filename`` in ``folder_id``.
+    """Turn a completed upload into a file node named ``filename`` in ``folder_id``, with
+    the fingerprint MEGA's apps read (``c``) dated ``mtime`` (Unix seconds; default now,
+    the upload time).
 
     MEGA may put it elsewhere: into the rubbish bin when ``folder_id`` was removed
     (``CommandPutNodes::procresult`` in the SDK's ``src/commands.cpp``); ``parent`` says.
     """
     key = sent.node_key
     aes_key = (key[0] ^ key[4], key[1] ^ key[5], key[2] ^ key[6], key[3] ^ key[7])
+    # The attributes the SDK writes for an upload, in its order: the fingerprint, then the
+    # name (File::sendPutnodesOfUpload in src/file.cpp; AttrMap keeps keys sorted).
+    attributes = {
+        "c": fingerprint_attribute(sent.crc, int(time.time()) if mtime is None else mtime),
+        "n": filename,
+    }
     answer = client.api(
         {
             "a": "p",
@@ -328,7 +348,7 @@ def put_file_node(
                 {
                     "h": sent.completion,
                     "t": 0,
-                    "a": attribute_block({"n": filename}, aes_key),
+                    "a": attribute_block(attributes, aes_key),
                     "k": a32_to_base64(encrypt_key(key, client.master_key)),
                 }
             ],
@@ -352,9 +372,11 @@ def put_node(
     sent: SentFile,
     filename: str,
     deadline: Deadline | None = None,
+    *,
+    mtime: int | None = None,
 ) -> str:
     """``put_file_node``'s handle."""
-    return put_file_node(client, folder_id, sent, filename, deadline).handle
+    return put_file_node(client, folder_id, sent, filename, deadline, mtime=mtime).handle
 
 
 def export_link(
@@ -392,10 +414,12 @@ def _send_regions(
     plan: list[tuple[int, int]],
     file_key: FileKey,
     macs: MacAccumulator,
+    fingerprint: Fingerprint,
     limits: UploadLimits,
     deadline: Deadline,
 ) -> str:
     """Send every region of ``plan`` to ``url`` through the pipeline; the completion handle.
+    The fingerprint takes each region's plaintext as it is read, in file order.
 
     This thread reads the source into a free buffer and hands it to a worker, which seals
     it (MAC, then CTR in place) and POSTs it with retries. At most ``limits.parallel``
@@ -459,6 +483,7 @@ def _send_regions(
                 buffer = bytearray(biggest + BLOCK)
                 buffers += 1
             source.read_into(memoryview(buffer)[:length])
+            fingerprint.add(memoryview(buffer)[:length])  # before it is encrypted in place
             in_flight[pool.submit(job, buffer, offset, length)] = (buffer, offset)
         while in_flight:
             collect(block=True)
