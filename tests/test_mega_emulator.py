@@ -44,10 +44,11 @@ def api(
     commands: list[dict[str, Any]],
     sid: str | None = None,
     headers: dict[str, str] | None = None,
+    ident: str | None = None,
 ) -> requests.Response:
-    # A fresh id per request, as MEGA's clients send: MEGA answers a repeated id from
-    # its cache (src/request.cpp in the SDK).
-    params = {"id": str(next(_REQUEST_IDS))}
+    # A fresh id per request unless one is given, as MEGA's clients send: MEGA answers a
+    # repeated id from its cache (src/request.cpp in the SDK).
+    params = {"id": ident or str(next(_REQUEST_IDS))}
     if sid:
         params["sid"] = sid
     return requests.post(
@@ -336,6 +337,48 @@ def test_upload_answers_in_the_protocol_version_asked_for(
     node = put_file(emulator, sid, root, handle)["f"][0]
     assert emulator.read_ciphertext(node["h"]) == data
     assert emulator.stats()[f"upload_urls_v{version or 0}"] == 1
+
+
+FOLDER = {"h": "xxxxxxxx", "t": 1, "a": "QUJD", "k": "AAAAAAAAAAAAAAAAAAAAAA"}
+
+
+def test_a_repeated_request_id_gets_its_answer_again(emulator: MegaEmulator) -> None:
+    emulator.add_account(EMAIL, PASSWORD)
+    sid, root = session(emulator)
+    make = [{"a": "p", "t": root, "n": [FOLDER]}]
+    first = api(emulator, make, sid=sid, ident="70")
+    assert api(emulator, make, sid=sid, ident="70").content == first.content
+    assert emulator.stats()["folders_created"] == 1
+    assert emulator.stats()["replayed_answers"] == 1
+    # A bare -3 was not an answer to keep: its resend is carried out.
+    emulator.faults.api_eagain_next = 1
+    assert api(emulator, make, sid=sid, ident="71").json() == -3
+    assert "f" in api(emulator, make, sid=sid, ident="71").json()[0]
+    assert emulator.stats()["folders_created"] == 2
+
+
+def test_a_blocked_accounts_session_answers_only_why(emulator: MegaEmulator) -> None:
+    emulator.add_account(EMAIL, PASSWORD)
+    sid, _ = session(emulator)
+    assert api(emulator, [{"a": "whyamiblocked"}], sid=sid).json() == [0]
+    emulator.faults.update(blocked_emails=[EMAIL], blocked_reason_code=700)
+    assert api(emulator, [{"a": "uq"}], sid=sid).json() == -16
+    assert api(emulator, [{"a": "whyamiblocked"}, {"a": "uq"}], sid=sid).json() == -16
+    assert api(emulator, [{"a": "whyamiblocked"}], sid=sid).json() == [700]
+
+
+def test_a_node_put_into_a_removed_folder_lands_in_the_rubbish_bin(
+    emulator: MegaEmulator,
+) -> None:
+    emulator.add_account(EMAIL, PASSWORD)
+    sid, root = session(emulator)
+    folder = api(emulator, [{"a": "p", "t": root, "n": [FOLDER]}], sid=sid).json()[0]["f"][0]
+    assert api(emulator, [{"a": "d", "n": folder["h"]}], sid=sid).json() == [0]
+    url = upload_url(emulator, sid, 10)
+    completion = requests.post(f"{url}/0", data=b"0123456789", timeout=TIMEOUT).text
+    node = put_file(emulator, sid, folder["h"], completion)["f"][0]
+    assert node["p"] == emulator.store.accounts[EMAIL].rubbish
+    assert emulator.location(node["h"]) == "rubbish"
 
 
 def test_zero_byte_upload(emulator: MegaEmulator) -> None:
