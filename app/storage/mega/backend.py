@@ -8,6 +8,10 @@ failure's name is logged.
 The log-in happens at start-up (``connect``, run in the background by the app), so the
 first upload does not pay for it; uploads that arrive while it runs wait at most
 ``login_wait_s`` and are then answered 503 "the service is logging in to MEGA".
+
+The destination folder is found once and looked up again at least every
+``FOLDER_CHECK_S``, and after a node landed outside it: MEGA puts a 'p' into a removed
+folder into the rubbish bin, and takes one into a trashed folder as it is.
 """
 
 from __future__ import annotations

@@ -9,12 +9,17 @@
 * MEGA's answers read as its own clients read them: a request-level code, a per-command
   code, or a per-command ``{"err": N}`` object (``src/command.cpp``, ``Command::checkError``
   in the SDK; ``js/utils/api.js`` in the web client) are all errors;
+* request ids as the SDK keeps them: the same id only for a resend of a request MEGA did
+  not answer, a new one after any answer (MEGA replays answers by id);
+* a blocked account (-16) kept as the account's state, with MEGA's reason, until a look
+  finds it lifted (``MegaClient::block`` and ``whyamiblocked`` in the SDK);
 * HTTP 402 + ``X-Hashcash`` answered with a proof of work; when its budget runs out the
   request goes again with an empty answer for a fresh challenge (``hashcash.py``);
 * ESID: log in again (once; other threads and processes reuse that log-in) and repeat
   the call once;
-* the log-in itself (``us0``, key derivation, ``us`` with ``mfa`` for two-factor accounts,
-  the session id decrypted with the account's RSA key) built from mega.py's primitives,
+* the log-in itself (``us0`` and its ``v``, key derivation for any password, ``us`` with
+  ``mfa`` for two-factor accounts, the session id decrypted with the account's RSA key at
+  its full width) built from mega.py's primitives,
   under a bounded thread lock and the session store's cross-process lock, with a cool-down
   after MEGA refused the credentials so that probes cannot hammer it.
 
@@ -271,15 +276,16 @@ class MegaClient:
         self._check_blocked(deadline)
         sid = self._current_sid(deadline)
         try:
-            return self._request(command, sid, deadline)
+            return self._command(command, sid, deadline)
         except MegaApiError as exc:
-            if exc.code == EBLOCKED:
-                raise self._block(sid, deadline) from None
             if exc.failure is not SESSION_GONE:
                 raise
         logger.info("MEGA rejected the session; logging in again")
         self._relogin(stale_sid=sid, deadline=deadline)
-        sid = self._current_sid(deadline)
+        return self._command(command, self._current_sid(deadline), deadline)
+
+    def _command(self, command: dict[str, Any], sid: str, deadline: Deadline) -> Any:
+        """One command in the session ``sid``; -16 marks the account blocked."""
         try:
             return self._request(command, sid, deadline)
         except MegaApiError as exc:

@@ -23,6 +23,12 @@ and crashes on files whose last chunk is 16 bytes or shorter. Here:
 * the upload URL is asked for with ``ssl: 2`` as the SDK does (``CommandPutFile`` in
   ``src/commands.cpp``), and an ``http://`` URL is refused when the API is ``https://``:
   file data and the completion token never cross the internet unencrypted;
+* with ``v: 2``, the web client's upload protocol; the upload server's answers are read
+  as bytes in every form MEGA's clients know (``upload_answer``), and a completion token
+  in hand completes the upload even while another region is still being retried, as the
+  SDK does (``TransferSlot::doio``);
+* the fingerprint MEGA's apps read (``c``, ``fingerprint.py``) is taken from each
+  region's plaintext as it is read, before it is encrypted in place;
 * everything runs against one ``Deadline``, after which the upload is given up; the
   API calls (``u``, ``p``, ``l``) and every POST are cut to it too. Time spent waiting
   for a streamed body's bytes does not count: the deadline bounds MEGA's work, and a
