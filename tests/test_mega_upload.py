@@ -668,7 +668,7 @@ def test_links_follow_the_accounts_site(
 def test_uploads_carry_megas_fingerprint_dated_now_or_as_given(
     backend: MegaBackend, emulator: MegaEmulator, tmp_path: Path
 ) -> None:
-    # MEGA's apps show a file's date, find duplicates and sync by 'c' (the SDK writes it on
+    # MEGA's apps show a file's date, recognise copies and sync by 'c' (the SDK writes it on
     # every upload, File::sendPutnodesOfUpload).
     path, data = source_file(tmp_path, 2 * MiB + 77)
     before = int(time.time())

@@ -55,7 +55,7 @@ logger = logging.getLogger(__name__)
 FOLDER_LOCK_TIMEOUT_S = 60.0
 # The destination folder is looked up again (from the root, by name) at least this often:
 # MEGA takes uploads into a folder someone moved to the rubbish bin like into any other,
-# so only looking tells. A look fetches the account's node list, hence not per upload.
+# so only looking tells. A look reads the account's whole node list, hence not per upload.
 FOLDER_CHECK_S = 300.0
 
 

@@ -1,7 +1,8 @@
 """MEGA's file fingerprint, the node attribute ``c``, computed while a file streams past.
 
 MEGA's apps write ``c`` on every upload and read it to show a file's date, to find
-duplicates and to sync (the SDK's ``File::sendPutnodesOfUpload`` in ``src/file.cpp``).
+copies of one file and to sync (the SDK's ``File::sendPutnodesOfUpload`` in
+``src/file.cpp``).
 It is four CRC32 "lanes" of the content plus the modification time, as the SDK's
 ``FileFingerprint::genfingerprint`` (``src/filefingerprint.cpp``) computes them:
 
