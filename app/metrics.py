@@ -74,6 +74,11 @@ MEGA_RETRIES = Counter(
 MEGA_LOGINS = Counter(
     "paimon_mega_logins_total", "MEGA log-ins by outcome (ok or failed).", ["outcome"]
 )
+MEGA_ACCOUNT_BLOCKED = Gauge(
+    "paimon_mega_account_blocked",
+    "1 while MEGA blocks the service's account (uploads get 503), else 0.",
+    multiprocess_mode="max",
+)
 MEGA_POW_SECONDS = Histogram(
     "paimon_mega_proof_of_work_seconds",
     "Seconds spent solving MEGA's proof of work (hashcash) at log-in.",
@@ -125,6 +130,11 @@ def mega_retry(error: str) -> None:
 def mega_login(ok: bool) -> None:
     """After each MEGA log-in attempt."""
     MEGA_LOGINS.labels("ok" if ok else "failed").inc()
+
+
+def mega_account_blocked(blocked: bool) -> None:
+    """When MEGA blocks the account, and when the block is found lifted."""
+    MEGA_ACCOUNT_BLOCKED.set(1 if blocked else 0)
 
 
 def mega_proof_of_work(seconds: float) -> None:

@@ -24,6 +24,7 @@ from app.access.tokens import token_sha256
 from app.config import Settings
 from app.main import create_app
 from app.storage.base import StorageBackend
+from tests.mega_emulator import MegaEmulator
 
 ROOT = Path(__file__).resolve().parent.parent
 START_TIMEOUT_S = 20
@@ -328,3 +329,77 @@ def held_upload_slot(server: ServerProcess, wait_s: float = 30) -> Iterator[None
             assert time.monotonic() < deadline, "the held upload never took the slot"
             time.sleep(0.05)
         yield
+
+
+# == MEGA emulator: the one fixture every MEGA test module uses ==========================
+#
+# A module says which emulator it needs with a module-level ``MEGA_EMULATOR =
+# EmulatorOptions(...)``; one test can ask for another with
+# ``@pytest.mark.parametrize("emulator", [EmulatorOptions(...)], indirect=True)``.
+# The emulator runs once per module (and per options); ``fresh_per_test`` gives each test
+# a cloud of its own (``MegaEmulator.reset``, then the accounts again), otherwise only the
+# faults and counters are reset between tests (modules that share a running service).
+
+
+@dataclass(frozen=True)
+class EmulatorOptions:
+    """What a test module needs from the MEGA emulator."""
+
+    seed: int = 11
+    # (email, password) of the accounts to create, as version 2 accounts.
+    accounts: tuple[tuple[str, str], ...] = ()
+    # mega.py's /file/ link parser cannot cope with '-' in handles.
+    avoid_dash_in_handles: bool = False
+    tls: bool = False
+    fresh_per_test: bool = True
+
+
+def _emulator_options(request: pytest.FixtureRequest) -> EmulatorOptions:
+    given = getattr(request, "param", None)
+    if isinstance(given, EmulatorOptions):
+        return given
+    return getattr(request.module, "MEGA_EMULATOR", EmulatorOptions())
+
+
+# The options each running emulator was started with, and the emulators no test used yet.
+_RUNNING: dict[int, EmulatorOptions] = {}
+_UNUSED: set[int] = set()
+
+
+@pytest.fixture(scope="module")
+def emulator(request: pytest.FixtureRequest) -> Iterator[MegaEmulator]:
+    """A running MEGA emulator on 127.0.0.1 with the module's (or the test's) options."""
+    options = _emulator_options(request)
+    with MegaEmulator(
+        seed=options.seed, avoid_dash_in_handles=options.avoid_dash_in_handles, tls=options.tls
+    ) as emu:
+        for email, password in options.accounts:
+            emu.add_account(email, password)
+        _RUNNING[id(emu)] = options
+        _UNUSED.add(id(emu))
+        try:
+            yield emu
+        finally:
+            _RUNNING.pop(id(emu), None)
+            _UNUSED.discard(id(emu))
+
+
+@pytest.fixture(autouse=True)
+def _emulator_between_tests(request: pytest.FixtureRequest) -> None:
+    """Each test starts from the emulator's defaults (see the block's comment)."""
+    if "emulator" not in request.fixturenames:
+        return
+    emu: MegaEmulator = request.getfixturevalue("emulator")
+    options = _RUNNING[id(emu)]
+    if id(emu) in _UNUSED:  # just started: nothing to undo
+        _UNUSED.discard(id(emu))
+    elif options.fresh_per_test:
+        emu.reset()
+        for email, password in options.accounts:
+            emu.add_account(email, password)
+    else:
+        emu.faults.reset()
+        emu.reset_stats()
+
+
+# == end of the MEGA emulator block ======================================================

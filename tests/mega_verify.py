@@ -11,8 +11,10 @@ from __future__ import annotations
 import base64
 import json
 import re
+import secrets
 import struct
 import time
+import zlib
 from dataclasses import dataclass
 
 import requests
@@ -22,7 +24,8 @@ from Crypto.Util import Counter
 TIMEOUT = 30
 TRANSIENT = (-3, -4, -18)  # EAGAIN, ERATELIMIT, ETEMPUNAVAIL: ask again
 TRANSIENT_ATTEMPTS = 30
-_LINK = re.compile(r"^https://mega\.nz/file/([A-Za-z0-9_-]+)#([A-Za-z0-9_-]+)$")
+# mega.app when the account's "site" flag says so (the SDK's MegaClient::readmiscflags).
+_LINK = re.compile(r"^https://mega\.(?:nz|app)/file/([A-Za-z0-9_-]+)#([A-Za-z0-9_-]+)$")
 
 
 class VerificationError(AssertionError):
@@ -42,7 +45,8 @@ def packed(values: tuple[int, ...] | list[int]) -> bytes:
 
 
 def parse_link(link: str) -> tuple[str, tuple[int, ...]]:
-    """(public handle, 8-word node key) of a ``https://mega.nz/file/<h>#<key>`` link."""
+    """(public handle, 8-word node key) of a ``https://mega.nz/file/<h>#<key>`` link (or
+    mega.app)."""
     match = _LINK.match(link)
     if not match:
         raise VerificationError(f"not a MEGA file link: {link!r}")
@@ -76,6 +80,28 @@ def meta_mac_of(aes_key: bytes, nonce: bytes, plaintext: bytes) -> tuple[int, in
     return (w[0] ^ w[1], w[2] ^ w[3])
 
 
+def fingerprint_of(data: bytes) -> bytes:
+    """The 16 CRC bytes of MEGA's fingerprint (the node attribute ``c``) of ``data``, as
+    the SDK's ``FileFingerprint::genfingerprint`` (src/filefingerprint.cpp) computes them
+    from a whole file: up to 16 bytes the bytes zero-padded; up to 8192 the CRC32 of each
+    quarter; beyond, of 4 x 32 windows of 64 bytes at (size - 64) * k / 127. Each CRC32
+    big-endian. Written apart from the application's streaming version."""
+    size = len(data)
+    if size <= 16:
+        return data + bytes(16 - size)
+    if size <= 8192:
+        quarters = [data[i * size // 4 : (i + 1) * size // 4] for i in range(4)]
+        return b"".join(zlib.crc32(q).to_bytes(4, "big") for q in quarters)
+    lanes = []
+    for lane in range(4):
+        sampled = b""
+        for block in range(32):
+            offset = min(size - 64, (size - 64) * (lane * 32 + block) // 127)
+            sampled += data[offset : offset + 64]
+        lanes.append(zlib.crc32(sampled).to_bytes(4, "big"))
+    return b"".join(lanes)
+
+
 def split_key(key: tuple[int, ...]) -> tuple[bytes, bytes, tuple[int, int]]:
     """(AES key, nonce, meta MAC) inside an 8-word node key."""
     aes = packed([key[0] ^ key[4], key[1] ^ key[5], key[2] ^ key[6], key[3] ^ key[7]])
@@ -96,7 +122,8 @@ def _file_info(http: requests.Session, api_url: str, public_handle: str) -> dict
     for _ in range(TRANSIENT_ATTEMPTS):
         answer = http.post(
             f"{api_url}/cs",
-            params={"id": "1"},
+            # A fresh id per request: MEGA answers a repeated id from its cache.
+            params={"id": secrets.token_hex(5)},
             data=json.dumps([{"a": "g", "g": 1, "p": public_handle}]),
             timeout=TIMEOUT,
         ).json()

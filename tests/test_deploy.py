@@ -12,8 +12,6 @@ import json
 import os
 import re
 import secrets
-import shlex
-import shutil
 import signal
 import socket
 import subprocess
@@ -25,7 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
+
+from tests.support.deploy import render_service, start_command_argv
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -47,14 +46,6 @@ def read(name: str) -> str:
     path = ROOT / name
     assert path.is_file(), f"{name} is missing"
     return path.read_text(encoding="utf-8")
-
-
-def render_service() -> dict[str, Any]:
-    blueprint = yaml.safe_load(read("render.yaml"))
-    services = blueprint["services"]
-    web = [service for service in services if service.get("type") == "web"]
-    assert len(web) == 1, "render.yaml must define exactly one web service"
-    return web[0]
 
 
 def render_env() -> dict[str, dict[str, Any]]:
@@ -333,20 +324,6 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def start_command_argv(port: int | str) -> list[str]:
-    """render.yaml's startCommand, bound to 127.0.0.1:<port>, run with this Python.
-
-    ``port`` may be ``"{port}"``, which ``start_server`` fills in with the port it picks."""
-    command = render_service()["startCommand"].replace("$PORT", str(port))
-    argv = shlex.split(command.replace("0.0.0.0:", "127.0.0.1:"))
-    assert argv[0] == "gunicorn"
-    script = Path(sys.executable).parent / "gunicorn"
-    if script.exists():
-        return [str(script), *argv[1:]]
-    found = shutil.which("gunicorn")
-    return [found, *argv[1:]] if found else [sys.executable, "-m", "gunicorn", *argv[1:]]
 
 
 def get_status(url: str) -> int | None:

@@ -4,11 +4,13 @@ re-login, proof of work, the error table, and secrets staying out of logs and er
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import math
 import os
 import stat
+import struct
 import subprocess
 import sys
 import threading
@@ -28,11 +30,13 @@ from app.storage.base import (
     UpstreamRejected,
 )
 from app.storage.mega import hashcash
-from app.storage.mega.client import MegaClient
+from app.storage.mega.client import MegaClient, session_id
 from app.storage.mega.errors import (
     Action,
     HashcashUnsolved,
+    MegaAccountBlocked,
     MegaApiError,
+    MegaBadAnswer,
     MegaChunkError,
     MegaDeadlineExceeded,
     MegaHttpError,
@@ -44,24 +48,22 @@ from app.storage.mega.errors import (
 )
 from app.storage.mega.folders import ensure_folder, find_folder
 from app.storage.mega.retry import Deadline, RetryPolicy, call_with_retries
-from app.storage.mega.session import FileSessionStore, MemorySessionStore
+from app.storage.mega.session import FileSessionStore, MemorySessionStore, decode_session
 from app.storage.mega.totp import totp
+from tests.conftest import EmulatorOptions
 from tests.mega_emulator import MegaEmulator, verify_hashcash
+from tests.mega_emulator.accounts.crypto import encrypt_session_id, new_session_secret
+from tests.mega_emulator.codec import b64url_decode
 from tests.mega_emulator.hashcash import new_challenge
+from tests.support.mega_service import QUICK_WAITS
 
 ROOT = Path(__file__).resolve().parent.parent
 EMAIL = "owner@example.com"
 PASSWORD = "Tr0ub4dor-and-3-horses"
-FAST = RetryPolicy(attempts=6, deadline_s=10, initial_s=0.01, max_s=0.05)
+FAST = RetryPolicy(attempts=6, deadline_s=10, initial_s=0.01, max_s=0.05, waits=QUICK_WAITS)
 QUOTA = {"a": "uq", "strg": 1, "xfer": 1}
 CHILD_TIMEOUT_S = 60
-
-
-@pytest.fixture
-def emulator() -> Iterator[MegaEmulator]:
-    with MegaEmulator(seed=11) as emu:
-        emu.add_account(EMAIL, PASSWORD)
-        yield emu
+MEGA_EMULATOR = EmulatorOptions(seed=11, accounts=((EMAIL, PASSWORD),))
 
 
 @pytest.fixture
@@ -121,10 +123,68 @@ def test_login_is_lazy_and_api_calls_work(
     assert logins(emulator) == 1
 
 
-def test_v1_account_logs_in(emulator: MegaEmulator, make_client: Callable[..., MegaClient]) -> None:
-    emulator.add_account("legacy@example.com", "old-style-pass", version=1)
-    client = make_client(email="legacy@example.com", password="old-style-pass")
+@pytest.mark.parametrize(
+    "password",
+    ["old-style-pass", "mot de passe d'été", "пароль über 密码 🔑"],
+    ids=["ascii", "latin-1", "beyond-latin-1"],
+)
+def test_v1_account_logs_in(
+    emulator: MegaEmulator, make_client: Callable[..., MegaClient], password: str
+) -> None:
+    # The SDK takes any UTF-8 password for a v1 account (MegaClient::pw_key); mega.py's
+    # str_to_a32 only Latin-1.
+    emulator.add_account("legacy@example.com", password, version=1)
+    client = make_client(email="legacy@example.com", password=password)
     assert client.api({"a": "ug"})["email"] == "legacy@example.com"
+
+
+def test_the_account_version_comes_from_v_not_from_a_salt(
+    emulator: MegaEmulator, make_client: Callable[..., MegaClient]
+) -> None:
+    # A v2 answer without its salt is a broken answer to the SDK (CommandPrelogin), not a
+    # v1 account whose password is then "wrong".
+    emulator.faults.prelogin_without_salt = True
+    client = make_client()
+    with pytest.raises(MegaBadAnswer):
+        client.ensure_login()
+    assert emulator.stats()["commands"].get("us", 0) == 0
+
+
+def test_a_session_id_that_begins_with_a_zero_byte_is_read_at_its_full_width(
+    emulator: MegaEmulator, make_client: Callable[..., MegaClient], session_file: Path
+) -> None:
+    # About one MEGA session id in 256 begins with a zero byte; the SDK reads it at a
+    # fixed width (AsymmCipher::decrypt), so the zero stays.
+    emulator.faults.session_id_leading_zero_next = 1
+    client = make_client()
+    client.ensure_login()
+    assert emulator.stats()["faults_injected"]["session_id_leading_zero"] == 1
+    assert cached_sid(session_file) in emulator.store.sessions
+    assert client.api(QUOTA)["mstrg"] > 0
+    assert logins(emulator) == 1
+    # What mega-session prints works too.
+    exported = decode_session(client.export_session(), client.account)
+    assert exported is not None and exported.sid in emulator.store.sessions
+
+
+def test_a_session_id_for_another_user_is_refused(emulator: MegaEmulator) -> None:
+    account = emulator.store.accounts[EMAIL]
+    other = emulator.add_account("someone@example.com", "another password 2")
+    secret = new_session_secret(other.user_handle)
+    answer = {
+        "k": account.encrypted_master_key,
+        "privk": account.encrypted_privk,
+        "csid": encrypt_session_id(account.rsa, secret),
+        "u": account.user_handle,
+    }
+    master_key = list(struct.unpack(">4I", account.master_key))
+    with pytest.raises(MegaBadAnswer):
+        session_id(answer, master_key)
+    right = {
+        **answer,
+        "csid": encrypt_session_id(account.rsa, new_session_secret(account.user_handle)),
+    }
+    assert len(b64url_decode(session_id(right, master_key))) == 43
 
 
 def test_session_cache_is_private_holds_no_password_and_is_keyed_to_the_account(
@@ -195,7 +255,7 @@ def test_threads_and_two_clients_share_one_login(
 _CHILD = """
 import sys, time
 from pathlib import Path
-from app.storage.mega.client import MegaClient
+from app.storage.mega.client import MegaClient, session_id
 from app.storage.mega.retry import RetryPolicy
 url, email, password, session_file, start_at = sys.argv[1:6]
 client = MegaClient(url, email, password, Path(session_file),
@@ -303,6 +363,47 @@ def test_session_rejected_again_after_relogin_fails_instead_of_looping(
     assert logins(emulator) == 2  # one re-login, no more
 
 
+# -- request ids ----------------------------------------------------------------------------
+# MEGA answers a request id it has seen from its cache; the SDK resends the same id only
+# after a transport failure or a bare -3/-4 (src/request.cpp, src/megaclient.cpp exec).
+
+
+@pytest.mark.parametrize("objects", [False, True], ids=["number", "object"])
+@pytest.mark.parametrize("code", [-3, -4, -18])
+def test_a_command_error_is_tried_again_under_a_fresh_request_id(
+    emulator: MegaEmulator, make_client: Callable[..., MegaClient], code: int, objects: bool
+) -> None:
+    client = make_client()
+    client.ensure_login()
+    emulator.faults.update(
+        command_error_next=1,
+        command_error_code=code,
+        command_error_command="uq",
+        error_objects=objects,
+    )
+    assert client.api(QUOTA)["mstrg"] > 0
+    stats = emulator.stats()
+    assert stats["faults_injected"]["command_error"] == 1
+    assert stats["replayed_answers"] == 0
+
+
+def test_a_request_whose_answer_was_lost_is_sent_again_under_its_id(
+    emulator: MegaEmulator, make_client: Callable[..., MegaClient], session_file: Path
+) -> None:
+    client = make_client()
+    store = FileSessionStore(session_file, client.account)
+    client.ensure_login()
+    emulator.faults.update(api_answer_lost_next=1, api_answer_lost_command="p")
+    # MEGA made the folder; only the answer was lost. The resend gets that answer, and
+    # no twin folder is made.
+    made = ensure_folder(client, "Once", store.folder_locked, 5)
+    stats = emulator.stats()
+    assert stats["faults_injected"]["api_answer_lost"] == 1
+    assert stats["replayed_answers"] == 1
+    assert stats["folders_created"] == 1
+    assert find_folder(client, "Once") == made
+
+
 # -- retries -----------------------------------------------------------------------------
 
 
@@ -331,6 +432,63 @@ def test_eagain_always_fails_after_the_attempts(
     error = to_storage_error(caught.value)
     assert type(error) is UpstreamRejected
     assert str(error) == "MEGA kept failing after 5 attempts"
+
+
+def _waits_of(failures: list[BaseException], policy: RetryPolicy) -> list[float]:
+    """The waits call_with_retries takes while ``failures`` happen in turn, then success."""
+    slept: list[float] = []
+    left = iter(failures)
+
+    def flaky() -> str:
+        failure = next(left, None)
+        if failure is not None:
+            raise failure
+        return "ok"
+
+    assert call_with_retries(flaky, policy, Deadline(10**6), sleep=slept.append) == "ok"
+    return slept
+
+
+def test_waits_are_megas_clients_waits() -> None:
+    policy = RetryPolicy(attempts=5, deadline_s=10**6, initial_s=0.1, max_s=15)
+    # The SDK's BackoffTimer: 0.1 s, then the base doubles and up to half of it is added.
+    slept = _waits_of([MegaApiError(-3, whole_request=True)] * 4, policy)
+    assert slept[0] == pytest.approx(0.1)
+    for wait, base in zip(slept[1:], (0.2, 0.4, 0.8), strict=True):
+        assert base <= wait <= 1.5 * base
+    # A rate limit is waited out, however many times MEGA says it, and never near zero:
+    # the web client's 0.9 s + Exp(4 s), doubled before each wait, at most 300 s.
+    slept = _waits_of([MegaApiError(-4, whole_request=True)] * 12, policy)
+    assert len(slept) == 12 and slept[0] >= 1.8
+    for earlier, later in itertools.pairwise(slept):
+        assert later == pytest.approx(min(300.0, 2 * earlier))
+    # The upload server's 429 and 503: the SDK's fixed 0.5 s and 5 s, not counted.
+    busy = [MegaHttpError(503, upload=True), MegaHttpError(429, upload=True)] * 4
+    assert _waits_of(busy, policy) == [5.0, 0.5] * 4
+
+
+def test_a_rate_limit_is_waited_out_instead_of_counted(
+    emulator: MegaEmulator, make_client: Callable[..., MegaClient]
+) -> None:
+    policy = RetryPolicy(attempts=2, deadline_s=20, initial_s=0.01, max_s=0.05, waits=QUICK_WAITS)
+    client = make_client(policy=policy)
+    client.ensure_login()
+    emulator.faults.api_ratelimit_next = 6
+    assert client.api(QUOTA)["mstrg"] > 0
+    assert emulator.stats()["faults_injected"]["api_ratelimit"] == 6
+
+
+@pytest.mark.parametrize("status", [402, 403, 404, 400, 500])
+def test_api_http_errors_are_tried_again(
+    emulator: MegaEmulator, make_client: Callable[..., MegaClient], status: int
+) -> None:
+    # MEGA's clients resend a request whatever the status (the SDK's exec, the web client's
+    # finish); 403 and 404 mean an expired upload URL only from the upload server.
+    client = make_client()
+    client.ensure_login()
+    emulator.faults.update(api_http_error_next=2, api_http_error_status=status)
+    assert client.api(QUOTA)["mstrg"] > 0
+    assert emulator.stats()["faults_injected"]["api_http_error"] == 2
 
 
 def test_eagain_always_stops_at_the_deadline(
@@ -417,16 +575,57 @@ def test_wrong_password_fails_once_then_cools_down(
     assert emulator.stats()["logins_failed"] == 2
 
 
-def test_blocked_account_is_a_login_failure(
+def test_an_account_blocked_at_log_in_is_a_state_not_refused_credentials(
     emulator: MegaEmulator, make_client: Callable[..., MegaClient]
 ) -> None:
+    # A block can be lifted (an email verified, a suspension ended): the service waits it
+    # out, saying why, instead of stopping as it does for a wrong password.
     emulator.add_account("blocked@example.com", "blocked-pass-1", blocked=True)
     client = make_client(email="blocked@example.com", password="blocked-pass-1")
-    with pytest.raises(MegaLoginError) as caught:
+    with pytest.raises(MegaAccountBlocked) as caught:
         client.ensure_login()
     error = to_storage_error(caught.value)
-    assert isinstance(error, StorageLoginFailed) and "blocked" in str(error)
+    assert type(error) is StorageUnavailable
+    assert str(error).startswith("the MEGA account is blocked")
+    with pytest.raises(MegaAccountBlocked):  # no log-in again until the next look
+        client.ensure_login()
     assert emulator.stats()["logins_failed"] == 1
+
+
+def test_a_blocked_account_fails_fast_says_why_once_and_recovers(
+    emulator: MegaEmulator,
+    make_client: Callable[..., MegaClient],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The SDK treats -16 with a session as a state of the account and asks why
+    # (MegaClient::block, whyamiblocked): here every call then fails at once with the
+    # reason, until a look (every blocked_recheck_s) finds the account unblocked.
+    caplog.set_level(logging.INFO)
+    emulator.faults.blocked_reason_code = 700
+    client = make_client(blocked_recheck_s=0)
+    client.ensure_login()
+    emulator.faults.blocked_emails = [EMAIL]
+    for _ in range(3):
+        with pytest.raises(MegaAccountBlocked) as caught:
+            client.api(QUOTA)
+        error = to_storage_error(caught.value)
+        assert type(error) is StorageUnavailable and "verify" in str(error)
+    assert caplog.text.count("MEGA blocked the account") == 1
+    stats = emulator.stats()
+    assert stats["commands"]["whyamiblocked"] == 3  # a look each time, no 'uq' sent again
+    assert stats["blocked_requests"] == 1
+    emulator.faults.blocked_emails = []
+    assert client.api(QUOTA)["mstrg"] > 0
+    assert "MEGA account is no longer blocked" in caplog.text
+    # Between looks, nothing goes to MEGA at all.
+    patient = make_client(blocked_recheck_s=3600, session_file=client._store.path)
+    emulator.faults.blocked_emails = [EMAIL]
+    with pytest.raises(MegaAccountBlocked):
+        patient.api(QUOTA)
+    emulator.reset_stats()
+    with pytest.raises(MegaAccountBlocked):
+        patient.api(QUOTA)
+    assert emulator.stats()["api_requests"] == 0
 
 
 def test_secrets_never_reach_logs_or_errors(

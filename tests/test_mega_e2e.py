@@ -22,86 +22,26 @@ from pathlib import Path
 import httpx
 import pytest
 import requests
-from mega.crypto import get_chunks
 
-from tests.conftest import ROOT, START_TIMEOUT_S, ServerProcess, free_port, start_server
+from tests.conftest import ROOT, START_TIMEOUT_S, EmulatorOptions, free_port
 from tests.mega_emulator import MegaEmulator
-from tests.mega_emulator.stock_client import EmulatedMega
-from tests.mega_verify import parse_link, verify
-from tests.test_deploy import start_command_argv
-from tests.test_metrics import samples, value
+from tests.mega_verify import verify
+from tests.support.deploy import start_command_argv
+from tests.support.mega_service import (
+    EMAIL,
+    HTTP_TIMEOUT,
+    MEGA_PY_CHECKS,
+    PASSWORD,
+    Service,
+    check_stored,
+    payload,
+    start_service,
+)
+from tests.support.metrics import samples, value
 
-EMAIL, PASSWORD = "e2e@example.com", "emulated e2e password"
 KiB, MiB = 1024, 1024 * 1024
-HTTP_TIMEOUT = 60
-MEGA_PY_CHECKS: list[int] = []  # sizes mega.py downloaded too; see the test after the sizes
-FAST_RETRIES = {
-    "MEGA_RETRY_INITIAL_SECONDS": "0.01",
-    "MEGA_RETRY_MAX_SECONDS": "0.1",
-    # With EAGAIN at 0.3 a call fails all of n attempts with probability 0.3**n: 20
-    # attempts make a spurious failure among the load test's ~600 calls about 1 in 10**7.
-    "MEGA_RETRY_ATTEMPTS": "20",
-    "MEGA_UPLOAD_DEADLINE_SECONDS": "30",
-    "MAX_CONCURRENT_UPLOADS": "16",
-    "LOG_LEVEL": "warning",
-}
-
-
-@pytest.fixture(scope="module")
-def emulator() -> Iterator[MegaEmulator]:
-    with MegaEmulator(seed=23) as emu:
-        emu.add_account(EMAIL, PASSWORD)
-        yield emu
-
-
-@pytest.fixture(autouse=True)
-def clean_emulator(emulator: MegaEmulator) -> None:
-    emulator.faults.reset()
-    emulator.reset_stats()
-
-
-class Service:
-    """A running server process and the calls the tests make to it."""
-
-    def __init__(self, server: ServerProcess) -> None:
-        self.server = server
-        self.url = server.url
-        self.http = httpx.Client(timeout=HTTP_TIMEOUT)
-        self.headers = {"X-Auth-Token": server.env["AUTH_TOKEN"]}
-        self.spool = Path(server.env["TEMP_UPLOAD_DIR"])
-
-    def upload(self, name: str, data: bytes) -> httpx.Response:
-        return self.http.post(
-            f"{self.url}/upload",
-            params={"service": "mega"},
-            headers=self.headers,
-            files={"file": (name, data, "application/octet-stream")},
-        )
-
-    def health(self) -> int:
-        return self.http.get(f"{self.url}/health", timeout=5).status_code
-
-    def leftovers(self) -> list[str]:
-        return sorted(p.name for p in self.spool.iterdir()) if self.spool.exists() else []
-
-    def close(self) -> None:
-        self.http.close()
-        self.server.stop()
-
-
-def start_service(
-    base: Path, emulator: MegaEmulator, argv: list[str] | None = None, **env: str
-) -> Service:
-    base.mkdir(parents=True, exist_ok=True)
-    settings = {
-        "STORAGE_BACKEND": "mega",
-        "MEGA_API_URL": emulator.url,
-        "MEGA_EMAIL": EMAIL,
-        "MEGA_PASSWORD": PASSWORD,
-        **FAST_RETRIES,
-        **env,
-    }
-    return Service(start_server(base, settings, argv))
+# One emulator and one service for the module's tests; faults and counters are reset.
+MEGA_EMULATOR = EmulatorOptions(seed=23, accounts=((EMAIL, PASSWORD),), fresh_per_test=False)
 
 
 @pytest.fixture(scope="module")
@@ -123,38 +63,6 @@ def new_service(emulator: MegaEmulator, tmp_path: Path) -> Iterator[Callable[...
     yield start
     for running in started:
         running.close()
-
-
-def mega_py_can_read(link: str, size: int) -> bool:
-    handle, _ = parse_link(link)
-    last = list(get_chunks(size))[-1][1] if size else 0
-    return "-" not in handle and size > 0 and last > 16
-
-
-def check_stored(
-    emulator: MegaEmulator,
-    response: httpx.Response,
-    name: str,
-    data: bytes,
-    tmp_path: Path | None = None,
-) -> None:
-    assert response.status_code == 200, response.text
-    body = response.json()
-    assert body["link"].startswith("https://mega.nz/file/")
-    assert body["size"] == len(data)
-    verify(emulator.url, body["link"], data, name=name)
-    if tmp_path is not None and mega_py_can_read(body["link"], len(data)):
-        target = tmp_path / "mega-py"
-        target.mkdir(exist_ok=True)
-        saved = EmulatedMega(emulator.url, timeout=HTTP_TIMEOUT).download_url(
-            body["link"], str(target), "copy"
-        )
-        assert Path(saved).read_bytes() == data
-        MEGA_PY_CHECKS.append(len(data))
-
-
-def payload(size: int, seed: int) -> bytes:
-    return random.Random(seed).randbytes(size)
 
 
 # -- sizes ----------------------------------------------------------------------------
@@ -423,6 +331,27 @@ def test_while_logging_in_health_answers_and_uploads_get_503_retry_after(
     assert int(response.headers["Retry-After"]) > 0
     ready = service.http.get(f"{service.url}/ready")
     assert ready.status_code == 503 and "logging in" in ready.json()["message"]
+
+
+def test_a_blocked_account_makes_uploads_and_ready_503_and_is_logged_once(
+    new_service: Callable[..., Service], emulator: MegaEmulator
+) -> None:
+    service = new_service("blocked")
+    assert wait_ready(service) == 200
+    check_stored(emulator, service.upload("before.bin", b"before"), "before.bin", b"before")
+    emulator.faults.update(blocked_emails=[EMAIL], blocked_reason_code=200)
+    for index in range(3):
+        answer = service.upload(f"blocked-{index}.bin", b"x" * 100)
+        assert answer.status_code == 503, answer.text
+        assert "MEGA account is blocked" in answer.json()["message"]
+        assert "copyright" in answer.json()["message"]
+        assert int(answer.headers["Retry-After"]) > 0
+    ready = service.http.get(f"{service.url}/ready")
+    assert ready.status_code == 503 and "MEGA account is blocked" in ready.text
+    assert service.health() == 200
+    # The service says it once (the API layer adds its line per refused upload).
+    assert service.server.log().count("MEGA blocked the account") == 1
+    assert service.leftovers() == []
 
 
 def test_unreachable_mega_keeps_the_service_up_but_not_ready(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import itertools
 import json
 import os
 import selectors
@@ -18,6 +19,7 @@ import pytest
 import requests
 from mega.errors import RequestError
 
+from tests.conftest import EmulatorOptions
 from tests.mega_emulator import MegaEmulator, verify_hashcash
 from tests.mega_emulator.codec import b64url_decode, b64url_encode
 from tests.mega_emulator.stock_client import EmulatedMega
@@ -27,13 +29,14 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 EMAIL, PASSWORD = "user@example.com", "correct horse"
 
 
-@pytest.fixture
-def emulator(monkeypatch: pytest.MonkeyPatch) -> Any:
+MEGA_EMULATOR = EmulatorOptions(seed=7, avoid_dash_in_handles=True)
+_REQUEST_IDS = itertools.count(1)
+
+
+@pytest.fixture(autouse=True)
+def _mega_py_download_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
     # mega.py downloads with requests.get and no timeout; give it one.
     monkeypatch.setattr(requests, "get", functools.partial(requests.get, timeout=TIMEOUT))
-    # avoid_dash: mega.py's /file/ link parser cannot cope with '-' in handles.
-    with MegaEmulator(seed=7, avoid_dash_in_handles=True) as emu:
-        yield emu
 
 
 def api(
@@ -41,8 +44,11 @@ def api(
     commands: list[dict[str, Any]],
     sid: str | None = None,
     headers: dict[str, str] | None = None,
+    ident: str | None = None,
 ) -> requests.Response:
-    params = {"id": "1"}
+    # A fresh id per request unless one is given, as MEGA's clients send: MEGA answers a
+    # repeated id from its cache (src/request.cpp in the SDK).
+    params = {"id": ident or str(next(_REQUEST_IDS))}
     if sid:
         params["sid"] = sid
     return requests.post(
@@ -297,6 +303,82 @@ def test_chunks_in_any_order_with_resends(emulator: MegaEmulator) -> None:
     ranged = requests.get(info["g"], headers={"Range": "bytes=10-19"}, timeout=TIMEOUT)
     assert ranged.status_code == 206 and ranged.content == data[10:20]
     assert requests.get(f"{info['g']}/5-9", timeout=TIMEOUT).content == data[5:10]
+
+
+@pytest.mark.parametrize(
+    ("version", "ack"),
+    [(None, b""), (2, b""), (3, b"0")],
+    ids=["legacy", "v2", "v3"],
+)
+def test_upload_answers_in_the_protocol_version_asked_for(
+    emulator: MegaEmulator, version: int | None, ack: bytes
+) -> None:
+    # Legacy (no "v", mega.py): empty acknowledgements, a 36-character token used as is.
+    # v2 (web client upload2.js, megajs): empty acknowledgements, a 36-byte binary token
+    # ending in byte 1, sent base64url-encoded in 'p'. v3 (the SDK's transferslot.cpp):
+    # "0" acknowledgements and the binary token.
+    emulator.add_account(EMAIL, PASSWORD)
+    sid, root = session(emulator)
+    data = os.urandom(200_000)
+    command: dict[str, Any] = {"a": "u", "s": len(data), "ssl": 2}
+    if version is not None:
+        command["v"] = version
+    url = api(emulator, [command], sid=sid).json()[0]["p"]
+    first = requests.post(f"{url}/0", data=data[:131072], timeout=TIMEOUT)
+    assert first.content == ack
+    last = requests.post(f"{url}/131072", data=data[131072:], timeout=TIMEOUT).content
+    assert len(last) == 36
+    if version is None:
+        handle = last.decode("ascii")
+        assert len(b64url_decode(handle)) == 27
+    else:
+        assert last[35] == 1
+        handle = b64url_encode(last)
+    node = put_file(emulator, sid, root, handle)["f"][0]
+    assert emulator.read_ciphertext(node["h"]) == data
+    assert emulator.stats()[f"upload_urls_v{version or 0}"] == 1
+
+
+FOLDER = {"h": "xxxxxxxx", "t": 1, "a": "QUJD", "k": "AAAAAAAAAAAAAAAAAAAAAA"}
+
+
+def test_a_repeated_request_id_gets_its_answer_again(emulator: MegaEmulator) -> None:
+    emulator.add_account(EMAIL, PASSWORD)
+    sid, root = session(emulator)
+    make = [{"a": "p", "t": root, "n": [FOLDER]}]
+    first = api(emulator, make, sid=sid, ident="70")
+    assert api(emulator, make, sid=sid, ident="70").content == first.content
+    assert emulator.stats()["folders_created"] == 1
+    assert emulator.stats()["replayed_answers"] == 1
+    # A bare -3 was not an answer to keep: its resend is carried out.
+    emulator.faults.api_eagain_next = 1
+    assert api(emulator, make, sid=sid, ident="71").json() == -3
+    assert "f" in api(emulator, make, sid=sid, ident="71").json()[0]
+    assert emulator.stats()["folders_created"] == 2
+
+
+def test_a_blocked_accounts_session_answers_only_why(emulator: MegaEmulator) -> None:
+    emulator.add_account(EMAIL, PASSWORD)
+    sid, _ = session(emulator)
+    assert api(emulator, [{"a": "whyamiblocked"}], sid=sid).json() == [0]
+    emulator.faults.update(blocked_emails=[EMAIL], blocked_reason_code=700)
+    assert api(emulator, [{"a": "uq"}], sid=sid).json() == -16
+    assert api(emulator, [{"a": "whyamiblocked"}, {"a": "uq"}], sid=sid).json() == -16
+    assert api(emulator, [{"a": "whyamiblocked"}], sid=sid).json() == [700]
+
+
+def test_a_node_put_into_a_removed_folder_lands_in_the_rubbish_bin(
+    emulator: MegaEmulator,
+) -> None:
+    emulator.add_account(EMAIL, PASSWORD)
+    sid, root = session(emulator)
+    folder = api(emulator, [{"a": "p", "t": root, "n": [FOLDER]}], sid=sid).json()[0]["f"][0]
+    assert api(emulator, [{"a": "d", "n": folder["h"]}], sid=sid).json() == [0]
+    url = upload_url(emulator, sid, 10)
+    completion = requests.post(f"{url}/0", data=b"0123456789", timeout=TIMEOUT).text
+    node = put_file(emulator, sid, folder["h"], completion)["f"][0]
+    assert node["p"] == emulator.store.accounts[EMAIL].rubbish
+    assert emulator.location(node["h"]) == "rubbish"
 
 
 def test_zero_byte_upload(emulator: MegaEmulator) -> None:

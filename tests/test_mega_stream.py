@@ -30,26 +30,23 @@ from app.storage.mega.upload import (
     put_node,
     send_stream,
 )
+from tests.conftest import EmulatorOptions
 from tests.mega_emulator import MegaEmulator
-from tests.mega_verify import verify
-from tests.test_mega_e2e import Service, check_stored, payload, start_service
+from tests.mega_verify import fingerprint_of, verify
+from tests.support.mega_service import (
+    EMAIL,
+    PASSWORD,
+    QUICK_WAITS,
+    Service,
+    check_stored,
+    payload,
+    start_service,
+)
 
-EMAIL, PASSWORD = "e2e@example.com", "emulated e2e password"
 KiB, MiB = 1024, 1024 * 1024
 PIPELINE = {"MEGA_UPLOAD_REGION_BYTES": "1MiB", "MEGA_UPLOAD_PARALLEL": "3"}
-
-
-@pytest.fixture(scope="module")
-def emulator() -> Iterator[MegaEmulator]:
-    with MegaEmulator(seed=31) as emu:
-        emu.add_account(EMAIL, PASSWORD)
-        yield emu
-
-
-@pytest.fixture(autouse=True)
-def clean_emulator(emulator: MegaEmulator) -> None:
-    emulator.faults.reset()
-    emulator.reset_stats()
+# One emulator and one service for the module's tests; faults and counters are reset.
+MEGA_EMULATOR = EmulatorOptions(seed=31, accounts=((EMAIL, PASSWORD),), fresh_per_test=False)
 
 
 @pytest.fixture(scope="module")
@@ -79,6 +76,20 @@ def test_streamed_put_of_each_size_is_stored_intact(
     check_stored(emulator, put(service, name, data), name, data)
     assert emulator.stats()["files_stored"] == 1
     assert service.leftovers() == []  # the replay copy is gone with the upload
+
+
+def test_a_streamed_upload_carries_megas_fingerprint(
+    service: Service, emulator: MegaEmulator
+) -> None:
+    # Taken while the body streams past (size known, bytes in order), not read twice.
+    data = payload(3 * MiB + 333, 12)
+    before = int(time.time())
+    response = put(service, "fingerprinted.bin", data)
+    check_stored(emulator, response, "fingerprinted.bin", data)
+    found = emulator.sdk_fingerprint(response.json()["handle"])
+    assert found is not None
+    crc, mtime = found
+    assert crc == fingerprint_of(data) and before <= mtime <= int(time.time())
 
 
 @pytest.mark.parametrize(
@@ -446,7 +457,7 @@ def new_stream_service(emulator: MegaEmulator, tmp_path: Path) -> Iterator[Calla
 
 # -- the data path's streaming contract, without the HTTP layer --------------------------
 
-FAST = RetryPolicy(attempts=6, deadline_s=20, initial_s=0.01, max_s=0.05)
+FAST = RetryPolicy(attempts=6, deadline_s=20, initial_s=0.01, max_s=0.05, waits=QUICK_WAITS)
 
 
 @pytest.fixture

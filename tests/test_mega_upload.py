@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import itertools
 import random
 import secrets
@@ -35,12 +36,28 @@ from app.storage.mega.crypto import (
     seal_region,
     split_node_key,
 )
-from app.storage.mega.errors import MegaError, to_storage_error
+from app.storage.mega.errors import (
+    Action,
+    MegaBadUploadAnswer,
+    MegaChunkError,
+    MegaError,
+    action_for,
+    to_storage_error,
+)
+from app.storage.mega.fingerprint import Fingerprint, fingerprint_attribute, window_offsets
 from app.storage.mega.retry import RetryPolicy
 from app.storage.mega.session import MemorySessionStore
-from app.storage.mega.upload import UploadLimits, export_link, put_node, send_file
+from app.storage.mega.upload import (
+    UploadLimits,
+    export_link,
+    put_node,
+    send_file,
+    upload_answer,
+)
+from tests.conftest import EmulatorOptions
 from tests.mega_emulator import MegaEmulator
-from tests.mega_verify import meta_mac_of, verify
+from tests.mega_verify import fingerprint_of, meta_mac_of, verify
+from tests.support.mega_service import QUICK_WAITS
 
 MiB = 1024 * 1024
 SIZES = [0, 1, 15, 16, 17, 131071, 131072, 131073, MiB + 5, 2 * MiB + 16]
@@ -189,17 +206,124 @@ def test_a_region_must_start_on_a_block_boundary() -> None:
         seal_region(FIXED_KEY, 8, bytearray(32), 1)
 
 
+def test_the_upload_servers_answers_are_read_as_bytes() -> None:
+    binary = bytes(range(200, 235)) + b"\x01"  # a v2/v3 token ends in byte 1
+    text = b"A" * 35 + b"_"  # the legacy token: 36 base64url characters
+    assert upload_answer(b"") is None and upload_answer(b"0") is None
+    assert upload_answer(binary) == base64.urlsafe_b64encode(binary).decode().rstrip("=")
+    assert upload_answer(text) == text.decode() and upload_answer(text + b"\n") == text.decode()
+    with pytest.raises(MegaChunkError) as caught:
+        upload_answer(b"-14")
+    assert caught.value.code == -14
+    for garbage in (b"<html>", bytes(36), b"\xff\xfe", b"OK"):
+        with pytest.raises(MegaBadUploadAnswer):
+            upload_answer(garbage)
+    # The web client starts such an upload again on a fresh URL ($FATAL in upload2.js).
+    assert action_for(MegaBadUploadAnswer()) is Action.RESTART_UPLOAD
+
+
+# -- the fingerprint (attribute 'c') ------------------------------------------------------
+
+
+def streamed_fingerprint(data: bytes, seed: int) -> bytes:
+    fingerprint = Fingerprint(len(data))
+    rng, position = random.Random(seed), 0
+    while position < len(data):
+        step = rng.choice([1, 7, 63, 64, 65, 4096, 100_000])
+        fingerprint.add(memoryview(data)[position : position + step])
+        position += step
+    return fingerprint.crc()
+
+
+@pytest.mark.parametrize(
+    "size", [0, 1, 15, 16, 17, 100, 8191, 8192, 8193, 8257, 20_000, 300_001, MiB + 5]
+)
+def test_the_fingerprint_taken_while_streaming_is_the_sdks(size: int) -> None:
+    data = payload(size, seed=9)
+    assert streamed_fingerprint(data, size) == fingerprint_of(data)
+
+
+XORSHIFT_MASK = 0xFFFFFFFF
+
+
+def _xorshift(x: int) -> int:
+    x ^= (x << 13) & XORSHIFT_MASK
+    x ^= x >> 17
+    return x ^ ((x << 5) & XORSHIFT_MASK)
+
+
+def _apply(columns: list[int], vector: int) -> int:
+    result, bit = 0, 0
+    while vector:
+        if vector & 1:
+            result ^= columns[bit]
+        vector >>= 1
+        bit += 1
+    return result
+
+
+def xorshift_bytes(seed: int, offset: int, count: int) -> bytes:
+    """Bytes ``offset`` to ``offset + count`` of the SDK test's xorshift32 stream (each
+    byte the low 8 bits of the next state), reached by jumping: xorshift32 is linear over
+    GF(2), so its n-th state is a matrix power applied to the seed."""
+    power = [_xorshift(1 << bit) for bit in range(32)]  # the step as 32 columns
+    state, steps = seed, offset
+    while steps:
+        if steps & 1:
+            state = _apply(power, state)
+        power = [_apply(power, column) for column in power]
+        steps >>= 1
+    out = bytearray()
+    for _ in range(count):
+        state = _xorshift(state)
+        out.append(state & 0xFF)
+    return bytes(out)
+
+
+@pytest.mark.parametrize(
+    ("mib", "expected"),
+    [
+        (40, "6iqpUy7DdAKx5NIRg31i_g"),
+        (52, "7SMVr_-v9_H7MDsN9yuVGA"),
+        (88, "3hhTVPVhwzudmjN1odbO6w"),
+    ],
+)
+def test_the_fingerprint_matches_the_sdks_test_vectors(mib: int, expected: str) -> None:
+    # tests/unit/FileFingerprint_CRC_test.cpp in the SDK: xorshift32 data seeded with
+    # 0xA5A5A5A5, the CRC part in base64url. Only the sampled windows matter, so the
+    # stream carries them and zeros between (a fingerprint never looks there).
+    size = mib * MiB
+    fingerprint = Fingerprint(size)
+    zeros, position = memoryview(bytes(MiB)), 0
+    for offset in window_offsets(size):
+        while position < offset:
+            step = min(offset - position, MiB)
+            fingerprint.add(zeros[:step])
+            position += step
+        fingerprint.add(xorshift_bytes(0xA5A5A5A5, offset, 64))
+        position += 64
+    while position < size:
+        step = min(size - position, MiB)
+        fingerprint.add(zeros[:step])
+        position += step
+    crc = fingerprint.crc()
+    assert base64.urlsafe_b64encode(crc).decode().rstrip("=") == expected
+
+
+def test_the_fingerprint_attribute_is_the_sdks_serialisation() -> None:
+    crc = bytes(range(3, 19))
+    for mtime, tail in [(0, b"\x00"), (2, b"\x01\x02"), (1_700_000_000, b"\x04\x00\xf1\x53\x65")]:
+        raw = base64.urlsafe_b64decode(fingerprint_attribute(crc, mtime) + "==")
+        assert raw == crc + tail
+    with pytest.raises(ValueError):
+        Fingerprint(10).crc()  # not all bytes seen
+
+
 # -- the data path against the emulator ------------------------------------------------
 
 EMAIL, PASSWORD = "uploader@example.com", "emulated password 1"
-FAST = RetryPolicy(attempts=6, deadline_s=20, initial_s=0.01, max_s=0.05)
-
-
-@pytest.fixture
-def emulator() -> Iterator[MegaEmulator]:
-    with MegaEmulator(seed=11) as emu:
-        emu.add_account(EMAIL, PASSWORD)
-        yield emu
+FAST = RetryPolicy(attempts=6, deadline_s=20, initial_s=0.01, max_s=0.05, waits=QUICK_WAITS)
+MEGA_EMULATOR = EmulatorOptions(seed=11, accounts=((EMAIL, PASSWORD),))
 
 
 def mega_settings(emu: MegaEmulator, tmp_path: Path, **overrides: Any) -> MegaSettings:
@@ -279,6 +403,23 @@ def test_a_failed_region_is_resent_alone(
     assert stats["chunk_posts"] == planned + 4
 
 
+def test_a_busy_upload_server_is_waited_for_not_counted(
+    client: MegaClient, emulator: MegaEmulator, tmp_path: Path
+) -> None:
+    # The SDK sends the same piece again after a fixed 5 s (503) or 0.5 s (429), however
+    # often (TransferSlot::processRequestFailure); only the deadline ends that.
+    path, data = source_file(tmp_path, 2 * MiB + 9)
+    policy = RetryPolicy(attempts=2, deadline_s=20, initial_s=0.01, max_s=0.05, waits=QUICK_WAITS)
+    emulator.faults.update(chunk_http503_next=3, chunk_http429_next=3)
+    link = upload_to_root(
+        client, path, len(data), UploadLimits(region_bytes=MiB, chunk_policy=policy)
+    )
+    verify(emulator.url, link, data)
+    stats = emulator.stats()
+    assert stats["faults_injected"] == {"chunk_http503": 3, "chunk_http429": 3}
+    assert stats["commands"]["u"] == 1
+
+
 def test_a_dropped_connection_resends_the_region(
     client: MegaClient, emulator: MegaEmulator, tmp_path: Path
 ) -> None:
@@ -350,13 +491,58 @@ def test_slow_chunks_hit_the_total_deadline(emulator: MegaEmulator, tmp_path: Pa
 def test_a_removed_folder_is_made_again(
     backend: MegaBackend, emulator: MegaEmulator, tmp_path: Path
 ) -> None:
+    # Someone removes the upload folder in MEGA's web app. MEGA does not refuse a 'p' into
+    # it: "the API automatically adds the new node/s into the rubbish bin" (the SDK's
+    # CommandPutNodes), where the link dies when the bin is emptied.
     path, data = source_file(tmp_path, 20)
     first = backend.store(path, "one.txt", 20)
     parent = emulator.node(first.handle)["p"]
-    backend._ready_client().api({"a": "d", "n": parent})
+    emulator.store.delete_node(parent)
     second = backend.store(path, "two.txt", 20)
-    assert emulator.node(second.handle)["p"] != parent
+    assert emulator.stats()["put_nodes_into_removed_targets"] == 1
+    assert emulator.location(second.handle) == "root"
+    folder = emulator.node(second.handle)["p"]
+    assert folder != parent and emulator.location(folder) == "root"
     verify(emulator.url, second.link, data, name="two.txt")
+    third = backend.store(path, "three.txt", 20)  # straight into the new folder
+    assert emulator.node(third.handle)["p"] == folder
+
+
+def test_a_folder_moved_to_the_rubbish_bin_is_noticed_before_the_next_upload(
+    emulator: MegaEmulator, tmp_path: Path
+) -> None:
+    # MEGA takes a 'p' into a folder in the rubbish bin like any other; the service must
+    # notice the move itself. It looks again at least every folder_check_s.
+    store = MegaBackend(mega_settings(emulator, tmp_path), folder_check_s=0)
+    store.start()
+    try:
+        path, data = source_file(tmp_path, 30)
+        first = store.store(path, "one.txt", 30)
+        folder = emulator.node(first.handle)["p"]
+        rubbish = emulator.store.accounts[EMAIL].rubbish
+        store._ready_client().api({"a": "m", "n": folder, "t": rubbish})
+        second = store.store(path, "two.txt", 30)
+        assert emulator.location(second.handle) == "root"
+        assert emulator.node(second.handle)["p"] != folder
+        verify(emulator.url, second.link, data, name="two.txt")
+    finally:
+        store.close()
+
+
+def test_an_upload_gone_with_its_storage_server_is_sent_again(
+    backend: MegaBackend, emulator: MegaEmulator, tmp_path: Path
+) -> None:
+    # 'p' answering -9 is "file-storage server unavailable" to the SDK, which uploads the
+    # whole file again (Transfer::failed in src/transfer.cpp); the token is of no more use.
+    path, data = source_file(tmp_path, MiB + 3)
+    backend.store(path, "warm.bin", len(data))  # log-in and folder
+    emulator.reset_stats()
+    emulator.faults.put_nodes_storage_gone_next = 1
+    stored = backend.store(path, "again.bin", len(data))
+    verify(emulator.url, stored.link, data, name="again.bin")
+    stats = emulator.stats()
+    assert stats["faults_injected"]["put_nodes_storage_gone"] == 1
+    assert stats["commands"]["u"] == 2 and stats["files_stored"] == 1
 
 
 def test_the_folder_is_created_once_and_nested(
@@ -430,6 +616,73 @@ def test_delete_removes_the_node_and_ignores_a_missing_one(
 # -- as MEGA's own clients upload ----------------------------------------------------------
 
 
+def test_uploads_speak_the_web_clients_upload_protocol(
+    backend: MegaBackend, emulator: MegaEmulator, tmp_path: Path
+) -> None:
+    # 'u' with "v": 2, as the web client (upload2.js) and megajs ask: binary tokens.
+    path, data = source_file(tmp_path, 2 * MiB + 3)
+    stored = backend.store(path, "v2.bin", len(data))
+    verify(emulator.url, stored.link, data, name="v2.bin")
+    stats = emulator.stats()
+    assert stats["upload_urls_v2"] == 1 and stats["upload_urls_v0"] == 0
+
+
+@pytest.mark.parametrize("version", [0, 2, 3], ids=["legacy", "v2", "v3"])
+def test_every_form_of_the_upload_servers_answers_is_read(
+    client: MegaClient, emulator: MegaEmulator, tmp_path: Path, version: int
+) -> None:
+    # Whatever form the upload server answers in (empty or "0" acknowledgements, a text or
+    # a binary token), the file is stored, at the first try.
+    path, data = source_file(tmp_path, 3 * MiB + 5)
+    emulator.faults.upload_answer_version = version
+    link = upload_to_root(
+        client, path, len(data), UploadLimits(region_bytes=MiB, chunk_policy=FAST)
+    )
+    verify(emulator.url, link, data)
+    assert emulator.stats()["commands"]["u"] == 1
+
+
+def test_one_session_tag_in_every_put_nodes_of_a_client(
+    backend: MegaBackend, emulator: MegaEmulator, tmp_path: Path
+) -> None:
+    # 'i' is the client's session tag (the SDK's sessionid, JSONWriter::notself), the
+    # same in all its commands: MEGA's action packets tell a client its own changes by it.
+    path, _ = source_file(tmp_path, 10)
+    for name in ("a", "b"):
+        backend.store(path, name, 10)
+    tags = emulator.stats()["tags"]["p"]
+    assert len(tags) == 1 and len(tags[0]) == 10
+
+
+def test_links_follow_the_accounts_site(
+    backend: MegaBackend, emulator: MegaEmulator, tmp_path: Path
+) -> None:
+    # The SDK links to mega.app when the account's "site" flag is 1 (readmiscflags).
+    emulator.faults.site_flag = 1
+    path, data = source_file(tmp_path, 100)
+    stored = backend.store(path, "site.bin", 100)
+    assert stored.link.startswith("https://mega.app/file/")
+    verify(emulator.url, stored.link, data, name="site.bin")
+
+
+def test_uploads_carry_megas_fingerprint_dated_now_or_as_given(
+    backend: MegaBackend, emulator: MegaEmulator, tmp_path: Path
+) -> None:
+    # MEGA's apps show a file's date, recognise copies and sync by 'c' (the SDK writes it on
+    # every upload, File::sendPutnodesOfUpload).
+    path, data = source_file(tmp_path, 2 * MiB + 77)
+    before = int(time.time())
+    stored = backend.store(path, "dated.bin", len(data))
+    after = int(time.time())
+    found = emulator.sdk_fingerprint(stored.handle)
+    assert found is not None
+    crc, mtime = found
+    assert crc == fingerprint_of(data) and before <= mtime <= after
+    given = backend.store(path, "given.bin", len(data), mtime=1_234_567_890)
+    assert emulator.sdk_fingerprint(given.handle) == (crc, 1_234_567_890)
+    verify(emulator.url, given.link, data, name="given.bin")
+
+
 def test_upload_urls_are_asked_for_over_ssl(
     backend: MegaBackend, emulator: MegaEmulator, tmp_path: Path
 ) -> None:
@@ -439,18 +692,15 @@ def test_upload_urls_are_asked_for_over_ssl(
     assert stats["upload_urls_ssl"] == 1 and stats["upload_urls_without_ssl"] == 0
 
 
-@pytest.fixture
-def tls_emulator(monkeypatch: pytest.MonkeyPatch) -> Iterator[MegaEmulator]:
-    with MegaEmulator(seed=12, tls=True) as emu:
-        emu.add_account(EMAIL, PASSWORD)
-        assert emu.ca_file is not None and emu.url.startswith("https://")
-        monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(emu.ca_file))
-        yield emu
-
-
+@pytest.mark.parametrize(
+    "emulator", [EmulatorOptions(seed=12, accounts=((EMAIL, PASSWORD),), tls=True)], indirect=True
+)
 def test_over_https_file_data_goes_only_to_https_upload_urls(
-    tls_emulator: MegaEmulator, tmp_path: Path
+    emulator: MegaEmulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    tls_emulator = emulator
+    assert tls_emulator.ca_file is not None and tls_emulator.url.startswith("https://")
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(tls_emulator.ca_file))
     path, data = source_file(tmp_path, 3 * MiB)
     store = MegaBackend(mega_settings(tls_emulator, tmp_path))
     store.start()
@@ -502,7 +752,7 @@ def test_folder_names_are_raw_utf8_too_and_found_again(
     assert emulator.stats()["folders_created"] == 2  # found, not made twice
 
 
-@pytest.mark.parametrize("code", [-3, -6])
+@pytest.mark.parametrize("code", [-3, -6, -7])
 def test_upload_server_restart_codes_start_over_on_a_fresh_url(
     client: MegaClient, emulator: MegaEmulator, tmp_path: Path, code: int
 ) -> None:
@@ -516,6 +766,27 @@ def test_upload_server_restart_codes_start_over_on_a_fresh_url(
     # Retrying on the same URL would only meet the same code again (the emulator keeps
     # answering it there, as MEGA's upload servers do).
     assert emulator.stats()["commands"]["u"] == 2
+
+
+def test_the_completion_token_ends_the_upload_while_a_piece_is_still_retried(
+    client: MegaClient, emulator: MegaEmulator, tmp_path: Path
+) -> None:
+    # The first piece arrives, but its answer is lost; while it waits to be sent again,
+    # the last piece brings the token. The SDK takes the token as completion ("could be a
+    # network error getting the result, even though it succeeded server side",
+    # TransferSlot::doio) with the other pieces' MACs; the piece sent again would only
+    # meet an upload URL that has served its purpose.
+    path, data = source_file(tmp_path, 4 * MiB)
+    emulator.faults.update(
+        chunk_answer_lost_next=1, chunk_answer_lost_offset=0, completed_upload_status=403
+    )
+    slow_retry = RetryPolicy(attempts=6, deadline_s=20, initial_s=1.0, max_s=1.0, waits=QUICK_WAITS)
+    limits = UploadLimits(region_bytes=MiB, parallel=3, chunk_policy=slow_retry)
+    link = upload_to_root(client, path, len(data), limits)
+    verify(emulator.url, link, data)
+    stats = emulator.stats()
+    assert stats["faults_injected"]["chunk_answer_lost"] == 1
+    assert stats["commands"]["u"] == 1
 
 
 def test_upload_server_minus_14_resends_the_same_piece(

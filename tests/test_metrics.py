@@ -9,26 +9,14 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import tokens_toml
+from tests.support.metrics import samples, value
 
 NAMED = "named-token-3c4d5e6f7a8b"
 WAIT_S = 15
 GUNICORN = [sys.executable, "-m", "gunicorn", "server:app", "--config", "gunicorn.conf.py"]
 GUNICORN += ["--bind", "127.0.0.1:{port}"]
-
-
-def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    found = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            found[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
-    return found
-
-
-def value(found: dict, name: str, **labels: str) -> float:
-    return found.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
 def json_lines(log: str) -> list[dict]:

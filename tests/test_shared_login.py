@@ -28,24 +28,18 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from app.shared_state import KEY_PREFIX, RedisState
 from app.storage.mega.errors import FolderLockTimeout, LoginLockTimeout
 from app.storage.mega.session import CachedSession, SessionStore, shared_session_store
-from tests.conftest import RedisServer
+from tests.conftest import EmulatorOptions, RedisServer
 from tests.mega_emulator import MegaEmulator
-from tests.test_deploy import start_command_argv
-from tests.test_mega_e2e import EMAIL, PASSWORD, Service, start_service
+from tests.support.deploy import start_command_argv
+from tests.support.mega_service import EMAIL, PASSWORD, Service, start_service
 
 WAIT_S = 60
+# A cloud of its own for each test: log-in counts start at zero, nobody logged in before.
+MEGA_EMULATOR = EmulatorOptions(seed=41, accounts=((EMAIL, PASSWORD),))
 
 
 @pytest.fixture
-def fresh_emulator() -> Iterator[MegaEmulator]:
-    """An emulator whose log-in count starts at zero and that no other test logged in to."""
-    with MegaEmulator(seed=41) as emu:
-        emu.add_account(EMAIL, PASSWORD)
-        yield emu
-
-
-@pytest.fixture
-def instances(fresh_emulator: MegaEmulator, tmp_path: Path) -> Iterator[list[Service]]:
+def instances(emulator: MegaEmulator, tmp_path: Path) -> Iterator[list[Service]]:
     """Services started by a test (appended to this list), stopped at its end."""
     started: list[Service] = []
     yield started
@@ -93,7 +87,7 @@ def secret_forms(session_file: Path) -> list[bytes]:
 
 
 def test_instances_and_a_restart_log_in_to_mega_once_and_seal_the_session(
-    fresh_emulator: MegaEmulator,
+    emulator: MegaEmulator,
     instances: list[Service],
     redis_server: RedisServer,
     tmp_path: Path,
@@ -104,7 +98,7 @@ def test_instances_and_a_restart_log_in_to_mega_once_and_seal_the_session(
         started = list(
             pool.map(
                 lambda i: start_instance(
-                    instances, fresh_emulator, tmp_path / f"i{i}", redis_server.url, 2 * (i == 2)
+                    instances, emulator, tmp_path / f"i{i}", redis_server.url, 2 * (i == 2)
                 ),
                 range(3),
             )
@@ -113,12 +107,12 @@ def test_instances_and_a_restart_log_in_to_mega_once_and_seal_the_session(
         list(pool.map(lambda s: upload_ok(s, f"first-{s.server.port}.bin"), started))
     # A restart on another machine: a new process with an empty disk.
     started[0].close()
-    restarted = start_instance(instances, fresh_emulator, tmp_path / "restarted", redis_server.url)
+    restarted = start_instance(instances, emulator, tmp_path / "restarted", redis_server.url)
     upload_ok(restarted, "after-restart.bin")
 
-    assert fresh_emulator.stats()["logins_ok"] == 1
+    assert emulator.stats()["logins_ok"] == 1
     # One destination folder too: instances starting together make no twins.
-    names = fresh_emulator.sdk_names(EMAIL)
+    names = emulator.sdk_names(EMAIL)
     assert (names.count("Paimon"), names.count("uploads")) == (1, 1), names
     logs = "".join(s.server.log() for s in [*started, restarted])
     assert logs.count("logged in to MEGA\n") == 1
@@ -135,22 +129,22 @@ def test_instances_and_a_restart_log_in_to_mega_once_and_seal_the_session(
 
 
 def test_without_redis_uploads_go_on_and_a_new_instance_logs_in_alone(
-    fresh_emulator: MegaEmulator,
+    emulator: MegaEmulator,
     instances: list[Service],
     redis_server: RedisServer,
     tmp_path: Path,
 ) -> None:
-    first = start_instance(instances, fresh_emulator, tmp_path / "first", redis_server.url)
+    first = start_instance(instances, emulator, tmp_path / "first", redis_server.url)
     upload_ok(first, "before.bin")
     redis_server.stop()
 
     upload_ok(first, "during.bin")
     # A new instance while Redis is away: its own log-in under its own file lock, at once
     # (never waiting on a lock it cannot reach), with one line saying why.
-    second = start_instance(instances, fresh_emulator, tmp_path / "second", redis_server.url)
+    second = start_instance(instances, emulator, tmp_path / "second", redis_server.url)
     upload_ok(second, "second.bin")
     upload_ok(second, "second-again.bin")
-    assert fresh_emulator.stats()["logins_ok"] == 2
+    assert emulator.stats()["logins_ok"] == 2
     log = second.server.log()
     assert log.count("MEGA session: shared state unreachable") == 1, log
     assert "Traceback" not in log
@@ -161,11 +155,11 @@ def test_without_redis_uploads_go_on_and_a_new_instance_logs_in_alone(
     # finds its session file and hands the session to Redis; a new instance takes it there.
     redis_server.start()
     second.close()
-    again = start_instance(instances, fresh_emulator, tmp_path / "second", redis_server.url)
+    again = start_instance(instances, emulator, tmp_path / "second", redis_server.url)
     upload_ok(again, "second-restarted.bin")
-    third = start_instance(instances, fresh_emulator, tmp_path / "third", redis_server.url)
+    third = start_instance(instances, emulator, tmp_path / "third", redis_server.url)
     upload_ok(third, "third.bin")
-    assert fresh_emulator.stats()["logins_ok"] == 2
+    assert emulator.stats()["logins_ok"] == 2
 
 
 # -- the wrong-token brake across instances ------------------------------------------------
@@ -319,33 +313,33 @@ def old_entry(password: str, api_url: str, value: bytes) -> bytes:
 
 
 def test_a_changed_password_logs_in_once_and_replaces_the_shared_session(
-    fresh_emulator: MegaEmulator,
+    emulator: MegaEmulator,
     instances: list[Service],
     redis_server: RedisServer,
     tmp_path: Path,
 ) -> None:
     # Redis holds a session sealed with the account's former password, and an entry left by
     # an earlier version (named and sealed after a fast hash of the password).
-    shared_store(
-        redis_server.url, "the former password", tmp_path / "old", fresh_emulator.url
-    ).save(CachedSession("a-stale-sid", [1, 2, 3, 4], "user"))
-    legacy = fast_hash_entry(PASSWORD, fresh_emulator.url)
+    shared_store(redis_server.url, "the former password", tmp_path / "old", emulator.url).save(
+        CachedSession("a-stale-sid", [1, 2, 3, 4], "user")
+    )
+    legacy = fast_hash_entry(PASSWORD, emulator.url)
     client = redis.Redis.from_url(redis_server.url)
-    client.set(legacy, old_entry(PASSWORD, fresh_emulator.url, b'{"sid": "old"}'))
+    client.set(legacy, old_entry(PASSWORD, emulator.url, b'{"sid": "old"}'))
     (entry,) = [key for key in blob_keys(redis_server.url) if key.decode() != legacy]
 
-    first = start_instance(instances, fresh_emulator, tmp_path / "first", redis_server.url)
+    first = start_instance(instances, emulator, tmp_path / "first", redis_server.url)
     upload_ok(first, "after-the-change.bin")
-    assert fresh_emulator.stats()["logins_ok"] == 1
+    assert emulator.stats()["logins_ok"] == 1
     assert "does not open" in first.server.log()
     # Replaced in place, and the earlier version's entry is gone.
     assert set(blob_keys(redis_server.url)) == {entry}
     assert client.get(legacy) is None
     client.close()
     # The next instance (fresh disk) takes the new session: still one log-in.
-    second = start_instance(instances, fresh_emulator, tmp_path / "second", redis_server.url)
+    second = start_instance(instances, emulator, tmp_path / "second", redis_server.url)
     upload_ok(second, "second.bin")
-    assert fresh_emulator.stats()["logins_ok"] == 1
+    assert emulator.stats()["logins_ok"] == 1
 
 
 @pytest.mark.parametrize(

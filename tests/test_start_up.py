@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ROOT, free_port, service_env, tokens_toml
-from tests.test_deploy import start_command_argv
+from tests.support.deploy import start_command_argv
 
 STOP_WAIT_S = 30
 PASSWORD = "hunter2-redis-password"

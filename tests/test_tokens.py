@@ -20,7 +20,7 @@ from app.access.tokens import TokensFileError
 from app.config import ConfigError, load_settings, tokens_file_error
 from app.main import create_app
 from tests.conftest import ROOT, tokens_toml, write_in_place
-from tests.test_deploy import start_command_argv
+from tests.support.deploy import start_command_argv
 
 ALICE = "alice-token-9f1c2e7a4b"
 BOB = "bob-token-5d8e1f0c3a6b"

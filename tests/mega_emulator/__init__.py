@@ -22,7 +22,7 @@ any name of ``faults.FAULT_FIELDS`` with a JSON value.
 Endpoints:
 
 * ``POST /cs?id=<seq>&sid=<sid>``: the MEGA API (us0, us, ug, f, u, p, l, g,
-  d, m, a, uq);
+  d, m, a, uq, whyamiblocked);
 * ``POST /ul/<token>/<offset>``: upload chunks; ``GET /dl/<token>`` downloads
   (Range header or ``/<start>-<end>`` suffix).
 
@@ -57,7 +57,24 @@ place cites the file it follows):
 * hashcash: an empty answer (``1:<token>:``) gets a fresh challenge;
   ``hashcash_hard_challenges_next`` issues unsolvable ones first;
 * ``sdk_names(email)``: node names as the SDK reads attribute blocks (a
-  ``\\uXXXX`` escape keeps only its low byte).
+  ``\\uXXXX`` escape keeps only its low byte);
+* request ids: a complete answer is kept for its ``(sid, id)`` and a request with
+  that id again gets it replayed, commands not carried out again
+  (``replay_repeated_ids``; the SDK's ``src/request.cpp``); bare -3/-4 and
+  challenges are not kept, so their resend is carried out;
+* session ids as MEGA makes them (the user's handle inside, padded to the modulus'
+  length minus 2), with a leading zero byte on demand
+  (``session_id_leading_zero_next``);
+* 'u' with ``v``: the upload server answers in that protocol version (none: empty
+  acknowledgements and a text token; 2: a 36-byte binary token ending in 1; 3: "0"
+  acknowledgements), or in ``upload_answer_version``;
+* 'p' into a removed folder puts the node into the rubbish bin (the SDK's
+  ``CommandPutNodes``); ``put_nodes_storage_gone_next`` answers -9 and drops the
+  upload; ``location(handle)`` tells where a node lies;
+* a blocked account (``blocked_emails``): -16 at log-in and for every request of its
+  sessions, except one holding only ``whyamiblocked`` (``blocked_reason_code``);
+* 'ug' carries feature flags (``site_flag``: ``ff_site``, links on mega.app);
+* ``sdk_fingerprint(handle)``: a file's ``c`` attribute as the SDK reads it.
 
 Throughput: chunk bodies go to disk in 1 MiB pieces. A plain ``requests`` POST
 of 256 MiB measured 130-210 MB/s on a 2-vCPU machine with the emulator in its

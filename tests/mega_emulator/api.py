@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import json
 import re
 import time
 from collections.abc import Callable
@@ -79,6 +80,9 @@ def cmd_prelogin(ctx: ApiContext, cmd: dict[str, Any]) -> Any:
     if account is None or account.version == 1:
         return {"v": 1}
     assert account.salt is not None
+    if ctx.faults.prelogin_without_salt:
+        ctx.stats.fault("prelogin_without_salt")
+        return {"v": 2}
     return {"s": b64url_encode(account.salt), "v": 2}
 
 
@@ -98,7 +102,10 @@ def cmd_login(ctx: ApiContext, cmd: dict[str, Any]) -> Any:
         ctx.stats.add("logins_failed")
         ctx.stats.fault("blocked")
         raise ApiError(errors.EBLOCKED)
-    _sid, csid = ctx.store.open_session(account)
+    leading_zero = ctx.faults.take("session_id_leading_zero_next")
+    if leading_zero:
+        ctx.stats.fault("session_id_leading_zero")
+    _sid, csid = ctx.store.open_session(account, leading_zero)
     ctx.stats.add("logins_ok")
     return {
         "k": account.encrypted_master_key,
@@ -123,10 +130,8 @@ def _mfa_ok(secret: str, code: Any) -> bool:
     return isinstance(code, str) and any(code == _totp(secret, step + d) for d in (-1, 0, 1))
 
 
-def sdk_read_name(attributes: str, encrypted_key: str, master_key: bytes) -> str | None:
-    """A node's name as MEGA's C++ SDK reads it from the attribute block: the bytes as
-    they are, with each ``\\uXXXX`` escape cut to its low byte (``JSON::unescape`` in
-    ``src/json.cpp``); bytes are then shown as UTF-8. None when it does not decrypt."""
+def _attribute_plaintext(attributes: str, encrypted_key: str, master_key: bytes) -> bytes | None:
+    """A node's attribute block decrypted (``MEGA{...}``), or None."""
     from Crypto.Cipher import AES
 
     try:
@@ -137,7 +142,32 @@ def sdk_read_name(attributes: str, encrypted_key: str, master_key: bytes) -> str
         plain = AES.new(key_bytes, AES.MODE_CBC, bytes(16)).decrypt(block).rstrip(b"\0")
     except ValueError:
         return None
-    if not plain.startswith(b'MEGA{"'):
+    return plain if plain.startswith(b'MEGA{"') else None
+
+
+def sdk_read_fingerprint(attributes: str, encrypted_key: str, master_key: bytes) -> Any:
+    """(CRC bytes, mtime) of a node's ``c`` attribute as the SDK reads it
+    (``FileFingerprint::unserializefingerprint`` in ``src/filefingerprint.cpp``: base64
+    of 16 CRC bytes, then ``Serialize64``: a count byte and that many bytes, low first),
+    or None when there is none or it does not read."""
+    plain = _attribute_plaintext(attributes, encrypted_key, master_key)
+    try:
+        value = json.loads(plain[4:]).get("c") if plain else None
+        raw = b64url_decode(value) if isinstance(value, str) else b""
+    except ValueError:
+        return None
+    if len(raw) < 17 or raw[16] > 8 or raw[16] >= len(raw) - 16:
+        return None
+    count = raw[16]
+    return raw[:16], int.from_bytes(raw[17 : 17 + count], "little")
+
+
+def sdk_read_name(attributes: str, encrypted_key: str, master_key: bytes) -> str | None:
+    """A node's name as MEGA's C++ SDK reads it from the attribute block: the bytes as
+    they are, with each ``\\uXXXX`` escape cut to its low byte (``JSON::unescape`` in
+    ``src/json.cpp``); bytes are then shown as UTF-8. None when it does not decrypt."""
+    plain = _attribute_plaintext(attributes, encrypted_key, master_key)
+    if plain is None:
         return None
     found = re.search(rb'"n"\s*:\s*"((?:[^"\\]|\\.)*)"', plain[4:])
     if found is None:
@@ -159,7 +189,7 @@ def sdk_read_name(attributes: str, encrypted_key: str, master_key: bytes) -> str
 
 def cmd_user(ctx: ApiContext, cmd: dict[str, Any]) -> Any:
     account = ctx.require_account()
-    return {
+    result: dict[str, Any] = {
         "u": account.user_handle,
         "email": account.email,
         "name": account.email.split("@")[0],
@@ -171,6 +201,11 @@ def cmd_user(ctx: ApiContext, cmd: dict[str, Any]) -> Any:
         "since": account.since,
         "aav": account.version,
     }
+    if ctx.faults.site_flag is not None:
+        # Feature flags ("ff_<name>"); the SDK links to mega.app when "site" is 1
+        # (MegaClient::readmiscflags in src/megaclient.cpp, flags in CommandGetUserData).
+        result["flags"] = {"ff_site": ctx.faults.site_flag}
+    return result
 
 
 def cmd_fetch_nodes(ctx: ApiContext, cmd: dict[str, Any]) -> Any:
@@ -209,7 +244,13 @@ def cmd_upload_url(ctx: ApiContext, cmd: dict[str, Any]) -> Any:
     # MEGA may answer with an http:// upload URL.
     ssl = cmd.get("ssl")
     ctx.stats.add("upload_urls_ssl" if ssl == 2 else "upload_urls_without_ssl")
-    upload = ctx.store.new_upload(account.user_handle, size)
+    # "v": the upload protocol: none is the legacy form (mega.py), 2 the web client's and
+    # megajs' (upload2.js ulStart, mutable-file.mjs), 3 the SDK's (CommandPutFile).
+    asked = cmd.get("v")
+    version = asked if isinstance(asked, int) and not isinstance(asked, bool) else 0
+    ctx.stats.add(f"upload_urls_v{version}")
+    forced = ctx.faults.upload_answer_version
+    upload = ctx.store.new_upload(account.user_handle, size, version if forced is None else forced)
     base = ctx.base_url if ssl == 2 and not ctx.faults.plain_upload_urls else ctx.plain_url
     return {"p": f"{base}/ul/{upload.token}"}
 
@@ -224,7 +265,13 @@ def cmd_put_nodes(ctx: ApiContext, cmd: dict[str, Any]) -> Any:
         raise ApiError(errors.EOVERQUOTA)
     store = ctx.store
     with store.lock:
-        target = ctx.own_node(cmd.get("t"))
+        wanted = cmd.get("t")
+        if isinstance(wanted, str) and store.removed.get(wanted) == account.user_handle:
+            # src/commands.cpp, CommandPutNodes::procresult: "when the target has been
+            # removed, the API automatically adds the new node/s into the rubbish bin".
+            ctx.stats.add("put_nodes_into_removed_targets")
+            wanted = account.rubbish
+        target = ctx.own_node(wanted)
         if target.type == NODE_FILE:
             raise ApiError(errors.EARGS)
         # Validate everything first: the real service applies all or nothing.
@@ -246,6 +293,12 @@ def cmd_put_nodes(ctx: ApiContext, cmd: dict[str, Any]) -> Any:
                 else:
                     source = store.completions.get(spec.get("h"))  # type: ignore[arg-type]
                     if source is None or source[0] != account.user_handle:
+                        raise ApiError(errors.ENOENT)
+                    if ctx.faults.take("put_nodes_storage_gone_next"):
+                        # -9 for "file-storage server unavailable" (src/transfer.cpp,
+                        # Transfer::failed): the upload is gone with it, token and all.
+                        ctx.stats.fault("put_nodes_storage_gone")
+                        store.completions.pop(spec["h"], None)
                         raise ApiError(errors.ENOENT)
             plans.append((spec, source))
         created = []
@@ -344,6 +397,14 @@ def cmd_set_attributes(ctx: ApiContext, cmd: dict[str, Any]) -> Any:
     return 0
 
 
+def cmd_why_blocked(ctx: ApiContext, cmd: dict[str, Any]) -> Any:
+    # src/commands.cpp, CommandWhyAmIblocked: 0 when not blocked, else the reason's code.
+    account = ctx.require_account()
+    if account.email in ctx.faults.blocked_emails:
+        return ctx.faults.blocked_reason_code
+    return 0
+
+
 def cmd_quota(ctx: ApiContext, cmd: dict[str, Any]) -> Any:
     account = ctx.require_account()
     with ctx.store.lock:
@@ -385,6 +446,7 @@ HANDLERS: dict[str, Handler] = {
     "m": cmd_move,
     "a": cmd_set_attributes,
     "uq": cmd_quota,
+    "whyamiblocked": cmd_why_blocked,
 }
 
 
@@ -400,6 +462,12 @@ def _run(ctx: ApiContext, cmd: Any) -> Any:
         raise ApiError(errors.EARGS)
     name = cmd["a"]
     ctx.stats.command(name)
+    if isinstance(cmd.get("i"), str):
+        ctx.stats.tag(name, cmd["i"])
+    wanted = ctx.faults.command_error_command
+    if (wanted is None or wanted == name) and ctx.faults.take("command_error_next"):
+        ctx.stats.fault("command_error")
+        raise ApiError(ctx.faults.command_error_code)
     handler = HANDLERS.get(name)
     if handler is None:
         raise ApiError(errors.EARGS)

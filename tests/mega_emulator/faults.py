@@ -28,15 +28,41 @@ FAULT_FIELDS: dict[str, tuple[type, Any]] = {
     "api_eagain_probability": (float, 0.0),  # -3
     "api_eagain_next": (int, 0),
     "api_ratelimit_probability": (float, 0.0),  # -4
+    "api_ratelimit_next": (int, 0),
+    # The next N requests to /cs get this HTTP status and an empty body (no X-Hashcash).
+    "api_http_error_next": (int, 0),
+    "api_http_error_status": (int, 500),
     "api_tempunavail_probability": (float, 0.0),  # -18
     "api_delay": (float, 0.0),  # seconds before answering /cs
+    # The next N requests are carried out (and their answer kept for their id), then the
+    # connection is dropped before the answer goes out.
+    "api_answer_lost_next": (int, 0),
+    "api_answer_lost_command": (str, None),  # only requests holding this command
     # A session answers -15 ESID once it has served this many requests.
     "session_expire_after_calls": (int, None),
-    # Log-in of these addresses answers -16 EBLOCKED.
+    # 'us0' answers a v2 account without its salt ({"v": 2}).
+    "prelogin_without_salt": (bool, False),
+    # The next N log-ins get a session id whose first byte is zero (MEGA's are, about one
+    # in 256; otherwise the emulator avoids it, for stock clients that drop it).
+    "session_id_leading_zero_next": (int, 0),
+    # These accounts are blocked: log-in answers -16 EBLOCKED, and so does every request
+    # of one of their sessions, as a whole, except one holding only 'whyamiblocked'
+    # (batchSeparately in the SDK's CommandWhyAmIblocked), which answers
+    # blocked_reason_code (megaapi.h: 200 copyright, 300 terms of service, 400/401
+    # disabled/removed by a business admin, 700 email verification).
     "blocked_emails": (list, []),
+    "blocked_reason_code": (int, 300),
     # -17 EOVERQUOTA on 'u' (upload URL) and/or 'p' (put nodes).
     "over_quota_upload_url": (bool, False),
     "over_quota_put_nodes": (bool, False),
+    # The next N 'p' of an uploaded file answer -9 and the upload is gone.
+    "put_nodes_storage_gone_next": (int, 0),
+    # 'ug' carries feature flags with this "ff_site" (1: links on mega.app).
+    "site_flag": (int, None),
+    # The upload server answers in this protocol version whatever 'u' asked for: 0 the
+    # legacy form (empty acknowledgements, a 36-character token), 2 the web client's (empty
+    # acknowledgements, a 36-byte binary token), 3 the SDK's ("0" acknowledgements).
+    "upload_answer_version": (int, None),
     # 'u' answers http:// upload URLs even when asked for ssl.
     "plain_upload_urls": (bool, False),
     # The code 'u' answers when over quota: -17, -24 (going over) or -29 (paywall).
@@ -44,6 +70,16 @@ FAULT_FIELDS: dict[str, tuple[type, Any]] = {
     # Per-command errors as {"err": N} objects instead of bare numbers, as MEGA's API
     # answers newer commands (the SDK's Command::checkError reads both forms).
     "error_objects": (bool, False),
+    # MEGA answers a request whose id (?id=) it has answered before from its cache,
+    # without carrying it out again: the SDK resends a request unchanged, same id, only
+    # after a transport failure or a bare -3/-4 ("server API is idempotent", src/request.cpp
+    # RequestDispatcher; src/megaclient.cpp MegaClient::exec).
+    "replay_repeated_ids": (bool, True),
+    # The next N commands (of the name command_error_command, or any) fail on their own
+    # with command_error_code, inside a complete answer: [-3] or [{"err": -3}].
+    "command_error_next": (int, 0),
+    "command_error_code": (int, -3),
+    "command_error_command": (str, None),
     "storage_quota_bytes": (int, 20 * GiB),
     "transfer_quota_bytes": (int, 10 * GiB),
     # Upload chunk POSTs.
@@ -59,6 +95,13 @@ FAULT_FIELDS: dict[str, tuple[type, Any]] = {
     "chunk_drop_probability": (float, 0.0),  # read part of the body, drop the socket
     "chunk_drop_next": (int, 0),
     "chunk_error_next": (int, 0),  # answer 200 with chunk_error_code as the body
+    # The next N pieces (at chunk_answer_lost_offset, or any) are stored, then the
+    # connection is dropped before the answer: the client cannot know they arrived.
+    "chunk_answer_lost_next": (int, 0),
+    "chunk_answer_lost_offset": (int, None),
+    # Once an upload is complete, later POSTs to its URL get this HTTP status (None: the
+    # completion answer again).
+    "completed_upload_status": (int, None),
     "chunk_error_code": (int, -4),
     # The upload server refuses a piece ending more than this past the first byte it has
     # not received yet (-4), as MEGA's do beyond the SDK's 256 MiB gap.
@@ -80,6 +123,10 @@ def _coerce(name: str, value: Any) -> Any:
     if kind is bool:
         if not isinstance(value, bool):
             raise TypeError(f"fault {name} must be a boolean")
+        return value
+    if kind is str:
+        if not isinstance(value, str):
+            raise TypeError(f"fault {name} must be a string")
         return value
     if kind is list:
         if not isinstance(value, (list, tuple, set, frozenset)):

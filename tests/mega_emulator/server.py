@@ -11,6 +11,7 @@ import ssl
 import tempfile
 import threading
 import time
+from collections import OrderedDict
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Self
@@ -18,13 +19,14 @@ from urllib.parse import parse_qs
 
 from . import errors, hashcash
 from .accounts import Account
-from .api import ApiContext, run_command
+from .api import ApiContext, run_command, sdk_read_fingerprint
 from .faults import Faults
 from .http_body import PIECE, BodyReader
 from .stats import Stats
 from .store import CloudStore, Upload
 
 MAX_API_BODY = 16 * 1024 * 1024
+ANSWER_CACHE_SIZE = 100_000
 _RANGE_HEADER = re.compile(r"bytes=(\d*)-(\d*)$")
 _RANGE_SUFFIX = re.compile(r"^(\d+)-(\d*)$")
 
@@ -185,6 +187,11 @@ class RequestHandler(BaseHTTPRequestHandler):
             self._send(402, headers={"X-Hashcash": header})
             return
 
+        if faults.take("api_http_error_next"):
+            stats.fault("api_http_error")
+            self._send(faults.api_http_error_status, content_type="text/plain")
+            return
+
         for stem, code in (
             ("api_eagain", errors.EAGAIN),
             ("api_ratelimit", errors.ERATELIMIT),
@@ -195,8 +202,20 @@ class RequestHandler(BaseHTTPRequestHandler):
                 self._send_json(code)
                 return
 
-        account: Account | None = None
         sid = query.get("sid", [None])[0]
+        request_id = query.get("id", [None])[0]
+        cache_key = (sid or "", request_id)
+        if request_id is not None and faults.replay_repeated_ids:
+            with emulator._answers_lock:
+                cached = emulator._answers.get(cache_key)
+            if cached is not None:
+                # A request id seen before: the answer it got, not the commands carried out
+                # again (the SDK keeps one id for resends of the same request only).
+                stats.add("replayed_answers")
+                self._send(200, cached)
+                return
+
+        account: Account | None = None
         if sid:
             limit = faults.session_expire_after_calls
             with store.lock:
@@ -214,9 +233,27 @@ class RequestHandler(BaseHTTPRequestHandler):
                         self._send_json(errors.ESID)
                     return
                 account = store.accounts[session.email]
+            names = {c.get("a") for c in commands if isinstance(c, dict)}
+            if account.email in faults.blocked_emails and names != {"whyamiblocked"}:
+                # The SDK meets a blocked account as a request-level -16 while logged in
+                # (MegaClient::exec: "if (e == API_EBLOCKED && sid.size()) block()").
+                stats.add("blocked_requests")
+                self._send_json(errors.EBLOCKED)
+                return
 
         ctx = ApiContext(store, faults, stats, account, emulator.url, emulator.plain_url)
-        self._send_json([run_command(ctx, command) for command in commands])
+        body = json.dumps([run_command(ctx, c) for c in commands], separators=(",", ":")).encode()
+        if request_id is not None:
+            emulator._remember_answer(cache_key, body)
+        lost_for = faults.api_answer_lost_command
+        names = {c.get("a") for c in commands if isinstance(c, dict)}
+        if (lost_for is None or lost_for in names) and faults.take("api_answer_lost_next"):
+            stats.fault("api_answer_lost")
+            self.close_connection = True
+            with contextlib.suppress(OSError):
+                self.connection.shutdown(socket.SHUT_RDWR)
+            return
+        self._send(200, body)
 
     # -- uploads -----------------------------------------------------------
     def _chunk(self, path: str) -> None:
@@ -238,6 +275,10 @@ class RequestHandler(BaseHTTPRequestHandler):
         upload: Upload | None = store.uploads.get(parts[2]) if len(parts) == 4 else None
         if upload is None:
             self._send(403)  # what an expired or unknown upload URL gets
+            return
+        if upload.completion is not None and faults.completed_upload_status is not None:
+            stats.add("chunk_posts_to_completed_uploads")
+            self._send(faults.completed_upload_status, content_type="text/plain")
             return
         if upload.dead_code is not None:
             stats.add("chunk_posts_to_dead_uploads")
@@ -308,10 +349,24 @@ class RequestHandler(BaseHTTPRequestHandler):
                 self._send(200, str(errors.EARGS).encode(), "text/plain")
                 return
         stats.add("chunk_bytes", written)
-        handle, first_time = store.chunk_arrived(upload, offset, offset + written)
+        completed, first_time = store.chunk_arrived(upload, offset, offset + written)
         if first_time:
             stats.add("uploads_completed")
-        self._send(200, (handle or "").encode(), "text/plain")
+        lost_at = faults.chunk_answer_lost_offset
+        if (lost_at is None or lost_at == offset) and faults.take("chunk_answer_lost_next"):
+            stats.fault("chunk_answer_lost")
+            self.close_connection = True
+            with contextlib.suppress(OSError):
+                self.connection.shutdown(socket.SHUT_RDWR)
+            return
+        if completed is not None:
+            self._send(200, completed, "application/octet-stream")
+        elif upload.version >= 3:
+            # The SDK's protocol acknowledges a piece with "0" (src/transferslot.cpp: any
+            # answer but a token or "0" is an error); the others with an empty body.
+            self._send(200, b"0", "text/plain")
+        else:
+            self._send(200, b"", "text/plain")
 
     # -- downloads ---------------------------------------------------------
     def _download(self, path: str) -> None:
@@ -445,9 +500,15 @@ class MegaEmulator:
             self.faults = faults
         else:
             self.faults = Faults(seed=seed, **(faults or {}))
+        self._seed = seed
+        self._avoid_dash = avoid_dash_in_handles
+        self._generation = 0
         self.store = CloudStore(self.data_dir, seed=seed, avoid_dash=avoid_dash_in_handles)
         self._stats = Stats()
         self._challenges: dict[str, int] = {}  # outstanding hashcash token -> easiness
+        # Complete answers by (sid, request id), the oldest dropped first.
+        self._answers: OrderedDict[tuple[str, str], bytes] = OrderedDict()
+        self._answers_lock = threading.Lock()
         self._challenge_lock = threading.Lock()
         self._server: _HttpServer | None = None
         self._thread: threading.Thread | None = None
@@ -541,6 +602,27 @@ class MegaEmulator:
     def reset_stats(self) -> None:
         self._stats.reset()
 
+    def reset(self) -> None:
+        """Forget everything, as a fresh emulator with the same seed would: accounts,
+        sessions, nodes, stored files, uploads, faults, counters and open challenges. The
+        address stays, so a test can reuse a running emulator instead of starting one."""
+        self._generation += 1
+        fresh = self.data_dir / f"cloud-{self._generation}"
+        store = CloudStore(fresh, seed=self._seed, avoid_dash=self._avoid_dash)
+        old, self.store = self.store, store
+        if old.data_dir != self.data_dir:
+            shutil.rmtree(old.data_dir, ignore_errors=True)
+        else:
+            for part in ("uploads", "blobs"):
+                shutil.rmtree(old.data_dir / part, ignore_errors=True)
+        self.faults.reset()
+        self.faults.seed(self._seed)
+        self._stats.reset()
+        with self._challenge_lock:
+            self._challenges.clear()
+        with self._answers_lock:
+            self._answers.clear()
+
     def nodes(self, email: str) -> list[dict[str, Any]]:
         """The account's nodes as 'f' returns them (attributes still encrypted)."""
         account = self.store.accounts.get(email.lower())
@@ -558,9 +640,24 @@ class MegaEmulator:
                 if account is not None and n.owner == account.user_handle and n.type in (0, 1)
             ]
 
+    def sdk_fingerprint(self, handle: str) -> tuple[bytes, int] | None:
+        """(CRC bytes, mtime) of a file's fingerprint as MEGA's apps read it, or None."""
+        with self.store.lock:
+            node = self.store.nodes[handle]
+            account = self.store.account_by_handle(node.owner)
+            assert account is not None
+            encrypted_key = node.key.partition(":")[2]
+            return sdk_read_fingerprint(node.attributes, encrypted_key, account.master_key)
+
     def node(self, handle: str) -> dict[str, Any]:
         with self.store.lock:
             return self.store.nodes[handle].wire()
+
+    def location(self, handle: str) -> str | None:
+        """Where node ``handle`` lies: "root" (the cloud drive), "inbox", "rubbish", or
+        None when it is gone."""
+        kind = self.store.location(handle)
+        return {2: "root", 3: "inbox", 4: "rubbish"}.get(kind) if kind is not None else None
 
     def public_handle(self, handle: str) -> str | None:
         with self.store.lock:
@@ -576,6 +673,12 @@ class MegaEmulator:
 
     def read_ciphertext(self, handle: str) -> bytes:
         return self.ciphertext_path(handle).read_bytes()
+
+    def _remember_answer(self, key: tuple[str, str], body: bytes) -> None:
+        with self._answers_lock:
+            self._answers[key] = body
+            while len(self._answers) > ANSWER_CACHE_SIZE:
+                self._answers.popitem(last=False)
 
     # -- hashcash bookkeeping ------------------------------------------------------
     def _hashcash_issue(self, token: str, easiness: int) -> None:

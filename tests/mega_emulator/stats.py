@@ -11,8 +11,15 @@ SCALARS = (
     "hashcash_empty_answers",
     "upload_urls_ssl",
     "upload_urls_without_ssl",
+    "upload_urls_v0",
+    "upload_urls_v2",
+    "upload_urls_v3",
     "window_refusals",
+    "replayed_answers",
+    "blocked_requests",
+    "put_nodes_into_removed_targets",
     "chunk_posts_to_dead_uploads",
+    "chunk_posts_to_completed_uploads",
     "api_requests",
     "logins_ok",
     "logins_failed",
@@ -37,6 +44,7 @@ class Stats:
         self._scalars: Counter[str] = Counter()
         self._commands: Counter[str] = Counter()
         self._faults: Counter[str] = Counter()
+        self._tags: dict[str, set[str]] = {}  # command -> the "i" values it carried
         self._chunk_posts_now = 0
 
     def chunk_post_started(self) -> None:
@@ -57,6 +65,10 @@ class Stats:
         with self._lock:
             self._commands[name] += 1
 
+    def tag(self, command: str, tag: str) -> None:
+        with self._lock:
+            self._tags.setdefault(command, set()).add(tag)
+
     def fault(self, name: str) -> None:
         with self._lock:
             self._faults[name] += 1
@@ -66,6 +78,7 @@ class Stats:
             result: dict[str, Any] = {name: self._scalars[name] for name in SCALARS}
             result["commands"] = dict(self._commands)
             result["faults_injected"] = dict(self._faults)
+            result["tags"] = {name: sorted(tags) for name, tags in self._tags.items()}
             return result
 
     def reset(self) -> None:
@@ -73,3 +86,4 @@ class Stats:
             self._scalars.clear()
             self._commands.clear()
             self._faults.clear()
+            self._tags.clear()

@@ -77,7 +77,11 @@ class Upload:
     size: int
     path: Path
     ranges: list[tuple[int, int]] = field(default_factory=list)  # merged [start, end)
-    completion: str | None = None
+    completion: str | None = None  # the upload token as 'p' takes it in "h"
+    # The protocol version 'u' asked for ("v"): what the upload server's answers look like.
+    version: int = 0
+    # What the last piece is answered with once the file is complete.
+    completion_answer: bytes = b""
     # Set once the upload server gave up on this upload (-3, -4, -6): every later piece
     # gets that code again, and only a fresh upload URL helps.
     dead_code: int | None = None
@@ -116,6 +120,7 @@ class CloudStore:
         self.completions: dict[str, tuple[str, str, int]] = {}  # handle -> (owner, blob, size)
         self.public: dict[str, str] = {}  # public handle -> node handle
         self.exported: dict[str, str] = {}  # node handle -> public handle
+        self.removed: dict[str, str] = {}  # handle of a removed node -> its owner
 
     # -- handles ---------------------------------------------------------
     def _unique(self, taken: Any, n_bytes: int, dash_ok: bool = True) -> str:
@@ -150,9 +155,10 @@ class CloudStore:
         with self.lock:
             return next((a for a in self.accounts.values() if a.user_handle == user_handle), None)
 
-    def open_session(self, account: Account) -> tuple[str, str]:
-        """(sid the client will derive, csid to send)."""
-        secret = new_session_secret()
+    def open_session(self, account: Account, leading_zero: bool = False) -> tuple[str, str]:
+        """(sid the client will derive, csid to send); ``leading_zero``: a session id whose
+        first byte is zero, as MEGA's are about once in 256."""
+        secret = new_session_secret(account.user_handle, leading_zero)
         sid = b64url_encode(secret)
         with self.lock:
             self.sessions[sid] = Session(sid, account.email)
@@ -166,6 +172,15 @@ class CloudStore:
     def used_bytes(self, account: Account) -> int:
         with self.lock:
             return sum(n.size for n in self.owned_nodes(account) if n.type == NODE_FILE)
+
+    def location(self, handle: str) -> int | None:
+        """The type of the special node (root, inbox, rubbish) ``handle`` lies under, or
+        None when it is gone."""
+        with self.lock:
+            node = self.nodes.get(handle)
+            while node is not None and node.parent:
+                node = self.nodes.get(node.parent)
+            return node.type if node is not None else None
 
     def subtree(self, handle: str) -> list[str]:
         """handle and all its descendants, children first."""
@@ -187,6 +202,7 @@ class CloudStore:
         with self.lock:
             for h in self.subtree(handle):
                 node = self.nodes.pop(h)
+                self.removed[h] = node.owner
                 ph = self.exported.pop(h, None)
                 if ph:
                     self.public.pop(ph, None)
@@ -216,22 +232,21 @@ class CloudStore:
             return blob.download_token
 
     # -- uploads ---------------------------------------------------------
-    def new_upload(self, owner: str, size: int) -> Upload:
+    def new_upload(self, owner: str, size: int, version: int = 0) -> Upload:
         token = b64url_encode(os.urandom(24))
         path = self.data_dir / "uploads" / f"{token}.part"
         path.touch()  # chunk writers open it r+b, in any order
-        upload = Upload(token, owner, size, path)
+        upload = Upload(token, owner, size, path, version=version)
         with self.lock:
             self.uploads[token] = upload
         return upload
 
-    def chunk_arrived(self, upload: Upload, start: int, end: int) -> tuple[str | None, bool]:
-        """Record a written range. Returns (completion handle or None, whether
-        this call completed the upload); resends after completion get the
-        handle again."""
+    def chunk_arrived(self, upload: Upload, start: int, end: int) -> tuple[bytes | None, bool]:
+        """Record a written range. Returns (the answer that completes the upload or None,
+        whether this call completed it); resends after completion get that answer again."""
         with self.lock:
             if upload.completion:
-                return upload.completion, False
+                return upload.completion_answer, False
             if end > start:
                 upload.add_range(start, end)
             if not upload.complete():
@@ -240,6 +255,14 @@ class CloudStore:
             blob_path = self.data_dir / "blobs" / blob_id
             os.replace(upload.path, blob_path)
             self.blobs[blob_id] = Blob(blob_path, upload.size)
-            upload.completion = b64url_encode(os.urandom(27))  # 36 characters
+            if upload.version >= 2:
+                # 36 bytes of binary: the web client tells it from the legacy text token by
+                # its last byte, 1 (upload2.js, onXHRready), and sends it base64url-encoded
+                # in 'p'; so does the SDK (UPLOADTOKENLEN, CommandPutNodes).
+                token = os.urandom(35) + b"\x01"
+                upload.completion, upload.completion_answer = b64url_encode(token), token
+            else:  # the legacy form: 36 base64url characters, used in 'p' as they are
+                upload.completion = b64url_encode(os.urandom(27))
+                upload.completion_answer = upload.completion.encode()
             self.completions[upload.completion] = (upload.owner, blob_id, upload.size)
-            return upload.completion, True
+            return upload.completion_answer, True

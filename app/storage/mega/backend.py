@@ -8,31 +8,43 @@ failure's name is logged.
 The log-in happens at start-up (``connect``, run in the background by the app), so the
 first upload does not pay for it; uploads that arrive while it runs wait at most
 ``login_wait_s`` and are then answered 503 "the service is logging in to MEGA".
+
+The destination folder is found once and looked up again at least every
+``FOLDER_CHECK_S``, and after a node landed outside it: MEGA puts a 'p' into a removed
+folder into the rubbish bin, and takes one into a trashed folder as it is.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
-
-from mega.crypto import make_id
 
 from app.storage.base import BodyStream, Capabilities, Readiness, StorageError, StoredFile
 
 from .client import MegaClient
-from .errors import ENOENT, MegaApiError, MegaLoggingIn, failure_name, to_storage_error
+from .errors import (
+    ENOENT,
+    MegaAccountBlocked,
+    MegaApiError,
+    MegaLoggingIn,
+    StreamCannotRestart,
+    failure_name,
+    to_storage_error,
+)
 from .folders import ensure_folder
 from .retry import Deadline
 from .session import FileSessionStore, SessionStore, account_key
 from .settings import MegaSettings
 from .upload import (
+    PlacedNode,
     SentFile,
     SourceFailed,
     UploadLimits,
     export_link,
-    put_node,
+    put_file_node,
     send_file,
     send_stream,
 )
@@ -41,6 +53,10 @@ logger = logging.getLogger(__name__)
 
 # Folder creation waits at most this long for another process doing the same.
 FOLDER_LOCK_TIMEOUT_S = 60.0
+# The destination folder is looked up again (from the root, by name) at least this often:
+# MEGA takes uploads into a folder someone moved to the rubbish bin like into any other,
+# so only looking tells. A look reads the account's whole node list, hence not per upload.
+FOLDER_CHECK_S = 300.0
 
 
 class MegaBackend:
@@ -48,9 +64,15 @@ class MegaBackend:
 
     name = "mega"
 
-    def __init__(self, settings: MegaSettings, store: SessionStore | None = None) -> None:
+    def __init__(
+        self,
+        settings: MegaSettings,
+        store: SessionStore | None = None,
+        *,
+        folder_check_s: float = FOLDER_CHECK_S,
+    ) -> None:
         """``store`` keeps the session and the log-in and folder locks; by default the
-        session file."""
+        session file. The folder is looked up again at least every ``folder_check_s``."""
         self._settings = settings
         self._session_store = store or FileSessionStore(
             settings.session_file, account_key(settings.email, settings.api_url)
@@ -66,6 +88,8 @@ class MegaBackend:
         )
         self._client: MegaClient | None = None
         self._folder_id: str | None = None
+        self._folder_check_s = folder_check_s
+        self._folder_checked = 0.0  # time.monotonic() of the last look
         self._folder_lock = threading.Lock()
         self._readiness_lock = threading.Lock()
 
@@ -92,15 +116,24 @@ class MegaBackend:
         except Exception as exc:
             raise to_storage_error(exc) from None
 
-    def store(self, source: Path, filename: str, size: int) -> StoredFile:
+    def store(
+        self, source: Path, filename: str, size: int, *, mtime: int | None = None
+    ) -> StoredFile:
+        """Store the file ``source``; ``mtime`` (Unix seconds) dates it in MEGA's apps (its
+        fingerprint), the upload time when not given."""
         return self._store(
             lambda client, deadline: send_file(client, source, size, self._limits, deadline),
+            lambda: True,  # the file is read again from its start
             filename,
             size,
+            mtime,
         )
 
-    def store_stream(self, body: BodyStream, filename: str, size: int) -> StoredFile:
-        """Store ``size`` bytes read from ``body`` while they arrive (no temporary file).
+    def store_stream(
+        self, body: BodyStream, filename: str, size: int, *, mtime: int | None = None
+    ) -> StoredFile:
+        """Store ``size`` bytes read from ``body`` while they arrive (no temporary file);
+        ``mtime`` as for ``store``.
 
         The deadline does not count time spent waiting for the body's bytes (it bounds
         MEGA's work). What ``body.read`` raises (the client left) is re-raised unchanged;
@@ -108,11 +141,18 @@ class MegaBackend:
         completes). A restart MEGA asks for replays the body from its copy
         (``body.rewind``); a body without one ends in a 502.
         """
+
+        def rewind() -> bool:
+            again = getattr(body, "rewind", None)
+            return bool(again is not None and again())
+
         try:
             return self._store(
                 lambda client, deadline: send_stream(client, body, size, self._limits, deadline),
+                rewind,
                 filename,
                 size,
+                mtime,
             )
         except SourceFailed as failed:
             # The API layer logs why (the client left, the file was another size).
@@ -122,8 +162,10 @@ class MegaBackend:
     def _store(
         self,
         send: Callable[[MegaClient, Deadline], SentFile],
+        rewind: Callable[[], bool],
         filename: str,
         size: int,
+        mtime: int | None,
     ) -> StoredFile:
         # One deadline for the whole upload: log-in and folder look-up, the data, u/p/l.
         deadline = Deadline(self._limits.deadline_s)
@@ -132,24 +174,47 @@ class MegaBackend:
             folder = self._folder(deadline)
             sent = send(client, deadline)
             try:
-                handle = put_node(client, folder, sent, filename, deadline)
+                node = put_file_node(client, folder, sent, filename, deadline, mtime=mtime)
             except MegaApiError as exc:
                 if exc.code != ENOENT:
                     raise
-                # The folder was removed behind our back: find or create it once more.
-                logger.warning("MEGA destination folder is gone; looking it up again")
+                # "putnodes returned -9, file-storage server unavailable": the SDK uploads
+                # the whole file again (Transfer::failed in src/transfer.cpp); the token
+                # went with the server. The folder is looked at again on the way.
+                logger.warning("MEGA lost the upload before its node was made; sending it again")
+                if not rewind():
+                    raise StreamCannotRestart(exc) from None
                 folder = self._folder(deadline, stale=folder)
-                handle = put_node(client, folder, sent, filename, deadline)
-            link = export_link(client, handle, sent.node_key, deadline)
+                sent = send(client, deadline)
+                node = put_file_node(client, folder, sent, filename, deadline, mtime=mtime)
+            if node.parent is not None and node.parent != folder:
+                node = self._move_home(client, node, folder, deadline)
+            link = export_link(client, node.handle, sent.node_key, deadline)
         except (StorageError, SourceFailed):
             raise
         except Exception as exc:
             failure = to_storage_error(exc)
-            logger.warning(
-                "MEGA upload of %d bytes failed: %s (%s)", size, failure_name(exc), failure
-            )
+            if not isinstance(exc, MegaAccountBlocked):  # the client said it, once
+                logger.warning(
+                    "MEGA upload of %d bytes failed: %s (%s)", size, failure_name(exc), failure
+                )
             raise failure from None
-        return StoredFile(handle=handle, link=link)
+        return StoredFile(handle=node.handle, link=link)
+
+    def _move_home(
+        self, client: MegaClient, node: PlacedNode, folder: str, deadline: Deadline
+    ) -> PlacedNode:
+        """The node landed outside ``folder``: MEGA puts a 'p' into a removed folder into
+        the rubbish bin instead (``CommandPutNodes::procresult`` in the SDK), where its link
+        dies with the next emptying. Find or make the folder again and move the file in."""
+        logger.warning(
+            "MEGA folder %r was removed; the upload went to the rubbish bin. Making the "
+            "folder again and moving the file into it",
+            self._settings.folder,
+        )
+        home = self._folder(deadline, stale=folder)
+        client.api({"a": "m", "n": node.handle, "t": home, "i": client.session_tag}, deadline)
+        return PlacedNode(node.handle, home)
 
     def readiness(self) -> Readiness:
         """Logged in and the folder there; never starts a log-in of its own while one runs."""
@@ -176,7 +241,8 @@ class MegaBackend:
 
     def delete(self, handle: str) -> None:
         try:
-            self._ready_client().api({"a": "d", "n": handle, "i": make_id(10)})
+            client = self._ready_client()
+            client.api({"a": "d", "n": handle, "i": client.session_tag})
         except MegaApiError as exc:
             if exc.code == ENOENT:
                 return  # already gone
@@ -204,18 +270,36 @@ class MegaBackend:
         return self._client
 
     def _folder(self, deadline: Deadline, stale: str | None = None) -> str:
-        """The destination folder's node id, cached; ``stale`` is an id MEGA no longer knows."""
-        folder = self._folder_id
-        if folder is not None and folder != stale:
-            return folder
+        """The destination folder's node id: the one found last, unless that is ``stale``
+        (MEGA no longer has it there) or was found longer than ``folder_check_s`` ago; then
+        it is looked up again from the root, and made again if it is gone (removed, or
+        moved to the rubbish bin)."""
+
+        def fresh(folder: str | None) -> bool:
+            age = time.monotonic() - self._folder_checked
+            return folder is not None and folder != stale and age < self._folder_check_s
+
+        if fresh(self._folder_id):
+            assert self._folder_id is not None
+            return self._folder_id
         client = self._ready_client()
         with self._folder_lock:
-            if self._folder_id is None or self._folder_id == stale:
-                self._folder_id = ensure_folder(
-                    client,
+            if fresh(self._folder_id):  # another thread looked meanwhile
+                assert self._folder_id is not None
+                return self._folder_id
+            found = ensure_folder(
+                client,
+                self._settings.folder,
+                self._session_store.folder_locked,
+                FOLDER_LOCK_TIMEOUT_S,
+                deadline,
+            )
+            if self._folder_id is not None and found != self._folder_id:
+                logger.warning(
+                    "MEGA folder %r is no longer where it was (removed, or moved to the "
+                    "rubbish bin); uploads go to the one now at that path",
                     self._settings.folder,
-                    self._session_store.folder_locked,
-                    FOLDER_LOCK_TIMEOUT_S,
-                    deadline,
                 )
-            return self._folder_id
+            self._folder_id = found
+            self._folder_checked = time.monotonic()
+            return found

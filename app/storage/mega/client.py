@@ -9,12 +9,17 @@
 * MEGA's answers read as its own clients read them: a request-level code, a per-command
   code, or a per-command ``{"err": N}`` object (``src/command.cpp``, ``Command::checkError``
   in the SDK; ``js/utils/api.js`` in the web client) are all errors;
+* request ids as the SDK keeps them: the same id only for a resend of a request MEGA did
+  not answer, a new one after any answer (MEGA replays answers by id);
+* a blocked account (-16) kept as the account's state, with MEGA's reason, until a look
+  finds it lifted (``MegaClient::block`` and ``whyamiblocked`` in the SDK);
 * HTTP 402 + ``X-Hashcash`` answered with a proof of work; when its budget runs out the
   request goes again with an empty answer for a fresh challenge (``hashcash.py``);
 * ESID: log in again (once; other threads and processes reuse that log-in) and repeat
   the call once;
-* the log-in itself (``us0``, key derivation, ``us`` with ``mfa`` for two-factor accounts,
-  the session id decrypted with the account's RSA key) built from mega.py's primitives,
+* the log-in itself (``us0`` and its ``v``, key derivation for any password, ``us`` with
+  ``mfa`` for two-factor accounts, the session id decrypted with the account's RSA key at
+  its full width) built from mega.py's primitives,
   under a bounded thread lock and the session store's cross-process lock, with a cool-down
   after MEGA refused the credentials so that probes cannot hammer it.
 
@@ -42,6 +47,7 @@ from mega.crypto import (
     base64_url_encode,
     decrypt_key,
     encrypt_key,
+    make_id,
     mpi_to_int,
     prepare_key,
     str_to_a32,
@@ -54,9 +60,13 @@ from app import metrics
 
 from . import hashcash
 from .errors import (
+    EAGAIN,
+    EBLOCKED,
+    ERATELIMIT,
     LOGIN_REASONS,
     SESSION_GONE,
     HashcashUnsolved,
+    MegaAccountBlocked,
     MegaApiError,
     MegaBadAnswer,
     MegaError,
@@ -64,6 +74,7 @@ from .errors import (
     MegaLoggingIn,
     MegaLoginError,
     MegaTransportError,
+    block_reason,
     failure_name,
 )
 from .retry import Deadline, RetryPolicy, call_with_retries
@@ -86,7 +97,10 @@ logger = logging.getLogger(__name__)
 MAX_REJECTED_ANSWERS = 3
 # After MEGA refused the credentials, no new log-in for this long (probes, uploads).
 LOGIN_COOLDOWN_S = 60.0
+# While MEGA blocks the account, whether the block was lifted is asked this often.
+BLOCKED_RECHECK_S = 60.0
 _SID_IN_URL = re.compile(r"(sid=)[^&\s\"]+")
+MEGA_NZ, MEGA_APP = "https://mega.nz", "https://mega.app"  # the SDK's MEGAURL_NZ, _APP
 
 
 class _RedactSid(logging.Filter):
@@ -124,6 +138,7 @@ class MegaClient:
         login_cooldown_s: float = LOGIN_COOLDOWN_S,
         login_deadline_s: float = setting_default("mega_login_deadline_seconds"),
         login_wait_s: float = setting_default("mega_login_wait_seconds"),
+        blocked_recheck_s: float = BLOCKED_RECHECK_S,
         hashcash_budget_s: float = hashcash.CHALLENGE_BUDGET_S,
         hashcash_threads: int | None = None,
         pool_size: int = 16,
@@ -140,6 +155,10 @@ class MegaClient:
         self._login_cooldown_s = login_cooldown_s
         self._login_deadline_s = login_deadline_s
         self._login_wait_s = login_wait_s
+        self._blocked_recheck_s = blocked_recheck_s
+        # While MEGA blocks the account: (why, time.monotonic() of the next look).
+        self._blocked: tuple[str, float] | None = None
+        self._blocked_lock = threading.Lock()
         self._hashcash_budget_s = hashcash_budget_s
         self._hashcash_threads = hashcash_threads
         # Long enough for another process's whole log-in, including a proof of work.
@@ -163,7 +182,13 @@ class MegaClient:
         self._sid: str | None = None
         self._master_key: list[int] | None = None
         self._user_handle: str | None = None
+        self._link_base: str | None = None
         self._refused: tuple[float, MegaLoginError] | None = None
+        # The client's session tag, 'i' in the commands that change nodes: MEGA's action
+        # packets carry it back, so a client tells its own changes from others' (the SDK's
+        # sessionid, made once per MegaClient; JSONWriter::notself in src/json.cpp).
+        # Resent requests are recognised by their request id, not by this.
+        self.session_tag = make_id(10)
 
     @classmethod
     def from_settings(cls, settings: MegaSettings, store: SessionStore | None = None) -> MegaClient:
@@ -214,8 +239,29 @@ class MegaClient:
     @property
     def user_handle(self) -> str:
         if self._user_handle is None:
-            self._user_handle = str(self.api({"a": "ug"})["u"])
+            self._account_details()
+        assert self._user_handle is not None
         return self._user_handle
+
+    @property
+    def link_base(self) -> str:
+        """Where public file links point: ``https://mega.app/file/`` when the account's
+        "site" feature flag is 1, else ``https://mega.nz/file/``, as the SDK chooses
+        (``MegaClient::readmiscflags`` in ``src/megaclient.cpp``; the flags come with
+        'ug', ``CommandGetUserData``). Asked once per session."""
+        if self._link_base is None:
+            self._account_details()
+        assert self._link_base is not None
+        return self._link_base
+
+    def _account_details(self) -> None:
+        answer = self.api({"a": "ug"})
+        if not isinstance(answer, dict) or not isinstance(answer.get("u"), str):
+            raise MegaBadAnswer()
+        self._user_handle = answer["u"]
+        flags = answer.get("flags")
+        site = flags.get("ff_site") if isinstance(flags, dict) else None
+        self._link_base = f"{MEGA_APP if site == 1 else MEGA_NZ}/file/"
 
     def api(self, command: dict[str, Any], deadline: Deadline | None = None) -> Any:
         """Send one command and return its result. Retries, re-login and proof of work
@@ -227,18 +273,29 @@ class MegaClient:
         deadline = Deadline(self.policy.deadline_s) if deadline is None else deadline
         deadline = deadline.sooner(self.policy.deadline_s)
         deadline.check()
+        self._check_blocked(deadline)
         sid = self._current_sid(deadline)
         try:
-            return self._request(command, sid, deadline)
+            return self._command(command, sid, deadline)
         except MegaApiError as exc:
             if exc.failure is not SESSION_GONE:
                 raise
         logger.info("MEGA rejected the session; logging in again")
         self._relogin(stale_sid=sid, deadline=deadline)
-        return self._request(command, self._current_sid(deadline), deadline)
+        return self._command(command, self._current_sid(deadline), deadline)
 
-    def post_region(self, url: str, body: memoryview | bytes, deadline: Deadline) -> str:
-        """POST one piece of an upload to ``url`` (upload URL + offset); the answer's text."""
+    def _command(self, command: dict[str, Any], sid: str, deadline: Deadline) -> Any:
+        """One command in the session ``sid``; -16 marks the account blocked."""
+        try:
+            return self._request(command, sid, deadline)
+        except MegaApiError as exc:
+            if exc.code == EBLOCKED:
+                raise self._block(sid, deadline) from None
+            raise
+
+    def post_region(self, url: str, body: memoryview | bytes, deadline: Deadline) -> bytes:
+        """POST one piece of an upload to ``url`` (upload URL + offset); the answer's bytes
+        (a completion token may be binary: never decoded as text here)."""
         response = self._post(
             url,
             deadline,
@@ -246,13 +303,15 @@ class MegaClient:
             headers={"Content-Type": "application/octet-stream"},
         )
         if response.status_code != 200:
-            raise MegaHttpError(response.status_code)
-        return response.text.strip()
+            raise MegaHttpError(response.status_code, upload=True)
+        return response.content
 
     def ensure_login(self, deadline: Deadline | None = None) -> None:
         """Have a session: the one in memory, a stored one, ``MEGA_SESSION``, or a fresh
         log-in. While another thread is logging in, wait at most ``login_wait_s``, then
-        raise ``MegaLoggingIn`` (the caller answers "try again shortly")."""
+        raise ``MegaLoggingIn`` (the caller answers "try again shortly"). While MEGA
+        blocks the account, raise ``MegaAccountBlocked``."""
+        self._check_blocked(self._login_deadline(deadline))
         if self._sid is not None:
             return
         if not self._lock.acquire(timeout=self._login_wait_s):
@@ -288,16 +347,33 @@ class MegaClient:
         return sid
 
     def _request(self, command: dict[str, Any], sid: str | None, deadline: Deadline) -> Any:
-        """One logical request: same id through retries and proof-of-work resends, so MEGA
-        can recognise a repeat of a request it already carried out."""
+        """One command, tried again under the retry policy.
+
+        MEGA answers a request id it has seen before from its cache ("server API is
+        idempotent", the SDK's ``RequestDispatcher`` in ``src/request.cpp``). So the same
+        id goes out again only where MEGA did not answer the request: a transport failure,
+        an HTTP error, a proof-of-work challenge, or a bare -3/-4 for the whole request
+        (``MegaClient::exec`` in ``src/megaclient.cpp`` resends ``inflightreq`` unchanged
+        then). After any complete answer, error codes in it included, the next try is a
+        new request with the next id, or it would only get the same answer back.
+        """
         params: dict[str, Any] = {"id": next(self._sequence)}
         if sid:
             params["sid"] = sid
         body = json.dumps([command], separators=(",", ":"))
         name = str(command.get("a", "?"))[:20]
+
+        def attempt() -> Any:
+            try:
+                return self._exchange(params, body, deadline)
+            except MegaApiError as exc:
+                if not (exc.whole_request and exc.code in (EAGAIN, ERATELIMIT)):
+                    params["id"] = next(self._sequence)
+                raise
+
         try:
             answer = call_with_retries(
-                lambda: self._exchange(params, body, deadline),
+                attempt,
                 self.policy,
                 deadline,
                 what=f"MEGA API call {name}",
@@ -358,6 +434,69 @@ class MegaClient:
         except requests.RequestException:
             raise MegaTransportError(timed_out=False) from None
 
+    # -- a blocked account ------------------------------------------------------------------
+
+    def _block(self, sid: str | None, deadline: Deadline) -> MegaAccountBlocked:
+        """MEGA answered -16: the account is blocked. The SDK keeps that as the account's
+        state and asks why (``MegaClient::block``, then ``whyamiblocked``; -16 while
+        logged in, in ``MegaClient::exec``); so does this, saying so once in the log. Until
+        the next look (``blocked_recheck_s``) every call fails at once, without a request."""
+        code = self._why_blocked(sid, deadline) if sid else None
+        reason = block_reason(code or None)
+        with self._blocked_lock:
+            first = self._blocked is None
+            self._blocked = (reason, time.monotonic() + self._blocked_recheck_s)
+        if first:
+            metrics.mega_account_blocked(True)
+            logger.error(
+                "MEGA blocked the account (%s); uploads get 503 until MEGA lifts the block. "
+                "Looking again every %g s",
+                reason,
+                self._blocked_recheck_s,
+            )
+        return MegaAccountBlocked(reason)
+
+    def _why_blocked(self, sid: str, deadline: Deadline) -> int | None:
+        """What 'whyamiblocked' answers: 0 not blocked, else the reason's code; None when
+        it could not be asked."""
+        # Alone in its request, as the SDK sends it (batchSeparately), so that the block
+        # itself does not refuse the question.
+        try:
+            answer = self._request({"a": "whyamiblocked"}, sid, deadline)
+        except MegaError:
+            return None
+        return answer if isinstance(answer, int) and not isinstance(answer, bool) else None
+
+    def _check_blocked(self, deadline: Deadline) -> None:
+        """Raise ``MegaAccountBlocked`` while the account is known to be blocked; when a
+        look is due, look: ask MEGA why with the session (the block is lifted on 0), or,
+        without one, let the log-in that follows tell."""
+        if self._blocked is None:
+            return
+        with self._blocked_lock:
+            if self._blocked is None:
+                return
+            reason, next_look = self._blocked
+            if time.monotonic() < next_look:
+                raise MegaAccountBlocked(reason)
+            # One caller looks; the others keep failing at once meanwhile.
+            self._blocked = (reason, time.monotonic() + self._blocked_recheck_s)
+        sid = self._sid
+        if sid is None:
+            return
+        code = self._why_blocked(sid, deadline)
+        if code is not None and code > 0:
+            raise MegaAccountBlocked(block_reason(code))
+        self._unblocked()
+
+    def _unblocked(self) -> None:
+        with self._blocked_lock:
+            was = self._blocked is not None
+            self._blocked = None
+        if was:
+            metrics.mega_account_blocked(False)
+            logger.info("MEGA account is no longer blocked")
+
     # -- log-in and session store ---------------------------------------------------------
 
     def _relogin(self, stale_sid: str, deadline: Deadline) -> None:
@@ -404,6 +543,7 @@ class MegaClient:
     def _adopt(self, session: CachedSession, source: str) -> None:
         self._master_key = list(session.master_key)
         self._user_handle = session.user_handle
+        self._link_base = None  # the account's flags, asked again in the new session
         self._sid = session.sid
         logger.info("MEGA session taken from %s", source)
 
@@ -412,6 +552,9 @@ class MegaClient:
         try:
             session = self._authenticate(deadline)
         except MegaApiError as exc:
+            if exc.code == EBLOCKED:
+                metrics.mega_login(ok=False)
+                raise self._block(None, deadline) from None
             if exc.code not in LOGIN_REASONS:
                 raise
             metrics.mega_login(ok=False)
@@ -425,6 +568,7 @@ class MegaClient:
             # The answer could not be decoded; its text may hold key material.
             raise MegaBadAnswer() from None
         metrics.mega_login(ok=True)
+        self._unblocked()
         self._adopt(session, "a fresh log-in")
         logger.info("logged in to MEGA")
         try:
@@ -438,16 +582,23 @@ class MegaClient:
         key derivation and key helpers."""
         password = self._password.get_secret_value()
         pre = self._request({"a": "us0", "user": self._email}, None, deadline)
+        # The account's version is its "v", as the SDK reads it (CommandPrelogin in
+        # src/commands.cpp): 2 needs a salt, 1 has none, anything else is not understood.
+        version = pre.get("v") if isinstance(pre, dict) else None
         salt = pre.get("s") if isinstance(pre, dict) else None
-        if isinstance(salt, str) and salt:  # a v2 account: PBKDF2-SHA512, 100,000 rounds
+        if version == 2:  # PBKDF2-SHA512, 100,000 rounds
+            if not isinstance(salt, str) or not salt:
+                raise MegaBadAnswer()
             derived = hashlib.pbkdf2_hmac(
                 "sha512", password.encode(), a32_to_str(base64_to_a32(salt)), 100000, 32
             )
             password_key = str_to_a32(derived[:16])
             user_hash = base64_url_encode(derived[16:])
-        else:  # a v1 account
-            password_key = prepare_key(str_to_a32(password))
+        elif version == 1:
+            password_key = prepare_key(js_string_words(password))
             user_hash = stringhash(self._email, password_key)
+        else:
+            raise MegaBadAnswer()
         command: dict[str, Any] = {"a": "us", "user": self._email, "uh": user_hash}
         if self._totp_secret is not None:
             command["mfa"] = totp(self._totp_secret.get_secret_value())
@@ -457,29 +608,66 @@ class MegaClient:
         master_key = list(decrypt_key(base64_to_a32(answer["k"]), password_key))
         user = answer.get("u")
         return CachedSession(
-            _session_id(answer, master_key), master_key, user if isinstance(user, str) else None
+            session_id(answer, master_key), master_key, user if isinstance(user, str) else None
         )
 
 
-def _session_id(answer: dict[str, Any], master_key: list[int]) -> str:
+SID_BYTES = 43  # include/mega/megaclient.h: SIDLEN = 2 * 16 + 8 * 4 / 3 + 1
+_HANDLE_IN_SID = slice(16, 27)  # the user's handle, 11 base64url characters
+
+
+def session_id(answer: dict[str, Any], master_key: list[int]) -> str:
     """The session id in a log-in answer: a temporary ``tsid`` checked against the master
     key, or ``csid`` encrypted with the account's RSA key (decrypted with its private key,
-    itself encrypted with the master key), as mega.py and the SDK read them."""
+    itself encrypted with the master key).
+
+    The decrypted number is read at a fixed width, its leading zero bytes kept: the SDK's
+    ``AsymmCipher::decrypt`` (``src/crypto/cryptopp.cpp``) takes the top 43 bytes of it
+    written in p's and q's byte lengths minus 2, and the web client left-pads it
+    (``crypto_rsadecrypt``). Stripping the zeros, as mega.py does, shifts the id of about
+    one log-in in 256. As the SDK does (``CommandLogin`` in ``src/commands.cpp``), the
+    user's handle inside the id must be the account's.
+    """
     if "tsid" in answer:
         tsid = base64_url_decode(answer["tsid"])
         if a32_to_str(encrypt_key(str_to_a32(tsid[:16]), master_key)) != tsid[-16:]:
             raise MegaBadAnswer()
         return str(answer["tsid"])
     private = a32_to_str(decrypt_key(base64_to_a32(answer["privk"]), master_key))
-    parts = []
+    parts, widths = [], []
     for _ in range(4):  # p, q, d, u as MPIs: a 2-byte bit length, then the number
         length = 2 + (int.from_bytes(private[:2], "big") + 7) // 8
         parts.append(mpi_to_int(private[:length]))
+        widths.append(length - 2)
         private = private[length:]
     p, q, d = parts[0], parts[1], parts[2]
     sid = pow(mpi_to_int(base64_url_decode(answer["csid"])), d, p * q)
-    raw = sid.to_bytes((sid.bit_length() + 7) // 8, "big")
-    return base64_url_encode(raw[:43])
+    width = max(widths[0] + widths[1] - 2, (sid.bit_length() + 7) // 8)
+    raw = sid.to_bytes(width, "big")[:SID_BYTES]
+    user = answer.get("u")
+    if len(raw) < SID_BYTES or not isinstance(user, str):
+        raise MegaBadAnswer()
+    try:
+        inside = base64_url_decode(raw[_HANDLE_IN_SID].decode("ascii"))
+    except (UnicodeDecodeError, ValueError):
+        raise MegaBadAnswer() from None
+    if inside != base64_url_decode(user):
+        raise MegaBadAnswer()
+    return base64_url_encode(raw)
+
+
+def js_string_words(text: str) -> list[int]:
+    """32-bit words of ``text`` packed as the web client's ``str_to_a32`` packs a string,
+    for v1 password keys: one byte lane per UTF-16 code unit, shifted into place in 32-bit
+    arithmetic (a unit above 0xFF spills its high byte into the lane before). The SDK does
+    the same from UTF-8 (``MegaClient::utf8_to_a32forjs`` in ``src/megaclient.cpp``), so
+    any password works; mega.py's ``str_to_a32`` accepts only Latin-1."""
+    utf16 = text.encode("utf-16-be")
+    words = [0] * ((len(utf16) // 2 + 3) // 4)
+    for index in range(len(utf16) // 2):
+        unit = int.from_bytes(utf16[2 * index : 2 * index + 2], "big")
+        words[index >> 2] |= (unit << (24 - 8 * (index & 3))) & 0xFFFFFFFF
+    return words
 
 
 def _error_in(value: Any) -> int | None:
@@ -501,7 +689,7 @@ def _result(content: bytes) -> Any:
         raise MegaBadAnswer() from None
     code = _error_in(answer)  # a request-level error (a number, or an object)
     if code is not None:
-        raise MegaApiError(code)
+        raise MegaApiError(code, whole_request=True)
     if isinstance(answer, int) and not isinstance(answer, bool):
         return answer
     if not isinstance(answer, list) or not answer:

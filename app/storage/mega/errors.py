@@ -2,11 +2,12 @@
 
 Every failure the client, the log-in and the upload path can meet is a ``MegaError``
 subclass, and each one carries its catalogue entry (``failure``): a ``Failure`` naming
-what to do (retry, log in again, restart the upload on a fresh URL, fail) and, for when
-it ends the request, the storage domain error and the client-safe message. Entries are
-constants and MEGA's codes map to them through typed tables (``API_CODES``,
-``UPLOAD_CODES``, ``http_failure``): nothing is looked up by a string key, so a typo is
-an ``AttributeError`` or ``NameError`` at import, not a silent default.
+what to do (retry, log in again, restart the upload on a fresh URL, fail) and how fast
+(``Pace``), and, for when it ends the request, the storage domain error and the
+client-safe message. Entries are constants and MEGA's codes map to them through typed
+tables (``API_CODES``, ``UPLOAD_CODES``, ``http_failure``, ``upload_http_failure``):
+nothing is looked up by a string key, so a typo is an ``AttributeError`` or
+``NameError`` at import, not a silent default.
 
 Codes and their meanings follow MEGA's own clients: the C++ SDK's ``include/mega/types.h``
 (the ``API_E*`` list) and ``src/transferslot.cpp`` (what the upload server's answers
@@ -77,10 +78,26 @@ def code_name(code: int) -> str:
 
 
 class Action(Enum):
-    RETRY = "retry"  # back off (exponential + jitter) and repeat, within attempts and deadline
+    RETRY = "retry"  # wait (see Pace) and repeat, within attempts and deadline
     RELOGIN = "relogin"  # log in again, then repeat the call once
     RESTART_UPLOAD = "restart_upload"  # upload path: fresh upload URL, send the file again
     FAIL = "fail"  # give up now
+
+
+class Pace(Enum):
+    """How long to wait before trying again, and whether the try counts (``retry.py``)."""
+
+    # The SDK's BackoffTimer (src/backofftimer.cpp): doubling with jitter, capped; counted
+    # against the policy's attempts.
+    BACKOFF = "backoff"
+    # MEGA asked to slow down: the web client's rate-limit waits (js/utils/api.js,
+    # errorHandler), which MEGA's clients keep up for as long as it takes; here until
+    # the deadline, not counted.
+    RATE_LIMIT = "rate_limit"
+    # The upload server's HTTP 429 and 503: the SDK's fixed 0.5 s and 5 s before the same
+    # piece again (src/transferslot.cpp, processRequestFailure); not counted either.
+    UPLOAD_SLOW_DOWN = "upload_slow_down"
+    UPLOAD_BUSY = "upload_busy"
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +107,7 @@ class Failure:
     action: Action
     error: type[StorageError]
     message: str
+    pace: Pace = Pace.BACKOFF
 
 
 _TEMPORARY = "MEGA is temporarily unavailable ({name})"
@@ -106,11 +124,20 @@ CHUNK_RESEND = Failure(Action.RETRY, UpstreamRejected, "MEGA could not check a p
 STORAGE_FULL = Failure(Action.FAIL, StorageFull, "MEGA storage quota exceeded ({name})")
 TRANSFER_QUOTA = Failure(Action.FAIL, UpstreamRejected, "MEGA transfer quota exceeded")
 SERVER_ERROR = Failure(Action.RETRY, UpstreamRejected, "MEGA answered with a server error")
-SLOW_DOWN = Failure(Action.RETRY, UpstreamRejected, "MEGA asked to slow down")
+RATE_LIMITED = Failure(
+    Action.RETRY, UpstreamRejected, "MEGA asked to slow down ({name})", Pace.RATE_LIMIT
+)
+UPLOAD_SLOW_DOWN = Failure(
+    Action.RETRY, UpstreamRejected, "MEGA asked to slow down", Pace.UPLOAD_SLOW_DOWN
+)
+UPLOAD_BUSY = Failure(
+    Action.RETRY, UpstreamRejected, "MEGA's upload server was busy", Pace.UPLOAD_BUSY
+)
 CONNECTION = Failure(Action.RETRY, StorageUnavailable, "could not connect to MEGA")
 TIMEOUT = Failure(Action.RETRY, StorageTimeout, "MEGA did not answer in time")
 BAD_ANSWER = Failure(Action.FAIL, UpstreamRejected, "MEGA sent an answer that could not be read")
 LOGIN_REFUSED = Failure(Action.FAIL, StorageLoginFailed, "MEGA login failed: {name}")
+ACCOUNT_BLOCKED = Failure(Action.FAIL, StorageUnavailable, "the MEGA account is blocked ({name})")
 LOGGING_IN = Failure(
     Action.FAIL, StorageUnavailable, "the service is logging in to MEGA; try again shortly"
 )
@@ -142,7 +169,7 @@ UNEXPECTED = Failure(Action.FAIL, UpstreamRejected, _REJECTED)
 # What an API answer's code means (a whole request's, or one command's).
 API_CODES: dict[int, Failure] = {
     EAGAIN: TEMPORARY,
-    ERATELIMIT: TEMPORARY,
+    ERATELIMIT: RATE_LIMITED,
     ETEMPUNAVAIL: TEMPORARY,
     ETOOMANYCONNECTIONS: TEMPORARY,
     ESID: SESSION_GONE,
@@ -158,12 +185,14 @@ API_CODES: dict[int, Failure] = {
 # What the upload server's codes mean: they are the API's numbers, but not its meanings.
 # src/transferslot.cpp: -4 ("cannot be continued on that server") fails the transfer with
 # API_EAGAIN, and src/transfer.cpp retries an API_EAGAIN transfer from the start on a fresh
-# URL, as it does -6; -14 (integrity check failed) puts the same piece back to be sent
-# again. js/transfers/upload2.js does the same.
+# URL, as it does -6 and -7 (File::failed in src/file.cpp lets every code but a few
+# restart); -14 (integrity check failed) puts the same piece back to be sent again.
+# js/transfers/upload2.js does the same ("$FATAL" for all of them but EKEY).
 UPLOAD_CODES: dict[int, Failure] = {
     EAGAIN: UPLOAD_RESTART,
     ERATELIMIT: UPLOAD_RESTART,
     ETOOMANY: UPLOAD_RESTART,
+    ERANGE: UPLOAD_RESTART,
     EKEY: CHUNK_RESEND,
     EEXPIRED: UPLOAD_URL_DEAD,
     EFAILED: UPLOAD_RESTART,
@@ -175,22 +204,57 @@ UPLOAD_CODES: dict[int, Failure] = {
 # Why MEGA refused a log-in, by the code 'us' answered.
 LOGIN_REASONS: dict[int, str] = {
     ENOENT: "wrong email or password",
-    EBLOCKED: "the account is blocked",
     EMFAREQUIRED: "the account has two-factor authentication; set MEGA_TOTP_SECRET",
 }
 
 
+# Why MEGA blocked the account, by what 'whyamiblocked' answers (the SDK's megaapi.h,
+# ACCOUNT_BLOCKED_*, and the texts of MegaApiImpl::whyamiblocked_result).
+BLOCK_REASONS: dict[int, str] = {
+    200: "suspended for copyright violations; see the account's email",
+    300: "terminated for a breach of MEGA's terms of service",
+    400: "disabled by its business account administrator",
+    401: "removed by its business account administrator",
+    500: "blocked until it is verified by SMS",
+    700: "temporarily suspended: verify its email address and follow the steps MEGA sent",
+}
+BLOCKED_UNKNOWN = "MEGA did not say why"
+
+
+def block_reason(code: int | None) -> str:
+    """The reason for a 'whyamiblocked' code (None: it could not be asked)."""
+    if code is None:
+        return BLOCKED_UNKNOWN
+    return BLOCK_REASONS.get(code, BLOCK_REASONS[300] if code > 0 else BLOCKED_UNKNOWN)
+
+
 def http_failure(status: int) -> Failure:
-    """What an unexpected HTTP status means."""
-    if status in (403, 404):  # an upload URL that expired or never existed
+    """What an unexpected HTTP status of the API means.
+
+    MEGA's clients try every one of them again: the SDK resends the request after its
+    backoff whatever the status (``MegaClient::exec``: 500 "servers busy", anything else
+    "unknown", a 402 without ``X-Hashcash`` too), and the web client reads any status but
+    200 as a rate limit (``MEGAPIRequest.finish`` in ``js/utils/api.js``).
+    """
+    if status == 429:
+        return RATE_LIMITED
+    return SERVER_ERROR
+
+
+def upload_http_failure(status: int) -> Failure:
+    """What an HTTP status of the upload server means, as the SDK reads it
+    (``TransferSlot::processRequestFailure`` in ``src/transferslot.cpp``): 403 and 404 a
+    dead upload URL, 509 the transfer quota, 429 and 503 a wait before the same piece
+    again, anything else the same piece again after the backoff."""
+    if status in (403, 404):
         return UPLOAD_URL_DEAD
     if status == 429:
-        return SLOW_DOWN
+        return UPLOAD_SLOW_DOWN
+    if status == 503:
+        return UPLOAD_BUSY
     if status == 509:
         return TRANSFER_QUOTA
-    if 500 <= status < 600:
-        return SERVER_ERROR
-    return REJECTED
+    return SERVER_ERROR
 
 
 # -- the failures ---------------------------------------------------------------
@@ -204,10 +268,11 @@ class MegaError(Exception):
 
 
 class MegaApiError(MegaError):
-    """MEGA answered a command, or a whole request, with an error code."""
+    """MEGA answered a command, or a whole request (``whole_request``), with an error code."""
 
-    def __init__(self, code: int) -> None:
+    def __init__(self, code: int, *, whole_request: bool = False) -> None:
         self.code = code
+        self.whole_request = whole_request
         self.name = code_name(code)
         self.failure = API_CODES.get(code, REJECTED)
         super().__init__(f"MEGA answered {self.name} ({code})")
@@ -251,6 +316,18 @@ class MegaLoginError(MegaError):
         super().__init__(f"MEGA login failed: {reason}{suffix}")
 
 
+class MegaAccountBlocked(MegaError):
+    """MEGA blocked the account (-16): a state of the account, as the SDK keeps it
+    (``MegaClient::block``), not a refused password; it may be lifted."""
+
+    failure = ACCOUNT_BLOCKED
+    name = "account_blocked"
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(ACCOUNT_BLOCKED.message.format(name=reason))
+
+
 class MegaLoggingIn(MegaError):
     """A log-in (with its proof of work) is running elsewhere and did not end in time."""
 
@@ -262,12 +339,13 @@ class MegaLoggingIn(MegaError):
 
 
 class MegaHttpError(MegaError):
-    """An answer with an unexpected HTTP status (5xx, 429, 403 on an upload URL ...)."""
+    """An answer with an unexpected HTTP status, from the API or (``upload``) from the
+    upload server (5xx, 429, 403 on an upload URL ...)."""
 
-    def __init__(self, status: int) -> None:
+    def __init__(self, status: int, *, upload: bool = False) -> None:
         self.status = status
         self.name = f"HTTP_{status}"
-        self.failure = http_failure(status)
+        self.failure = upload_http_failure(status) if upload else http_failure(status)
         super().__init__(f"MEGA answered HTTP {status}")
 
 
@@ -290,6 +368,18 @@ class MegaBadAnswer(MegaError):
 
     def __init__(self) -> None:
         super().__init__(BAD_ANSWER.message)
+
+
+class MegaBadUploadAnswer(MegaError):
+    """The upload server answered a piece with something that is neither an
+    acknowledgement, a token nor an error code. The web client starts the upload again on a
+    fresh URL (``onXHRready`` in ``js/transfers/upload2.js``: "$FATAL", ``ulmanager.restart``)."""
+
+    failure = UPLOAD_RESTART
+    name = "bad_upload_answer"
+
+    def __init__(self) -> None:
+        super().__init__("MEGA's upload server sent an answer that could not be read")
 
 
 class InsecureUploadUrl(MegaError):
@@ -397,6 +487,8 @@ def to_storage_error(exc: BaseException) -> StorageError:
         return DEADLINE.error(DEADLINE.message.format(name=f"{exc.deadline_s:g}"))
     if isinstance(exc, MegaLoginError):
         return LOGIN_REFUSED.error(LOGIN_REFUSED.message.format(name=exc.reason))
+    if isinstance(exc, MegaAccountBlocked):
+        return ACCOUNT_BLOCKED.error(str(exc))
     failure = failure_of(exc)
     shown = exc.name if isinstance(exc, MegaError) else "unexpected error"
     return failure.error(failure.message.format(name=shown))

@@ -14,7 +14,7 @@ import secrets
 from collections.abc import Callable
 from typing import Any
 
-from mega.crypto import a32_to_base64, base64_to_a32, decrypt_key, encrypt_key, make_id
+from mega.crypto import a32_to_base64, base64_to_a32, decrypt_key, encrypt_key
 
 from .crypto import attribute_block, bytes_a32, read_attribute_block
 from .errors import MegaBadAnswer
@@ -115,7 +115,7 @@ def _make_folder(client: ApiClient, name: str, parent: str, deadline: Deadline |
         {
             "a": "p",
             "t": parent,
-            "i": make_id(10),
+            "i": client.session_tag,
             "n": [
                 {
                     "h": "xxxxxxxx",

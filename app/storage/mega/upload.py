@@ -23,6 +23,12 @@ and crashes on files whose last chunk is 16 bytes or shorter. Here:
 * the upload URL is asked for with ``ssl: 2`` as the SDK does (``CommandPutFile`` in
   ``src/commands.cpp``), and an ``http://`` URL is refused when the API is ``https://``:
   file data and the completion token never cross the internet unencrypted;
+* with ``v: 2``, the web client's upload protocol; the upload server's answers are read
+  as bytes in every form MEGA's clients know (``upload_answer``), and a completion token
+  in hand completes the upload even while another region is still being retried, as the
+  SDK does (``TransferSlot::doio``);
+* the fingerprint MEGA's apps read (``c``, ``fingerprint.py``) is taken from each
+  region's plaintext as it is read, before it is encrypted in place;
 * everything runs against one ``Deadline``, after which the upload is given up; the
   API calls (``u``, ``p``, ``l``) and every POST are cut to it too. Time spent waiting
   for a streamed body's bytes does not count: the deadline bounds MEGA's work, and a
@@ -34,6 +40,7 @@ ones in flight and the one being read), each ``region_bytes`` plus one AES block
 
 from __future__ import annotations
 
+import base64
 import logging
 import re
 import threading
@@ -43,7 +50,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
-from mega.crypto import a32_to_base64, encrypt_key, make_id
+from mega.crypto import a32_to_base64, encrypt_key
 
 from app.storage.base import BodyStream
 
@@ -63,21 +70,25 @@ from .errors import (
     InsecureUploadUrl,
     MegaApiError,
     MegaBadAnswer,
+    MegaBadUploadAnswer,
     MegaChunkError,
     MegaDeadlineExceeded,
     MegaError,
     StreamCannotRestart,
     action_for,
 )
+from .fingerprint import Fingerprint, fingerprint_attribute
 from .retry import Deadline, RetryPolicy, call_with_retries
 from .settings import default_retry_policy, setting_default
 
 logger = logging.getLogger(__name__)
 
 MiB = 1024 * 1024
-LINK_BASE = "https://mega.nz/file/"
-_COMPLETION = re.compile(r"^[A-Za-z0-9_-]{36}$")
-_ERROR_CODE = re.compile(r"^-\d{1,3}$")
+TOKEN_BYTES = 36  # include/mega/types.h: UPLOADTOKENLEN
+_TEXT_TOKEN = re.compile(rb"^[A-Za-z0-9_-]{36}$")
+_ERROR_CODE = re.compile(rb"^-\d{1,3}$")
+# The upload protocol asked for with 'u': the web client's and megajs' version.
+UPLOAD_PROTOCOL = 2
 # After the deadline, how long to wait for in-flight POSTs whose own timeouts are already
 # cut to the deadline.
 _DEADLINE_GRACE_S = 1.0
@@ -92,9 +103,15 @@ class ApiClient(Protocol):
     @property
     def secure(self) -> bool: ...
 
+    @property
+    def session_tag(self) -> str: ...
+
+    @property
+    def link_base(self) -> str: ...
+
     def api(self, command: dict[str, Any], deadline: Deadline | None = None) -> Any: ...
 
-    def post_region(self, url: str, body: memoryview | bytes, deadline: Deadline) -> str: ...
+    def post_region(self, url: str, body: memoryview | bytes, deadline: Deadline) -> bytes: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,10 +132,12 @@ class UploadLimits:
 
 @dataclass(frozen=True, slots=True)
 class SentFile:
-    """A file the upload server holds, not yet a node: the completion handle and key."""
+    """A file the upload server holds, not yet a node: the completion handle, the key,
+    and the CRC part of its fingerprint (``fingerprint.Fingerprint``)."""
 
     completion: str
     node_key: A32
+    crc: bytes
 
 
 class UploadUrlDead(MegaError):
@@ -263,8 +282,11 @@ def send(
         deadline.check(last)
         url = _upload_url(client, size, deadline)
         macs = MacAccumulator(file_key)
+        fingerprint = Fingerprint(size)
         try:
-            completion = _send_regions(client, url, source, plan, file_key, macs, limits, deadline)
+            completion = _send_regions(
+                client, url, source, plan, file_key, macs, fingerprint, limits, deadline
+            )
         except UploadUrlDead as dead:
             last = dead.cause
             if not source.rewind():
@@ -280,9 +302,74 @@ def send(
                 limits.restarts,
             )
             continue
-        return SentFile(completion=completion, node_key=node_key(file_key, macs.meta_mac()))
+        return SentFile(
+            completion=completion,
+            node_key=node_key(file_key, macs.meta_mac()),
+            crc=fingerprint.crc(),
+        )
     assert last is not None
     raise last
+
+
+@dataclass(frozen=True, slots=True)
+class PlacedNode:
+    """A node 'p' made: its handle, and the folder MEGA put it in (None if not said)."""
+
+    handle: str
+    parent: str | None
+
+
+def put_file_node(
+    client: ApiClient,
+    folder_id: str,
+    sent: SentFile,
+    filename: str,
+    deadline: Deadline | None = None,
+    *,
+    mtime: int | None = None,
+) -> PlacedNode:
+    """Turn a completed upload into a file node named ``filename`` in ``folder_id``, with
+    the fingerprint MEGA's apps read (``c``) dated ``mtime`` (Unix seconds; default now,
+    the upload time).
+
+    MEGA may put it elsewhere: into the rubbish bin when ``folder_id`` was removed
+    (``CommandPutNodes::procresult`` in the SDK's ``src/commands.cpp``); ``parent`` says.
+    """
+    key = sent.node_key
+    aes_key = (key[0] ^ key[4], key[1] ^ key[5], key[2] ^ key[6], key[3] ^ key[7])
+    # The attributes the SDK writes for an upload, in its order: the fingerprint, then the
+    # name (File::sendPutnodesOfUpload in src/file.cpp; AttrMap keeps keys sorted).
+    attributes = {
+        "c": fingerprint_attribute(sent.crc, int(time.time()) if mtime is None else mtime),
+        "n": filename,
+    }
+    answer = client.api(
+        {
+            "a": "p",
+            "t": folder_id,
+            # The client's session tag (see MegaClient.session_tag); a resent 'p' is known
+            # to MEGA by its request id.
+            "i": client.session_tag,
+            "n": [
+                {
+                    "h": sent.completion,
+                    "t": 0,
+                    "a": attribute_block(attributes, aes_key),
+                    "k": a32_to_base64(encrypt_key(key, client.master_key)),
+                }
+            ],
+        },
+        deadline,
+    )
+    try:
+        node = answer["f"][0]
+        handle = node["h"]
+    except (TypeError, KeyError, IndexError):
+        raise MegaBadAnswer() from None
+    if not isinstance(handle, str) or not handle:
+        raise MegaBadAnswer()
+    parent = node.get("p")
+    return PlacedNode(handle, parent if isinstance(parent, str) else None)
 
 
 def put_node(
@@ -291,44 +378,22 @@ def put_node(
     sent: SentFile,
     filename: str,
     deadline: Deadline | None = None,
+    *,
+    mtime: int | None = None,
 ) -> str:
-    """Turn a completed upload into a file node named ``filename`` in ``folder_id``."""
-    key = sent.node_key
-    aes_key = (key[0] ^ key[4], key[1] ^ key[5], key[2] ^ key[6], key[3] ^ key[7])
-    answer = client.api(
-        {
-            "a": "p",
-            "t": folder_id,
-            # A request id lets MEGA recognise a resent 'p' instead of making a twin node.
-            "i": make_id(10),
-            "n": [
-                {
-                    "h": sent.completion,
-                    "t": 0,
-                    "a": attribute_block({"n": filename}, aes_key),
-                    "k": a32_to_base64(encrypt_key(key, client.master_key)),
-                }
-            ],
-        },
-        deadline,
-    )
-    try:
-        handle = answer["f"][0]["h"]
-    except (TypeError, KeyError, IndexError):
-        raise MegaBadAnswer() from None
-    if not isinstance(handle, str) or not handle:
-        raise MegaBadAnswer()
-    return handle
+    """``put_file_node``'s handle."""
+    return put_file_node(client, folder_id, sent, filename, deadline, mtime=mtime).handle
 
 
 def export_link(
     client: ApiClient, node_handle: str, key: A32, deadline: Deadline | None = None
 ) -> str:
-    """Publish the node and build the link MEGA's web client and mega.py open."""
+    """Publish the node and build the link MEGA's web client and mega.py open, on the
+    account's site (``client.link_base``)."""
     public = client.api({"a": "l", "n": node_handle}, deadline)
     if not isinstance(public, str) or not public:
         raise MegaBadAnswer()
-    return f"{LINK_BASE}{public}#{a32_to_base64(key)}"
+    return f"{client.link_base}{public}#{a32_to_base64(key)}"
 
 
 # -- internals ---------------------------------------------------------------------
@@ -336,8 +401,10 @@ def export_link(
 
 def _upload_url(client: ApiClient, size: int, deadline: Deadline) -> str:
     # "ssl": 2 asks for an https upload URL, as the SDK always does; without it MEGA may
-    # answer with http:// ones (src/commands.cpp, CommandPutFile).
-    answer = client.api({"a": "u", "s": size, "ssl": 2}, deadline)
+    # answer with http:// ones (src/commands.cpp, CommandPutFile). "v": 2 is the upload
+    # protocol the web client (js/transfers/upload2.js, ulStart) and megajs speak; the
+    # answers of every version are read (upload_answer).
+    answer = client.api({"a": "u", "s": size, "ssl": 2, "v": UPLOAD_PROTOCOL}, deadline)
     url = answer.get("p") if isinstance(answer, dict) else None
     if not isinstance(url, str) or not url.startswith(("http://", "https://")):
         raise MegaBadAnswer()
@@ -353,10 +420,12 @@ def _send_regions(
     plan: list[tuple[int, int]],
     file_key: FileKey,
     macs: MacAccumulator,
+    fingerprint: Fingerprint,
     limits: UploadLimits,
     deadline: Deadline,
 ) -> str:
     """Send every region of ``plan`` to ``url`` through the pipeline; the completion handle.
+    The fingerprint takes each region's plaintext as it is read, in file order.
 
     This thread reads the source into a free buffer and hands it to a worker, which seals
     it (MAC, then CTR in place) and POSTs it with retries. At most ``limits.parallel``
@@ -367,8 +436,10 @@ def _send_regions(
     biggest = max(length for _, length in plan)
     free: list[bytearray] = []
     buffers = 0
-    in_flight: dict[Future[tuple[dict[int, bytes], str | None]], tuple[bytearray, int]] = {}
+    in_flight: dict[Future[str | None], tuple[bytearray, int]] = {}
     completion: str | None = None
+    # Chunk MACs by region, kept as soon as a region is sealed, whatever its POST does.
+    sealed: dict[int, dict[int, bytes]] = {}
 
     def collect(block: bool) -> None:
         nonlocal completion
@@ -376,25 +447,33 @@ def _send_regions(
         done, _ = wait(in_flight, timeout=timeout, return_when=FIRST_COMPLETED)
         if block and not done:
             raise MegaDeadlineExceeded(0, deadline.seconds, None)
-        for future in done:
+        # Answers before failures: a token that arrived settles the failures beside it.
+        for future in sorted(done, key=lambda f: f.exception() is not None):
             free.append(in_flight.pop(future)[0])
-            region_macs, answer = future.result()  # a region's failure ends the attempt
-            macs.add_macs(region_macs)
+            if future.exception() is not None and completion is not None:
+                # The token is in hand: MEGA has the whole file, this region included,
+                # whatever became of this POST's answer. The SDK completes then, taking
+                # the MACs of regions not confirmed yet ("could be a network error getting
+                # the result, even though it succeeded server side", TransferSlot::doio in
+                # src/transferslot.cpp).
+                continue
+            answer = future.result()  # a region's failure, token not in hand, ends the try
             completion = answer or completion
+            if completion is not None:
+                stop.set()  # regions still retrying need not: end their waits
 
     def too_far(end: int) -> bool:
         earliest = min((offset for _, offset in in_flight.values()), default=end)
         return end - earliest > limits.window_bytes
 
-    def job(buffer: bytearray, offset: int, length: int) -> tuple[dict[int, bytes], str | None]:
+    def job(buffer: bytearray, offset: int, length: int) -> str | None:
         if stop.is_set():
             raise _Stopped()
-        region_macs = seal_region(file_key, offset, buffer, length)
+        sealed[offset] = seal_region(file_key, offset, buffer, length)
         # A memoryview goes to the socket without a copy; an empty body must be bytes, or
         # requests would switch to chunked transfer encoding.
         body: memoryview | bytes = memoryview(buffer)[:length] if length else b""
-        answer = _post_with_retries(client, url, offset, body, limits, deadline, stop)
-        return region_macs, answer
+        return _post_with_retries(client, url, offset, body, limits, deadline, stop)
 
     pool = ThreadPoolExecutor(limits.parallel, thread_name_prefix="mega-upload")
     try:
@@ -410,6 +489,7 @@ def _send_regions(
                 buffer = bytearray(biggest + BLOCK)
                 buffers += 1
             source.read_into(memoryview(buffer)[:length])
+            fingerprint.add(memoryview(buffer)[:length])  # before it is encrypted in place
             in_flight[pool.submit(job, buffer, offset, length)] = (buffer, offset)
         while in_flight:
             collect(block=True)
@@ -424,6 +504,8 @@ def _send_regions(
         # Every region was accepted, yet the server does not consider the file
         # complete: some bytes were lost on its side. Only a fresh start helps.
         raise UploadUrlDead(MegaApiError(EAGAIN))
+    for region_macs in sealed.values():
+        macs.add_macs(region_macs)
     return completion
 
 
@@ -443,11 +525,16 @@ def _post_with_retries(
         if stop.is_set():
             raise _Stopped()
         try:
-            return _answer(client.post_region(f"{url}/{offset}", body, deadline))
+            return upload_answer(client.post_region(f"{url}/{offset}", body, deadline))
         except MegaError as exc:
             if action_for(exc) is Action.RESTART_UPLOAD:
                 raise UploadUrlDead(exc) from None
             raise
+
+    def pause(seconds: float) -> None:
+        # A torn-down pipeline (a failure elsewhere, or the upload complete) ends the wait.
+        if stop.wait(seconds):
+            raise _Stopped()
 
     return call_with_retries(
         post,
@@ -455,16 +542,35 @@ def _post_with_retries(
         deadline,
         retryable=lambda exc: action_for(exc) is Action.RETRY,
         what=f"MEGA upload of region at {offset}",
+        sleep=pause,
     )
 
 
-def _answer(text: str) -> str | None:
-    """An upload server answer: None while the file is incomplete, the completion handle
-    at the end; an error code raises ``MegaChunkError``."""
-    if not text:
+def upload_answer(body: bytes) -> str | None:
+    """What the upload server's answer to a piece says: None while the file is incomplete,
+    the completion token (as 'p' takes it) once it is complete; an error code raises
+    ``MegaChunkError``, anything else ``MegaBadUploadAnswer``.
+
+    Every protocol version's forms are read, as bytes:
+
+    * an empty body, or "0" (the SDK's acknowledgement, ``TransferSlot::doio`` in
+      ``src/transferslot.cpp``): the piece was taken;
+    * 36 bytes: the token. A binary one ends in byte 1 and goes to 'p' base64url-encoded;
+      otherwise it is the legacy 36-character text token, used as it is (the web client's
+      rule, ``onXHRready`` in ``js/transfers/upload2.js``);
+    * "-N": an error code (``ulStrError``; ``atoi`` in the SDK).
+    """
+    if len(body) == TOKEN_BYTES:
+        if body[-1] == 1:
+            return base64.urlsafe_b64encode(body).decode("ascii").rstrip("=")
+        if _TEXT_TOKEN.match(body):
+            return body.decode("ascii")
+        raise MegaBadUploadAnswer()
+    text = body.strip()
+    if text in (b"", b"0"):
         return None
     if _ERROR_CODE.match(text):
         raise MegaChunkError(int(text))
-    if not _COMPLETION.match(text):
-        raise MegaBadAnswer()
-    return text
+    if _TEXT_TOKEN.match(text):  # a text token with a line end
+        return text.decode("ascii")
+    raise MegaBadUploadAnswer()

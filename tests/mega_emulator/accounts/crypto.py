@@ -10,8 +10,8 @@ unmodified client decodes what the emulator hands out:
 * the master key is sent AES-ECB encrypted with the password key;
 * the RSA private key is sent as the MPIs p, q, d, u concatenated, padded to
   16 bytes and AES-ECB encrypted with the master key;
-* the session id is sent RSA encrypted (``csid``); the client keeps the first
-  43 bytes of the decrypted number as its sid.
+* the session id is sent RSA encrypted (``csid``), padded to the modulus' length
+  minus 2 bytes; clients keep the first 43 bytes of that fixed width as the sid.
 """
 
 from __future__ import annotations
@@ -36,10 +36,23 @@ def _words(data: bytes) -> bytes:
     return data + b"\0" * (-len(data) % 4)
 
 
+def js_string_bytes(text: str) -> bytes:
+    """A string as the web client's ``str_to_a32`` packs it, which the SDK copies for v1
+    passwords (``MegaClient::utf8_to_a32forjs`` in ``src/megaclient.cpp``): one byte lane
+    per UTF-16 code unit, each unit shifted into its lane in 32-bit arithmetic, so the
+    high byte of a unit above 0xFF is ORed into the lane before it."""
+    utf16 = text.encode("utf-16-be")
+    units = [int.from_bytes(utf16[i : i + 2], "big") for i in range(0, len(utf16), 2)]
+    words = [0] * ((len(units) + 3) // 4)
+    for index, unit in enumerate(units):
+        words[index // 4] |= (unit << (24 - 8 * (index % 4))) & 0xFFFFFFFF
+    return struct.pack(f">{len(words)}I", *words)
+
+
 def v1_password_key(password: str) -> bytes:
-    """MEGA's prepare_key. A single-block CBC with a zero IV is plain ECB, so
-    one cipher per 16-byte password slice is enough (and much faster)."""
-    raw = _words(password.encode("latin-1"))
+    """MEGA's prepare_key over any password (``MegaClient::pw_key``). A single-block
+    CBC with a zero IV is plain ECB, so one cipher per 16-byte slice is enough."""
+    raw = js_string_bytes(password)
     slices = [raw[i : i + 16].ljust(16, b"\0") for i in range(0, len(raw), 16)]
     ciphers = [AES.new(key, AES.MODE_ECB) for key in slices]
     pkey = _V1_INITIAL_KEY
@@ -101,19 +114,33 @@ def generate_rsa_key(bits: int = 2048) -> RsaKey:
     return RsaKey(p=p, q=q, d=numbers.d, e=numbers.public_numbers.e, u=pow(p, -1, q))
 
 
-def new_session_secret() -> bytes:
-    """43 random bytes with a non-zero first byte: the client turns the
-    decrypted integer into hex without leading zeros, so a zero first byte
-    would shift the sid it extracts."""
+def new_session_secret(user_handle: str, leading_zero: bool = False) -> bytes:
+    """A session id as MEGA makes it: 43 bytes, the user's handle (11 base64url
+    characters) at bytes 16-26, which the SDK checks after decrypting (``CommandLogin``
+    in ``src/commands.cpp``: "check that the user's handle included in the session matches
+    the own user's handle").
+
+    MEGA's first byte is random, so about one session id in 256 begins with a zero byte;
+    here it does when ``leading_zero`` is asked for, never otherwise, so that stock clients
+    which drop leading zeros (mega.py) do not fail one log-in in 256 at random.
+    """
+    handle = user_handle.encode("ascii")
+    if len(handle) != 11:
+        raise ValueError("a user handle is 11 base64url characters")
     while True:
-        secret = os.urandom(SID_BYTES)
+        secret = os.urandom(16) + handle + os.urandom(SID_BYTES - 27)
+        if leading_zero:
+            return b"\0" + secret[1:]
         if secret[0]:
             return secret
 
 
 def encrypt_session_id(key: RsaKey, secret: bytes) -> str:
-    """csid: the secret followed by random filler, short enough to stay below
-    the modulus, raw-RSA encrypted and MPI encoded."""
-    filler_len = (key.n.bit_length() - 1) // 8 - len(secret)
-    plain = int.from_bytes(secret + os.urandom(filler_len), "big")
+    """csid: the secret followed by random filler up to the modulus' length minus 2
+    bytes, raw-RSA encrypted and MPI encoded. The length is the web client's
+    (``crypto_rsaencrypt``: "random padding up to pubkey's byte length minus 2"), and the
+    one the SDK reads the session id at (``AsymmCipher::decrypt`` in
+    ``src/crypto/cryptopp.cpp``: p's and q's byte lengths minus 2), leading zeros kept."""
+    length = (key.n.bit_length() + 7) // 8 - 2
+    plain = int.from_bytes(secret + os.urandom(length - len(secret)), "big")
     return b64url_encode(mpi_encode(pow(plain, key.e, key.n)))
