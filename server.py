@@ -54,14 +54,14 @@ def _refused(error: StorageLoginFailed) -> None:
 
 
 def _configure_logging(settings: Settings) -> None:
-    configure_logging(settings.log_level, settings.log_format)
+    configure_logging(settings.serving.log_level, settings.serving.log_format)
     secrets = [
-        settings.auth_token,
-        settings.mega_password,
-        settings.mega_totp_secret,
-        settings.mega_session,
-        settings.ticket_secret,
-        settings.metrics_token,
+        settings.access.auth_token,
+        settings.mega.password,
+        settings.mega.totp_secret,
+        settings.mega.session,
+        settings.access.ticket_secret,
+        settings.access.metrics_token,
         settings.redis_url,
     ]
     install_redaction(secret.get_secret_value() for secret in secrets if secret is not None)
@@ -115,12 +115,18 @@ def _development_settings() -> tuple[Settings, list[str]]:
     if "storage_backend" in overrides:
         notes.append(
             "STORAGE_BACKEND and MEGA_EMAIL are not set; storing files on local disk in "
-            f"{settings.local_storage_dir.resolve()}"
+            f"{settings.local.storage_dir.resolve()}"
         )
     if "PUBLIC_BASE_URL" not in configured and settings.storage_backend == "local":
         # Never from the request's Host header, which any client chooses.
-        host = "localhost" if settings.host in {"0.0.0.0", "::", "127.0.0.1"} else settings.host
-        settings = load_settings(**overrides, public_base_url=f"http://{host}:{settings.port}")
+        host = (
+            "localhost"
+            if settings.serving.host in {"0.0.0.0", "::", "127.0.0.1"}
+            else settings.serving.host
+        )
+        settings = load_settings(
+            **overrides, public_base_url=f"http://{host}:{settings.serving.port}"
+        )
         notes.append(f"PUBLIC_BASE_URL is not set; links point at {settings.public_base_url}")
     return settings, notes
 
@@ -161,11 +167,11 @@ def main() -> None:
         print(f"paimon-server (development run): {note}", file=sys.stderr, flush=True)
     uvicorn.run(
         _create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
+        host=settings.serving.host,
+        port=settings.serving.port,
+        log_level=settings.serving.log_level,
         # With JSON logs, uvicorn's loggers keep the JSON handler configure_logging gave them.
-        log_config=None if settings.log_format == "json" else uvicorn.config.LOGGING_CONFIG,
+        log_config=None if settings.serving.log_format == "json" else uvicorn.config.LOGGING_CONFIG,
         timeout_graceful_shutdown=30,
         # The request-head limits and per-address connection cap (app/serving/protocol.py).
         http=limited_protocol(settings),

@@ -1,4 +1,11 @@
-"""Settings: one typed class, read from the environment and an optional ``.env`` file.
+"""Settings: one typed model per concern, read from the environment and an optional ``.env``.
+
+``Settings`` holds the service-wide values and one nested model for each part of the
+service: ``access`` (who may upload and how much), ``intake`` (taking bodies in),
+``serving`` (how it meets the network), ``mega`` and ``local`` (the two backends). Each
+model states its own defaults; the code that uses a value reads it from here, never
+restating it. Environment variable names are the field names in capitals, with the
+model's prefix (``MEGA_``, ``LOCAL_``) where it has one.
 
 Everything is validated at start-up. A bad value stops the service with one line that
 names the variable (see ``load_settings``), never with a traceback and never with the
@@ -11,7 +18,7 @@ import re
 import secrets
 import tempfile
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import redis
 from pydantic import ByteSize, Field, SecretStr, ValidationError, field_validator, model_validator
@@ -25,22 +32,23 @@ SESSION_PREFIX = "mega-session-v1."
 # Values people paste from examples and forget to change; running with one of them
 # would publish the service to anyone who read the same example.
 _PLACEHOLDER = re.compile(r"change|example|placeholder|your[-_ ]|secret|xxxx|token-here", re.I)
+_HTTP_URL = re.compile(r"https?://[^\s/?#]+(/[^\s?#]*)?")
 
 _HINTS = {
-    "auth_token": (
+    "AUTH_TOKEN": (
         f"set it to a random secret of at least {MIN_TOKEN_LENGTH} characters, e.g. the output of "
         'python -c "import secrets; print(secrets.token_urlsafe(32))"'
     ),
-    "storage_backend": "use 'mega' or 'local'",
-    "mega_email": "set MEGA_EMAIL and MEGA_PASSWORD, or STORAGE_BACKEND=local",
-    "mega_password": "set MEGA_EMAIL and MEGA_PASSWORD, or STORAGE_BACKEND=local",
-    "mega_session": "print a fresh one with: python server.py mega-session",
-    "max_upload_bytes": "give a size such as 1073741824, 500MB or 2GiB",
-    "cors_origins": "e.g. CORS_ORIGINS=https://example.com,https://app.example.org",
-    "log_level": "use one of critical, error, warning, info, debug",
-    "log_format": "use text or json",
-    "ticket_secret": "set it to a random secret of at least 32 characters",
-    "redis_url": "e.g. redis://localhost:6379/0",
+    "STORAGE_BACKEND": "use 'mega' or 'local'",
+    "MEGA_EMAIL": "set MEGA_EMAIL and MEGA_PASSWORD, or STORAGE_BACKEND=local",
+    "MEGA_PASSWORD": "set MEGA_EMAIL and MEGA_PASSWORD, or STORAGE_BACKEND=local",
+    "MEGA_SESSION": "print a fresh one with: python server.py mega-session",
+    "MAX_UPLOAD_BYTES": "give a size such as 1073741824, 500MB or 2GiB",
+    "CORS_ORIGINS": "e.g. CORS_ORIGINS=https://example.com,https://app.example.org",
+    "LOG_LEVEL": "use one of critical, error, warning, info, debug",
+    "LOG_FORMAT": "use text or json",
+    "TICKET_SECRET": "set it to a random secret of at least 32 characters",
+    "REDIS_URL": "e.g. redis://localhost:6379/0",
 }
 
 
@@ -48,87 +56,53 @@ class ConfigError(Exception):
     """Invalid settings, described in one line that is safe to print."""
 
 
-class Settings(BaseSettings):
-    """All settings of the service; environment variable names are the field names in capitals."""
+def _blank_is_unset(value: Any) -> Any:
+    return None if isinstance(value, str) and not value.strip() else value
+
+
+def _http_url(value: str | None) -> str | None:
+    if value is None:
+        return None
+    if not _HTTP_URL.fullmatch(value):
+        raise ValueError("must be an http:// or https:// URL without query or fragment")
+    return value.rstrip("/")
+
+
+def _lower(value: Any) -> Any:
+    return value.strip().lower() if isinstance(value, str) else value
+
+
+class _Group(BaseSettings):
+    """A settings model read from the environment and ``.env``; ``prefix`` is its own."""
 
     model_config = SettingsConfigDict(
         env_file=".env", env_file_encoding="utf-8", extra="ignore", validate_default=True
     )
+    prefix: ClassVar[str] = ""
+
+
+class AccessSettings(_Group):
+    """Who may upload and how much (app/access)."""
 
     # The unlimited token named "default" (the contract of existing clients); optional
     # when TOKENS_FILE names the clients instead.
     auth_token: SecretStr | None = Field(
         default=None, description="Clients send it as X-Auth-Token or Bearer token."
     )
+    # Named tokens with their limits and permissions, re-read when it changes.
     tokens_file: Path | None = None
+    # Signs upload tickets; tickets are off without it.
     ticket_secret: SecretStr | None = None
-    # May carry a password: never printed.
-    redis_url: SecretStr | None = None
+    # Guards /metrics when set.
     metrics_token: SecretStr | None = None
-    log_format: Literal["text", "json"] = "text"
-    storage_backend: Literal["mega", "local"] = "mega"
-    mega_email: str | None = None
-    mega_password: SecretStr | None = None
-    # The base32 secret MEGA shows when two-factor authentication is turned on; the
-    # current code is computed from it at each log-in.
-    mega_totp_secret: SecretStr | None = None
-    # A session printed by `python server.py mega-session`: used instead of logging in.
-    mega_session: SecretStr | None = None
-    mega_api_url: str = "https://g.api.mega.co.nz"
-    mega_folder: str = "Paimon/uploads"
-    mega_session_file: Path = Path("data/mega-session.json")
-    # MEGA network behaviour: per-request timeouts, the retry policy (per API request
-    # and per upload region) and the total time one upload may take.
-    mega_connect_timeout: float = Field(default=10.0, gt=0, le=300)
-    mega_read_timeout: float = Field(default=60.0, gt=0, le=3600)
-    mega_retry_attempts: int = Field(default=8, ge=1, le=100)
-    mega_retry_initial_seconds: float = Field(default=0.5, ge=0, le=60)
-    mega_retry_max_seconds: float = Field(default=15.0, ge=0, le=600)
-    mega_upload_deadline_seconds: float = Field(default=1800.0, gt=0, le=86400)
-    mega_upload_restarts: int = Field(default=3, ge=0, le=20)
-    # No piece is sent further than this past the earliest one MEGA has not confirmed
-    # (MEGA's SDK keeps 256 MiB; its upload servers refuse pieces beyond with -4).
-    mega_upload_window_bytes: ByteSize = Field(
-        default=ByteSize(256 * 1024**2), ge=1024**2, le=256 * 1024**2
-    )
-    # How long one log-in may take, proof of work included. MEGA may ask for about 57,000
-    # hashes of 12 MiB (easiness 100): about 8 minutes on one core, twice that on half a CPU.
-    mega_login_deadline_seconds: float = Field(default=3600.0, gt=0, le=86400)
-    # How long an upload waits for a log-in in progress before it is answered 503.
-    mega_login_wait_seconds: float = Field(default=15.0, ge=0, le=600)
-    # The upload pipeline: region POSTs in flight per upload, and the size of a region
-    # (whole MEGA chunks). Memory per upload is about (parallel + 1) x region. Measured on
-    # one worker with 4 PUTs and 4 POSTs at once: peak RSS 183 MB with 4 MiB regions, 231 MB
-    # with 8 MiB, so two workers fit a 512 MB instance; a 256 MiB PUT was no slower.
-    mega_upload_parallel: int = Field(default=3, ge=1, le=16)
-    mega_upload_region_bytes: ByteSize = Field(
-        default=ByteSize(4 * 1024**2), ge=1024**2, le=64 * 1024**2
-    )
-    local_storage_dir: Path = Path("data/files")
-    temp_upload_dir: Path = Path(tempfile.gettempdir()) / "paimon-uploads"
+    # The largest file anyone may upload; tokens and tickets may lower it for themselves.
     max_upload_bytes: ByteSize = ByteSize(1024**3)
-    max_concurrent_uploads: int = Field(default=4, ge=1, le=1024)
-    client_idle_timeout_seconds: float = Field(default=60.0, gt=0, le=3600)
-    # A body must average at least this rate once it has been arriving for
-    # CLIENT_IDLE_TIMEOUT_SECONDS, so that a trickle cannot hold an upload slot forever;
-    # 0 turns the check off.
-    client_min_bytes_per_second: int = Field(default=256, ge=0, le=1024**3)
-    # How long an upload waits for a free slot before 503.
-    upload_slot_wait_seconds: float = Field(default=10.0, ge=0, le=600)
-    public_base_url: str | None = None
-    # Exposure to the internet (DEPLOYMENT.md, "Exposure"): HTTP protocol limits applied
-    # by the server itself (app/serving/protocol.py) and the brake on wrong tokens.
-    max_request_line_bytes: int = Field(default=8 * 1024, ge=1024, le=1024**2)
-    max_request_head_bytes: int = Field(default=32 * 1024, ge=4 * 1024, le=4 * 1024**2)
-    request_head_timeout_seconds: float = Field(default=10.0, gt=0, le=600)
-    max_connections_per_client: int = Field(default=64, ge=0, le=1_000_000)
+    # Wrong tokens from one address per minute before it is braked (DEPLOYMENT.md).
     auth_failures_per_minute: int = Field(default=20, ge=1, le=1_000_000)
-    # Origins (scheme://host[:port]) whose pages may call the API from a browser; none by
-    # default, so another site's page cannot use a visitor's token. Comma-separated.
-    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
-    host: str = "127.0.0.1"
-    port: int = Field(default=8080, ge=1, le=65535)
-    log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+
+    _unset_when_blank = field_validator(
+        "auth_token", "tokens_file", "ticket_secret", "metrics_token", mode="before"
+    )(_blank_is_unset)
 
     @field_validator("auth_token", "ticket_secret", "metrics_token")
     @classmethod
@@ -151,6 +125,185 @@ class Settings(BaseSettings):
             raise ValueError("is shorter than 32 characters")
         return value
 
+    @field_validator("max_upload_bytes")
+    @classmethod
+    def _positive_size(cls, value: ByteSize) -> ByteSize:
+        if value <= 0:
+            raise ValueError("must be greater than zero")
+        return value
+
+    @model_validator(mode="after")
+    def _someone_may_upload(self) -> AccessSettings:
+        # The file itself is read where its tokens are put in force (app.access.tokens): a
+        # bad file stops the first process of a service, never a gunicorn worker started later.
+        if self.auth_token is None and self.tokens_file is None:
+            raise ValueError(f"AUTH_TOKEN is not set ({_HINTS['AUTH_TOKEN']}; or set TOKENS_FILE)")
+        return self
+
+
+class IntakeSettings(_Group):
+    """Taking request bodies in (app/intake)."""
+
+    # Private copies of uploads in progress (mode 0700), swept of leftovers at start-up.
+    temp_upload_dir: Path = Path(tempfile.gettempdir()) / "paimon-uploads"
+    # Uploads this instance runs at once, across its worker processes.
+    max_concurrent_uploads: int = Field(default=4, ge=1, le=1024)
+    # How long an upload waits for a free slot before 503.
+    upload_slot_wait_seconds: float = Field(default=10.0, ge=0, le=600)
+    # A body that sends nothing for this long is cut off (408).
+    client_idle_timeout_seconds: float = Field(default=60.0, gt=0, le=3600)
+    # A body must average at least this rate once it has been arriving for
+    # CLIENT_IDLE_TIMEOUT_SECONDS, so that a trickle cannot hold an upload slot forever;
+    # 0 turns the check off.
+    client_min_bytes_per_second: int = Field(default=256, ge=0, le=1024**3)
+
+
+class ServingSettings(_Group):
+    """How the service meets the network (app/serving): where it listens, its protocol
+    limits (DEPLOYMENT.md, "Exposure"), which browser origins may call it, and its logs."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=1, le=65535)
+    max_request_line_bytes: int = Field(default=8 * 1024, ge=1024, le=1024**2)
+    max_request_head_bytes: int = Field(default=32 * 1024, ge=4 * 1024, le=4 * 1024**2)
+    request_head_timeout_seconds: float = Field(default=10.0, gt=0, le=600)
+    max_connections_per_client: int = Field(default=64, ge=0, le=1_000_000)
+    # Origins (scheme://host[:port]) whose pages may call the API from a browser; none by
+    # default, so another site's page cannot use a visitor's token. Comma-separated.
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    log_format: Literal["text", "json"] = "text"
+
+    _lowered = field_validator("log_level", "log_format", mode="before")(_lower)
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [origin.strip() for origin in value.split(",") if origin.strip()]
+        return value
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _are_origins(cls, value: list[str]) -> list[str]:
+        for origin in value:
+            if not re.fullmatch(r"https?://[^\s/?#]+", origin.rstrip("/")):
+                raise ValueError("must be origins such as https://example.com, comma-separated")
+        return [origin.rstrip("/") for origin in value]
+
+
+class MegaSettings(_Group):
+    """The MEGA backend (app/storage/mega): the account, the folder, and how the client
+    talks to MEGA. The values and defaults are here only; the client derives its retry
+    policy and upload plan from them (app/storage/mega/settings.py)."""
+
+    model_config = SettingsConfigDict(env_prefix="MEGA_")
+    prefix: ClassVar[str] = "MEGA_"
+
+    email: str | None = None
+    password: SecretStr | None = None
+    # The base32 secret MEGA shows when two-factor authentication is turned on; the
+    # current code is computed from it at each log-in.
+    totp_secret: SecretStr | None = None
+    # A session printed by `python server.py mega-session`: used instead of logging in.
+    session: SecretStr | None = None
+    api_url: str = "https://g.api.mega.co.nz"
+    folder: str = "Paimon/uploads"
+    session_file: Path = Path("data/mega-session.json")
+    # Per-request timeouts, the retry policy (per API request and per upload region) and
+    # the total time one upload may take.
+    connect_timeout: float = Field(default=10.0, gt=0, le=300)
+    read_timeout: float = Field(default=60.0, gt=0, le=3600)
+    retry_attempts: int = Field(default=8, ge=1, le=100)
+    retry_initial_seconds: float = Field(default=0.5, ge=0, le=60)
+    retry_max_seconds: float = Field(default=15.0, ge=0, le=600)
+    upload_deadline_seconds: float = Field(default=1800.0, gt=0, le=86400)
+    upload_restarts: int = Field(default=3, ge=0, le=20)
+    # No piece is sent further than this past the earliest one MEGA has not confirmed
+    # (MEGA's SDK keeps 256 MiB; its upload servers refuse pieces beyond with -4).
+    upload_window_bytes: ByteSize = Field(
+        default=ByteSize(256 * 1024**2), ge=1024**2, le=256 * 1024**2
+    )
+    # How long one log-in may take, proof of work included. MEGA may ask for about 57,000
+    # hashes of 12 MiB (easiness 100): about 8 minutes on one core, twice that on half a CPU.
+    login_deadline_seconds: float = Field(default=3600.0, gt=0, le=86400)
+    # How long an upload waits for a log-in in progress before it is answered 503.
+    login_wait_seconds: float = Field(default=15.0, ge=0, le=600)
+    # The upload pipeline: region POSTs in flight per upload, and the size of a region
+    # (whole MEGA chunks). Memory per upload is about (parallel + 1) x region. Measured on
+    # one worker with 4 PUTs and 4 POSTs at once: peak RSS 183 MB with 4 MiB regions, 231 MB
+    # with 8 MiB, so two workers fit a 512 MB instance; a 256 MiB PUT was no slower.
+    upload_parallel: int = Field(default=3, ge=1, le=16)
+    upload_region_bytes: ByteSize = Field(
+        default=ByteSize(4 * 1024**2), ge=1024**2, le=64 * 1024**2
+    )
+
+    _unset_when_blank = field_validator("email", "totp_secret", "session", mode="before")(
+        _blank_is_unset
+    )
+    _is_http_url = field_validator("api_url")(_http_url)
+
+    @field_validator("totp_secret")
+    @classmethod
+    def _totp_is_base32(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return None
+        text = re.sub(r"[\s-]", "", value.get_secret_value()).upper().rstrip("=")
+        if len(text) < 16 or not re.fullmatch(r"[A-Z2-7]+", text):
+            raise ValueError("is not a base32 secret such as MEGA shows when 2FA is turned on")
+        return SecretStr(text)
+
+    @field_validator("session")
+    @classmethod
+    def _session_is_ours(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().strip().startswith(SESSION_PREFIX):
+            raise ValueError("is not a session printed by the mega-session command")
+        return value
+
+    @field_validator("folder")
+    @classmethod
+    def _folder_is_a_plain_path(cls, value: str) -> str:
+        parts = [part.strip() for part in value.strip("/").split("/")]
+        if not all(parts) or any(part in {".", ".."} for part in parts):
+            raise ValueError("must be a path such as Paimon/uploads, without empty or dot parts")
+        return "/".join(parts)
+
+
+# MegaSettings' defaults without reading the environment: for the keyword defaults of
+# the MEGA client's classes, which scripts and tests build without the service's settings.
+MEGA_DEFAULTS = MegaSettings.model_construct()
+
+
+class LocalSettings(_Group):
+    """The local-disk backend (app/storage/local.py)."""
+
+    model_config = SettingsConfigDict(env_prefix="LOCAL_")
+    prefix: ClassVar[str] = "LOCAL_"
+
+    storage_dir: Path = Path("data/files")
+
+
+class Settings(_Group):
+    """All settings of the service: the service-wide values and one model per concern."""
+
+    storage_backend: Literal["mega", "local"] = "mega"
+    # The address clients use; links to this service (local files, delete URLs, ShareX)
+    # are built from it, never from a request's Host header.
+    public_base_url: str | None = None
+    # Shared state for several workers and instances. May carry a password: never printed.
+    redis_url: SecretStr | None = None
+    access: AccessSettings
+    intake: IntakeSettings
+    serving: ServingSettings
+    mega: MegaSettings
+    local: LocalSettings
+
+    _lowered = field_validator("storage_backend", mode="before")(_lower)
+    _unset_when_blank = field_validator("public_base_url", "redis_url", mode="before")(
+        _blank_is_unset
+    )
+    _is_http_url = field_validator("public_base_url")(_http_url)
+
     @field_validator("redis_url")
     @classmethod
     def _is_redis_url(cls, value: SecretStr | None) -> SecretStr | None:
@@ -168,127 +321,77 @@ class Settings(BaseSettings):
             raise ValueError("is not a valid URL: check its host, port and options") from None
         return value
 
-    @field_validator("log_level", "storage_backend", "log_format", mode="before")
-    @classmethod
-    def _lower(cls, value: Any) -> Any:
-        return value.strip().lower() if isinstance(value, str) else value
-
-    @field_validator(
-        "mega_email",
-        "public_base_url",
-        "auth_token",
-        "tokens_file",
-        "ticket_secret",
-        "redis_url",
-        "metrics_token",
-        mode="before",
-    )
-    @classmethod
-    def _blank_is_unset(cls, value: Any) -> Any:
-        return None if isinstance(value, str) and not value.strip() else value
-
-    @field_validator("mega_api_url", "public_base_url")
-    @classmethod
-    def _is_http_url(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        if not re.fullmatch(r"https?://[^\s/?#]+(/[^\s?#]*)?", value):
-            raise ValueError("must be an http:// or https:// URL without query or fragment")
-        return value.rstrip("/")
-
-    @field_validator("mega_totp_secret", "mega_session", mode="before")
-    @classmethod
-    def _blank_secret_is_unset(cls, value: Any) -> Any:
-        return None if isinstance(value, str) and not value.strip() else value
-
-    @field_validator("mega_totp_secret")
-    @classmethod
-    def _totp_is_base32(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is None:
-            return None
-        text = re.sub(r"[\s-]", "", value.get_secret_value()).upper().rstrip("=")
-        if len(text) < 16 or not re.fullmatch(r"[A-Z2-7]+", text):
-            raise ValueError("is not a base32 secret such as MEGA shows when 2FA is turned on")
-        return SecretStr(text)
-
-    @field_validator("mega_session")
-    @classmethod
-    def _session_is_ours(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is not None and not value.get_secret_value().strip().startswith(SESSION_PREFIX):
-            raise ValueError("is not a session printed by the mega-session command")
-        return value
-
-    @field_validator("cors_origins", mode="before")
-    @classmethod
-    def _split_origins(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            return [origin.strip() for origin in value.split(",") if origin.strip()]
-        return value
-
-    @field_validator("cors_origins")
-    @classmethod
-    def _are_origins(cls, value: list[str]) -> list[str]:
-        for origin in value:
-            if not re.fullmatch(r"https?://[^\s/?#]+", origin.rstrip("/")):
-                raise ValueError("must be origins such as https://example.com, comma-separated")
-        return [origin.rstrip("/") for origin in value]
-
-    @field_validator("mega_folder")
-    @classmethod
-    def _folder_is_a_plain_path(cls, value: str) -> str:
-        parts = [part.strip() for part in value.strip("/").split("/")]
-        if not all(parts) or any(part in {".", ".."} for part in parts):
-            raise ValueError("must be a path such as Paimon/uploads, without empty or dot parts")
-        return "/".join(parts)
-
-    @field_validator("max_upload_bytes")
-    @classmethod
-    def _positive_size(cls, value: ByteSize) -> ByteSize:
-        if value <= 0:
-            raise ValueError("must be greater than zero")
-        return value
-
-    @model_validator(mode="after")
-    def _someone_may_upload(self) -> Settings:
-        # The file itself is read where its tokens are put in force (app.access.tokens): a bad
-        # file stops the first process of a service, never a gunicorn worker started later.
-        if self.auth_token is None and self.tokens_file is None:
-            raise ValueError(f"AUTH_TOKEN is not set ({_HINTS['auth_token']}; or set TOKENS_FILE)")
-        return self
-
     @model_validator(mode="after")
     def _mega_has_credentials(self) -> Settings:
         if self.storage_backend == "mega":
-            if not self.mega_email:
+            if not self.mega.email:
                 raise ValueError("MEGA_EMAIL is not set but STORAGE_BACKEND is mega")
-            if self.mega_password is None or not self.mega_password.get_secret_value():
+            if self.mega.password is None or not self.mega.password.get_secret_value():
                 raise ValueError("MEGA_PASSWORD is not set but STORAGE_BACKEND is mega")
         return self
 
 
-def describe_errors(error: ValidationError) -> str:
-    """One line naming each bad variable and what is wrong; input values are never shown."""
+# The nested models, by the field of Settings that holds each.
+GROUPS: dict[str, type[_Group]] = {
+    "access": AccessSettings,
+    "intake": IntakeSettings,
+    "serving": ServingSettings,
+    "mega": MegaSettings,
+    "local": LocalSettings,
+}
+
+
+def variable_names() -> list[str]:
+    """Every environment variable the settings read, in capitals."""
+    names = [name.upper() for name in Settings.model_fields if name not in GROUPS]
+    for model in GROUPS.values():
+        names += [f"{model.prefix}{name}".upper() for name in model.model_fields]
+    return sorted(names)
+
+
+def _describe(error: ValidationError, prefix: str) -> list[str]:
+    """Each bad variable and what is wrong, one phrase each; input values are never shown."""
     problems = []
     for item in error.errors(include_input=False, include_url=False):
         field = str(item["loc"][0]) if item["loc"] else ""
         message = "is not set" if item["type"] == "missing" else item["msg"]
         message = message.removeprefix("Value error, ")
         if field:
-            problem = f"{field.upper()} {message}"
-            hint = _HINTS.get(field)
+            name = f"{prefix}{field}".upper()
+            problem, hint = f"{name} {message}", _HINTS.get(name)
         else:
             problem = message
-            hint = _HINTS["mega_email"] if "MEGA_" in message else None
+            hint = _HINTS["MEGA_EMAIL"] if "MEGA_" in message else None
         problems.append(f"{problem} ({hint})" if hint else problem)
-    return "; ".join(problems)
+    return problems
 
 
-def load_settings(**overrides: Any) -> Settings:
-    """Read and validate the settings, raising ConfigError with a one-line description."""
-    try:
-        return Settings(**overrides)
-    except ValidationError as error:
-        raise ConfigError(describe_errors(error)) from None
+def load_settings(_env_file: str | Path | None = ".env", **overrides: Any) -> Settings:
+    """Read and validate the settings, raising ConfigError with a one-line description.
+
+    ``overrides`` are given by variable name in lower case (``mega_email``, ``port``), as
+    the environment would give them; ``_env_file`` None reads no ``.env``.
+    """
+    given = dict(overrides)
+    groups: dict[str, _Group] = {}
+    problems: list[str] = []
+    for field, model in GROUPS.items():
+        prefix = model.prefix.lower()
+        own = {
+            name[len(prefix) :]: given.pop(name)
+            for name in list(given)
+            if name.startswith(prefix) and name[len(prefix) :] in model.model_fields
+        }
+        try:
+            groups[field] = model(_env_file=_env_file, **own)  # type: ignore[call-arg]
+        except ValidationError as error:
+            problems += _describe(error, model.prefix)
+    if not problems:
+        try:
+            return Settings(_env_file=_env_file, **given, **groups)  # type: ignore[call-arg]
+        except ValidationError as error:
+            problems += _describe(error, "")
+    raise ConfigError("; ".join(problems))
 
 
 def check_served_settings(settings: Settings) -> None:

@@ -94,7 +94,7 @@ def create_app(
     redis_url = settings.redis_url.get_secret_value() if settings.redis_url else None
     shared = build_shared_state(redis_url)
     backend = backend or build_backend(settings, shared)
-    spool = Spool(settings.temp_upload_dir)
+    spool = Spool(settings.intake.temp_upload_dir)
     services = Services(
         settings=settings,
         backend=backend,
@@ -109,15 +109,17 @@ def create_app(
         # one a second while the client outpaces storage; anyio's default of 40 would
         # leave spool writes and /ready waiting behind a full house of uploads.
         limiter = to_thread.current_default_thread_limiter()
-        limiter.total_tokens = max(limiter.total_tokens, 2 * settings.max_concurrent_uploads + 16)
+        limiter.total_tokens = max(
+            limiter.total_tokens, 2 * settings.intake.max_concurrent_uploads + 16
+        )
         tune_allocator()  # large body buffers from the heap, not a fresh mmap each
         await to_thread.run_sync(spool.prepare)
         await to_thread.run_sync(backend.start)
         stop_watching = watch_sighup(services.tokens.request_reload)
         ready = (
             f"Paimon-server {__version__} ready: storage={backend.name} in {backend.location()}, "
-            f"max upload {int(settings.max_upload_bytes)} bytes, "
-            f"{settings.max_concurrent_uploads} concurrent uploads"
+            f"max upload {int(settings.access.max_upload_bytes)} bytes, "
+            f"{settings.intake.max_concurrent_uploads} concurrent uploads"
         )
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(

@@ -21,7 +21,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.access.tokens import token_sha256
-from app.config import Settings
+from app.config import Settings, load_settings
 from app.main import create_app
 from app.storage.base import StorageBackend
 from tests.mega_emulator import MegaEmulator
@@ -64,7 +64,7 @@ def make_settings(tmp_path: Path, token: str) -> Callable[..., Settings]:
             "mega_session_file": tmp_path / "mega-session.json",
         }
         values.update(overrides)
-        return Settings(_env_file=None, **values)
+        return load_settings(_env_file=None, **values)
 
     return make
 

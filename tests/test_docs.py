@@ -13,10 +13,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app.config import Settings
+from app.config import variable_names
 from tests.conftest import ROOT
 
-SETTINGS = sorted(name.upper() for name in Settings.model_fields)
+SETTINGS = variable_names()
 README = (ROOT / "README.md").read_text()
 COMMAND_WAIT_S = 30
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import itertools
 import random
-import secrets
 import struct
 import time
 from collections.abc import Iterator
@@ -17,7 +16,7 @@ from Crypto.Cipher import AES
 from Crypto.Util import Counter
 from mega.crypto import get_chunks
 
-from app.config import Settings
+from app.config import MegaSettings
 from app.storage.base import (
     Readiness,
     StorageFull,
@@ -25,7 +24,7 @@ from app.storage.base import (
     StorageTimeout,
     UpstreamRejected,
 )
-from app.storage.mega import MegaBackend, MegaSettings
+from app.storage.mega import MegaBackend
 from app.storage.mega.client import MegaClient
 from app.storage.mega.crypto import (
     FileKey,
@@ -328,19 +327,16 @@ MEGA_EMULATOR = EmulatorOptions(seed=11, accounts=((EMAIL, PASSWORD),))
 
 def mega_settings(emu: MegaEmulator, tmp_path: Path, **overrides: Any) -> MegaSettings:
     values: dict[str, Any] = {
-        "auth_token": secrets.token_urlsafe(24),
-        "storage_backend": "mega",
-        "mega_email": EMAIL,
-        "mega_password": PASSWORD,
-        "mega_api_url": emu.url,
-        "mega_session_file": tmp_path / "session.json",
-        "temp_upload_dir": tmp_path / "spool",
-        "mega_retry_initial_seconds": 0.01,
-        "mega_retry_max_seconds": 0.05,
-        "mega_upload_deadline_seconds": 20,
+        "email": EMAIL,
+        "password": PASSWORD,
+        "api_url": emu.url,
+        "session_file": tmp_path / "session.json",
+        "retry_initial_seconds": 0.01,
+        "retry_max_seconds": 0.05,
+        "upload_deadline_seconds": 20,
     }
     values.update(overrides)
-    return MegaSettings.from_settings(Settings(_env_file=None, **values))
+    return MegaSettings(_env_file=None, **values)
 
 
 @pytest.fixture
@@ -475,7 +471,7 @@ def test_a_full_account_is_storage_full(
 
 def test_slow_chunks_hit_the_total_deadline(emulator: MegaEmulator, tmp_path: Path) -> None:
     store = MegaBackend(
-        mega_settings(emulator, tmp_path, mega_upload_deadline_seconds=1.5, mega_read_timeout=0.5)
+        mega_settings(emulator, tmp_path, upload_deadline_seconds=1.5, read_timeout=0.5)
     )
     store.start()
     path, _ = source_file(tmp_path, 3 * MiB)
@@ -561,7 +557,7 @@ def test_the_folder_is_created_once_and_nested(
 def test_readiness_reports_wrong_credentials_without_hammering_the_login(
     emulator: MegaEmulator, tmp_path: Path
 ) -> None:
-    store = MegaBackend(mega_settings(emulator, tmp_path, mega_password="not the password"))
+    store = MegaBackend(mega_settings(emulator, tmp_path, password="not the password"))
     store.start()
     answers = [store.readiness() for _ in range(5)]
     assert not any(a.ready for a in answers)
@@ -583,17 +579,14 @@ def test_readiness_is_true_once_logged_in_with_the_folder(
 
 def test_start_does_no_network_io(tmp_path: Path) -> None:
     store = MegaBackend(
-        MegaSettings.from_settings(
-            Settings(
-                _env_file=None,
-                auth_token=secrets.token_urlsafe(24),
-                mega_email=EMAIL,
-                mega_password=PASSWORD,
-                mega_api_url="http://127.0.0.1:9",
-                mega_session_file=tmp_path / "s.json",
-                mega_retry_attempts=1,
-                mega_connect_timeout=0.5,
-            )
+        MegaSettings(
+            _env_file=None,
+            email=EMAIL,
+            password=PASSWORD,
+            api_url="http://127.0.0.1:9",
+            session_file=tmp_path / "s.json",
+            retry_attempts=1,
+            connect_timeout=0.5,
         )
     )
     store.start()  # MEGA unreachable: still starts
@@ -735,7 +728,7 @@ def test_folder_names_are_raw_utf8_too_and_found_again(
     emulator: MegaEmulator, tmp_path: Path
 ) -> None:
     path, _ = source_file(tmp_path, 10)
-    first = MegaBackend(mega_settings(emulator, tmp_path, mega_folder="Téléversés/报告"))
+    first = MegaBackend(mega_settings(emulator, tmp_path, folder="Téléversés/报告"))
     first.store(path, "a", 10)
     first.close()
     assert {"Téléversés", "报告"} <= set(emulator.sdk_names(EMAIL))
@@ -743,8 +736,8 @@ def test_folder_names_are_raw_utf8_too_and_found_again(
         mega_settings(
             emulator,
             tmp_path,
-            mega_folder="Téléversés/报告",
-            mega_session_file=tmp_path / "other" / "s.json",
+            folder="Téléversés/报告",
+            session_file=tmp_path / "other" / "s.json",
         )
     )
     second.store(path, "b", 10)

@@ -47,7 +47,7 @@ def test_ready_is_503_with_a_reason_when_storage_is_unusable(
 ) -> None:
     client = make_client()
     # The storage directory disappears under the running service and a file takes its place.
-    root = client.app.state.services.settings.local_storage_dir
+    root = client.app.state.services.settings.local.storage_dir
     root.rmdir()
     root.write_bytes(b"")
     response = client.get("/ready")
@@ -120,8 +120,8 @@ def test_sizes_accept_units() -> None:
         max_upload_bytes="2GiB",
         log_level="DEBUG",
     )
-    assert settings.max_upload_bytes == 2 * 1024**3
-    assert settings.log_level == "debug"
+    assert settings.access.max_upload_bytes == 2 * 1024**3
+    assert settings.serving.log_level == "debug"
 
 
 def run_import(env: dict[str, str], tmp_path: Path) -> subprocess.CompletedProcess[str]:

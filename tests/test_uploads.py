@@ -22,7 +22,7 @@ def spool_leftovers(client: TestClient) -> list[Path]:
 
 
 def stored_files(client: TestClient) -> list[Path]:
-    root = client.app.state.services.settings.local_storage_dir
+    root = client.app.state.services.settings.local.storage_dir
     return [path for path in root.rglob("*") if path.is_file()] if root.exists() else []
 
 
@@ -278,7 +278,7 @@ def test_client_file_names_are_kept_but_made_safe(
     assert response.json()["filename"] == stored
     [path] = stored_files(client)
     assert path.name == stored
-    assert path.parent.parent == client.app.state.services.settings.local_storage_dir
+    assert path.parent.parent == client.app.state.services.settings.local.storage_dir
 
 
 def test_long_file_names_are_bounded_and_keep_their_extension(

@@ -125,7 +125,8 @@ def test_cors_origins_from_the_environment(monkeypatch: pytest.MonkeyPatch, toke
     monkeypatch.setenv("AUTH_TOKEN", token)
     monkeypatch.setenv("STORAGE_BACKEND", "local")
     monkeypatch.setenv("CORS_ORIGINS", "https://a.example,https://b.example/")
-    assert load_settings(_env_file=None).cors_origins == ["https://a.example", "https://b.example"]
+    origins = load_settings(_env_file=None).serving.cors_origins
+    assert origins == ["https://a.example", "https://b.example"]
     monkeypatch.setenv("CORS_ORIGINS", "*")
     with pytest.raises(ConfigError, match="CORS_ORIGINS"):
         load_settings(_env_file=None)

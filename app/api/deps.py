@@ -11,6 +11,7 @@ from fastapi import Depends, Header, Query, Request
 from app import metrics
 from app.access.admission import Caller, Gatekeeper
 from app.access.brake import AuthBrake
+from app.access.errors import LimitReached
 from app.access.last_good_tokens import LastGoodTokens
 from app.access.limits import Allowances, Grant
 from app.access.tokens import TokenRegistry
@@ -48,24 +49,28 @@ class Services:
         settings = self.settings
         self.capabilities = self.backend.capabilities()
         self.upload_slots = UploadSlots(
-            settings.temp_upload_dir,
-            settings.max_concurrent_uploads,
-            settings.upload_slot_wait_seconds,
+            settings.intake.temp_upload_dir,
+            settings.intake.max_concurrent_uploads,
+            settings.intake.upload_slot_wait_seconds,
         )
         self.tokens = TokenRegistry(
-            settings.auth_token.get_secret_value() if settings.auth_token else None,
-            settings.tokens_file,
-            int(settings.max_upload_bytes),
+            settings.access.auth_token.get_secret_value() if settings.access.auth_token else None,
+            settings.access.tokens_file,
+            int(settings.access.max_upload_bytes),
             self.last_good_tokens,
         )
         self.gatekeeper = Gatekeeper(
             self.tokens,
-            AuthBrake(settings.auth_failures_per_minute, self.shared),
+            AuthBrake(settings.access.auth_failures_per_minute, self.shared),
             Allowances(self.shared),
-            int(settings.max_upload_bytes),
-            settings.ticket_secret.get_secret_value() if settings.ticket_secret else None,
+            int(settings.access.max_upload_bytes),
+            settings.access.ticket_secret.get_secret_value()
+            if settings.access.ticket_secret
+            else None,
         )
-        self.pace = Pace(settings.client_idle_timeout_seconds, settings.client_min_bytes_per_second)
+        self.pace = Pace(
+            settings.intake.client_idle_timeout_seconds, settings.intake.client_min_bytes_per_second
+        )
 
     def backend_for(self, service: str | None) -> StorageBackend:
         """The backend a request names; None means the configured one."""
@@ -196,9 +201,8 @@ def _content_length(request: Request) -> int | None:
 
 
 def _count_refusal(caller: Caller, refused: BaseException) -> None:
-    limit = getattr(refused, "limit", "")
-    if isinstance(limit, str) and limit:
-        metrics.limit_rejected(caller.name, limit)
+    if isinstance(refused, LimitReached):
+        metrics.limit_rejected(caller.name, refused.limit)
 
 
 def _account(record: UploadRecord, admission: Admission) -> None:

@@ -326,7 +326,8 @@ def error_response(error: BaseException) -> JSONResponse:
     elif kind is CLIENT_DISCONNECTED:
         log.info("client disconnected before the upload finished")
     message = str(error) if str(error) else kind.example
-    return kind.response(message, getattr(error, "retry_after", None))
+    retry_after = error.retry_after if isinstance(error, ApiError | access.AccessError) else None
+    return kind.response(message, retry_after)
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -31,7 +31,7 @@ async def prometheus_metrics(
     x_auth_token: TokenHeader = None,
     authorization: BearerHeader = None,
 ) -> Response:
-    expected = services.settings.metrics_token
+    expected = services.settings.access.metrics_token
     if expected is not None:
         # Behind the same brake as upload tokens: guesses from one address are limited.
         await to_thread.run_sync(

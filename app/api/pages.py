@@ -58,8 +58,7 @@ class ClientConfig(BaseModel):
 
 def tickets_enabled(settings: Settings) -> bool:
     """Upload tickets are in use when the service has a secret to sign them with."""
-    # Read by name so that this page keeps working whether or not tickets are built in.
-    return bool(getattr(settings, "ticket_secret", None))
+    return settings.access.ticket_secret is not None
 
 
 def _page(name: str, csp: str) -> HTMLResponse:
@@ -167,10 +166,10 @@ def install_web(app: FastAPI, settings: Settings) -> None:
     app.include_router(router)
     app.mount("/static/swagger", StaticFiles(directory=SWAGGER_ASSETS), name="swagger")
     app.mount("/static", StaticFiles(directory=WEB / "static"), name="static")
-    if settings.cors_origins:
+    if settings.serving.cors_origins:
         app.add_middleware(
             CORSMiddleware,
-            allow_origins=settings.cors_origins,
+            allow_origins=settings.serving.cors_origins,
             allow_methods=["GET", "POST", "PUT"],
             allow_headers=CORS_REQUEST_HEADERS,
             expose_headers=CORS_EXPOSED_HEADERS,

@@ -47,7 +47,7 @@ class TicketAnswer(BaseModel):
 async def create_ticket(
     body: TicketRequest, caller: CallerDep, services: ServicesDep
 ) -> TicketAnswer:
-    secret = services.settings.ticket_secret
+    secret = services.settings.access.ticket_secret
     if secret is None:
         raise TicketsDisabled("tickets are not enabled: set TICKET_SECRET")
     if caller.ticket is not None or not caller.policy.can_issue_tickets:

@@ -38,9 +38,9 @@ def check_once(argv: Sequence[str], environ: Mapping[str, str] = os.environ) -> 
         _check_port(argv, environ)
         settings = load_settings()
         check_served_settings(settings)
-        if settings.tokens_file is not None:
-            text = read_tokens_text(settings.tokens_file)
-            parse_tokens(text, int(settings.max_upload_bytes))
+        if settings.access.tokens_file is not None:
+            text = read_tokens_text(settings.access.tokens_file)
+            parse_tokens(text, int(settings.access.max_upload_bytes))
             _last_good = _keep(text)
     except TokensFileError as error:
         stop_for(tokens_file_error(error))

@@ -137,7 +137,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         host = self.client[0] if self.client else None
-        cap = self.settings.max_connections_per_client
+        cap = self.settings.serving.max_connections_per_client
         if host and cap and host not in self._trusted:
             key = client_key(host)
             if self.open_per_client[key] >= cap:
@@ -174,9 +174,9 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         super().data_received(data)
         if not self._in_head or self._refused or self.transport.is_closing():
             return
-        if len(getattr(self, "url", b"")) > self.settings.max_request_line_bytes:
+        if len(getattr(self, "url", b"")) > self.settings.serving.max_request_line_bytes:
             self._refuse(URI_TOO_LONG, "the request line is too long")
-        elif self._head_bytes > self.settings.max_request_head_bytes:
+        elif self._head_bytes > self.settings.serving.max_request_head_bytes:
             self._refuse(HEADERS_TOO_LARGE, "the request headers are too large")
 
     # Parser callbacks: a head ends with its headers; the next one starts after its message.
@@ -206,7 +206,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     def _arm_head_timer(self) -> None:
         self._cancel_head_timer()
         self._head_timer = self.loop.call_later(
-            self.settings.request_head_timeout_seconds, self._head_deadline_passed
+            self.settings.serving.request_head_timeout_seconds, self._head_deadline_passed
         )
 
     def _cancel_head_timer(self) -> None:

@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from app.config import MegaSettings
 from app.storage.base import BodyStream, Capabilities, Readiness, StorageError, StoredFile
 
 from .client import MegaClient
@@ -37,7 +38,6 @@ from .errors import (
 from .folders import ensure_folder
 from .retry import Deadline
 from .session import FileSessionStore, SessionStore, account_key
-from .settings import MegaSettings
 from .upload import (
     PlacedNode,
     SentFile,
@@ -69,23 +69,19 @@ class MegaBackend:
         settings: MegaSettings,
         store: SessionStore | None = None,
         *,
+        pool_size: int = 16,
         folder_check_s: float = FOLDER_CHECK_S,
     ) -> None:
         """``store`` keeps the session and the log-in and folder locks; by default the
-        session file. The folder is looked up again at least every ``folder_check_s``."""
+        session file. ``pool_size``: HTTP connections to keep. The folder is looked up
+        again at least every ``folder_check_s``."""
+        assert settings.email is not None  # checked at start-up
         self._settings = settings
         self._session_store = store or FileSessionStore(
             settings.session_file, account_key(settings.email, settings.api_url)
         )
-        policy = settings.retry_policy()
-        self._limits = UploadLimits(
-            chunk_policy=policy,
-            region_bytes=settings.upload_region_bytes,
-            parallel=settings.upload_parallel,
-            restarts=settings.upload_restarts,
-            deadline_s=settings.upload_deadline_s,
-            window_bytes=settings.upload_window_bytes,
-        )
+        self._pool_size = pool_size
+        self._limits = UploadLimits.from_settings(settings)
         self._client: MegaClient | None = None
         self._folder_id: str | None = None
         self._folder_check_s = folder_check_s
@@ -105,12 +101,14 @@ class MegaBackend:
     def start(self) -> None:
         """Build the client; no network I/O (``connect`` logs in, in the background)."""
         self._settings.session_file.parent.mkdir(parents=True, exist_ok=True)
-        self._client = MegaClient.from_settings(self._settings, self._session_store)
+        self._client = MegaClient.from_settings(
+            self._settings, self._session_store, self._pool_size
+        )
 
     def connect(self) -> None:
         """Log in (or check the stored or given session) and find the folder."""
         try:
-            self._folder(Deadline(self._settings.login_deadline_s))
+            self._folder(Deadline(self._settings.login_deadline_seconds))
         except StorageError:
             raise
         except Exception as exc:
@@ -142,14 +140,10 @@ class MegaBackend:
         (``body.rewind``); a body without one ends in a 502.
         """
 
-        def rewind() -> bool:
-            again = getattr(body, "rewind", None)
-            return bool(again is not None and again())
-
         try:
             return self._store(
                 lambda client, deadline: send_stream(client, body, size, self._limits, deadline),
-                rewind,
+                body.rewind,
                 filename,
                 size,
                 mtime,

@@ -57,6 +57,7 @@ from pydantic import SecretStr
 from requests.adapters import HTTPAdapter
 
 from app import metrics
+from app.config import MEGA_DEFAULTS, MegaSettings
 
 from . import hashcash
 from .errors import (
@@ -87,7 +88,7 @@ from .session import (
     decode_session,
     encode_session,
 )
-from .settings import MegaSettings, setting_default
+from .settings import retry_policy
 from .totp import totp
 
 logger = logging.getLogger(__name__)
@@ -133,11 +134,11 @@ class MegaClient:
         store: SessionStore | None = None,
         totp_secret: str | None = None,
         session: str | None = None,
-        connect_timeout: float = setting_default("mega_connect_timeout"),
-        read_timeout: float = setting_default("mega_read_timeout"),
+        connect_timeout: float = MEGA_DEFAULTS.connect_timeout,
+        read_timeout: float = MEGA_DEFAULTS.read_timeout,
         login_cooldown_s: float = LOGIN_COOLDOWN_S,
-        login_deadline_s: float = setting_default("mega_login_deadline_seconds"),
-        login_wait_s: float = setting_default("mega_login_wait_seconds"),
+        login_deadline_s: float = MEGA_DEFAULTS.login_deadline_seconds,
+        login_wait_s: float = MEGA_DEFAULTS.login_wait_seconds,
         blocked_recheck_s: float = BLOCKED_RECHECK_S,
         hashcash_budget_s: float = hashcash.CHALLENGE_BUDGET_S,
         hashcash_threads: int | None = None,
@@ -191,22 +192,25 @@ class MegaClient:
         self.session_tag = make_id(10)
 
     @classmethod
-    def from_settings(cls, settings: MegaSettings, store: SessionStore | None = None) -> MegaClient:
-        """The production client; ``store`` defaults to the file ``settings.session_file``."""
+    def from_settings(
+        cls, mega: MegaSettings, store: SessionStore | None = None, pool_size: int = 16
+    ) -> MegaClient:
+        """The production client; ``store`` defaults to the file ``mega.session_file``."""
+        assert mega.email is not None and mega.password is not None  # checked at start-up
         return cls(
-            settings.api_url,
-            settings.email,
-            settings.password.get_secret_value(),
-            settings.session_file,
-            policy=settings.retry_policy(),
+            mega.api_url,
+            mega.email,
+            mega.password.get_secret_value(),
+            mega.session_file,
+            policy=retry_policy(mega),
             store=store,
-            totp_secret=settings.totp_secret.get_secret_value() if settings.totp_secret else None,
-            session=settings.session.get_secret_value() if settings.session else None,
-            connect_timeout=settings.connect_timeout_s,
-            read_timeout=settings.read_timeout_s,
-            login_deadline_s=settings.login_deadline_s,
-            login_wait_s=settings.login_wait_s,
-            pool_size=settings.pool_size,
+            totp_secret=mega.totp_secret.get_secret_value() if mega.totp_secret else None,
+            session=mega.session.get_secret_value() if mega.session else None,
+            connect_timeout=mega.connect_timeout,
+            read_timeout=mega.read_timeout,
+            login_deadline_s=mega.login_deadline_seconds,
+            login_wait_s=mega.login_wait_seconds,
+            pool_size=pool_size,
         )
 
     def __repr__(self) -> str:

@@ -12,7 +12,7 @@ from app.config import Settings
 
 from .client import MegaClient
 from .errors import MegaError, to_storage_error
-from .settings import MegaSettings
+from .settings import retry_policy
 
 WARNING = (
     "# MEGA_SESSION below is a credential: it opens the account and its files like the "
@@ -23,17 +23,18 @@ WARNING = (
 
 def print_session(settings: Settings) -> int:
     """Log in without reading or writing any session store, print the line; exit status."""
-    mega = MegaSettings.from_settings(settings)
+    mega = settings.mega
+    assert mega.email is not None and mega.password is not None  # checked at start-up
     client = MegaClient(
         mega.api_url,
         mega.email,
         mega.password.get_secret_value(),
-        policy=mega.retry_policy(),
+        policy=retry_policy(mega),
         totp_secret=mega.totp_secret.get_secret_value() if mega.totp_secret else None,
-        connect_timeout=mega.connect_timeout_s,
-        read_timeout=mega.read_timeout_s,
-        login_deadline_s=mega.login_deadline_s,
-        login_wait_s=mega.login_deadline_s,
+        connect_timeout=mega.connect_timeout,
+        read_timeout=mega.read_timeout,
+        login_deadline_s=mega.login_deadline_seconds,
+        login_wait_s=mega.login_deadline_seconds,
     )
     try:
         line = client.export_session()

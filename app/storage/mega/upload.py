@@ -52,6 +52,7 @@ from typing import Any, BinaryIO, Protocol
 
 from mega.crypto import a32_to_base64, encrypt_key
 
+from app.config import MEGA_DEFAULTS, MegaSettings
 from app.storage.base import BodyStream
 
 from .crypto import (
@@ -79,7 +80,7 @@ from .errors import (
 )
 from .fingerprint import Fingerprint, fingerprint_attribute
 from .retry import Deadline, RetryPolicy, call_with_retries
-from .settings import default_retry_policy, setting_default
+from .settings import retry_policy
 
 logger = logging.getLogger(__name__)
 
@@ -118,16 +119,27 @@ class ApiClient(Protocol):
 class UploadLimits:
     """How an upload is sent and how long it may take (the settings' defaults unless given)."""
 
-    chunk_policy: RetryPolicy = field(default_factory=default_retry_policy)
-    region_bytes: int = int(setting_default("mega_upload_region_bytes"))
-    parallel: int = setting_default("mega_upload_parallel")  # region POSTs in flight at once
-    restarts: int = setting_default("mega_upload_restarts")  # fresh URLs after the first
-    deadline_s: float = setting_default("mega_upload_deadline_seconds")  # the whole file
-    window_bytes: int = int(setting_default("mega_upload_window_bytes"))
+    chunk_policy: RetryPolicy = field(default_factory=retry_policy)
+    region_bytes: int = int(MEGA_DEFAULTS.upload_region_bytes)
+    parallel: int = MEGA_DEFAULTS.upload_parallel  # region POSTs in flight at once
+    restarts: int = MEGA_DEFAULTS.upload_restarts  # fresh URLs after the first
+    deadline_s: float = MEGA_DEFAULTS.upload_deadline_seconds  # the whole file
+    window_bytes: int = int(MEGA_DEFAULTS.upload_window_bytes)
 
     def __post_init__(self) -> None:
         if self.parallel < 1 or self.region_bytes < 1 or self.window_bytes < 1:
             raise ValueError("an upload needs parallel, region_bytes and window_bytes >= 1")
+
+    @classmethod
+    def from_settings(cls, mega: MegaSettings) -> UploadLimits:
+        return cls(
+            chunk_policy=retry_policy(mega),
+            region_bytes=int(mega.upload_region_bytes),
+            parallel=mega.upload_parallel,
+            restarts=mega.upload_restarts,
+            deadline_s=mega.upload_deadline_seconds,
+            window_bytes=int(mega.upload_window_bytes),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,8 +241,7 @@ class BodySource:
             filled += len(data)
 
     def rewind(self) -> bool:
-        rewind = getattr(self._body, "rewind", None)
-        return bool(rewind is not None and rewind())
+        return self._body.rewind()
 
 
 # -- the upload ------------------------------------------------------------------------
