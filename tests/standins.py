@@ -30,7 +30,9 @@ class FailingBackend:
     def start(self) -> None:
         pass
 
-    def store(self, source: Path, filename: str, size: int) -> StoredFile:
+    def store(
+        self, source: Path, filename: str, size: int, *, mtime: int | None = None
+    ) -> StoredFile:
         self.seen.append((source, filename, size))
         assert source.exists(), "the spooled file must exist while the backend works"
         raise self.error
@@ -64,7 +66,9 @@ class GatedBackend:
     def start(self) -> None:
         pass
 
-    def store(self, source: Path, filename: str, size: int) -> StoredFile:
+    def store(
+        self, source: Path, filename: str, size: int, *, mtime: int | None = None
+    ) -> StoredFile:
         self.sizes.append(source.stat().st_size)
         self.entered.set()
         if not self.release.wait(timeout=30):
@@ -92,7 +96,9 @@ class FailingStreamBackend(FailingBackend):
     def capabilities(self) -> Capabilities:
         return Capabilities(stream=self)
 
-    def store_stream(self, body: BodyStream, filename: str, size: int) -> StoredFile:
+    def store_stream(
+        self, body: BodyStream, filename: str, size: int, *, mtime: int | None = None
+    ) -> StoredFile:
         while self.received < self.read_first:
             block = body.read(min(65536, self.read_first - self.received))
             if not block:

@@ -92,6 +92,27 @@ def test_a_streamed_upload_carries_megas_fingerprint(
     assert crc == fingerprint_of(data) and before <= mtime <= int(time.time())
 
 
+def test_the_files_own_date_from_x_file_mtime_reaches_megas_fingerprint(
+    service: Service, emulator: MegaEmulator
+) -> None:
+    data = payload(MiB + 7, 13)
+    dated = {**service.headers, "X-File-Mtime": "1234567890"}
+    streamed = service.http.put(f"{service.url}/files/dated.bin", headers=dated, content=data)
+    check_stored(emulator, streamed, "dated.bin", data)
+    assert emulator.sdk_fingerprint(streamed.json()["handle"]) == (fingerprint_of(data), 1234567890)
+    form = service.http.post(
+        f"{service.url}/upload", headers=dated, files={"file": ("form.bin", data)}
+    )
+    check_stored(emulator, form, "form.bin", data)
+    assert emulator.sdk_fingerprint(form.json()["handle"]) == (fingerprint_of(data), 1234567890)
+    wrong = service.http.put(
+        f"{service.url}/files/x.bin",
+        headers={**service.headers, "X-File-Mtime": "yesterday"},
+        content=b"x",
+    )
+    assert wrong.status_code == 422 and "x-file-mtime" in wrong.json()["message"]
+
+
 @pytest.mark.parametrize(
     "fault",
     [

@@ -554,3 +554,16 @@ def test_worker_threads_cover_the_upload_limit(make_client) -> None:
     client = make_client(max_concurrent_uploads=100)
     tokens = client.portal.call(lambda: to_thread.current_default_thread_limiter().total_tokens)
     assert tokens >= 2 * 100 + 16
+
+
+def test_a_local_file_keeps_the_date_its_client_gave(client, auth) -> None:
+    answer = client.put(
+        "/files/old.txt", content=b"from 2009", headers={**auth, "X-File-Mtime": "1234567890"}
+    )
+    assert answer.status_code == 200, answer.text
+    download = client.get(answer.json()["link"])
+    assert download.headers["last-modified"] == "Fri, 13 Feb 2009 23:31:30 GMT"
+    form = client.post(
+        "/upload", headers={**auth, "X-File-Mtime": "1234567890"}, files={"file": ("f", b"y")}
+    )
+    assert client.get(form.json()["link"]).headers["last-modified"].endswith("2009 23:31:30 GMT")

@@ -91,6 +91,15 @@ TokenHeader = Annotated[str | None, Header(description="A token or an upload tic
 BearerHeader = Annotated[
     str | None, Header(description="Alternatively: `Bearer <token or ticket>`.")
 ]
+MtimeHeader = Annotated[
+    int | None,
+    Header(
+        description="The file's own modification time, Unix seconds: MEGA's apps show it "
+        "as the file's date (in its fingerprint `c`); local downloads as Last-Modified.",
+        ge=0,
+        le=2**40,  # MEGA's fingerprint keeps it in at most 8 bytes
+    ),
+]
 ServiceParam = Annotated[
     str | None,
     Query(description="Storage backend to use, e.g. `mega`; omitted means the configured one."),
@@ -146,6 +155,7 @@ class Admission:
     grant: Grant
     slot: Slot
     filename: str | None = None
+    mtime: int | None = None
 
     def finish(self, stored: bool, size: int) -> None:
         """The answer was sent: free the slot and settle the allowances (blocking)."""
@@ -159,6 +169,7 @@ async def admit_upload(
     x_auth_token: TokenHeader = None,
     authorization: BearerHeader = None,
     service: ServiceParam = None,
+    x_file_mtime: MtimeHeader = None,
 ) -> Admission:
     """Admit an upload: a valid token or ticket that may use this service and name, a
     declared size within its limit, a free upload slot, and room in its allowances."""
@@ -186,7 +197,7 @@ async def admit_upload(
         slot.release()
         _count_refusal(caller, refused)
         raise
-    admission = Admission(caller, backend, limit, declared, grant, slot, filename)
+    admission = Admission(caller, backend, limit, declared, grant, slot, filename, x_file_mtime)
     _account(record, admission)
     return admission
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 from collections.abc import Callable
 from typing import Annotated
@@ -161,7 +162,13 @@ class Upload:
                     await self._received.wait()
                     if self.error is None and not self.client_gone and copy is not None:
                         stored = await to_thread.run_sync(
-                            self.backend.store, copy.path, self._name(), intake.size
+                            functools.partial(
+                                self.backend.store,
+                                copy.path,
+                                self._name(),
+                                intake.size,
+                                mtime=self.admission.mtime,
+                            )
                         )
             except Exception as error:  # re-raised below, outside the task group
                 failure = error
@@ -188,7 +195,10 @@ class Upload:
         streaming = self.backend.capabilities().stream
         assert streaming is not None  # a relay is only made for a backend that streams
         try:
-            return await to_thread.run_sync(streaming.store_stream, relay, self._name(), relay.size)
+            store = functools.partial(
+                streaming.store_stream, relay, self._name(), relay.size, mtime=self.admission.mtime
+            )
+            return await to_thread.run_sync(store)
         except PredictionMissed:
             if copy is None:
                 raise SourceGone("the body ended before its Content-Length") from None

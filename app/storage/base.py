@@ -45,8 +45,11 @@ class StorageBackend(Protocol):
     def start(self) -> None:
         """Prepare local resources; must not fail because a remote service is down."""
 
-    def store(self, source: Path, filename: str, size: int) -> StoredFile:
-        """Store the local file ``source`` under ``filename``; ``source`` stays the caller's."""
+    def store(
+        self, source: Path, filename: str, size: int, *, mtime: int | None = None
+    ) -> StoredFile:
+        """Store the local file ``source`` under ``filename``; ``source`` stays the caller's.
+        ``mtime`` (Unix seconds) is the file's own date when the client gave one."""
         ...
 
     def readiness(self) -> Readiness:
@@ -84,8 +87,10 @@ class BodyStream(Protocol):
 class Streaming(Protocol):
     """Stores a body while it is still arriving, with no temporary file."""
 
-    def store_stream(self, body: BodyStream, filename: str, size: int) -> StoredFile:
-        """Store exactly ``size`` bytes from ``body``.
+    def store_stream(
+        self, body: BodyStream, filename: str, size: int, *, mtime: int | None = None
+    ) -> StoredFile:
+        """Store exactly ``size`` bytes from ``body`` (``mtime`` as for ``store``).
 
         Exceptions raised by ``body.read`` (the client left) must propagate unchanged,
         after anything partly stored has been removed.

@@ -89,19 +89,26 @@ class LocalBackend:
             log.info("removed %d leftover partial file(s) from local storage", removed)
         return removed
 
-    def store(self, source: Path, filename: str, size: int) -> StoredFile:
+    def store(
+        self, source: Path, filename: str, size: int, *, mtime: int | None = None
+    ) -> StoredFile:
         # A spooled file on the same file system is hard-linked: it takes no more room,
         # and its bytes already count as used in the free space.
         same_disk = _device(source) == _device(self.root)
         return self._store(
-            filename, 0 if same_disk else size, lambda target: self._place(source, target)
+            filename, 0 if same_disk else size, lambda target: self._place(source, target), mtime
         )
 
-    def store_stream(self, body: BodyStream, filename: str, size: int) -> StoredFile:
-        return self._store(filename, size, lambda target: self._write(body, target))
+    def store_stream(
+        self, body: BodyStream, filename: str, size: int, *, mtime: int | None = None
+    ) -> StoredFile:
+        return self._store(filename, size, lambda target: self._write(body, target), mtime)
 
-    def _store(self, filename: str, needed: int, put: Callable[[Path], None]) -> StoredFile:
-        """Run ``put`` on the new file's path; ``needed`` is the room it takes on this disk."""
+    def _store(
+        self, filename: str, needed: int, put: Callable[[Path], None], mtime: int | None
+    ) -> StoredFile:
+        """Run ``put`` on the new file's path; ``needed`` is the room it takes on this disk.
+        ``mtime`` dates the file (served back as its Last-Modified)."""
         handle = secrets.token_urlsafe(16)
         folder = self.root / handle
         try:
@@ -109,6 +116,8 @@ class LocalBackend:
                 raise StorageFull("the local storage disk is full")
             folder.mkdir(mode=0o700)
             put(folder / filename)
+            if mtime is not None:
+                os.utime(folder / filename, (mtime, mtime), follow_symlinks=False)
         except OSError as error:
             shutil.rmtree(folder, ignore_errors=True)
             raise _storage_error(error) from error
