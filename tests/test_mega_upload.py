@@ -49,7 +49,7 @@ from app.storage.mega.session import MemorySessionStore
 from app.storage.mega.upload import (
     UploadLimits,
     export_link,
-    put_node,
+    put_file_node,
     send_file,
     upload_answer,
 )
@@ -368,7 +368,7 @@ def root_of(client: MegaClient) -> str:
 
 def upload_to_root(client: MegaClient, path: Path, size: int, limits: UploadLimits) -> str:
     sent = send_file(client, path, size, limits)
-    handle = put_node(client, root_of(client), sent, path.name)
+    handle = put_file_node(client, root_of(client), sent, path.name).handle
     return export_link(client, handle, sent.node_key)
 
 

@@ -383,19 +383,6 @@ def put_file_node(
     return PlacedNode(handle, parent if isinstance(parent, str) else None)
 
 
-def put_node(
-    client: ApiClient,
-    folder_id: str,
-    sent: SentFile,
-    filename: str,
-    deadline: Deadline | None = None,
-    *,
-    mtime: int | None = None,
-) -> str:
-    """``put_file_node``'s handle."""
-    return put_file_node(client, folder_id, sent, filename, deadline, mtime=mtime).handle
-
-
 def export_link(
     client: ApiClient, node_handle: str, key: A32, deadline: Deadline | None = None
 ) -> str:
