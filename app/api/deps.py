@@ -14,7 +14,7 @@ from app.access.admission import Caller, Gatekeeper
 from app.access.brake import AuthBrake
 from app.access.limits import Allowances, Grant
 from app.access.tokens import TokenRegistry
-from app.api.context import UploadRecord, start_upload_record
+from app.api.context import UploadSummary, start_upload_summary
 from app.api.errors import UNSUPPORTED_SERVICE
 from app.config import Settings
 from app.intake.body import Pace
@@ -156,15 +156,16 @@ async def admit_upload(
     declared size within its limit, a free upload slot, and room in its allowances."""
     state = request.scope.setdefault("state", {})
     multipart = request.method == "POST"
-    record = start_upload_record(state, services.backend.name, "multipart" if multipart else "raw")
+    method = "multipart" if multipart else "raw"
+    summary = start_upload_summary(state, services.backend.name, method)
     caller = await authenticate(request, services, x_auth_token, authorization)
-    record.token = caller.name
+    summary.token = caller.name
     backend = services.backend_for(service)
     gate = services.gatekeeper
     filename = None
     if not multipart:
         filename = filename_or_default(request.path_params.get("filename"))
-        record.filename = filename
+        summary.filename = filename
     gate.check_target(caller, backend.name, filename)
     limit = gate.file_limit(caller)
     length = _content_length(request)
@@ -180,7 +181,7 @@ async def admit_upload(
         _count_refusal(caller, refused)
         raise
     admission = Admission(caller, backend, limit, declared, grant, slot, filename)
-    _account(record, admission)
+    _account(summary, admission)
     return admission
 
 
@@ -199,10 +200,10 @@ def _count_refusal(caller: Caller, refused: BaseException) -> None:
         metrics.limit_rejected(caller.name, limit)
 
 
-def _account(record: UploadRecord, admission: Admission) -> None:
-    record.finish = admission.finish
-    record.admitted = True
-    record.started_admitted = time.monotonic()
+def _account(summary: UploadSummary, admission: Admission) -> None:
+    summary.finish = admission.finish
+    summary.admitted = True
+    summary.started_admitted = time.monotonic()
     metrics.upload_started()
 
 
