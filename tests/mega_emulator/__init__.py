@@ -57,7 +57,11 @@ place cites the file it follows):
 * hashcash: an empty answer (``1:<token>:``) gets a fresh challenge;
   ``hashcash_hard_challenges_next`` issues unsolvable ones first;
 * ``sdk_names(email)``: node names as the SDK reads attribute blocks (a
-  ``\\uXXXX`` escape keeps only its low byte).
+  ``\\uXXXX`` escape keeps only its low byte); ``sdk_attributes(handle)``: all of a
+  node's attributes as the SDK reads them (names packed into 8 bytes, a value that is
+  not a string, number, object or array ends the reading);
+* ``a`` takes the rewritten block as ``at`` (as both official clients send it), ``f``
+  lists public links under ``ph`` and a base64 ``sn``, ``uq`` answers ``usl``.
 
 Throughput: chunk bodies go to disk in 1 MiB pieces. A plain ``requests`` POST
 of 256 MiB measured 130-210 MB/s on a 2-vCPU machine with the emulator in its

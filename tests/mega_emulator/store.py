@@ -116,6 +116,8 @@ class CloudStore:
         self.completions: dict[str, tuple[str, str, int]] = {}  # handle -> (owner, blob, size)
         self.public: dict[str, str] = {}  # public handle -> node handle
         self.exported: dict[str, str] = {}  # node handle -> public handle
+        self.link_times: dict[str, int] = {}  # node handle -> when its link was made
+        self._sequence = 0
 
     # -- handles ---------------------------------------------------------
     def _unique(self, taken: Any, n_bytes: int, dash_ok: bool = True) -> str:
@@ -187,11 +189,23 @@ class CloudStore:
         with self.lock:
             for h in self.subtree(handle):
                 node = self.nodes.pop(h)
-                ph = self.exported.pop(h, None)
-                if ph:
-                    self.public.pop(ph, None)
+                self.unexport(h)
                 if node.blob:
                     self.release_blob(node.blob)
+
+    def unexport(self, handle: str) -> None:
+        """Remove a node's public link: its public handle stops resolving at once."""
+        with self.lock:
+            ph = self.exported.pop(handle, None)
+            self.link_times.pop(handle, None)
+            if ph:
+                self.public.pop(ph, None)
+
+    def sequence_number(self) -> str:
+        """The next ``sn``: 8 bytes, base64url (11 characters), growing with each call."""
+        with self.lock:
+            self._sequence += 1
+            return b64url_encode(self._sequence.to_bytes(8, "big"))
 
     # -- blobs -----------------------------------------------------------
     def retain_blob(self, blob_id: str) -> None:
