@@ -14,16 +14,24 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from mega.crypto import make_id
 
-from app.storage.base import BodyStream, Capabilities, Readiness, StorageError, StoredFile
+from app.storage.base import (
+    BodyStream,
+    Capabilities,
+    Commit,
+    Readiness,
+    StorageError,
+    StoredFile,
+)
 
 from .client import MegaClient
 from .errors import ENOENT, MegaApiError, MegaLoggingIn, failure_name, to_storage_error
 from .folders import ensure_folder
+from .records import MegaRecords
 from .retry import Deadline
 from .session import FileSessionStore, SessionStore, account_key
 from .settings import MegaSettings
@@ -68,12 +76,25 @@ class MegaBackend:
         self._folder_id: str | None = None
         self._folder_lock = threading.Lock()
         self._readiness_lock = threading.Lock()
+        self._records = MegaRecords(
+            self._ready_client,
+            lambda: self._folder(Deadline(policy.deadline_s)),
+            settings.session_file.parent / "locks",
+        )
 
     # -- StorageBackend ------------------------------------------------------------
 
     def capabilities(self) -> Capabilities:
         # MEGA may ask for an upload to start again on a fresh URL: streams restart.
-        return Capabilities(connect=self, stream=self, restarts_streams=True)
+        records = self._records
+        return Capabilities(
+            connect=self,
+            stream=self,
+            restarts_streams=True,
+            records=records,
+            links=records,
+            space=records,
+        )
 
     def start(self) -> None:
         """Build the client; no network I/O (``connect`` logs in, in the background)."""
@@ -89,14 +110,19 @@ class MegaBackend:
         except Exception as exc:
             raise to_storage_error(exc) from None
 
-    def store(self, source: Path, filename: str, size: int) -> StoredFile:
+    def store(
+        self, source: Path, filename: str, size: int, commit: Commit | None = None
+    ) -> StoredFile:
         return self._store(
             lambda client, deadline: send_file(client, source, size, self._limits, deadline),
             filename,
             size,
+            commit,
         )
 
-    def store_stream(self, body: BodyStream, filename: str, size: int) -> StoredFile:
+    def store_stream(
+        self, body: BodyStream, filename: str, size: int, commit: Commit | None = None
+    ) -> StoredFile:
         """Store ``size`` bytes read from ``body`` while they arrive (no temporary file).
 
         The deadline does not count time spent waiting for the body's bytes (it bounds
@@ -110,6 +136,7 @@ class MegaBackend:
                 lambda client, deadline: send_stream(client, body, size, self._limits, deadline),
                 filename,
                 size,
+                commit,
             )
         except SourceFailed as failed:
             # The API layer logs why (the client left, the file was another size).
@@ -121,6 +148,7 @@ class MegaBackend:
         send: Callable[[MegaClient, Deadline], SentFile],
         filename: str,
         size: int,
+        commit: Commit | None = None,
     ) -> StoredFile:
         # One deadline for the whole upload: log-in and folder look-up, the data, u/p/l.
         deadline = Deadline(self._limits.deadline_s)
@@ -128,25 +156,48 @@ class MegaBackend:
             client = self._ready_client(deadline=deadline)
             folder = self._folder(deadline)
             sent = send(client, deadline)
-            try:
-                handle = put_node(client, folder, sent, filename, deadline)
-            except MegaApiError as exc:
-                if exc.code != ENOENT:
-                    raise
-                # The folder was removed behind our back: find or create it once more.
-                logger.warning("MEGA destination folder is gone; looking it up again")
-                folder = self._folder(deadline, stale=folder)
-                handle = put_node(client, folder, sent, filename, deadline)
-            link = export_link(client, handle, sent.node_key, deadline)
         except (StorageError, SourceFailed):
             raise
         except Exception as exc:
-            failure = to_storage_error(exc)
-            logger.warning(
-                "MEGA upload of %d bytes failed: %s (%s)", size, failure_name(exc), failure
-            )
-            raise failure from None
-        return StoredFile(handle=handle, link=link)
+            raise self._failed(exc, size) from None
+
+        def make(fields: Mapping[str, str]) -> StoredFile:
+            try:
+                return self._make_file(client, folder, sent, filename, fields, deadline)
+            except StorageError:
+                raise
+            except Exception as exc:
+                raise self._failed(exc, size) from None
+
+        # MEGA holds every byte now, but no file exists until 'p': a commit that finds the
+        # same bytes stored already (or refuses them) makes none, and MEGA drops the upload.
+        return make({}) if commit is None else commit(make)
+
+    def _make_file(
+        self,
+        client: MegaClient,
+        folder: str,
+        sent: SentFile,
+        filename: str,
+        fields: Mapping[str, str],
+        deadline: Deadline,
+    ) -> StoredFile:
+        try:
+            handle = put_node(client, folder, sent, filename, deadline, fields)
+        except MegaApiError as exc:
+            if exc.code != ENOENT:
+                raise
+            # The folder was removed behind our back: find or create it once more.
+            logger.warning("MEGA destination folder is gone; looking it up again")
+            folder = self._folder(deadline, stale=folder)
+            handle = put_node(client, folder, sent, filename, deadline, fields)
+        return StoredFile(handle=handle, link=export_link(client, handle, sent.node_key, deadline))
+
+    @staticmethod
+    def _failed(exc: Exception, size: int) -> StorageError:
+        failure = to_storage_error(exc)
+        logger.warning("MEGA upload of %d bytes failed: %s (%s)", size, failure_name(exc), failure)
+        return failure
 
     def readiness(self) -> Readiness:
         """Logged in and the folder there; never starts a log-in of its own while one runs."""

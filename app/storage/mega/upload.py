@@ -38,6 +38,7 @@ import logging
 import re
 import threading
 import time
+from collections.abc import Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -291,8 +292,14 @@ def put_node(
     sent: SentFile,
     filename: str,
     deadline: Deadline | None = None,
+    attributes: Mapping[str, str] | None = None,
 ) -> str:
-    """Turn a completed upload into a file node named ``filename`` in ``folder_id``."""
+    """Turn a completed upload into a file node named ``filename`` in ``folder_id``.
+
+    ``attributes`` (custom ones, ``_`` + at most 7 bytes, string values) are written in
+    the same ``p``, as the SDK adds extra attributes to a new file's map before it sends
+    it (``MegaClient::putnodes_prepareOneFile``, ``addNodeAttrsFunc``, src/megaclient.cpp).
+    """
     key = sent.node_key
     aes_key = (key[0] ^ key[4], key[1] ^ key[5], key[2] ^ key[6], key[3] ^ key[7])
     answer = client.api(
@@ -305,7 +312,7 @@ def put_node(
                 {
                     "h": sent.completion,
                     "t": 0,
-                    "a": attribute_block({"n": filename}, aes_key),
+                    "a": attribute_block({"n": filename, **(attributes or {})}, aes_key),
                     "k": a32_to_base64(encrypt_key(key, client.master_key)),
                 }
             ],
