@@ -129,6 +129,23 @@ class Settings(BaseSettings):
     port: int = Field(default=8080, ge=1, le=65535)
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
 
+    # -- upload records: expiry, the sweeper, the index (README, "Records") ---------------
+    # Days an upload is kept when neither the request (expires_in) nor its token's
+    # default_expiry_days says; unset: kept until deleted.
+    default_expiry_days: float | None = Field(default=None, gt=0, le=36500)
+    # How often the service deletes expired uploads while it runs: an upload is gone at
+    # most this long after it expired (`python server.py sweep` does it on demand).
+    sweep_interval_seconds: float = Field(default=300.0, gt=0, le=86400)
+    # How often the index of uploads is rebuilt from one listing of the storage, and the
+    # storage's used and total bytes asked again. Without REDIS_URL each process keeps its
+    # own index: another process's uploads reach it within this time.
+    index_refresh_seconds: float = Field(default=300.0, ge=1, le=86400)
+
+    @field_validator("default_expiry_days", mode="before")
+    @classmethod
+    def _blank_days_is_unset(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
+
     @field_validator("auth_token", "ticket_secret", "metrics_token")
     @classmethod
     def _token_is_strong(cls, value: SecretStr | None) -> SecretStr | None:

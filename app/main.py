@@ -12,7 +12,7 @@ from fastapi import FastAPI
 
 from app import __version__
 from app.access.tokens import watch_sighup
-from app.api import downloads, health, metrics, tickets, uploads
+from app.api import downloads, health, metrics, records, tickets, uploads
 from app.api.context import RequestContextMiddleware
 from app.api.deps import Services
 from app.api.errors import install_error_handlers
@@ -20,6 +20,7 @@ from app.api.pages import install_web
 from app.config import Settings
 from app.intake.relay import tune_allocator
 from app.intake.spool import Spool
+from app.records.tasks import maintain
 from app.serving.startup import OneLineStartupErrors
 from app.shared_state import build_shared_state
 from app.storage.base import Connecting, StorageBackend, StorageError, StorageLoginFailed
@@ -101,6 +102,14 @@ def create_app(
         )
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(_connect, services.capabilities.connect, on_refused)
+            if services.records is not None or services.capabilities.space is not None:
+                tasks.start_soon(
+                    maintain,
+                    services.records,
+                    services.space,
+                    settings.sweep_interval_seconds,
+                    settings.index_refresh_seconds,
+                )
             try:
                 yield
             finally:
@@ -130,5 +139,6 @@ def create_app(
     app.include_router(
         downloads.router, include_in_schema=services.capabilities.download is not None
     )
+    app.include_router(records.router, include_in_schema=services.records is not None)
     install_web(app, settings)
     return app

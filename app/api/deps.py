@@ -18,12 +18,14 @@ from app.api.context import UploadSummary, start_upload_summary
 from app.api.errors import UNSUPPORTED_SERVICE
 from app.config import Settings
 from app.intake.body import Pace
+from app.intake.digests import POST_HEADER, PUT_HEADER, declared_sha256
 from app.intake.errors import InvalidLength, UploadTooLarge
 from app.intake.filenames import filename_or_default
 from app.intake.multipart import MULTIPART_OVERHEAD
 from app.intake.slots import Slot, UploadSlots
 from app.intake.spool import Spool
 from app.logging_setup import token_name
+from app.records import Records, SpaceTracker, build_records
 from app.shared_state import SharedState
 from app.storage.base import Capabilities, StorageBackend
 
@@ -41,6 +43,8 @@ class Services:
     tokens: TokenRegistry = field(init=False)
     gatekeeper: Gatekeeper = field(init=False)
     pace: Pace = field(init=False)
+    space: SpaceTracker = field(init=False)
+    records: Records | None = field(init=False)
 
     def __post_init__(self) -> None:
         settings = self.settings
@@ -61,8 +65,13 @@ class Services:
             Allowances(self.shared),
             int(settings.max_upload_bytes),
             settings.ticket_secret.get_secret_value() if settings.ticket_secret else None,
+            settings.default_expiry_days,
         )
         self.pace = Pace(settings.client_idle_timeout_seconds, settings.client_min_bytes_per_second)
+        self.space = SpaceTracker(self.capabilities.space)
+        self.records = build_records(
+            settings, self.backend, self.capabilities, self.shared, self.space
+        )
 
     def backend_for(self, service: str | None) -> StorageBackend:
         """The backend a request names; None means the configured one."""
@@ -86,6 +95,30 @@ BearerHeader = Annotated[
 ServiceParam = Annotated[
     str | None,
     Query(description="Storage backend to use, e.g. `mega`; omitted means the configured one."),
+]
+ExpiresParam = Annotated[
+    float | None,
+    Query(
+        gt=0,
+        description="Seconds until this upload expires and is deleted (at most the token's "
+        "max_expiry_days); omitted: the token's or the service's default, else kept.",
+    ),
+]
+ReprDigestHeader = Annotated[
+    str | None,
+    Header(
+        alias=PUT_HEADER,
+        description="`PUT` only: the file's SHA-256 as RFC 9530 `sha-256=:<base64>:`, checked "
+        "against the bytes received (400 `digest_mismatch`, nothing stored).",
+    ),
+]
+FileDigestHeader = Annotated[
+    str | None,
+    Header(
+        alias=POST_HEADER,
+        description="`POST` only (the body is a form, not the file): the file's SHA-256, "
+        "`sha-256=:<base64>:`, checked like Repr-Digest.",
+    ),
 ]
 
 
@@ -138,6 +171,10 @@ class Admission:
     grant: Grant
     slot: Slot
     filename: str | None = None
+    # Seconds until the upload expires (None: kept); the file's SHA-256 as the client
+    # declared it (hex), checked against the bytes received.
+    expires_in: int | None = None
+    digest: str | None = None
 
     def finish(self, stored: bool, size: int) -> None:
         """The answer was sent: free the slot and settle the allowances (blocking)."""
@@ -151,9 +188,13 @@ async def admit_upload(
     x_auth_token: TokenHeader = None,
     authorization: BearerHeader = None,
     service: ServiceParam = None,
+    expires_in: ExpiresParam = None,
+    repr_digest: ReprDigestHeader = None,
+    file_digest: FileDigestHeader = None,
 ) -> Admission:
     """Admit an upload: a valid token or ticket that may use this service and name, a
-    declared size within its limit, a free upload slot, and room in its allowances."""
+    declared size within its limit and within the storage's free space, a free upload
+    slot, and room in its allowances."""
     state = request.scope.setdefault("state", {})
     multipart = request.method == "POST"
     method = "multipart" if multipart else "raw"
@@ -173,6 +214,15 @@ async def admit_upload(
         raise UploadTooLarge(limit)
     # A multipart body's length includes its framing: the file's size is not declared.
     declared = None if multipart else length
+    if length is not None:
+        # Before a byte of the body is read: a file that cannot fit is refused at once
+        # (a form's file is at least its body minus the room allowed for the rest).
+        services.space.check(length - MULTIPART_OVERHEAD if multipart else length)
+    digest = (
+        declared_sha256(file_digest, POST_HEADER)
+        if multipart
+        else declared_sha256(repr_digest, PUT_HEADER)
+    )
     slot = await services.upload_slots.acquire()
     try:
         grant = await to_thread.run_sync(gate.take, caller, declared)
@@ -180,7 +230,17 @@ async def admit_upload(
         slot.release()
         _count_refusal(caller, refused)
         raise
-    admission = Admission(caller, backend, limit, declared, grant, slot, filename)
+    admission = Admission(
+        caller,
+        backend,
+        limit,
+        declared,
+        grant,
+        slot,
+        filename,
+        gate.expiry(caller, expires_in),
+        digest,
+    )
     _account(summary, admission)
     return admission
 

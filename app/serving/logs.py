@@ -23,6 +23,9 @@ _BEARER = re.compile(r"(?i)\b(bearer\s+)[^\s\"',]+")
 # The path of a MEGA upload URL is a credential for that upload (urllib3 logs request
 # lines at DEBUG).
 _MEGA_UPLOAD_PATH = re.compile(r"(/ul/)[^/\s\"']+")
+# A delete URL (/delete/<id>/<key>/<secret>) is a credential for that upload; the access
+# log writes request paths.
+_DELETE_PATH = re.compile(r"(/delete/[^/\s\"'?#]+/)[^\s\"'?#]+")
 
 
 class Redactor:
@@ -37,6 +40,7 @@ class Redactor:
             text = text.replace(secret, REDACTED)
         text = _QUERY_PARAMETER.sub(self._parameter, text)
         text = _MEGA_UPLOAD_PATH.sub(rf"\g<1>{REDACTED}", text)
+        text = _DELETE_PATH.sub(rf"\g<1>{REDACTED}", text)
         return _BEARER.sub(rf"\g<1>{REDACTED}", text)
 
     @staticmethod

@@ -17,11 +17,14 @@ class StoredFile:
     """Where an upload ended up.
 
     ``link`` is either an absolute URL or a path starting with ``/`` that the API
-    layer resolves against the service's public base URL.
+    layer resolves against the service's public base URL. ``key`` is what the backend
+    needs to reach the file again besides its handle (``FileRecord.key``; MEGA: the node
+    key), empty when the handle is enough.
     """
 
     handle: str
     link: str
+    key: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,3 +247,11 @@ class UpstreamRejected(StorageError):
 
 class StorageLoginFailed(UpstreamRejected):
     """The destination refused the service's credentials."""
+
+
+class NoSuchFile(StorageError):
+    """No stored file answers to this id (or to this id and delete secret)."""
+
+
+class IndexNotReady(StorageUnavailable):
+    """The index of stored files is still being built (or is out of reach)."""

@@ -120,7 +120,7 @@ class LocalBackend:
                 self._records.create(handle, filename, (folder / filename).stat().st_size, fields)
             except OSError as error:
                 raise _storage_error(error) from error
-            made.append(StoredFile(handle=handle, link=download_link(handle, filename)))
+            made.append(StoredFile(handle, download_link(handle, filename), key=handle))
             return made[0]
 
         try:

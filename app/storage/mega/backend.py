@@ -17,7 +17,7 @@ import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from mega.crypto import make_id
+from mega.crypto import a32_to_base64, make_id
 
 from app.storage.base import (
     BodyStream,
@@ -191,7 +191,8 @@ class MegaBackend:
             logger.warning("MEGA destination folder is gone; looking it up again")
             folder = self._folder(deadline, stale=folder)
             handle = put_node(client, folder, sent, filename, deadline, fields)
-        return StoredFile(handle=handle, link=export_link(client, handle, sent.node_key, deadline))
+        link = export_link(client, handle, sent.node_key, deadline)
+        return StoredFile(handle=handle, link=link, key=a32_to_base64(sent.node_key))
 
     @staticmethod
     def _failed(exc: Exception, size: int) -> StorageError:
