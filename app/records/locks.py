@@ -91,7 +91,6 @@ class Locks:
         with taken:
             yield Held()
 
-
     def _lock_file(self, name: str) -> Path:
         """A lock file per name (``sweep``), or for names of many things (``file:<id>``),
         one of a fixed set per kind: the directory never grows, and two things that share
