@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from redis.exceptions import LockError
@@ -26,16 +26,15 @@ log = logging.getLogger(__name__)
 class Held:
     """A lock being held; ``renew`` gives a Redis lock its full time again."""
 
-    def __init__(self, renew: contextlib.AbstractContextManager[None] | None = None) -> None:
-        self._lock = renew
+    def __init__(self, renew: Callable[[], object] | None = None) -> None:
+        self._renew = renew
 
     def renew(self) -> None:
         """Keep holding: a long holder calls this between steps (a no-op for lock files)."""
-        lock = self._lock
-        if lock is None:
+        if self._renew is None:
             return
         with contextlib.suppress(LockError, SharedStateUnavailable):
-            lock.reacquire()  # type: ignore[attr-defined]
+            self._renew()
 
 
 class Locks:
@@ -76,7 +75,7 @@ class Locks:
                     yield None
                     return
                 try:
-                    yield Held(lock)  # type: ignore[arg-type]
+                    yield Held(lambda: state.run(lock.reacquire))
                 finally:
                     # Expired meanwhile, or Redis gone: nothing to release.
                     with contextlib.suppress(LockError, SharedStateUnavailable):
