@@ -357,3 +357,17 @@ def test_token_flags_are_checked_when_the_file_is_read(tmp_path: Path) -> None:
     bad = tokens_toml(b={"secret": "t" * 20, "default_expiry_days": 9, "max_expiry_days": 7})
     with pytest.raises(TokensFileError, match="default_expiry_days is larger"):
         parse_tokens(bad, 10**9)
+
+
+def test_render_runs_the_sweep_as_a_cron_job_with_the_services_settings() -> None:
+    import yaml
+
+    services = yaml.safe_load((ROOT / "render.yaml").read_text())["services"]
+    [web] = [s for s in services if s["type"] == "web"]
+    [cron] = [s for s in services if s["type"] == "cron"]
+    assert cron["startCommand"] == "python server.py sweep"
+    assert cron["buildCommand"] == web["buildCommand"] and cron["schedule"]
+    env = {item["key"]: item for item in cron["envVars"]}
+    for key in ("MEGA_EMAIL", "MEGA_PASSWORD", "MEGA_FOLDER"):
+        assert env[key]["fromService"]["envVarKey"] == key  # never a second copy
+    assert env["REDIS_URL"]["fromService"]["type"] == "keyvalue"  # the shared sweep lock

@@ -226,19 +226,37 @@ def _read_cursor(cursor: str | None) -> tuple[float, str] | None:
 
 
 class _SortedSet:
+    """Members by score. Single writes keep the order as they go; a bulk load (a rebuild)
+    only records scores and sorts once, when the order is next read."""
+
     def __init__(self) -> None:
         self.scores: dict[str, float] = {}
-        self.order: list[tuple[float, str]] = []
+        self._order: list[tuple[float, str]] = []
+        self._stale = False
 
-    def add(self, member: str, score: float) -> None:
+    def add(self, member: str, score: float, bulk: bool = False) -> None:
+        if bulk or self._stale:
+            self.scores[member] = score
+            self._stale = True
+            return
         self.discard(member)
         self.scores[member] = score
-        bisect.insort(self.order, (score, member))
+        bisect.insort(self._order, (score, member))
 
-    def discard(self, member: str) -> None:
+    def discard(self, member: str, bulk: bool = False) -> None:
+        if bulk or self._stale:
+            self._stale = self.scores.pop(member, None) is not None or self._stale
+            return
         score = self.scores.pop(member, None)
         if score is not None:
-            del self.order[bisect.bisect_left(self.order, (score, member))]
+            del self._order[bisect.bisect_left(self._order, (score, member))]
+
+    @property
+    def order(self) -> list[tuple[float, str]]:
+        if self._stale:
+            self._order = sorted((score, member) for member, score in self.scores.items())
+            self._stale = False
+        return self._order
 
 
 class MemoryStore:
@@ -258,30 +276,42 @@ class MemoryStore:
         self, file_id: str, record: str | None, entries: list[Entry], stamp: float, unless: float
     ) -> bool:
         with self._lock:
-            if unless > 0 and (file_id in self._gone or self._seen.get(file_id, 0) >= unless):
-                return False
-            for kind, key, member, _ in self._entries.pop(file_id, []):
-                if kind == "z":
-                    self._sorted[key].discard(member)
-                else:
-                    self._sets[key].discard(member)
-            self._seen[file_id] = stamp
-            if record is None:
-                self._records.pop(file_id, None)
-                self._gone[file_id] = stamp
-                return True
-            for kind, key, member, score in entries:
-                if kind == "z":
-                    self._sorted.setdefault(key, _SortedSet()).add(member, score)
-                else:
-                    self._sets.setdefault(key, set()).add(member)
-            self._records[file_id] = record
-            self._entries[file_id] = entries
-            return True
+            return self._apply(file_id, record, entries, stamp, unless, bulk=False)
 
     def apply_many(self, items: list[tuple[str, str | None, list[Entry]]], stamp: float) -> None:
-        for file_id, record, entries in items:
-            self.apply(file_id, record, entries, stamp, stamp)
+        with self._lock:
+            for file_id, record, entries in items:
+                self._apply(file_id, record, entries, stamp, stamp, bulk=True)
+
+    def _apply(
+        self,
+        file_id: str,
+        record: str | None,
+        entries: list[Entry],
+        stamp: float,
+        unless: float,
+        bulk: bool,
+    ) -> bool:
+        if unless > 0 and (file_id in self._gone or self._seen.get(file_id, 0) >= unless):
+            return False
+        for kind, key, member, _ in self._entries.pop(file_id, []):
+            if kind == "z":
+                self._sorted[key].discard(member, bulk)
+            else:
+                self._sets[key].discard(member)
+        self._seen[file_id] = stamp
+        if record is None:
+            self._records.pop(file_id, None)
+            self._gone[file_id] = stamp
+            return True
+        for kind, key, member, score in entries:
+            if kind == "z":
+                self._sorted.setdefault(key, _SortedSet()).add(member, score, bulk)
+            else:
+                self._sets.setdefault(key, set()).add(member)
+        self._records[file_id] = record
+        self._entries[file_id] = entries
+        return True
 
     def records(self, ids: list[str]) -> list[dict[str, Any] | None]:
         with self._lock:

@@ -176,7 +176,7 @@ class Records:
         files = self.keeping.list_records()
         count = self.index.rebuild((Record.from_file(file) for file in files), started)
         metrics.records_indexed(count)
-        log.info("index of uploads built: %d files in %.1f s", count, self.clock() - started)
+        log.info("index of uploads built: %d files in %.2f s", count, self.clock() - started)
         return count
 
     def wait_until_ready(self, timeout_s: float) -> bool:
