@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from typing import Annotated
 
 from anyio import to_thread
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Path, Query, Request
 
 from app.api.deps import CallerDep, Services, ServicesDep
 from app.api.errors import NOT_SUPPORTED, error_responses
@@ -99,33 +99,30 @@ async def delete_upload(file_id: FileId, services: ServicesDep, caller: CallerDe
     return Deleted(id=file_id, removed=removed)  # type: ignore[arg-type]
 
 
-@router.delete(
-    "/uploads/{file_id}/link",
-    response_model=LinkState,
-    responses=error_responses("token", "stored", "manage"),
-    summary="Revoke a file's public link (the file stays)",
-)
-async def revoke_link(file_id: FileId, services: ServicesDep, caller: CallerDep) -> LinkState:
-    return await _set_link(services, caller, file_id, present=False)
-
-
-@router.post(
-    "/uploads/{file_id}/link",
-    response_model=LinkState,
-    responses=error_responses("token", "stored", "manage"),
-    summary="Give a file a public link again (a new one after a revoke)",
-)
-async def make_link(file_id: FileId, services: ServicesDep, caller: CallerDep) -> LinkState:
-    return await _set_link(services, caller, file_id, present=True)
-
-
-async def _set_link(
-    services: Services, caller: CallerDep, file_id: str, present: bool
+async def file_link(
+    request: Request, file_id: FileId, services: ServicesDep, caller: CallerDep
 ) -> LinkState:
+    """DELETE takes the file's public link away (the file stays); POST gives it one again."""
     records = _records(services, links=True)
     scope = services.gatekeeper.record_scope(caller)
+    present = request.method == "POST"
     record = await to_thread.run_sync(records.set_link, file_id, scope, present)
     return LinkState(id=record.id, link=_link(services, record.link))
+
+
+for _method, _summary in (
+    ("DELETE", "Revoke a file's public link (the file stays)"),
+    ("POST", "Give a file a public link again (a new one after a revoke)"),
+):
+    router.add_api_route(
+        "/uploads/{file_id}/link",
+        file_link,
+        methods=[_method],
+        response_model=LinkState,
+        responses=error_responses("token", "stored", "manage"),
+        summary=_summary,
+        operation_id=f"{_method.lower()}_file_link",
+    )
 
 
 @router.delete(

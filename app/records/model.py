@@ -30,7 +30,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from app.storage.base import RECORD_PREFIX, FileRecord
+from app.storage.base import RECORD_PREFIX, FileFacts, FileRecord
 
 FORMAT = "1"
 VERSION_FIELD = RECORD_PREFIX + "v"
@@ -89,19 +89,13 @@ class Reference:
 
 
 @dataclass(frozen=True, slots=True)
-class Record:
+class Record(FileFacts):
     """A stored file and its references.
 
     ``sha256`` is None for a file the service stored before it kept records (listed, but
     never a dedup target and never expiring); ``link`` None while it has no public link.
     """
 
-    id: str
-    name: str
-    size: int
-    created: int
-    link: str | None
-    key: str
     sha256: str | None
     references: tuple[Reference, ...]
 

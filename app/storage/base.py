@@ -108,8 +108,8 @@ RECORD_PREFIX = "_p"
 
 
 @dataclass(frozen=True, slots=True)
-class FileRecord:
-    """One stored file as its backend reports it, with the service's record fields.
+class FileFacts:
+    """What identifies a stored file and what anyone may know of it.
 
     ``key`` is what the backend needs to reach the file again (MEGA: the node key), opaque
     to everyone else; ``link`` is None while the file has no public link; ``created`` is
@@ -122,6 +122,12 @@ class FileRecord:
     created: int
     link: str | None
     key: str
+
+
+@dataclass(frozen=True, slots=True)
+class FileRecord(FileFacts):
+    """One stored file as its backend reports it, with the service's record fields."""
+
     fields: Mapping[str, str]
 
 
