@@ -18,7 +18,6 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from app.storage.base import Capabilities, Space
 from app.storage.local import LocalBackend
 from tests.conftest import ROOT, ServerProcess, tokens_toml
 from tests.standins import FailingBackend
@@ -315,27 +314,28 @@ def test_a_backend_that_keeps_no_records_answers_501_and_no_delete_url(
     assert "/uploads" not in client.get("/openapi.json").json()["paths"]
 
 
-class _SmallDisk(LocalBackend):
-    """Local storage that says it has little room left."""
-
-    def capabilities(self) -> Capabilities:
-        declared = super().capabilities()
-        return Capabilities(
-            stream=declared.stream,
-            download=declared.download,
-            records=declared.records,
-            links=declared.links,
-            space=self,
-        )
-
-    def space(self) -> Space:
-        return Space(used=1_000_000, total=1_100_000)
-
-
 def test_a_file_that_cannot_fit_is_507_before_its_body(
     make_client: Callable[..., TestClient], tmp_path: Path, auth: dict[str, str]
 ) -> None:
-    client = make_client(backend=_SmallDisk(tmp_path / "small"))
+    from app.storage.base import Capabilities, Space
+
+    class SmallDisk(LocalBackend):
+        """Local storage that says it has little room left."""
+
+        def capabilities(self) -> Capabilities:
+            declared = super().capabilities()
+            return Capabilities(
+                stream=declared.stream,
+                download=declared.download,
+                records=declared.records,
+                links=declared.links,
+                space=self,
+            )
+
+        def space(self) -> Space:
+            return Space(used=1_000_000, total=1_100_000)
+
+    client = make_client(backend=SmallDisk(tmp_path / "small"))
     deadline = time.monotonic() + 10
     while client.get("/ready").json().get("storage") is None:
         assert time.monotonic() < deadline

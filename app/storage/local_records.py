@@ -150,6 +150,8 @@ class LocalRecords:
         return record
 
     def _load(self, file_id: str) -> dict[str, Any] | None:
+        if not _HANDLE.fullmatch(file_id):
+            return None  # never a path outside the storage directory
         try:
             with open(self.root / f"{file_id}.json", "rb") as source:
                 record = json.load(source)

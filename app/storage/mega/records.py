@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,10 @@ from .upload import LINK_BASE
 logger = logging.getLogger(__name__)
 
 FILE_TYPE = 0
+# A node handle is 6 bytes, a file's node key 32, both base64url (src/megaclient.cpp,
+# NODEHANDLE; FILENODEKEYLENGTH): anything else names no file of ours.
+_HANDLE = re.compile(r"[A-Za-z0-9_-]{8}")
+_KEY = re.compile(r"[A-Za-z0-9_-]{43}")
 
 
 class MegaRecords:
@@ -118,7 +123,10 @@ class MegaRecords:
         return True
 
     def _attributes(self, file: FileRecord) -> tuple[dict[str, Any], int] | None:
-        """The node's decrypted attributes and size, fresh from MEGA; None when it is gone."""
+        """The node's decrypted attributes and size, fresh from MEGA; None when it is gone
+        (or the id and key given cannot be a file's)."""
+        if not (_HANDLE.fullmatch(file.id) and _KEY.fullmatch(file.key)):
+            return None
         try:
             answer = _mapped(lambda: self._client().api({"a": "g", "n": file.id}))
         except _Gone:
@@ -129,7 +137,7 @@ class MegaRecords:
             raise to_storage_error(MegaBadAnswer())
         attributes = read_attribute_block(block, _aes_key(_key_words(file.key)))
         if attributes is None:
-            raise to_storage_error(MegaBadAnswer())
+            return None  # not this key's node: as good as no node
         return attributes, size
 
     # -- LinkControl -------------------------------------------------------------------
