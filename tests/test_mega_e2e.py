@@ -153,7 +153,9 @@ def check_stored(
         MEGA_PY_CHECKS.append(len(data))
 
 
-def payload(size: int, seed: int) -> bytes:
+def payload(size: int, seed: int | str) -> bytes:
+    # Uploads of the same bytes share one stored file (README, "Records"): tests that
+    # check each upload's own name send bytes of their own.
     return random.Random(seed).randbytes(size)
 
 
@@ -205,7 +207,7 @@ def test_uploads_survive_fault(service: Service, emulator: MegaEmulator, fault: 
     else:
         emulator.faults.update(**SURVIVABLE[fault])
     for index, size in enumerate([0, 17, 200 * KiB, 2 * MiB + 1]):
-        data = payload(size, index)
+        data = payload(size, f"{fault}-{index}")
         check_stored(emulator, service.upload(f"{fault}-{index}", data), f"{fault}-{index}", data)
     emulator.faults.reset()
     assert service.health() == 200
@@ -294,7 +296,7 @@ def test_session_expiry_mid_run_costs_one_login(
     new_service: Callable[..., Service], emulator: MegaEmulator
 ) -> None:
     service = new_service()
-    files = [(f"run-{i}.txt", payload(i * 100, i)) for i in range(40)]
+    files = [(f"run-{i}.txt", payload(i * 100, f"run-{i}")) for i in range(40)]
     expired = threading.Event()
 
     def one(index: int) -> httpx.Response:
@@ -333,7 +335,7 @@ def test_gunicorn_workers_and_a_restart_share_one_login(
     first = new_service("gunicorn", argv)
 
     def burst(service: Service, tag: str) -> None:
-        items = [(f"{tag}-{i}", payload(1000 + i, i)) for i in range(16)]
+        items = [(f"{tag}-{i}", payload(1000 + i, f"{tag}-{i}")) for i in range(16)]
         with ThreadPoolExecutor(max_workers=8) as pool:
             responses = list(pool.map(lambda item: service.upload(*item), items, timeout=60))
         for (name, data), response in zip(items, responses, strict=True):

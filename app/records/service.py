@@ -56,6 +56,8 @@ FILE_HOLD_S = 120.0
 SWEEP_HOLD_S = 60.0
 BUILD_HOLD_S = 900.0
 SWEEP_BATCH = 200
+# An empty file costs nothing to store and its name is all it has: never joined to another.
+EMPTY_SHA256 = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,6 +203,8 @@ class Records:
                 "nothing was stored"
             )
         reference, secret = self._new_reference(upload.token, upload.expires_in)
+        if sha256 == EMPTY_SHA256:
+            return self._make(make, upload.name, sha256, size, reference, secret)
         try:
             with self.locks.hold(f"sha:{sha256}", DIGEST_WAIT_S, DIGEST_HOLD_S):
                 return self._commit(make, upload, sha256, size, reference, secret)
@@ -260,6 +264,8 @@ class Records:
 
     def _joined(self, sha256: str, size: int | None, reference: Reference) -> Iterator[Record]:
         """Files with these bytes that took ``reference`` (at most one is wanted)."""
+        if sha256 == EMPTY_SHA256:
+            return
         try:
             candidates = self.index.by_digest(sha256)
         except SharedStateUnavailable:
