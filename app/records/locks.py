@@ -69,7 +69,8 @@ class Locks:
             try:
                 acquired = state.run(lock.acquire)
             except SharedStateUnavailable:
-                log.warning("Redis unreachable: records lock %r taken on this machine only", name)
+                # The shared state has said once that Redis is away; no line per lock.
+                log.debug("records lock %r taken on this machine only", name)
             else:
                 if not acquired:
                     yield None

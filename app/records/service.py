@@ -45,7 +45,7 @@ log = logging.getLogger(__name__)
 
 # How long an upload waits for the index to be built before it is committed without
 # looking for the same bytes; how long it waits for another upload of the same bytes.
-INDEX_WAIT_S = 30.0
+INDEX_WAIT_S = 10.0
 DIGEST_WAIT_S = 120.0
 DIGEST_HOLD_S = 300.0
 # A file's lock: one read and one write of its record at most.
@@ -182,13 +182,22 @@ class Records:
         return count
 
     def wait_until_ready(self, timeout_s: float) -> bool:
-        """Whether the index is (or becomes, within ``timeout_s``) ready."""
+        """Whether the index is (or becomes, within ``timeout_s``) ready; False at once
+        when it is out of reach (Redis down), which waiting would not change soon."""
+        return self._wait(timeout_s) == "ready"
+
+    def _wait(self, timeout_s: float) -> str:
+        """ "ready", "building" (still not built after ``timeout_s``) or "unreachable"."""
         deadline = time.monotonic() + timeout_s
-        while not self.ready():
+        while True:
+            try:
+                if self.index.built() is not None:
+                    return "ready"
+            except SharedStateUnavailable:
+                return "unreachable"
             if time.monotonic() >= deadline:
-                return False
+                return "building"
             time.sleep(0.2)
-        return True
 
     # -- uploads -----------------------------------------------------------------------
 
@@ -221,7 +230,7 @@ class Records:
         reference: Reference,
         secret: str,
     ) -> tuple[StoredFile, Outcome]:
-        if not self.wait_until_ready(INDEX_WAIT_S):
+        if self._wait(INDEX_WAIT_S) == "building":
             log.warning("the index of uploads is not built yet: stored without looking for it")
         for joined in self._joined(sha256, size, reference):
             stored = StoredFile(joined.id, joined.link or "", joined.key)
@@ -269,7 +278,8 @@ class Records:
         try:
             candidates = self.index.by_digest(sha256)
         except SharedStateUnavailable:
-            log.warning("the index of uploads is out of reach: not looking for the same bytes")
+            # The shared state has said once that Redis is away; no line per upload.
+            log.debug("the index of uploads is out of reach: not looking for the same bytes")
             return
         for candidate in candidates:
             # A file whose link was taken away stays without one: the same bytes sent
