@@ -312,6 +312,11 @@ def test_a_backend_that_keeps_no_records_answers_501_and_no_delete_url(
         assert answer.status_code == 501, (route, answer.text)
         assert answer.json()["code"] == "not_supported"
     assert "/uploads" not in client.get("/openapi.json").json()["paths"]
+    for params, headers in [({"expires_in": 60}, {}), ({}, {"Repr-Digest": digest_field(b"x")})]:
+        refused = client.put(
+            "/files/x.bin", params=params, headers={**auth(tokens.manager), **headers}, content=b"x"
+        )
+        assert refused.status_code == 501 and refused.json()["code"] == "not_supported"
 
 
 def test_a_file_that_cannot_fit_is_507_before_its_body(

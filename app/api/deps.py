@@ -15,7 +15,7 @@ from app.access.brake import AuthBrake
 from app.access.limits import Allowances, Grant
 from app.access.tokens import TokenRegistry
 from app.api.context import UploadSummary, start_upload_summary
-from app.api.errors import UNSUPPORTED_SERVICE
+from app.api.errors import NOT_SUPPORTED, UNSUPPORTED_SERVICE
 from app.config import Settings
 from app.intake.body import Pace
 from app.intake.digests import POST_HEADER, PUT_HEADER, declared_sha256
@@ -223,6 +223,12 @@ async def admit_upload(
         if multipart
         else declared_sha256(repr_digest, PUT_HEADER)
     )
+    if services.records is None and (expires_in is not None or digest is not None):
+        # Expiry and digest checks rest on records: never accept what would be ignored.
+        raise NOT_SUPPORTED(
+            f"the storage backend {backend.name!r} keeps no records of uploads: "
+            "they cannot expire (expires_in) or be checked against a declared digest"
+        )
     slot = await services.upload_slots.acquire()
     try:
         grant = await to_thread.run_sync(gate.take, caller, declared)

@@ -133,7 +133,7 @@ NOT_FOUND = ErrorKind(404, "not_found", "download stored", NO_WAIT, False,
 METHOD_NOT_ALLOWED = ErrorKind(405, "method_not_allowed", "", NO_WAIT, False,
     "The path does not take this method.",
     "Method Not Allowed")  # fmt: skip
-NOT_SUPPORTED = ErrorKind(501, "not_supported", "download stored", NO_WAIT, False,
+NOT_SUPPORTED = ErrorKind(501, "not_supported", "download stored upload", NO_WAIT, False,
     "The storage backend in use cannot do this (e.g. serve downloads, keep upload records).",
     "the storage backend 'mega' does not serve downloads; links point at MEGA")  # fmt: skip
 # Refused by the HTTP protocol layer (app/serving/protocol.py) before any route runs.

@@ -294,6 +294,8 @@ class MemoryStore:
     ) -> bool:
         if unless > 0 and (file_id in self._gone or self._seen.get(file_id, 0) >= unless):
             return False
+        if record is None and file_id not in self._records:
+            return False  # nothing to forget (an id nobody stored: no tombstone either)
         for kind, key, member, _ in self._entries.pop(file_id, []):
             if kind == "z":
                 self._sorted[key].discard(member, bulk)
@@ -365,6 +367,7 @@ if unless > 0 then
     if tonumber(redis.call('HGET', p .. 'seen', id) or '0') >= unless then return 0 end
 end
 local old = redis.call('HGET', p .. 'ent', id)
+if ARGV[2] == '' and not old then return 0 end
 if old then
     for _, e in ipairs(cjson.decode(old)) do
         if e[1] == 'z' then redis.call('ZREM', p .. e[2], e[3])
