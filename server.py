@@ -1,7 +1,8 @@
 """Entry point.
 
 ``python server.py`` runs a single development server; ``python server.py mega-session``
-logs in to MEGA once and prints a ``MEGA_SESSION`` value. ``server:app`` is what gunicorn
+logs in to MEGA once and prints a ``MEGA_SESSION`` value; ``python server.py sweep``
+deletes expired uploads once (for cron jobs). ``server:app`` is what gunicorn
 and uvicorn import; it is built on first access, so importing this module reads nothing.
 """
 
@@ -152,11 +153,26 @@ def mega_session() -> None:
     raise SystemExit(print_session(settings))
 
 
+def sweep() -> None:
+    """Delete expired uploads once, with the service's settings; exit 0 when done."""
+    from app.records.command import run_sweep
+
+    try:
+        # No client uploads through this process: it needs no token of its own.
+        settings = load_settings(auth_token=generate_token())
+    except ConfigError as error:
+        stop_for(error)
+    _configure_logging(settings)
+    raise SystemExit(run_sweep(settings))
+
+
 def main() -> None:
     import uvicorn
 
     if sys.argv[1:] == ["mega-session"]:
         mega_session()
+    if sys.argv[1:] == ["sweep"]:
+        sweep()
 
     try:
         settings, notes = _development_settings()

@@ -2,7 +2,8 @@
 
 ``Settings`` holds the service-wide values and one nested model for each part of the
 service: ``access`` (who may upload and how much), ``intake`` (taking bodies in),
-``serving`` (how it meets the network), ``mega`` and ``local`` (the two backends). Each
+``records`` (expiry, the sweeper, the index), ``serving`` (how it meets the network),
+``mega`` and ``local`` (the two backends). Each
 model states its own defaults; the code that uses a value reads it from here, never
 restating it. Environment variable names are the field names in capitals, with the
 model's prefix (``MEGA_``, ``LOCAL_``) where it has one.
@@ -139,6 +140,23 @@ class AccessSettings(_Group):
         if self.auth_token is None and self.tokens_file is None:
             raise ValueError(f"AUTH_TOKEN is not set ({_HINTS['AUTH_TOKEN']}; or set TOKENS_FILE)")
         return self
+
+
+class RecordsSettings(_Group):
+    """Upload records: expiry, the sweeper and the index (app/records; README, "Records")."""
+
+    # Days an upload is kept when neither the request (expires_in) nor its token's
+    # default_expiry_days says; unset: kept until deleted.
+    default_expiry_days: float | None = Field(default=None, gt=0, le=36500)
+    # How often the service deletes expired uploads while it runs: an upload is gone at
+    # most this long after it expired (`python server.py sweep` does it on demand).
+    sweep_interval_seconds: float = Field(default=300.0, gt=0, le=86400)
+    # How often the index of uploads is rebuilt from one listing of the storage, and the
+    # storage's used and total bytes asked again. Without REDIS_URL each process keeps its
+    # own index: another process's uploads reach it within this time.
+    index_refresh_seconds: float = Field(default=300.0, ge=1, le=86400)
+
+    _unset_when_blank = field_validator("default_expiry_days", mode="before")(_blank_is_unset)
 
 
 class IntakeSettings(_Group):
@@ -293,6 +311,7 @@ class Settings(_Group):
     # Shared state for several workers and instances. May carry a password: never printed.
     redis_url: SecretStr | None = None
     access: AccessSettings
+    records: RecordsSettings
     intake: IntakeSettings
     serving: ServingSettings
     mega: MegaSettings
@@ -334,6 +353,7 @@ class Settings(_Group):
 # The nested models, by the field of Settings that holds each.
 GROUPS: dict[str, type[_Group]] = {
     "access": AccessSettings,
+    "records": RecordsSettings,
     "intake": IntakeSettings,
     "serving": ServingSettings,
     "mega": MegaSettings,

@@ -13,7 +13,7 @@ from fastapi import FastAPI
 from app import __version__
 from app.access.last_good_tokens import LastGoodTokens
 from app.access.tokens import watch_sighup
-from app.api import downloads, health, metrics, tickets, uploads
+from app.api import downloads, health, metrics, records, tickets, uploads
 from app.api.context import RequestContextMiddleware
 from app.api.deps import Services
 from app.api.errors import install_error_handlers
@@ -21,6 +21,7 @@ from app.api.pages import install_web
 from app.config import Settings
 from app.intake.relay import tune_allocator
 from app.intake.spool import Spool
+from app.records.tasks import maintain
 from app.serving.startup import OneLineStartupErrors
 from app.shared_state import build_shared_state
 from app.storage.base import Connecting, StorageBackend, StorageError, StorageLoginFailed
@@ -125,6 +126,14 @@ def create_app(
             tasks.start_soon(
                 _connect_then_announce, services.capabilities.connect, on_refused, ready
             )
+            if services.records is not None or services.capabilities.space is not None:
+                tasks.start_soon(
+                    maintain,
+                    services.records,
+                    services.space,
+                    settings.records.sweep_interval_seconds,
+                    settings.records.index_refresh_seconds,
+                )
             try:
                 yield
             finally:
@@ -154,5 +163,6 @@ def create_app(
     app.include_router(
         downloads.router, include_in_schema=services.capabilities.download is not None
     )
+    app.include_router(records.router, include_in_schema=services.records is not None)
     install_web(app, settings)
     return app

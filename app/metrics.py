@@ -85,6 +85,29 @@ MEGA_POW_SECONDS = Histogram(
     buckets=(0.1, 0.5, 1, 5, 15, 30, 60, 120, 300, 600),
 )
 
+# Upload records: how full the storage is, the index, the sweeper.
+STORAGE_USED = Gauge(
+    "paimon_storage_used_bytes",
+    "Bytes used in the storage (MEGA: the account), as last known.",
+    multiprocess_mode="mostrecent",
+)
+STORAGE_TOTAL = Gauge(
+    "paimon_storage_total_bytes",
+    "Bytes the storage holds in all (MEGA: the account's allowance), as last known.",
+    multiprocess_mode="mostrecent",
+)
+RECORDS_INDEXED = Gauge(
+    "paimon_records_indexed",
+    "Stored files in the index of uploads, as of its last build or write.",
+    multiprocess_mode="mostrecent",
+)
+RECORDS_SWEPT = Counter(
+    "paimon_records_swept_total",
+    "Expired uploads handled by the sweeper, by what was done (deleted: the file went with "
+    "its last upload; trimmed: other uploads keep it).",
+    ["action"],
+)
+
 
 def upload_started() -> None:
     UPLOADS_IN_FLIGHT.inc()
@@ -140,6 +163,19 @@ def mega_account_blocked(blocked: bool) -> None:
 def mega_proof_of_work(seconds: float) -> None:
     """After solving a hashcash challenge, with the time it took."""
     MEGA_POW_SECONDS.observe(seconds)
+
+
+def storage_space(used: int, total: int) -> None:
+    STORAGE_USED.set(used)
+    STORAGE_TOTAL.set(total)
+
+
+def records_indexed(count: int) -> None:
+    RECORDS_INDEXED.set(count)
+
+
+def records_swept(action: str, count: int = 1) -> None:
+    RECORDS_SWEPT.labels(action).inc(count)
 
 
 def render() -> tuple[bytes, str]:

@@ -10,7 +10,7 @@ import pytest
 from fastapi import Depends, FastAPI, Request
 from fastapi.testclient import TestClient
 
-from app.api.context import RequestContextMiddleware, start_upload_record
+from app.api.context import RequestContextMiddleware, start_upload_summary
 from app.api.deps import Admission, admit_upload
 from tests.standins import GatedBackend
 
@@ -36,9 +36,9 @@ def test_the_summary_and_the_finish_follow_the_answer(caplog: pytest.LogCaptureF
 
     @app.put("/files/{name}")
     async def store(name: str, request: Request) -> dict:
-        record = start_upload_record(request.scope.setdefault("state", {}), "local", "raw")
-        record.name, record.admitted = name, True
-        record.finish = lambda stored, size: finished.append((stored, size))
+        summary = start_upload_summary(request.scope.setdefault("state", {}), "local", "raw")
+        summary.name, summary.admitted = name, True
+        summary.finish = lambda stored, size: finished.append((stored, size))
         return {"filename": name, "size": 5}
 
     with caplog.at_level(logging.INFO, logger="app.uploads"):

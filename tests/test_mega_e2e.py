@@ -113,7 +113,7 @@ def test_uploads_survive_fault(service: Service, emulator: MegaEmulator, fault: 
     else:
         emulator.faults.update(**SURVIVABLE[fault])
     for index, size in enumerate([0, 17, 200 * KiB, 2 * MiB + 1]):
-        data = payload(size, index)
+        data = payload(size, f"{fault}-{index}")
         check_stored(emulator, service.upload(f"{fault}-{index}", data), f"{fault}-{index}", data)
     emulator.faults.reset()
     assert service.health() == 200
@@ -202,7 +202,7 @@ def test_session_expiry_mid_run_costs_one_login(
     new_service: Callable[..., Service], emulator: MegaEmulator
 ) -> None:
     service = new_service()
-    files = [(f"run-{i}.txt", payload(i * 100, i)) for i in range(40)]
+    files = [(f"run-{i}.txt", payload(i * 100, f"run-{i}")) for i in range(40)]
     expired = threading.Event()
 
     def one(index: int) -> httpx.Response:
@@ -241,7 +241,7 @@ def test_gunicorn_workers_and_a_restart_share_one_login(
     first = new_service("gunicorn", argv)
 
     def burst(service: Service, tag: str) -> None:
-        items = [(f"{tag}-{i}", payload(1000 + i, i)) for i in range(16)]
+        items = [(f"{tag}-{i}", payload(1000 + i, f"{tag}-{i}")) for i in range(16)]
         with ThreadPoolExecutor(max_workers=8) as pool:
             responses = list(pool.map(lambda item: service.upload(*item), items, timeout=60))
         for (name, data), response in zip(items, responses, strict=True):

@@ -202,7 +202,8 @@ def wait_for(condition: Callable[[], bool], what: str, timeout: float = 20) -> N
 def test_a_streamed_upload_restarts_on_a_fresh_url_in_the_middle_of_the_body(
     service: Service, emulator: MegaEmulator, fault: dict[str, Any], method: str
 ) -> None:
-    data = payload(6 * MiB + 123, 4)
+    # Bytes of its own: the same bytes again would join the file stored before.
+    data = payload(6 * MiB + 123, f"restart-{method}-{fault}")
     body = body_for(method, "restart.bin", data)
     with connect(service) as sock:
         sock.sendall(request_head(service, method, "restart.bin", len(body)) + body[: 3 * MiB])
@@ -262,7 +263,7 @@ def test_a_multipart_post_is_relayed_while_it_arrives_and_progress_tracks_mega(
 def test_a_body_that_does_not_fit_the_prediction_is_stored_with_the_right_bytes(
     service: Service, emulator: MegaEmulator, before: bytes, after: bytes, epilogue: bytes
 ) -> None:
-    data = payload(3 * MiB + 5, 13)
+    data = payload(3 * MiB + 5, repr((before, after, epilogue)))
     body = form(data, "odd.bin", before, after) + epilogue
     with connect(service) as sock:
         sock.sendall(request_head(service, "POST", "odd.bin", len(body)) + body)
@@ -461,12 +462,20 @@ def test_one_region_at_a_time_when_parallel_is_1(
 
 
 @pytest.fixture
-def new_stream_service(emulator: MegaEmulator, tmp_path: Path) -> Iterator[Callable[..., Service]]:
+def new_stream_service(
+    emulator: MegaEmulator, tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[Callable[..., Service]]:
     started: list[Service] = []
+    # A folder per test: files another test stored (the same warm-up bytes) would be
+    # joined instead of stored again.
+    folder = f"Stream/{request.node.name[:60]}"
 
     def start(argv: list[str] | None = None, **env: str) -> Service:
         running = start_service(
-            tmp_path / f"server-{len(started)}", emulator, argv, **{**PIPELINE, **env}
+            tmp_path / f"server-{len(started)}",
+            emulator,
+            argv,
+            **{**PIPELINE, "MEGA_FOLDER": folder, **env},
         )
         started.append(running)
         return running

@@ -62,7 +62,17 @@ def test_uploaded_files_download_byte_for_byte(live_server) -> None:
 
 
 def files_under(folder: Path) -> list[Path]:
-    return [path for path in folder.rglob("*") if path.is_file()] if folder.exists() else []
+    """The files in a folder, but for the records and locks local storage keeps beside
+    the uploads (``<id>.json``, ``.locks/``)."""
+    if not folder.exists():
+        return []
+    return [
+        path
+        for path in folder.rglob("*")
+        if path.is_file()
+        and ".locks" not in path.parts
+        and not (path.parent == folder and path.suffix == ".json")
+    ]
 
 
 def wait_for(condition, what: str) -> None:

@@ -139,6 +139,11 @@ def test_a_plain_token_works_with_a_warning(make_client, tmp_path: Path, caplog)
     assert not any(ALICE in w for w in warnings)
 
 
+def uploaded_files(root: Path) -> list[Path]:
+    """The uploaded files: each in a folder of its own (records and locks are not)."""
+    return [p for p in root.glob("*/*") if p.is_file() and len(p.parent.name) == 22]
+
+
 def test_max_upload_bytes_is_413_before_anything_is_stored(make_client, tmp_path: Path) -> None:
     path = tmp_path / "tokens.toml"
     path.write_text(tokens_toml(small={"secret": ALICE, "max_upload_bytes": "1KB"}))
@@ -154,7 +159,7 @@ def test_max_upload_bytes_is_413_before_anything_is_stored(make_client, tmp_path
 
     streamed = client.put("/files/s.bin", content=chunks(), headers=headers)
     assert streamed.status_code == 413
-    stored = [p for p in (tmp_path / "files").rglob("*") if p.is_file()]
+    stored = uploaded_files(tmp_path / "files")
     assert len(stored) == 1
 
 
@@ -190,7 +195,7 @@ def test_a_multipart_file_part_is_capped_at_the_callers_limit(make_client, tmp_p
         content=chunked(),
     )
     assert streamed.status_code == 413
-    stored = [p for p in (tmp_path / "files").rglob("*") if p.is_file()]
+    stored = uploaded_files(tmp_path / "files")
     assert [p.stat().st_size for p in stored] == [1000]
 
 

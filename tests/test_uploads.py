@@ -22,8 +22,11 @@ def spool_leftovers(client: TestClient) -> list[Path]:
 
 
 def stored_files(client: TestClient) -> list[Path]:
+    """The uploaded files (each in a folder of its own; records and locks are not files)."""
     root = client.app.state.services.settings.local.storage_dir
-    return [path for path in root.rglob("*") if path.is_file()] if root.exists() else []
+    if not root.exists():
+        return []
+    return [path for path in root.glob("*/*") if path.is_file() and len(path.parent.name) == 22]
 
 
 def test_upload_answers_the_existing_contract_and_the_file_downloads_identically(

@@ -5,11 +5,14 @@ wrong guesses); ``file_limit`` is the one place the largest file a caller may st
 computed; ``check_target`` says whether the caller may upload to that service under that
 name; ``take`` takes the upload from the caller's allowances. The API layer runs these
 in order and hands one admission object down; nothing later computes a limit again.
+``expiry`` is the one place an upload's lifetime is decided, ``record_scope`` the one
+place whose uploads a caller may list and delete.
 """
 
 from __future__ import annotations
 
 import hmac
+import math
 import time
 from dataclasses import dataclass
 
@@ -17,6 +20,7 @@ from app.access.brake import AuthBrake
 from app.access.errors import (
     InvalidTicket,
     InvalidToken,
+    MayNotList,
     NoCredential,
     ServiceNotAllowed,
     TicketWrongFile,
@@ -24,6 +28,8 @@ from app.access.errors import (
 from app.access.limits import Allowances, Grant
 from app.access.tickets import Ticket, check_issuer, is_ticket, read_ticket
 from app.access.tokens import TokenPolicy, TokenRegistry
+
+DAY_S = 24 * 3600
 
 
 @dataclass(frozen=True)
@@ -52,12 +58,14 @@ class Gatekeeper:
         allowances: Allowances,
         max_upload_bytes: int,
         ticket_secret: str | None,
+        default_expiry_days: float | None = None,
     ) -> None:
         self.tokens = tokens
         self.brake = brake
         self.allowances = allowances
         self.max_upload_bytes = max_upload_bytes
         self.ticket_secret = ticket_secret
+        self.default_expiry_days = default_expiry_days
 
     def identify(self, offered: str | None, address: str) -> Caller:
         """The caller behind ``offered``; an access error naming what is wrong otherwise,
@@ -123,6 +131,37 @@ class Gatekeeper:
             )
         if filename != wanted:
             raise TicketWrongFile(f"this ticket is only for the file {wanted!r}")
+
+    def expiry(self, caller: Caller, requested_s: float | None) -> int | None:
+        """Seconds an upload is kept (None: until deleted): what the request asks for, else
+        the token's ``default_expiry_days``, else DEFAULT_EXPIRY_DAYS; never more than the
+        token's ``max_expiry_days``."""
+        policy = caller.policy
+        seconds = requested_s
+        if seconds is None:
+            days = policy.default_expiry_days or self.default_expiry_days
+            seconds = days * DAY_S if days else None
+        if policy.max_expiry_days is not None:
+            cap = policy.max_expiry_days * DAY_S
+            seconds = cap if seconds is None else min(seconds, cap)
+        return None if seconds is None else max(1, math.ceil(seconds))
+
+    @staticmethod
+    def may_list(caller: Caller) -> bool:
+        """Whether the caller may list uploads (a ticket never may: it only uploads)."""
+        policy = caller.policy
+        return caller.ticket is None and (policy.can_list or policy.can_manage)
+
+    def record_scope(self, caller: Caller) -> str | None:
+        """Whose uploads the caller may list and delete: None for everyone's
+        (``can_manage``), its own token name (``can_list``); ``MayNotList`` otherwise.
+        AUTH_TOKEN (``default``) has neither: it ships inside clients anyone can open."""
+        if not self.may_list(caller):
+            raise MayNotList(
+                f"token {caller.name!r} may only upload; listing and deleting uploads need "
+                "can_list or can_manage"
+            )
+        return None if caller.policy.can_manage else caller.name
 
     def take(self, caller: Caller, declared: int | None) -> Grant:
         """Take one upload of ``declared`` bytes (None: not known) from the caller's

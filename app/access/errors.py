@@ -78,3 +78,12 @@ class TicketUsedUp(LimitReached):
 
 class TicketsUnavailable(AccessError):
     """A ticket's uses cannot be counted (the shared store is out of reach)."""
+
+
+class MayNotList(AccessError):
+    """The caller may only upload: listing and managing uploads need ``can_list`` or
+    ``can_manage`` (tickets never may)."""
+
+
+class MayNotManage(AccessError):
+    """The upload is not only the caller's: other uploaders rely on the same file."""

@@ -59,6 +59,12 @@ class TokenPolicy:
     bytes_per_day: int | None = None
     services: frozenset[str] | None = None
     can_issue_tickets: bool = False
+    # Upload records: list and delete its own uploads, or everyone's; how long its uploads
+    # may be kept at most, and by default (days; None: no cap, the service's default).
+    can_list: bool = False
+    can_manage: bool = False
+    max_expiry_days: float | None = None
+    default_expiry_days: float | None = None
 
     def allows_service(self, service: str) -> bool:
         return self.services is None or service in self.services
@@ -74,6 +80,10 @@ class _Entry(BaseModel):
     bytes_per_day: ByteSize | None = Field(default=None, gt=0)
     services: list[str] | None = None
     can_issue_tickets: bool = False
+    can_list: bool = False
+    can_manage: bool = False
+    max_expiry_days: float | None = Field(default=None, gt=0, le=36500)
+    default_expiry_days: float | None = Field(default=None, gt=0, le=36500)
 
 
 def token_sha256(token: str) -> str:
@@ -137,6 +147,12 @@ def _parse_entry(name: str, raw: Any, max_upload_bytes: int) -> tuple[TokenPolic
         raise TokensFileError(
             f"{where}: max_upload_bytes is larger than MAX_UPLOAD_BYTES ({max_upload_bytes})"
         )
+    if (
+        entry.default_expiry_days is not None
+        and entry.max_expiry_days is not None
+        and entry.default_expiry_days > entry.max_expiry_days
+    ):
+        raise TokensFileError(f"{where}: default_expiry_days is larger than max_expiry_days")
     policy = TokenPolicy(
         name=name,
         digest=digest,
@@ -147,6 +163,10 @@ def _parse_entry(name: str, raw: Any, max_upload_bytes: int) -> tuple[TokenPolic
         if entry.services is not None
         else None,
         can_issue_tickets=entry.can_issue_tickets,
+        can_list=entry.can_list,
+        can_manage=entry.can_manage,
+        max_expiry_days=entry.max_expiry_days,
+        default_expiry_days=entry.default_expiry_days,
     )
     return policy, digest, warning
 

@@ -33,7 +33,7 @@ _CAPTURE_BYTES = 64 * 1024
 
 
 @dataclass
-class UploadRecord:
+class UploadSummary:
     """What the summary of one upload needs, filled in as the request goes on."""
 
     backend: str
@@ -48,10 +48,10 @@ class UploadRecord:
     finish: Callable[[bool, int], None] | None = None
 
 
-def start_upload_record(state: dict[str, Any], backend: str, method: str) -> UploadRecord:
-    record = UploadRecord(backend=backend, method=method, started=time.monotonic())
-    state[_UPLOAD_KEY] = record
-    return record
+def start_upload_summary(state: dict[str, Any], backend: str, method: str) -> UploadSummary:
+    summary = UploadSummary(backend=backend, method=method, started=time.monotonic())
+    state[_UPLOAD_KEY] = summary
+    return summary
 
 
 def current_request_id() -> str:
@@ -90,16 +90,16 @@ class RequestContextMiddleware:
         try:
             await self.app(scope, receive, send_with_id)
         finally:
-            record = state.get(_UPLOAD_KEY)
+            upload = state.get(_UPLOAD_KEY)
             try:
-                if record is not None:
-                    await _finish_upload(record, status, bytes(captured))
+                if upload is not None:
+                    await _finish_upload(upload, status, bytes(captured))
             finally:
                 token_name.reset(name_token)
                 request_id.reset(rid_token)
 
 
-async def _finish_upload(record: UploadRecord, status: int, body: bytes) -> None:
+async def _finish_upload(upload: UploadSummary, status: int, body: bytes) -> None:
     try:
         answer = json.loads(body) if body else {}
     except ValueError:
@@ -108,14 +108,14 @@ async def _finish_upload(record: UploadRecord, status: int, body: bytes) -> None
         answer = {}
     outcome = "success" if status == 200 else str(answer.get("code") or f"http_{status}")
     size = answer.get("size") if isinstance(answer.get("size"), int) else 0
-    seconds = time.monotonic() - record.started
-    metrics.upload_finished(record.backend, record.method, outcome, size, seconds, record.admitted)
+    seconds = time.monotonic() - upload.started
+    metrics.upload_finished(upload.backend, upload.method, outcome, size, seconds, upload.admitted)
     summary = {
-        "name": answer.get("filename") or record.name,
+        "name": answer.get("filename") or upload.name,
         "size": size,
         "duration_s": round(seconds, 3),
-        "backend": record.backend,
-        "method": record.method,
+        "backend": upload.backend,
+        "method": upload.method,
         "outcome": outcome,
         "status": status,
     }
@@ -125,13 +125,13 @@ async def _finish_upload(record: UploadRecord, status: int, body: bytes) -> None
         json.dumps(summary["name"]),
         size,
         seconds,
-        record.backend,
-        record.method,
+        upload.backend,
+        upload.method,
         status,
         extra={"upload": summary},
     )
-    if record.finish is not None:
-        await to_thread.run_sync(record.finish, outcome == "success", size)
+    if upload.finish is not None:
+        await to_thread.run_sync(upload.finish, outcome == "success", size)
 
 
 def _header(scope: Scope, name: bytes) -> str | None:

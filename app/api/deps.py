@@ -15,16 +15,18 @@ from app.access.errors import LimitReached
 from app.access.last_good_tokens import LastGoodTokens
 from app.access.limits import Allowances, Grant
 from app.access.tokens import TokenRegistry
-from app.api.context import UploadRecord, start_upload_record
-from app.api.errors import UNSUPPORTED_SERVICE
+from app.api.context import UploadSummary, start_upload_summary
+from app.api.errors import NOT_SUPPORTED, UNSUPPORTED_SERVICE
 from app.config import Settings
 from app.intake.body import Pace
+from app.intake.digests import POST_HEADER, PUT_HEADER, declared_sha256
 from app.intake.errors import InvalidLength, UploadTooLarge
 from app.intake.filenames import filename_or_default
 from app.intake.multipart import MULTIPART_OVERHEAD
 from app.intake.slots import Slot, UploadSlots
 from app.intake.spool import Spool
 from app.logging_setup import token_name
+from app.records import Records, SpaceTracker, build_records
 from app.shared_state import SharedState
 from app.storage.base import Capabilities, StorageBackend
 
@@ -44,6 +46,8 @@ class Services:
     tokens: TokenRegistry = field(init=False)
     gatekeeper: Gatekeeper = field(init=False)
     pace: Pace = field(init=False)
+    space: SpaceTracker = field(init=False)
+    records: Records | None = field(init=False)
 
     def __post_init__(self) -> None:
         settings = self.settings
@@ -67,9 +71,14 @@ class Services:
             settings.access.ticket_secret.get_secret_value()
             if settings.access.ticket_secret
             else None,
+            settings.records.default_expiry_days,
         )
         self.pace = Pace(
             settings.intake.client_idle_timeout_seconds, settings.intake.client_min_bytes_per_second
+        )
+        self.space = SpaceTracker(self.capabilities.space)
+        self.records = build_records(
+            settings, self.backend, self.capabilities, self.shared, self.space
         )
 
     def backend_for(self, service: str | None) -> StorageBackend:
@@ -103,6 +112,30 @@ MtimeHeader = Annotated[
 ServiceParam = Annotated[
     str | None,
     Query(description="Storage backend to use, e.g. `mega`; omitted means the configured one."),
+]
+ExpiresParam = Annotated[
+    float | None,
+    Query(
+        gt=0,
+        description="Seconds until this upload expires and is deleted (at most the token's "
+        "max_expiry_days); omitted: the token's or the service's default, else kept.",
+    ),
+]
+ReprDigestHeader = Annotated[
+    str | None,
+    Header(
+        alias=PUT_HEADER,
+        description="`PUT` only: the file's SHA-256 as RFC 9530 `sha-256=:<base64>:`, checked "
+        "against the bytes received (400 `digest_mismatch`, nothing stored).",
+    ),
+]
+FileDigestHeader = Annotated[
+    str | None,
+    Header(
+        alias=POST_HEADER,
+        description="`POST` only (the body is a form, not the file): the file's SHA-256, "
+        "`sha-256=:<base64>:`, checked like Repr-Digest.",
+    ),
 ]
 
 
@@ -156,6 +189,10 @@ class Admission:
     slot: Slot
     filename: str | None = None
     mtime: int | None = None
+    # Seconds until the upload expires (None: kept); the file's SHA-256 as the client
+    # declared it (hex), checked against the bytes received.
+    expires_in: int | None = None
+    digest: str | None = None
 
     def finish(self, stored: bool, size: int) -> None:
         """The answer was sent: free the slot and settle the allowances (blocking)."""
@@ -170,17 +207,23 @@ async def admit_upload(
     authorization: BearerHeader = None,
     service: ServiceParam = None,
     x_file_mtime: MtimeHeader = None,
+    expires_in: ExpiresParam = None,
+    repr_digest: ReprDigestHeader = None,
+    file_digest: FileDigestHeader = None,
 ) -> Admission:
     """Admit an upload: a valid token or ticket that may use this service and name, a
-    declared size within its limit, a free upload slot, and room in its allowances."""
+    declared size within its limit and within the storage's free space, a free upload
+    slot, and room in its allowances."""
     state = request.scope.setdefault("state", {})
     multipart = request.method == "POST"
-    record = start_upload_record(state, services.backend.name, "multipart" if multipart else "raw")
+    summary = start_upload_summary(
+        state, services.backend.name, "multipart" if multipart else "raw"
+    )
     # Named before anything can refuse it, so that the summary of a refusal says which file.
     filename = None if multipart else filename_or_default(request.path_params.get("filename"))
-    record.name = filename
+    summary.name = filename
     caller = await authenticate(request, services, x_auth_token, authorization)
-    record.token = caller.name
+    summary.token = caller.name
     backend = services.backend_for(service)
     gate = services.gatekeeper
     gate.check_target(caller, backend.name, filename)
@@ -190,6 +233,22 @@ async def admit_upload(
         raise UploadTooLarge(limit)
     # A multipart body's length includes its framing: the file's size is not declared.
     declared = None if multipart else length
+    if length is not None:
+        # Before a byte of the body is read: a file that cannot fit is refused at once
+        # (a form's file is at least its body minus the room allowed for the rest).
+        services.space.check(length - MULTIPART_OVERHEAD if multipart else length)
+    digest = (
+        declared_sha256(file_digest, POST_HEADER)
+        if multipart
+        else declared_sha256(repr_digest, PUT_HEADER)
+    )
+    if services.records is None and (expires_in is not None or digest is not None):
+        # Expiry and digest checks rest on records: never accept what would be ignored.
+        raise NOT_SUPPORTED(
+            f"the storage backend {backend.name!r} keeps no records of uploads: "
+            "they cannot expire (expires_in) or be checked against a declared digest"
+        )
+    expires = gate.expiry(caller, expires_in)
     slot = await services.upload_slots.acquire()
     try:
         grant = await to_thread.run_sync(gate.take, caller, declared)
@@ -197,8 +256,19 @@ async def admit_upload(
         slot.release()
         _count_refusal(caller, refused)
         raise
-    admission = Admission(caller, backend, limit, declared, grant, slot, filename, x_file_mtime)
-    _account(record, admission)
+    admission = Admission(
+        caller,
+        backend,
+        limit,
+        declared,
+        grant,
+        slot,
+        filename,
+        x_file_mtime,
+        expires,
+        digest,
+    )
+    _account(summary, admission)
     return admission
 
 
@@ -216,9 +286,9 @@ def _count_refusal(caller: Caller, refused: BaseException) -> None:
         metrics.limit_rejected(caller.name, refused.limit)
 
 
-def _account(record: UploadRecord, admission: Admission) -> None:
-    record.finish = admission.finish
-    record.admitted = True
+def _account(summary: UploadSummary, admission: Admission) -> None:
+    summary.finish = admission.finish
+    summary.admitted = True
     metrics.upload_started()
 
 

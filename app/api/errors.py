@@ -32,7 +32,9 @@ log = logging.getLogger(__name__)
 # operation), ``params`` (operations whose parameters or body can be invalid), ``token``
 # (operations that take a token), ``caller`` (uploads and ``POST /tickets``: a token or
 # a ticket), ``upload`` (the upload routes), ``multipart`` (``POST /upload``),
-# ``tickets``, ``download``, ``ready`` and ``sharex``.
+# ``tickets``, ``download``, ``ready``, ``sharex``, ``stored`` (the routes on stored
+# uploads: list, delete, links, the delete URL) and ``manage`` (those of them that take
+# a token).
 Scope = Literal[
     "all",
     "params",
@@ -44,6 +46,8 @@ Scope = Literal[
     "download",
     "ready",
     "sharex",
+    "stored",
+    "manage",
 ]
 
 
@@ -124,15 +128,15 @@ INTERNAL_ERROR = ErrorKind(500, "internal_error", "all", NO_WAIT, False,
 INVALID_REQUEST = ErrorKind(422, "invalid_request", "params", NO_WAIT, False,
     "A parameter is missing or malformed.",
     "service: Input should be a valid string")  # fmt: skip
-NOT_FOUND = ErrorKind(404, "not_found", "download", NO_WAIT, False,
-    "No such file.",
+NOT_FOUND = ErrorKind(404, "not_found", "download stored", NO_WAIT, False,
+    "No such file (or upload, or delete secret).",
     "no such file")  # fmt: skip
 # Answered for a path that no operation has with this method: documented on none.
 METHOD_NOT_ALLOWED = ErrorKind(405, "method_not_allowed", "", NO_WAIT, False,
     "The path does not take this method.",
     "Method Not Allowed")  # fmt: skip
-NOT_SUPPORTED = ErrorKind(501, "not_supported", "download", NO_WAIT, False,
-    "The storage backend in use cannot do this (e.g. serve downloads).",
+NOT_SUPPORTED = ErrorKind(501, "not_supported", "download stored upload", NO_WAIT, False,
+    "The storage backend in use cannot do this (e.g. serve downloads, keep upload records).",
     "the storage backend 'mega' does not serve downloads; links point at MEGA")  # fmt: skip
 # Refused by the HTTP protocol layer (app/serving/protocol.py) before any route runs.
 REQUEST_TIMEOUT = ErrorKind(408, "request_timeout", "all", NO_WAIT, True,
@@ -230,21 +234,37 @@ MISSING_FILE = ErrorKind(422, "missing_file", "multipart", NO_WAIT, False,
 STORAGE_FULL = ErrorKind(507, "storage_full", "upload", NO_WAIT, False,
     "The destination has no room for the file.",
     "MEGA storage quota exceeded (EOVERQUOTA)")  # fmt: skip
-STORAGE_TIMEOUT = ErrorKind(504, "storage_timeout", "upload", NO_WAIT, False,
+STORAGE_TIMEOUT = ErrorKind(504, "storage_timeout", "upload stored", NO_WAIT, False,
     "The destination did not answer within the deadline.",
     "MEGA did not succeed within 1800 s")  # fmt: skip
-STORAGE_UNAVAILABLE = ErrorKind(503, "storage_unavailable", "upload", STORAGE_RETRY_S, False,
+STORAGE_UNAVAILABLE = ErrorKind(503, "storage_unavailable", "upload stored", STORAGE_RETRY_S, False,
     "The backend cannot take uploads right now (not reachable, logging in).",
     "the service is logging in to MEGA; try again shortly")  # fmt: skip
-STORAGE_LOGIN_FAILED = ErrorKind(502, "storage_login_failed", "upload", NO_WAIT, False,
+STORAGE_LOGIN_FAILED = ErrorKind(502, "storage_login_failed", "upload stored", NO_WAIT, False,
     "The destination refused the service's credentials.",
     "MEGA login failed: ENOENT")  # fmt: skip
-STORAGE_FAILED = ErrorKind(502, "storage_failed", "upload", NO_WAIT, False,
+STORAGE_FAILED = ErrorKind(502, "storage_failed", "upload stored", NO_WAIT, False,
     "The destination refused the upload or kept failing after retries.",
     "MEGA kept failing after 8 attempts")  # fmt: skip
 NOT_READY = ErrorKind(503, "not_ready", "ready", NOT_READY_RETRY_S, False,
     "Storage cannot take uploads now; the message says why.",
     "the storage backend is not ready")  # fmt: skip
+# -- upload records: list, delete, links, expiry, dedup, digests (README, "Records") --
+MAY_NOT_LIST = ErrorKind(403, "may_not_list", "manage", NO_WAIT, False,
+    "The token may only upload: listing and deleting uploads need can_list or can_manage.",
+    "token 'game-mod' may only upload; listing and deleting uploads need can_list")  # fmt: skip
+MAY_NOT_MANAGE = ErrorKind(403, "may_not_manage", "manage", NO_WAIT, False,
+    "Other uploaders rely on the same file; only a token with can_manage may change its link.",
+    "other uploaders rely on this file's link; only can_manage may change it")  # fmt: skip
+INDEX_NOT_READY = ErrorKind(503, "index_not_ready", "stored", NOT_READY_RETRY_S, False,
+    "The list of uploads is being built (at start-up) or is out of reach.",
+    "the list of uploads is being built; try again shortly")  # fmt: skip
+INVALID_DIGEST = ErrorKind(400, "invalid_digest", "upload", NO_WAIT, False,
+    "Repr-Digest (PUT) or Paimon-File-Digest (POST) is not of the form sha-256=:<base64>:.",
+    "Repr-Digest: sha-256 is not 32 bytes of base64")  # fmt: skip
+DIGEST_MISMATCH = ErrorKind(400, "digest_mismatch", "upload", NO_WAIT, False,
+    "The bytes received do not have the SHA-256 the client declared; nothing was stored.",
+    "the SHA-256 of the body is 2cf24dba…, not the declared 486ea462…")  # fmt: skip
 
 CATALOGUE: tuple[ErrorKind, ...] = tuple(
     value for value in dict(globals()).values() if isinstance(value, ErrorKind)
@@ -284,6 +304,13 @@ DOMAIN_ERRORS: dict[type[BaseException], ErrorKind] = {
     storage.StorageLoginFailed: STORAGE_LOGIN_FAILED,
     storage.UpstreamRejected: STORAGE_FAILED,
     storage.StorageError: STORAGE_FAILED,
+    # Upload records.
+    access.MayNotList: MAY_NOT_LIST,
+    access.MayNotManage: MAY_NOT_MANAGE,
+    intake.BadDigest: INVALID_DIGEST,
+    intake.DigestMismatch: DIGEST_MISMATCH,
+    storage.NoSuchFile: NOT_FOUND,
+    storage.IndexNotReady: INDEX_NOT_READY,
 }
 
 # The base classes of everything DOMAIN_ERRORS maps: one exception handler each.

@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse
 from app import __version__
 from app.api.deps import ServicesDep
 from app.api.errors import NOT_READY, error_responses
-from app.api.models import Health, Ping, ReadyState, ServiceStatus
+from app.api.models import Health, Ping, ReadyState, ServiceStatus, StorageSpace
 
 router = APIRouter(tags=["service"])
 READY_TIMEOUT_SECONDS = 10
@@ -51,6 +51,23 @@ async def ready(services: ServicesDep) -> ReadyState | JSONResponse:
             # Ready even without Redis: uploads go on with per-process limits (README).
             problem = await to_thread.run_sync(services.shared.problem, abandon_on_cancel=True)
             shared = problem or services.shared.kind
-            return ReadyState(status="ready", service=backend.name, shared_state=shared)
+            return ReadyState(
+                status="ready", service=backend.name, shared_state=shared, storage=_space(services)
+            )
     reason = reason or "the storage backend did not answer the readiness check in time"
     return NOT_READY.response(reason)
+
+
+def _space(services: ServicesDep) -> StorageSpace | None:
+    """How full the storage is, as last known; ready stays ready when it is full (uploads
+    that cannot fit are refused one by one, with 507)."""
+    space = services.space.known
+    if space is None:
+        return None
+    percent = round(100 * space.used / space.total, 2) if space.total else 100.0
+    return StorageSpace(
+        used_bytes=space.used,
+        total_bytes=space.total,
+        free_bytes=space.free,
+        used_percent=percent,
+    )

@@ -37,7 +37,13 @@ PAGE_CSP = f"{_CSP_BASE}; style-src 'self'"
 # Swagger UI sets style attributes from its script; scripts stay 'self' only.
 DOCS_CSP = f"{_CSP_BASE}; style-src 'self' 'unsafe-inline'"
 # Headers a browser page may send and read across origins when CORS_ORIGINS allows it.
-CORS_REQUEST_HEADERS = ["Authorization", "X-Auth-Token", "Content-Type"]
+CORS_REQUEST_HEADERS = [
+    "Authorization",
+    "X-Auth-Token",
+    "Content-Type",
+    "Repr-Digest",
+    "Paimon-File-Digest",
+]
 CORS_EXPOSED_HEADERS = ["Retry-After"]
 
 router = APIRouter(tags=["pages"])
@@ -170,7 +176,7 @@ def install_web(app: FastAPI, settings: Settings) -> None:
         app.add_middleware(
             CORSMiddleware,
             allow_origins=settings.serving.cors_origins,
-            allow_methods=["GET", "POST", "PUT"],
+            allow_methods=["GET", "POST", "PUT", "DELETE"],
             allow_headers=CORS_REQUEST_HEADERS,
             expose_headers=CORS_EXPOSED_HEADERS,
             max_age=600,

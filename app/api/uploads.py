@@ -6,11 +6,13 @@ import contextlib
 import functools
 import logging
 from collections.abc import Callable
-from typing import Annotated
+from datetime import UTC, datetime
+from typing import Annotated, Any
 
 import anyio
 from anyio import to_thread
 from fastapi import APIRouter, Path, Request
+from fastapi.responses import JSONResponse
 
 from app.api.deps import Admission, AdmissionDep, Services, ServicesDep
 from app.api.errors import error_responses
@@ -21,6 +23,7 @@ from app.intake.filenames import filename_or_default
 from app.intake.multipart import FILE_FIELD, MultipartIntake, multipart_boundary
 from app.intake.relay import BodyRelay, PredictionMissed
 from app.intake.spool import SpoolFile
+from app.records.service import Outcome, PendingUpload, UploadCommit
 from app.storage.base import StoredFile
 
 log = logging.getLogger(__name__)
@@ -57,7 +60,10 @@ _RAW_BODY = {
 )
 async def upload_form(
     request: Request, services: ServicesDep, admission: AdmissionDep
-) -> UploadResult:
+) -> UploadResult | JSONResponse:
+    answered = await _answer_from_digest(request, services, admission, None)
+    if answered is not None:
+        return answered
     boundary = multipart_boundary(request.headers.get("content-type", ""))
     length = request.headers.get("content-length")
     capabilities = admission.backend.capabilities()
@@ -93,7 +99,10 @@ async def upload_raw(
     services: ServicesDep,
     admission: AdmissionDep,
     filename: Annotated[str, Path(description="Name to store the file under.")],
-) -> UploadResult:
+) -> UploadResult | JSONResponse:
+    answered = await _answer_from_digest(request, services, admission, admission.declared)
+    if answered is not None:
+        return answered
     capabilities = admission.backend.capabilities()
     streamed = admission.declared if capabilities.stream is not None else None
     # A streamed body keeps a copy only for a backend that may have to start again.
@@ -107,6 +116,65 @@ async def upload_raw(
 
     upload = Upload(request, services, admission)
     return await upload.run(intake, with_copy=with_copy)
+
+
+async def _answer_from_digest(
+    request: Request, services: Services, admission: Admission, size: int | None
+) -> JSONResponse | None:
+    """The answer for a file stored already, given before a byte of the body is read: only
+    when the client waits for ``100 Continue`` before sending it (so not one byte is sent),
+    and only to a caller that may list uploads (it could find the link anyway; anyone else
+    must send the bytes before a digest of theirs is trusted)."""
+    records = services.records
+    if records is None or admission.digest is None:
+        return None
+    if request.headers.get("expect", "").strip().lower() != "100-continue":
+        return None
+    if not services.gatekeeper.may_list(admission.caller):
+        return None
+    caller = admission.caller
+    outcome = await to_thread.run_sync(
+        records.join_declared, admission.digest, size, caller.name, admission.expires_in
+    )
+    if outcome is None:
+        return None
+    log.info("answered from the declared digest: joined stored file %s", outcome.record.id)
+    record = outcome.record
+    stored = StoredFile(record.id, record.link or "", record.key)
+    sha256 = record.sha256 or admission.digest
+    result = upload_result(request, services, stored, record.name, record.size, sha256, outcome)
+    # The body was never asked for: the connection cannot carry another request.
+    return JSONResponse(result.model_dump(mode="json"), headers={"Connection": "close"})
+
+
+def upload_result(
+    request: Request,
+    services: Services,
+    stored: StoredFile,
+    filename: str,
+    size: int,
+    sha256: str,
+    outcome: Outcome | None,
+) -> UploadResult:
+    """The answer to a stored upload: the contract's fields, then id, delete URL, expiry."""
+    base = services.settings.public_base_url
+    extra: dict[str, Any] = {}
+    if outcome is not None:
+        record, reference = outcome.record, outcome.reference
+        # Never from the request's Host header: a path when no public address is set.
+        extra["delete_url"] = f"{base or ''}/delete/{record.id}/{record.key}/{outcome.secret}"
+        if reference.expires is not None:
+            extra["expires_at"] = datetime.fromtimestamp(reference.expires, UTC)
+    return UploadResult(
+        filename=filename,
+        service=services.backend.name,
+        link=_absolute(stored.link, request, base),
+        size=size,
+        sha256=sha256,
+        handle=stored.handle,
+        id=stored.handle,
+        **extra,
+    )
 
 
 class Upload:
@@ -128,6 +196,10 @@ class Upload:
         self.client_gone = False
         self._decided = anyio.Event()  # a relay exists, or the body ended
         self._received = anyio.Event()
+        # With a backend that keeps records, what the upload becomes is decided once its
+        # bytes are in storage: a new file, or a reference to a file with the same bytes.
+        records = services.records
+        self.commit = UploadCommit(records, self._pending) if records is not None else None
 
     async def run(
         self, make_intake: Callable[[SpoolFile | None], Intake], with_copy: bool
@@ -138,14 +210,16 @@ class Upload:
                 copy = await stack.enter_async_context(self.services.spool.open())
             intake = self.intake = make_intake(copy)
             stored = await self._store(intake, copy)
-        log.info("stored %d bytes on %s as %s", intake.size, self.backend.name, stored.handle)
-        return UploadResult(
-            filename=self._name(),
-            service=self.backend.name,
-            link=_absolute(stored.link, self.request, self.services.settings.public_base_url),
-            size=intake.size,
-            sha256=intake.sha256(),
-            handle=stored.handle,
+        outcome = self.commit.outcome if self.commit is not None else None
+        filename = self._name()
+        if outcome is not None and outcome.joined:
+            # The same bytes were stored already: the answer is that file, under its name.
+            log.info("%d bytes were stored already as %s", intake.size, stored.handle)
+            filename = outcome.record.name
+        else:
+            log.info("stored %d bytes on %s as %s", intake.size, self.backend.name, stored.handle)
+        return upload_result(
+            self.request, self.services, stored, filename, intake.size, intake.sha256(), outcome
         )
 
     async def _store(self, intake: Intake, copy: SpoolFile | None) -> StoredFile:
@@ -161,15 +235,15 @@ class Upload:
                 if stored is None:
                     await self._received.wait()
                     if self.error is None and not self.client_gone and copy is not None:
-                        stored = await to_thread.run_sync(
-                            functools.partial(
-                                self.backend.store,
-                                copy.path,
-                                self._name(),
-                                intake.size,
-                                mtime=self.admission.mtime,
-                            )
+                        store = functools.partial(
+                            self.backend.store,
+                            copy.path,
+                            self._name(),
+                            intake.size,
+                            mtime=self.admission.mtime,
+                            **self._commit(),
                         )
+                        stored = await to_thread.run_sync(store)
             except Exception as error:  # re-raised below, outside the task group
                 failure = error
             finally:
@@ -194,10 +268,15 @@ class Upload:
         """Store while the body arrives; None when the file must be stored from the copy."""
         streaming = self.backend.capabilities().stream
         assert streaming is not None  # a relay is only made for a backend that streams
+        store = functools.partial(
+            streaming.store_stream,
+            relay,
+            self._name(),
+            relay.size,
+            mtime=self.admission.mtime,
+            **self._commit(),
+        )
         try:
-            store = functools.partial(
-                streaming.store_stream, relay, self._name(), relay.size, mtime=self.admission.mtime
-            )
             return await to_thread.run_sync(store)
         except PredictionMissed:
             if copy is None:
@@ -234,6 +313,22 @@ class Upload:
         if self.intake is not None and self.intake.relay is not None:
             self._decided.set()
 
+    def _commit(self) -> dict[str, UploadCommit]:
+        """The backend's ``commit`` argument, when it keeps records."""
+        return {} if self.commit is None else {"commit": self.commit}
+
+    def _pending(self) -> PendingUpload:
+        assert self.intake is not None
+        admission = self.admission
+        return PendingUpload(
+            name=self._name(),
+            token=admission.caller.name,
+            expires_in=admission.expires_in,
+            declared_sha256=admission.digest,
+            sha256=self.intake.sha256(),
+            size=self.intake.size,
+        )
+
     def _name(self) -> str:
         if self.name is None:
             assert self.intake is not None
@@ -241,12 +336,17 @@ class Upload:
         return self.name
 
     async def _discard(self, stored: StoredFile | None) -> None:
-        """Remove a file whose link nobody will receive."""
+        """Remove a file whose link nobody will receive (only this upload's reference, when
+        the same bytes were stored before)."""
         if stored is None:
             return
+        undo = self.commit.undo if self.commit is not None else None
         with anyio.CancelScope(shield=True):
             try:
-                await to_thread.run_sync(self.backend.delete, stored.handle)
+                if undo is not None:
+                    await to_thread.run_sync(undo)
+                else:
+                    await to_thread.run_sync(self.backend.delete, stored.handle)
             except Exception as error:  # the answer is an error already
                 log.warning("could not remove an unanswered upload: %s", error)
 

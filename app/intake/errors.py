@@ -69,3 +69,11 @@ class ClientTooSlow(SourceGone):
 
     def __init__(self, idle_s: float, reason: str | None = None) -> None:
         super().__init__(reason or f"the client sent nothing for {idle_s:g} s")
+
+
+class BadDigest(IntakeError):
+    """A digest header that cannot be read (RFC 9530 syntax: ``sha-256=:<base64>:``)."""
+
+
+class DigestMismatch(IntakeError):
+    """The bytes received do not have the SHA-256 the client declared; nothing is stored."""

@@ -75,6 +75,11 @@ def _redact_shapes(text: str) -> str:
     return _RUN.sub(lambda run: REDACTED if _random_looking(run.group()) else run.group(), text)
 
 
+# A delete URL (/delete/<id>/<key>/<secret>) is a credential for that upload; the access
+# log writes request paths.
+_DELETE_PATH = re.compile(r"(/delete/[^/\s\"'?#]+/)[^\s\"'?#]+")
+
+
 class Redactor:
     """Replaces the given secrets, every query-string value and whatever is shaped like a
     credential (``looks_like_a_secret``) in a text."""
@@ -88,6 +93,7 @@ class Redactor:
             text = text.replace(secret, REDACTED)
         text = _QUERY_PARAMETER.sub(self._parameter, text)
         text = _MEGA_UPLOAD_PATH.sub(rf"\g<1>{REDACTED}", text)
+        text = _DELETE_PATH.sub(rf"\g<1>{REDACTED}", text)
         text = _BEARER.sub(rf"\g<1>{REDACTED}", text)
         return _redact_shapes(text)
 

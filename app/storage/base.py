@@ -6,6 +6,7 @@ backend may block on disk or network I/O but never sees an HTTP request.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -16,11 +17,14 @@ class StoredFile:
     """Where an upload ended up.
 
     ``link`` is either an absolute URL or a path starting with ``/`` that the API
-    layer resolves against the service's public base URL.
+    layer resolves against the service's public base URL. ``key`` is what the backend
+    needs to reach the file again besides its handle (``FileRecord.key``; MEGA: the node
+    key), empty when the handle is enough.
     """
 
     handle: str
     link: str
+    key: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,10 +50,17 @@ class StorageBackend(Protocol):
         """Prepare local resources; must not fail because a remote service is down."""
 
     def store(
-        self, source: Path, filename: str, size: int, *, mtime: int | None = None
+        self,
+        source: Path,
+        filename: str,
+        size: int,
+        *,
+        mtime: int | None = None,
+        commit: Commit | None = None,
     ) -> StoredFile:
         """Store the local file ``source`` under ``filename``; ``source`` stays the caller's.
-        ``mtime`` (Unix seconds) is the file's own date when the client gave one."""
+        ``mtime`` (Unix seconds) is the file's own date when the client gave one;
+        ``commit`` is given only to a backend that keeps records (``RecordKeeping``)."""
         ...
 
     def readiness(self) -> Readiness:
@@ -88,9 +99,15 @@ class Streaming(Protocol):
     """Stores a body while it is still arriving, with no temporary file."""
 
     def store_stream(
-        self, body: BodyStream, filename: str, size: int, *, mtime: int | None = None
+        self,
+        body: BodyStream,
+        filename: str,
+        size: int,
+        *,
+        mtime: int | None = None,
+        commit: Commit | None = None,
     ) -> StoredFile:
-        """Store exactly ``size`` bytes from ``body`` (``mtime`` as for ``store``).
+        """Store exactly ``size`` bytes from ``body`` (``mtime``, ``commit`` as for ``store``).
 
         Exceptions raised by ``body.read`` (the client left) must propagate unchanged,
         after anything partly stored has been removed.
@@ -104,6 +121,104 @@ class Downloads(Protocol):
     def locate(self, handle: str, filename: str) -> Path | None:
         """The stored file behind a download link, or None when there is none."""
         ...
+
+
+# The service's record of a file is a set of short string fields kept with the file
+# itself; their names start with this prefix (on MEGA: custom node attributes, which the
+# SDK writes as "_" plus at most 7 bytes).
+RECORD_PREFIX = "_p"
+
+
+@dataclass(frozen=True, slots=True)
+class FileFacts:
+    """What identifies a stored file and what anyone may know of it.
+
+    ``key`` is what the backend needs to reach the file again (MEGA: the node key), opaque
+    to everyone else; ``link`` is None while the file has no public link; ``created`` is
+    in Unix seconds.
+    """
+
+    id: str
+    name: str
+    size: int
+    created: int
+    link: str | None
+    key: str
+
+
+@dataclass(frozen=True, slots=True)
+class FileRecord(FileFacts):
+    """One stored file as its backend reports it, with the service's record fields."""
+
+    fields: Mapping[str, str]
+
+
+# Makes the file from the bytes a backend already holds, with the given record fields.
+MakeFile = Callable[[Mapping[str, str]], StoredFile]
+
+
+class Commit(Protocol):
+    """Decides, once every byte is in the backend's hands and before any file exists,
+    whether one is made: it calls ``make`` (once) with the record fields, or returns
+    another ``StoredFile`` without calling it (the same bytes are stored already: the
+    backend then drops what it holds), or raises (nothing is made)."""
+
+    def __call__(self, make: MakeFile) -> StoredFile: ...
+
+
+class RecordKeeping(Protocol):
+    """Keeps the service's record on each stored file and lists every file of the service.
+
+    A backend that declares it takes ``commit=`` (a ``Commit``) on ``store`` and
+    ``store_stream``. Blocking: run it in a worker thread.
+    """
+
+    @property
+    def lock_dir(self) -> Path:
+        """A directory beside the files where processes of one machine keep lock files."""
+        ...
+
+    def list_records(self) -> list[FileRecord]:
+        """Every file of the service, in one listing of the storage."""
+        ...
+
+    def read_record(self, file: FileRecord) -> FileRecord | None:
+        """``file`` as storage holds it now (fresh fields, name and size); None when gone."""
+        ...
+
+    def write_record(self, file: FileRecord, fields: Mapping[str, str]) -> bool:
+        """Replace the file's record fields with ``fields``, keeping everything else the
+        storage holds about it; False when the file is gone."""
+        ...
+
+
+class LinkControl(Protocol):
+    """Takes a file's public link away, and gives it one again."""
+
+    def revoke_link(self, file: FileRecord) -> None:
+        """The link stops working at once; the file stays."""
+
+    def make_link(self, file: FileRecord) -> str:
+        """The file's public link, made when it has none."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Space:
+    """Bytes used and bytes available in all of the storage."""
+
+    used: int
+    total: int
+
+    @property
+    def free(self) -> int:
+        return max(0, self.total - self.used)
+
+
+class SpaceReport(Protocol):
+    """Knows how full the storage is (one request: run it in a worker thread)."""
+
+    def space(self) -> Space: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +238,12 @@ class Capabilities:
     stream: Streaming | None = None
     restarts_streams: bool = False
     download: Downloads | None = None
+    # Upload records (README, "Records"): a record kept with each file, which is what
+    # listing, deleting by the uploader, expiry and dedup rest on; public links that
+    # can be taken away and given again; how full the storage is (quota before bytes).
+    records: RecordKeeping | None = None
+    links: LinkControl | None = None
+    space: SpaceReport | None = None
 
 
 class StartupError(Exception):
@@ -154,3 +275,11 @@ class UpstreamRejected(StorageError):
 
 class StorageLoginFailed(UpstreamRejected):
     """The destination refused the service's credentials."""
+
+
+class NoSuchFile(StorageError):
+    """No stored file answers to this id (or to this id and delete secret)."""
+
+
+class IndexNotReady(StorageUnavailable):
+    """The index of stored files is still being built (or is out of reach)."""

@@ -11,15 +11,15 @@ import re
 import secrets
 import shutil
 import stat
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import BinaryIO
-from urllib.parse import quote
 
 from app.intake.leftovers import remove_if_abandoned
 from app.storage.base import (
     BodyStream,
     Capabilities,
+    Commit,
     Readiness,
     StartupError,
     StorageFull,
@@ -27,6 +27,7 @@ from app.storage.base import (
     StoredFile,
     UpstreamRejected,
 )
+from app.storage.local_records import LocalRecords, download_link, new_handle
 
 log = logging.getLogger(__name__)
 
@@ -46,9 +47,13 @@ class LocalBackend:
 
     def __init__(self, root: Path) -> None:
         self.root = root
+        self._records = LocalRecords(root)
 
     def capabilities(self) -> Capabilities:
-        return Capabilities(stream=self, download=self)
+        records = self._records
+        return Capabilities(
+            stream=self, download=self, records=records, links=records, space=records
+        )
 
     def location(self) -> str:
         return str(self.root.resolve())
@@ -90,27 +95,59 @@ class LocalBackend:
         return removed
 
     def store(
-        self, source: Path, filename: str, size: int, *, mtime: int | None = None
+        self,
+        source: Path,
+        filename: str,
+        size: int,
+        *,
+        mtime: int | None = None,
+        commit: Commit | None = None,
     ) -> StoredFile:
         # A spooled file on the same file system is hard-linked: it takes no more room,
         # and its bytes already count as used in the free space.
         same_disk = _device(source) == _device(self.root)
         return self._store(
-            filename, 0 if same_disk else size, lambda target: self._place(source, target), mtime
+            filename,
+            0 if same_disk else size,
+            lambda target: self._place(source, target),
+            mtime,
+            commit,
         )
 
     def store_stream(
-        self, body: BodyStream, filename: str, size: int, *, mtime: int | None = None
+        self,
+        body: BodyStream,
+        filename: str,
+        size: int,
+        *,
+        mtime: int | None = None,
+        commit: Commit | None = None,
     ) -> StoredFile:
-        return self._store(filename, size, lambda target: self._write(body, target), mtime)
+        return self._store(filename, size, lambda target: self._write(body, target), mtime, commit)
 
     def _store(
-        self, filename: str, needed: int, put: Callable[[Path], None], mtime: int | None
+        self,
+        filename: str,
+        needed: int,
+        put: Callable[[Path], None],
+        mtime: int | None,
+        commit: Commit | None,
     ) -> StoredFile:
-        """Run ``put`` on the new file's path; ``needed`` is the room it takes on this disk.
-        ``mtime`` dates the file (served back as its Last-Modified)."""
-        handle = secrets.token_urlsafe(16)
+        """Run ``put`` on the new file's path, then ``commit``; ``needed`` is the room it
+        takes on this disk, ``mtime`` the file's date (served back as Last-Modified). The
+        file is listed (has a record) only once made."""
+        handle = new_handle()
         folder = self.root / handle
+        made: list[StoredFile] = []
+
+        def make(fields: Mapping[str, str]) -> StoredFile:
+            try:
+                self._records.create(handle, filename, (folder / filename).stat().st_size, fields)
+            except OSError as error:
+                raise _storage_error(error) from error
+            made.append(StoredFile(handle, download_link(handle, filename), key=handle))
+            return made[0]
+
         try:
             if shutil.disk_usage(self.root).free < needed + MIN_FREE_BYTES:
                 raise StorageFull("the local storage disk is full")
@@ -118,13 +155,18 @@ class LocalBackend:
             put(folder / filename)
             if mtime is not None:
                 os.utime(folder / filename, (mtime, mtime), follow_symlinks=False)
-        except OSError as error:
-            shutil.rmtree(folder, ignore_errors=True)
-            raise _storage_error(error) from error
-        except BaseException:
-            shutil.rmtree(folder, ignore_errors=True)  # e.g. the client left mid-stream
+            if commit is None:
+                return StoredFile(handle=handle, link=download_link(handle, filename))
+            stored = commit(make)
+        except BaseException as error:
+            if not made:  # e.g. the client left mid-stream; once made, the file stays
+                shutil.rmtree(folder, ignore_errors=True)
+            if isinstance(error, OSError):
+                raise _storage_error(error) from error
             raise
-        return StoredFile(handle=handle, link=f"/files/{handle}/{quote(filename, safe='')}")
+        if not made:  # the same bytes are stored already: this copy is not wanted
+            shutil.rmtree(folder, ignore_errors=True)
+        return stored
 
     @staticmethod
     def _write(body: BodyStream, target: Path) -> None:
@@ -173,7 +215,7 @@ class LocalBackend:
 
     def delete(self, handle: str) -> None:
         if _HANDLE.fullmatch(handle):
-            shutil.rmtree(self.root / handle, ignore_errors=True)
+            self._records.delete(handle)
 
     def close(self) -> None:
         """Nothing to release."""

@@ -74,7 +74,12 @@ place cites the file it follows):
 * a blocked account (``blocked_emails``): -16 at log-in and for every request of its
   sessions, except one holding only ``whyamiblocked`` (``blocked_reason_code``);
 * 'ug' carries feature flags (``site_flag``: ``ff_site``, links on mega.app);
-* ``sdk_fingerprint(handle)``: a file's ``c`` attribute as the SDK reads it.
+* ``sdk_fingerprint(handle)``: a file's ``c`` attribute as the SDK reads it;
+* ``sdk_attributes(handle)``: all of a node's attributes as the SDK reads them (names
+  packed into 8 bytes, a value that is not a string, number, object or array ends the
+  reading);
+* ``a`` takes the rewritten block as ``at`` (as both official clients send it), ``f``
+  lists public links under ``ph`` and a base64 ``sn``, ``uq`` answers ``usl``.
 
 Throughput: chunk bodies go to disk in 1 MiB pieces. A plain ``requests`` POST
 of 256 MiB measured 130-210 MB/s on a 2-vCPU machine with the emulator in its

@@ -12,8 +12,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import json
-import re
 import time
 from collections.abc import Callable
 from typing import Any
@@ -130,8 +128,9 @@ def _mfa_ok(secret: str, code: Any) -> bool:
     return isinstance(code, str) and any(code == _totp(secret, step + d) for d in (-1, 0, 1))
 
 
-def _attribute_plaintext(attributes: str, encrypted_key: str, master_key: bytes) -> bytes | None:
-    """A node's attribute block decrypted (``MEGA{...}``), or None."""
+def _sdk_decrypt_attributes(attributes: str, encrypted_key: str, master_key: bytes) -> bytes | None:
+    """The plaintext of an attribute block, as ``Node::decryptattr`` (``src/node.cpp``)
+    produces it: AES-CBC with a zero IV under the node's AES key, ``MEGA{"`` first."""
     from Crypto.Cipher import AES
 
     try:
@@ -139,10 +138,141 @@ def _attribute_plaintext(attributes: str, encrypted_key: str, master_key: bytes)
         if len(key_bytes) == 32:  # a file key: the AES key is the two halves XORed
             key_bytes = bytes(a ^ b for a, b in zip(key_bytes[:16], key_bytes[16:], strict=True))
         block = b64url_decode(attributes)
-        plain = AES.new(key_bytes, AES.MODE_CBC, bytes(16)).decrypt(block).rstrip(b"\0")
+        plain = AES.new(key_bytes, AES.MODE_CBC, bytes(16)).decrypt(block)
     except ValueError:
         return None
     return plain if plain.startswith(b'MEGA{"') else None
+
+
+_NAMEID_MASK = (1 << 64) - 1
+
+
+def _sdk_nameid(text: bytes, pos: int) -> tuple[int, int]:
+    """``JSON::getNameidSkipNull`` (``src/json.cpp``): a member name packed into a 64-bit
+    ``nameid`` one byte at a time (``id = (id << 8) + c``, so a name longer than 8 bytes
+    keeps only its last 8), and the position after its ``:``; 0 when no name starts here.
+    A member whose value is ``null`` is skipped (``JSON::skipnullvalue``)."""
+    while True:
+        if pos < len(text) and text[pos] in b",:":
+            pos += 1
+        if pos >= len(text) or text[pos] != ord('"'):
+            return 0, pos
+        pos += 1
+        nameid = 0
+        while pos < len(text) and text[pos] != ord('"'):
+            byte = text[pos] if text[pos] < 0x80 else text[pos] - 0x100  # a signed char
+            nameid = ((nameid << 8) + byte) & _NAMEID_MASK
+            pos += 1
+        pos += 1
+        if pos < len(text) and text[pos] in b":,":
+            pos += 1
+        if nameid and text[pos : pos + 1] in (b",", b"]", b"}"):
+            pos += text[pos : pos + 1] == b","
+            continue
+        if nameid and text.startswith(b"null", pos) and text[pos + 4 : pos + 5] in b",]}":
+            pos += 4 + (text[pos + 4 : pos + 5] == b",")
+            continue
+        return nameid, pos
+
+
+def _sdk_nameid_text(nameid: int) -> bytes:
+    """``AttrMap::nameid2string`` (``src/attrmap.cpp``): the non-zero bytes of the id."""
+    return bytes(b for b in nameid.to_bytes(8, "big") if b)
+
+
+def _sdk_value(text: bytes, pos: int) -> tuple[bytes | None, int]:
+    """``JSON::storeobject`` (``src/json.cpp``): a string without its quotes, a number or a
+    nested object/array as its raw text; None (a parse error) for anything else, such as
+    ``true`` or ``false``."""
+    while pos < len(text) and 0 < text[pos] <= 0x20:
+        pos += 1
+    if pos >= len(text) or text[pos] in b"]}":
+        return None, pos
+    if text[pos] == ord(","):
+        pos += 1
+    start, ptr, depth = pos, pos, [0, 0]
+    while True:
+        char = text[ptr : ptr + 1]
+        if char in (b"[", b"{"):
+            depth[char == b"["] += 1
+        elif char in (b"]", b"}"):
+            depth[char == b"]"] -= 1
+        elif char == b'"':
+            ptr += 1
+            escaped = False
+            while ptr < len(text) and (escaped or text[ptr] != ord('"')):
+                escaped = text[ptr] == ord("\\") and not escaped
+                ptr += 1
+            if ptr >= len(text):
+                return None, pos
+        elif char and (char.isdigit() or char in b"-."):
+            ptr += 1
+            while text[ptr : ptr + 1] and (text[ptr : ptr + 1].isdigit() or text[ptr] in b".eE"):
+                ptr += 1
+            ptr -= 1
+        elif char not in (b":", b","):
+            return None, pos  # "Parse error (unexpected ...)"
+        ptr += 1
+        if not depth[0] and not depth[1]:
+            value = text[start + 1 : ptr - 1] if text[start] == ord('"') else text[start:ptr]
+            return value, ptr
+
+
+def _sdk_unescape(value: bytes) -> bytes:
+    """``JSON::unescape`` (``src/json.cpp``): ``\\uXXXX`` keeps only its low byte."""
+    out, i = bytearray(), 0
+    simple = {ord("n"): 10, ord("r"): 13, ord("b"): 8, ord("f"): 12, ord("t"): 9}
+    while i < len(value):
+        if value[i] == 0x5C and i + 1 < len(value):  # backslash
+            if value[i + 1] == ord("u"):
+                out.append(int(value[i + 4 : i + 6], 16))
+                i += 6
+                continue
+            out.append(simple.get(value[i + 1], value[i + 1]))
+            i += 2
+            continue
+        out.append(value[i])
+        i += 1
+    return bytes(out)
+
+
+def sdk_parse_attributes(members: bytes) -> dict[str, bytes]:
+    """A decrypted attribute block (after ``MEGA{``) read the way ``AttrMap::fromjson``
+    (``src/attrmap.cpp``) reads it: member by member until the first value it cannot
+    store, which is kept as empty and ends the reading, so every later member is lost."""
+    result: dict[str, bytes] = {}
+    pos = 0
+    while True:
+        nameid, pos = _sdk_nameid(members, pos)
+        if not nameid:
+            return result
+        name = _sdk_nameid_text(nameid).decode("latin-1")
+        value, pos = _sdk_value(members, pos)
+        result[name] = b"" if value is None else _sdk_unescape(value)
+        if value is None:
+            return result
+
+
+def sdk_read_attributes(
+    attributes: str, encrypted_key: str, master_key: bytes
+) -> dict[str, bytes] | None:
+    """A node's attributes as MEGA's C++ SDK holds them (names as the SDK keeps them,
+    values as bytes); None when the block does not decrypt."""
+    plain = _sdk_decrypt_attributes(attributes, encrypted_key, master_key)
+    if plain is None:
+        return None
+    return sdk_parse_attributes(plain[5:].rstrip(b"\0"))
+
+
+def sdk_custom_attributes(attributes: dict[str, bytes]) -> dict[str, str]:
+    """The custom attributes SDK apps read through ``MegaNode::getCustomAttr``: names that
+    start with ``_``, without it (the ``MegaNodePrivate`` constructor in
+    ``src/megaapi_impl.cpp``)."""
+    return {
+        name[1:]: value.decode("utf-8", errors="replace")
+        for name, value in attributes.items()
+        if name.startswith("_")
+    }
 
 
 def sdk_read_fingerprint(attributes: str, encrypted_key: str, master_key: bytes) -> Any:
@@ -150,10 +280,9 @@ def sdk_read_fingerprint(attributes: str, encrypted_key: str, master_key: bytes)
     (``FileFingerprint::unserializefingerprint`` in ``src/filefingerprint.cpp``: base64
     of 16 CRC bytes, then ``Serialize64``: a count byte and that many bytes, low first),
     or None when there is none or it does not read."""
-    plain = _attribute_plaintext(attributes, encrypted_key, master_key)
+    read = sdk_read_attributes(attributes, encrypted_key, master_key)
     try:
-        value = json.loads(plain[4:]).get("c") if plain else None
-        raw = b64url_decode(value) if isinstance(value, str) else b""
+        raw = b64url_decode(read["c"].decode("ascii")) if read and "c" in read else b""
     except ValueError:
         return None
     if len(raw) < 17 or raw[16] > 8 or raw[16] >= len(raw) - 16:
@@ -165,26 +294,12 @@ def sdk_read_fingerprint(attributes: str, encrypted_key: str, master_key: bytes)
 def sdk_read_name(attributes: str, encrypted_key: str, master_key: bytes) -> str | None:
     """A node's name as MEGA's C++ SDK reads it from the attribute block: the bytes as
     they are, with each ``\\uXXXX`` escape cut to its low byte (``JSON::unescape`` in
-    ``src/json.cpp``); bytes are then shown as UTF-8. None when it does not decrypt."""
-    plain = _attribute_plaintext(attributes, encrypted_key, master_key)
-    if plain is None:
+    ``src/json.cpp``); bytes are then shown as UTF-8. None when it does not decrypt or
+    the SDK would find no name (``Node::setattr`` leaves such a node without one)."""
+    read = sdk_read_attributes(attributes, encrypted_key, master_key)
+    if read is None or "n" not in read:
         return None
-    found = re.search(rb'"n"\s*:\s*"((?:[^"\\]|\\.)*)"', plain[4:])
-    if found is None:
-        return None
-    raw, out, i = found.group(1), bytearray(), 0
-    while i < len(raw):
-        if raw[i] == 0x5C and i + 1 < len(raw):  # backslash
-            if raw[i + 1] == ord("u"):
-                out.append(int(raw[i + 4 : i + 6], 16))
-                i += 6
-                continue
-            out.append({ord("n"): 10, ord("t"): 9, ord("r"): 13}.get(raw[i + 1], raw[i + 1]))
-            i += 2
-            continue
-        out.append(raw[i])
-        i += 1
-    return out.decode("utf-8", errors="replace")
+    return read["n"].decode("utf-8", errors="replace")
 
 
 def cmd_user(ctx: ApiContext, cmd: dict[str, Any]) -> Any:
@@ -217,7 +332,16 @@ def cmd_fetch_nodes(ctx: ApiContext, cmd: dict[str, Any]) -> Any:
                 raise ApiError(errors.ENOENT)
             return {"f": [ctx.store.nodes[handle].wire()], "ok": [], "s": []}
         account = ctx.require_account()
-        nodes = [n.wire() for n in ctx.store.owned_nodes(account)]
+        owned = ctx.store.owned_nodes(account)
+        nodes = [n.wire() for n in owned]
+        # The public links: {h, ph, ts} per exported node (src/megaclient.cpp,
+        # MegaClient::procphelement; "ts" is required there).
+        exported, times = ctx.store.exported, ctx.store.link_times
+        links = [
+            {"h": n.handle, "ph": exported[n.handle], "ts": times[n.handle]}
+            for n in owned
+            if n.handle in exported
+        ]
         return {
             "f": nodes,
             "ok": [],
@@ -225,8 +349,10 @@ def cmd_fetch_nodes(ctx: ApiContext, cmd: dict[str, Any]) -> Any:
             "ps": [],
             "ipc": [],
             "opc": [],
+            "ph": links,
             "u": [{"u": account.user_handle, "c": 2, "m": account.email}],
-            "sn": str(int(time.time() * 1000)),
+            # 8 binary bytes as 11 base64url characters (SCSN::setScsn, src/megaclient.cpp).
+            "sn": ctx.store.sequence_number(),
         }
 
 
@@ -331,16 +457,18 @@ def cmd_export(ctx: ApiContext, cmd: dict[str, Any]) -> Any:
         node = ctx.own_node(cmd.get("n"))
         if node.type not in (NODE_FILE, NODE_FOLDER):
             raise ApiError(errors.EACCESS)
-        if cmd.get("d"):  # remove the link
-            ph = store.exported.pop(node.handle, None)
-            if ph:
-                store.public.pop(ph, None)
+        # {"a":"l","n":h,"d":1} removes the link and is answered 0; without "d" the
+        # answer is the public handle (src/commands.cpp, CommandSetPH). An exported
+        # node keeps its handle: the SDK does not even ask again (MegaClient::exportnode).
+        if cmd.get("d"):
+            store.unexport(node.handle)
             return 0
         ph = store.exported.get(node.handle)
         if ph is None:
             ph = store._unique(store.public, 6)
             store.public[ph] = node.handle
             store.exported[node.handle] = ph
+            store.link_times[node.handle] = int(time.time())
         return ph
 
 
@@ -388,12 +516,17 @@ def cmd_set_attributes(ctx: ApiContext, cmd: dict[str, Any]) -> Any:
     account = ctx.require_account()
     with ctx.store.lock:
         node = ctx.own_node(cmd.get("n"))
-        attr = _str_arg(cmd, "attr")
-        if node.type not in (NODE_FILE, NODE_FOLDER):
-            raise ApiError(errors.EACCESS)
+        # Both official clients send the whole rewritten block as "at"
+        # (src/commands.cpp, CommandSetAttr::getJSON; js/crypto.js, api_setattr);
+        # mega.py sends it as "attr", with the key again as "key".
+        attr = cmd.get("at") if isinstance(cmd.get("at"), str) else _str_arg(cmd, "attr")
+        if node.type not in (NODE_FILE, NODE_FOLDER) or not attr:
+            raise ApiError(errors.EACCESS if attr else errors.EARGS)
         node.attributes = attr
         if isinstance(cmd.get("key"), str):
             node.key = f"{account.user_handle}:{cmd['key']}"
+        encrypted_key = node.key.partition(":")[2]
+        node.sdk_name = sdk_read_name(node.attributes, encrypted_key, account.master_key)
     return 0
 
 
@@ -415,8 +548,9 @@ def cmd_quota(ctx: ApiContext, cmd: dict[str, Any]) -> Any:
             files = [n for n in inside if n.type == NODE_FILE]
             used[root] = [sum(n.size for n in files), len(files), len(inside) - len(files), 0, 0]
         total = sum(n.size for n in nodes if n.type == NODE_FILE)
+    quota = ctx.faults.storage_quota_bytes
     result: dict[str, Any] = {
-        "mstrg": ctx.faults.storage_quota_bytes,
+        "mstrg": quota,
         "cstrg": total,
         "cstrgn": used,
         "mxfer": ctx.faults.transfer_quota_bytes,
@@ -426,6 +560,10 @@ def cmd_quota(ctx: ApiContext, cmd: dict[str, Any]) -> Any:
         "tua": 0,
         "srvratio": 0,
         "uslw": 9000,
+        # The storage level: 0 green, 1 orange (past "uslw", in 1/100 %), 2 red (full);
+        # the SDK asserts on a "strg" answer without it (CommandGetUserQuota::procresult,
+        # src/commands.cpp; STORAGE_GREEN... in include/mega/types.h).
+        "usl": 2 if total >= quota else 1 if total * 10000 >= quota * 9000 else 0,
         "utype": 0,
     }
     if cmd.get("pro"):

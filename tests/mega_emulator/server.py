@@ -19,7 +19,7 @@ from urllib.parse import parse_qs
 
 from . import errors, hashcash
 from .accounts import Account
-from .api import ApiContext, run_command, sdk_read_fingerprint
+from .api import ApiContext, run_command, sdk_read_attributes, sdk_read_fingerprint
 from .faults import Faults
 from .http_body import PIECE, BodyReader
 from .stats import Stats
@@ -648,6 +648,17 @@ class MegaEmulator:
             assert account is not None
             encrypted_key = node.key.partition(":")[2]
             return sdk_read_fingerprint(node.attributes, encrypted_key, account.master_key)
+
+    def sdk_attributes(self, handle: str) -> dict[str, bytes] | None:
+        """A node's attributes as MEGA's C++ SDK reads them (``api.sdk_read_attributes``):
+        names as the SDK keeps them, values as bytes; None when they do not decrypt."""
+        with self.store.lock:
+            node = self.store.nodes[handle]
+            account = self.store.account_by_handle(node.owner)
+            assert account is not None
+            return sdk_read_attributes(
+                node.attributes, node.key.partition(":")[2], account.master_key
+            )
 
     def node(self, handle: str) -> dict[str, Any]:
         with self.store.lock:

@@ -121,6 +121,8 @@ class CloudStore:
         self.public: dict[str, str] = {}  # public handle -> node handle
         self.exported: dict[str, str] = {}  # node handle -> public handle
         self.removed: dict[str, str] = {}  # handle of a removed node -> its owner
+        self.link_times: dict[str, int] = {}  # node handle -> when its link was made
+        self._sequence = 0
 
     # -- handles ---------------------------------------------------------
     def _unique(self, taken: Any, n_bytes: int, dash_ok: bool = True) -> str:
@@ -203,11 +205,23 @@ class CloudStore:
             for h in self.subtree(handle):
                 node = self.nodes.pop(h)
                 self.removed[h] = node.owner
-                ph = self.exported.pop(h, None)
-                if ph:
-                    self.public.pop(ph, None)
+                self.unexport(h)
                 if node.blob:
                     self.release_blob(node.blob)
+
+    def unexport(self, handle: str) -> None:
+        """Remove a node's public link: its public handle stops resolving at once."""
+        with self.lock:
+            ph = self.exported.pop(handle, None)
+            self.link_times.pop(handle, None)
+            if ph:
+                self.public.pop(ph, None)
+
+    def sequence_number(self) -> str:
+        """The next ``sn``: 8 bytes, base64url (11 characters), growing with each call."""
+        with self.lock:
+            self._sequence += 1
+            return b64url_encode(self._sequence.to_bytes(8, "big"))
 
     # -- blobs -----------------------------------------------------------
     def retain_blob(self, blob_id: str) -> None:

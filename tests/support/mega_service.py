@@ -121,5 +121,7 @@ def check_stored(
         MEGA_PY_CHECKS.append(len(data))
 
 
-def payload(size: int, seed: int) -> bytes:
+def payload(size: int, seed: int | str) -> bytes:
+    """Bytes of their own for each seed: uploads of the same bytes share one stored file
+    (README, "Records"), so tests that check each upload's own name send distinct ones."""
     return random.Random(seed).randbytes(size)

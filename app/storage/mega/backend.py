@@ -19,11 +19,20 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
+from mega.crypto import a32_to_base64
+
 from app.config import MegaSettings
-from app.storage.base import BodyStream, Capabilities, Readiness, StorageError, StoredFile
+from app.storage.base import (
+    BodyStream,
+    Capabilities,
+    Commit,
+    Readiness,
+    StorageError,
+    StoredFile,
+)
 
 from .client import MegaClient
 from .errors import (
@@ -36,6 +45,7 @@ from .errors import (
     to_storage_error,
 )
 from .folders import ensure_folder
+from .records import MegaRecords
 from .retry import Deadline
 from .session import FileSessionStore, SessionStore, account_key
 from .upload import (
@@ -88,12 +98,25 @@ class MegaBackend:
         self._folder_checked = 0.0  # time.monotonic() of the last look
         self._folder_lock = threading.Lock()
         self._readiness_lock = threading.Lock()
+        self._records = MegaRecords(
+            self._ready_client,
+            lambda: self._folder(Deadline(self._limits.chunk_policy.deadline_s)),
+            settings.session_file.parent / "locks",
+        )
 
     # -- StorageBackend ------------------------------------------------------------
 
     def capabilities(self) -> Capabilities:
         # MEGA may ask for an upload to start again on a fresh URL: streams restart.
-        return Capabilities(connect=self, stream=self, restarts_streams=True)
+        records = self._records
+        return Capabilities(
+            connect=self,
+            stream=self,
+            restarts_streams=True,
+            records=records,
+            links=records,
+            space=records,
+        )
 
     def location(self) -> str:
         return f"the folder {self._settings.folder!r} of the account {self._settings.email}"
@@ -115,7 +138,13 @@ class MegaBackend:
             raise to_storage_error(exc) from None
 
     def store(
-        self, source: Path, filename: str, size: int, *, mtime: int | None = None
+        self,
+        source: Path,
+        filename: str,
+        size: int,
+        *,
+        mtime: int | None = None,
+        commit: Commit | None = None,
     ) -> StoredFile:
         """Store the file ``source``; ``mtime`` (Unix seconds) dates it in MEGA's apps (its
         fingerprint), the upload time when not given."""
@@ -125,10 +154,17 @@ class MegaBackend:
             filename,
             size,
             mtime,
+            commit,
         )
 
     def store_stream(
-        self, body: BodyStream, filename: str, size: int, *, mtime: int | None = None
+        self,
+        body: BodyStream,
+        filename: str,
+        size: int,
+        *,
+        mtime: int | None = None,
+        commit: Commit | None = None,
     ) -> StoredFile:
         """Store ``size`` bytes read from ``body`` while they arrive (no temporary file);
         ``mtime`` as for ``store``.
@@ -147,6 +183,7 @@ class MegaBackend:
                 filename,
                 size,
                 mtime,
+                commit,
             )
         except SourceFailed as failed:
             # The API layer logs why (the client left, the file was another size).
@@ -160,6 +197,7 @@ class MegaBackend:
         filename: str,
         size: int,
         mtime: int | None,
+        commit: Commit | None,
     ) -> StoredFile:
         # One deadline for the whole upload: log-in and folder look-up, the data, u/p/l.
         deadline = Deadline(self._limits.deadline_s)
@@ -167,33 +205,70 @@ class MegaBackend:
             client = self._ready_client(deadline=deadline)
             folder = self._folder(deadline)
             sent = send(client, deadline)
-            try:
-                node = put_file_node(client, folder, sent, filename, deadline, mtime=mtime)
-            except MegaApiError as exc:
-                if exc.code != ENOENT:
-                    raise
-                # "putnodes returned -9, file-storage server unavailable": the SDK uploads
-                # the whole file again (Transfer::failed in src/transfer.cpp); the token
-                # went with the server. The folder is looked at again on the way.
-                logger.warning("MEGA lost the upload before its node was made; sending it again")
-                if not rewind():
-                    raise StreamCannotRestart(exc) from None
-                folder = self._folder(deadline, stale=folder)
-                sent = send(client, deadline)
-                node = put_file_node(client, folder, sent, filename, deadline, mtime=mtime)
-            if node.parent is not None and node.parent != folder:
-                node = self._move_home(client, node, folder, deadline)
-            link = export_link(client, node.handle, sent.node_key, deadline)
         except (StorageError, SourceFailed):
             raise
         except Exception as exc:
-            failure = to_storage_error(exc)
-            if not isinstance(exc, MegaAccountBlocked):  # the client said it, once
-                logger.warning(
-                    "MEGA upload of %d bytes failed: %s (%s)", size, failure_name(exc), failure
+            raise self._failed(exc, size) from None
+
+        def make(fields: Mapping[str, str]) -> StoredFile:
+            try:
+                return self._make_file(
+                    client, folder, sent, (send, rewind), filename, fields, mtime, deadline
                 )
-            raise failure from None
-        return StoredFile(handle=node.handle, link=link)
+            except (StorageError, SourceFailed):
+                raise
+            except Exception as exc:
+                raise self._failed(exc, size) from None
+
+        # MEGA holds every byte now, but no file exists until 'p': a commit that finds the
+        # same bytes stored already (or refuses them) makes none, and MEGA drops the upload.
+        return make({}) if commit is None else commit(make)
+
+    def _make_file(
+        self,
+        client: MegaClient,
+        folder: str,
+        sent: SentFile,
+        again: tuple[Callable[[MegaClient, Deadline], SentFile], Callable[[], bool]],
+        filename: str,
+        fields: Mapping[str, str],
+        mtime: int | None,
+        deadline: Deadline,
+    ) -> StoredFile:
+        """The node for ``sent``, with its record ``fields``, published; ``again`` sends the
+        data once more (and rewinds its source) when MEGA lost it."""
+        try:
+            node = put_file_node(
+                client, folder, sent, filename, deadline, mtime=mtime, record=fields
+            )
+        except MegaApiError as exc:
+            if exc.code != ENOENT:
+                raise
+            # "putnodes returned -9, file-storage server unavailable": the SDK uploads
+            # the whole file again (Transfer::failed in src/transfer.cpp); the token
+            # went with the server. The folder is looked at again on the way.
+            logger.warning("MEGA lost the upload before its node was made; sending it again")
+            send, rewind = again
+            if not rewind():
+                raise StreamCannotRestart(exc) from None
+            folder = self._folder(deadline, stale=folder)
+            sent = send(client, deadline)
+            node = put_file_node(
+                client, folder, sent, filename, deadline, mtime=mtime, record=fields
+            )
+        if node.parent is not None and node.parent != folder:
+            node = self._move_home(client, node, folder, deadline)
+        link = export_link(client, node.handle, sent.node_key, deadline)
+        return StoredFile(handle=node.handle, link=link, key=a32_to_base64(sent.node_key))
+
+    @staticmethod
+    def _failed(exc: Exception, size: int) -> StorageError:
+        failure = to_storage_error(exc)
+        if not isinstance(exc, MegaAccountBlocked):  # the client said it, once
+            logger.warning(
+                "MEGA upload of %d bytes failed: %s (%s)", size, failure_name(exc), failure
+            )
+        return failure
 
     def _move_home(
         self, client: MegaClient, node: PlacedNode, folder: str, deadline: Deadline

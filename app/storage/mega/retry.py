@@ -63,7 +63,7 @@ class RetryPolicy:
     """How hard to try: ``attempts`` per call (counting the tries that back off), waits from
     ``initial_s`` up to ``max_s``, and ``deadline_s``, the longest one API call may retry
     when its caller gives no deadline. The production values come from the settings
-    (``MegaSettings.retry_policy``); ``waits`` are MEGA's clients'."""
+    (``app.storage.mega.settings.retry_policy``); ``waits`` are MEGA's clients'."""
 
     attempts: int
     deadline_s: float

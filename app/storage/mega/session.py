@@ -36,10 +36,10 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from app.config import SESSION_PREFIX
+from app.filelock import exclusive
 from app.shared_state import LockTimeout, SealedBlobs, SharedState, SharedStateUnavailable
 
 from .errors import FolderLockTimeout, LoginLockTimeout
-from .filelock import exclusive
 
 logger = logging.getLogger(__name__)
 

@@ -45,6 +45,7 @@ import logging
 import re
 import threading
 import time
+from collections.abc import Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -338,10 +339,16 @@ def put_file_node(
     deadline: Deadline | None = None,
     *,
     mtime: int | None = None,
+    record: Mapping[str, str] | None = None,
 ) -> PlacedNode:
     """Turn a completed upload into a file node named ``filename`` in ``folder_id``, with
     the fingerprint MEGA's apps read (``c``) dated ``mtime`` (Unix seconds; default now,
     the upload time).
+
+    ``record`` (the service's custom attributes, ``_`` + at most 7 bytes, string values)
+    is written in the same ``p``, as the SDK adds extra attributes to a new file's map
+    before it sends it (``MegaClient::putnodes_prepareOneFile``, ``addNodeAttrsFunc``,
+    src/megaclient.cpp).
 
     MEGA may put it elsewhere: into the rubbish bin when ``folder_id`` was removed
     (``CommandPutNodes::procresult`` in the SDK's ``src/commands.cpp``); ``parent`` says.
@@ -353,6 +360,7 @@ def put_file_node(
     attributes = {
         "c": fingerprint_attribute(sent.crc, int(time.time()) if mtime is None else mtime),
         "n": filename,
+        **(record or {}),
     }
     answer = client.api(
         {
