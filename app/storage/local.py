@@ -46,9 +46,14 @@ class LocalBackend:
 
     def __init__(self, root: Path) -> None:
         self.root = root
+        # tus: a growing file in its own folder here, like any file (imported here because
+        # that module builds on this one's helpers).
+        from app.storage.local_resumable import LocalResumable
+
+        self._resumable = LocalResumable(root)
 
     def capabilities(self) -> Capabilities:
-        return Capabilities(stream=self, download=self)
+        return Capabilities(stream=self, download=self, resumable=self._resumable)
 
     def start(self) -> None:
         """Create the storage directory and remove what killed uploads left in it."""
@@ -112,7 +117,7 @@ class LocalBackend:
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)  # e.g. the client left mid-stream
             raise
-        return StoredFile(handle=handle, link=f"/files/{handle}/{quote(filename, safe='')}")
+        return StoredFile(handle=handle, link=stored_link(handle, filename))
 
     @staticmethod
     def _write(body: BodyStream, target: Path) -> None:
@@ -165,6 +170,11 @@ class LocalBackend:
 
     def close(self) -> None:
         """Nothing to release."""
+
+
+def stored_link(handle: str, filename: str) -> str:
+    """The download route's path for a stored file (resolved against the public URL)."""
+    return f"/files/{handle}/{quote(filename, safe='')}"
 
 
 @contextlib.contextmanager

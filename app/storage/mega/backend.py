@@ -24,6 +24,7 @@ from app.storage.base import BodyStream, Capabilities, Readiness, StorageError, 
 from .client import MegaClient
 from .errors import ENOENT, MegaApiError, MegaLoggingIn, failure_name, to_storage_error
 from .folders import ensure_folder
+from .resumable import MegaResumable
 from .retry import Deadline
 from .session import FileSessionStore, SessionStore, account_key
 from .settings import MegaSettings
@@ -68,12 +69,18 @@ class MegaBackend:
         self._folder_id: str | None = None
         self._folder_lock = threading.Lock()
         self._readiness_lock = threading.Lock()
+        # tus: an upload kept open across requests, finished through the same ``_store``.
+        self._resumable = MegaResumable(
+            lambda deadline: self._ready_client(deadline=deadline), self._limits, self._store
+        )
 
     # -- StorageBackend ------------------------------------------------------------
 
     def capabilities(self) -> Capabilities:
         # MEGA may ask for an upload to start again on a fresh URL: streams restart.
-        return Capabilities(connect=self, stream=self, restarts_streams=True)
+        return Capabilities(
+            connect=self, stream=self, restarts_streams=True, resumable=self._resumable
+        )
 
     def start(self) -> None:
         """Build the client; no network I/O (``connect`` logs in, in the background)."""
