@@ -129,6 +129,20 @@ class Settings(BaseSettings):
     port: int = Field(default=8080, ge=1, le=65535)
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
 
+    # -- resumable uploads (tus 1.0 at /tus/) ------------------------------------------------
+    # How long a tus upload may take from its creation; after that it is gone. MEGA's SDK
+    # gives up an unfinished upload URL after 47 h 55 min (app/storage/mega/resumable.py),
+    # so one day stays well inside it.
+    tus_expiry_seconds: float = Field(default=86400.0, ge=1, le=86400)
+    # A PATCH with Upload-Checksum is held in memory until it is checked (nothing of it
+    # reaches storage before): larger ones get 413.
+    tus_checksum_max_bytes: ByteSize = Field(
+        default=ByteSize(16 * 1024**2), ge=64 * 1024, le=256 * 1024**2
+    )
+    # Where open tus uploads are remembered without REDIS_URL (a small file each, shared
+    # by the workers of one machine); with REDIS_URL they are kept in Redis.
+    tus_state_dir: Path = Path("data/tus-uploads")
+
     @field_validator("auth_token", "ticket_secret", "metrics_token")
     @classmethod
     def _token_is_strong(cls, value: SecretStr | None) -> SecretStr | None:
