@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
@@ -12,16 +13,19 @@ from fastapi import FastAPI
 
 from app import __version__
 from app.access.tokens import watch_sighup
-from app.api import downloads, health, metrics, tickets, uploads
+from app.api import downloads, health, metrics, tickets, tus, uploads
 from app.api.context import RequestContextMiddleware
 from app.api.deps import Services
 from app.api.errors import install_error_handlers
 from app.api.pages import install_web
 from app.config import Settings
+from app.intake import running_sha256
 from app.intake.relay import tune_allocator
+from app.intake.resumable import ResumableUploads
+from app.intake.resumable_state import build_upload_states
 from app.intake.spool import Spool
 from app.serving.startup import OneLineStartupErrors
-from app.shared_state import build_shared_state
+from app.shared_state import SharedState, build_shared_state
 from app.storage.base import Connecting, StorageBackend, StorageError, StorageLoginFailed
 from app.storage.factory import build_backend
 
@@ -67,6 +71,40 @@ async def _connect(
         return
 
 
+async def _sweep_uploads(uploads: ResumableUploads, every_s: float) -> None:
+    """End expired tus uploads now and then (each worker; the holds keep them apart)."""
+    while True:
+        await anyio.sleep(every_s)
+        try:
+            await to_thread.run_sync(uploads.sweep, time.time())
+        except Exception as error:  # Redis away, a disk error: the next round tries again
+            log.warning("could not sweep expired tus uploads: %s", error)
+
+
+def _resumable_uploads(services: Services, shared: SharedState) -> ResumableUploads | None:
+    """The tus uploads, when the backend declares it can keep uploads open."""
+    resumable = services.capabilities.resumable
+    if resumable is None:
+        return None
+    if not running_sha256.available():
+        log.warning("tus uploads are off: this Python has no OpenSSL SHA-256 to resume")
+        return None
+    settings = services.settings
+    # Open uploads' records hold the file's key and upload URL: sealed in Redis with the
+    # MEGA password, as the session is (app/shared_state.py, SealedBlobs).
+    secret = None
+    if settings.storage_backend == "mega" and settings.mega_password is not None:
+        secret = settings.mega_password.get_secret_value().encode()
+    states = build_upload_states(shared, settings.tus_state_dir, secret)
+    return ResumableUploads(
+        resumable,
+        services.backend.name,
+        states,
+        services.gatekeeper.allowances,
+        settings.tus_expiry_seconds,
+    )
+
+
 def create_app(
     settings: Settings,
     backend: StorageBackend | None = None,
@@ -80,6 +118,7 @@ def create_app(
     backend = backend or build_backend(settings, shared)
     spool = Spool(settings.temp_upload_dir)
     services = Services(settings=settings, backend=backend, spool=spool, shared=shared)
+    resumable = _resumable_uploads(services, shared)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -101,6 +140,10 @@ def create_app(
         )
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(_connect, services.capabilities.connect, on_refused)
+            if resumable is not None:
+                await to_thread.run_sync(resumable.states.prepare)
+                every_s = min(60.0, max(0.5, resumable.expiry_s / 4))
+                tasks.start_soon(_sweep_uploads, resumable, every_s)
             try:
                 yield
             finally:
@@ -119,6 +162,7 @@ def create_app(
         redoc_url=None,
     )
     app.state.services = services
+    app.state.resumable = resumable
     app.add_middleware(OneLineStartupErrors)
     install_error_handlers(app)
     app.add_middleware(RequestContextMiddleware)
@@ -130,5 +174,8 @@ def create_app(
     app.include_router(
         downloads.router, include_in_schema=services.capabilities.download is not None
     )
+    if resumable is not None:
+        app.include_router(tus.router)
+        app.add_middleware(tus.TusProtocol)
     install_web(app, settings)
     return app

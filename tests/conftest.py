@@ -45,6 +45,7 @@ def make_settings(tmp_path: Path, token: str) -> Callable[..., Settings]:
             "local_storage_dir": tmp_path / "files",
             "temp_upload_dir": tmp_path / "spool",
             "mega_session_file": tmp_path / "mega-session.json",
+            "tus_state_dir": tmp_path / "tus-state",
         }
         values.update(overrides)
         return Settings(_env_file=None, **values)
@@ -140,7 +141,7 @@ def start_server(
         if not key.startswith(
             ("MEGA_", "AUTH_", "STORAGE_", "LOCAL_", "TEMP_", "MAX_", "REDIS_", "TOKENS_")
         )
-        and not key.startswith(("TICKET_", "METRICS_", "LOG_FORMAT", "PROMETHEUS_"))
+        and not key.startswith(("TICKET_", "METRICS_", "LOG_FORMAT", "PROMETHEUS_", "TUS_"))
     }
     env.update(
         {
@@ -149,6 +150,7 @@ def start_server(
             "LOCAL_STORAGE_DIR": str(tmp_path / "files"),
             "TEMP_UPLOAD_DIR": str(tmp_path / "spool"),
             "MEGA_SESSION_FILE": str(tmp_path / "mega-session.json"),
+            "TUS_STATE_DIR": str(tmp_path / "tus-state"),
             "HOST": "127.0.0.1",
             "PORT": str(port),
             # Served local storage needs it: links never come from the Host header.

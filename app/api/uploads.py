@@ -138,13 +138,14 @@ class Upload:
             intake = self.intake = make_intake(copy)
             stored = await self._store(intake, copy)
         log.info("stored %d bytes on %s as %s", intake.size, self.backend.name, stored.handle)
-        return UploadResult(
-            filename=self._name(),
-            service=self.backend.name,
-            link=_absolute(stored.link, self.request, self.services.settings.public_base_url),
-            size=intake.size,
-            sha256=intake.sha256(),
-            handle=stored.handle,
+        return upload_result(
+            self.request,
+            self.services,
+            self.backend.name,
+            self._name(),
+            stored,
+            intake.size,
+            intake.sha256(),
         )
 
     async def _store(self, intake: Intake, copy: SpoolFile | None) -> StoredFile:
@@ -239,6 +240,26 @@ class Upload:
                 await to_thread.run_sync(self.backend.delete, stored.handle)
             except Exception as error:  # the answer is an error already
                 log.warning("could not remove an unanswered upload: %s", error)
+
+
+def upload_result(
+    request: Request,
+    services: Services,
+    service: str,
+    filename: str,
+    stored: StoredFile,
+    size: int,
+    sha256: str,
+) -> UploadResult:
+    """The answer to a stored upload, whichever way it arrived (POST, PUT or tus)."""
+    return UploadResult(
+        filename=filename,
+        service=service,
+        link=_absolute(stored.link, request, services.settings.public_base_url),
+        size=size,
+        sha256=sha256,
+        handle=stored.handle,
+    )
 
 
 def _absolute(link: str, request: Request, public_base_url: str | None) -> str:
