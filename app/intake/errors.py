@@ -114,6 +114,11 @@ class PastUploadLength(IntakeError):
     """A piece that would make the file longer than its announced length."""
 
 
+class PieceTooSmall(IntakeError):
+    """A piece too short for storage to keep any of it (less than the next MEGA chunk):
+    sending it again and again would never move the upload on."""
+
+
 class ChecksumMismatch(IntakeError):
     """A piece whose bytes do not match its Upload-Checksum; it was discarded."""
 

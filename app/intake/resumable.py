@@ -36,11 +36,18 @@ from app.intake.errors import (
     NoSuchUpload,
     OffsetMismatch,
     PastUploadLength,
+    PieceTooSmall,
     UploadBusy,
     UploadExpired,
     UploadIncomplete,
 )
-from app.intake.resumable_state import Hold, UploadStates, known_id, new_upload_id
+from app.intake.resumable_state import (
+    BUSY_WAIT_S,
+    Hold,
+    UploadStates,
+    known_id,
+    new_upload_id,
+)
 from app.intake.running_sha256 import RunningSha256
 from app.storage.base import OpenUpload, PieceSource, Resumable
 
@@ -186,14 +193,14 @@ class ResumableUploads:
 
     def open(self, upload_id: str, caller: Caller) -> UploadSession:
         """The upload under its hold, for one request (``release`` it); ``UploadBusy``
-        at once when another request has it.
+        when another request still has it after a moment (``BUSY_WAIT_S``).
 
         An expired upload is ended here (its storage abandoned, its reservation given
         back, its record removed) and ``UploadExpired`` raised.
         """
         if not known_id(upload_id):
             raise NoSuchUpload()
-        hold = self.states.hold(upload_id)
+        hold = self.states.hold(upload_id, BUSY_WAIT_S)
         try:
             record = self._load(upload_id, caller)
             if record.expired(time.time()):
@@ -284,6 +291,12 @@ class UploadSession:
         if offset + length > record.size:
             raise PastUploadLength(
                 f"the piece ends at {offset + length}, past the upload's length of {record.size}"
+            )
+        least = self.uploads.resumable.least_piece(record.open_upload)
+        if 0 < length < least and offset + length < record.size:
+            raise PieceTooSmall(
+                f"a piece at offset {offset} must carry at least {least} bytes, or the rest "
+                "of the file: storage keeps only whole chunks"
             )
 
     def append(self, source: PieceSource, length: int) -> None:

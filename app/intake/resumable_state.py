@@ -38,6 +38,11 @@ from app.shared_state import (
 
 # A holder that died frees its upload after at most this long; a live one renews it.
 LOCK_HOLD_S = 30.0
+# A request that finds its upload held waits this long before it is refused: a client
+# that saw its connection drop sends the next request while the service is still
+# winding the dropped one down (storing what arrived), which takes moments.
+BUSY_WAIT_S = 3.0
+_POLL_S = 0.05
 RENEW_EVERY_S = LOCK_HOLD_S / 3
 # Records outlive their expiry a little, so that the sweep can still undo what an expired
 # upload left (its growing file on local disk, its quota reservation).
@@ -71,8 +76,9 @@ class UploadStates(Protocol):
         """Ids of uploads whose ``expires_at`` has passed (at most ``most``)."""
         ...
 
-    def hold(self, upload_id: str) -> Hold:
-        """Hold the upload, or raise ``UploadBusy`` at once when another request does."""
+    def hold(self, upload_id: str, wait_s: float = 0.0) -> Hold:
+        """Hold the upload, or raise ``UploadBusy`` when another request still holds it
+        after ``wait_s``."""
         ...
 
 
@@ -134,9 +140,16 @@ class RedisUploadStates:
         )
         return [item.decode() if isinstance(item, bytes) else str(item) for item in found]
 
-    def hold(self, upload_id: str) -> Hold:
-        lock = self._state.client.lock(KEY_PREFIX + "lock:tus:" + upload_id, timeout=LOCK_HOLD_S)
-        if not self._run(lambda: lock.acquire(blocking=False)):
+    def hold(self, upload_id: str, wait_s: float = 0.0) -> Hold:
+        # Not thread-local: the hold is taken, renewed and released by different threads.
+        lock = self._state.client.lock(
+            KEY_PREFIX + "lock:tus:" + upload_id,
+            timeout=LOCK_HOLD_S,
+            sleep=_POLL_S,
+            thread_local=False,
+        )
+        taken = self._run(lambda: lock.acquire(blocking=wait_s > 0, blocking_timeout=wait_s))
+        if not taken:
             raise UploadBusy()
         return _RedisHold(self._state, lock)
 
@@ -232,16 +245,20 @@ class FileUploadStates:
                     break
         return found
 
-    def hold(self, upload_id: str) -> Hold:
+    def hold(self, upload_id: str, wait_s: float = 0.0) -> Hold:
         if not self._path(upload_id, ".json").exists():
             raise NoSuchUpload()  # no lock file for ids nobody made
         fd = os.open(self._path(upload_id, ".lock"), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            raise UploadBusy() from None
-        return _FileHold(fd)
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return _FileHold(fd)
+            except OSError:
+                if time.monotonic() >= deadline:
+                    os.close(fd)
+                    raise UploadBusy() from None
+            time.sleep(_POLL_S)
 
 
 class _FileHold:

@@ -132,6 +132,11 @@ class Resumable(Protocol):
         """Open an upload of ``size`` bytes."""
         ...
 
+    def least_piece(self, upload: OpenUpload) -> int:
+        """The fewest bytes a piece at ``upload.offset`` must bring for any of it to be
+        stored (MEGA: the whole next chunk); the rest of the file is always enough."""
+        ...
+
     def append(
         self,
         upload: OpenUpload,

@@ -47,6 +47,10 @@ class LocalResumable:
             raise _storage_error(error) from error
         return OpenUpload(size, 0, {"handle": handle, "file": growing})
 
+    def least_piece(self, upload: OpenUpload) -> int:
+        """Every byte is stored as it comes."""
+        return 1
+
     def append(
         self,
         upload: OpenUpload,

@@ -109,6 +109,12 @@ class MegaResumable:
         except Exception as exc:
             raise _failed("opening a resumable upload", size, exc) from None
 
+    def least_piece(self, upload: OpenUpload) -> int:
+        """The next whole MEGA chunk: a smaller piece could never be sent on."""
+        if upload.offset >= upload.size:
+            return 0
+        return regions(upload.size, 1, upload.offset)[0][1]
+
     def append(
         self,
         upload: OpenUpload,
