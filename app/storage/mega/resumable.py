@@ -36,7 +36,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
@@ -61,6 +61,8 @@ MEGA_UPLOAD_URL_TIMEOUT_S = 172_500
 _ZERO_MAC = bytes(BLOCK)
 # After the deadline, how long to wait for in-flight POSTs whose own timeouts are cut to it.
 _GRACE_S = 1.0
+# Pieces whose regions are sealed and sent at once before one waits for a thread.
+PIECES_AT_ONCE = 16
 
 StoreSent = Callable[[Callable[[ApiClient, Deadline], SentFile], str, int], StoredFile]
 
@@ -97,6 +99,12 @@ class MegaResumable:
         self._client = client
         self._limits = limits
         self._store_sent = store_sent
+        self._buffers = _Buffers(limits.region_bytes + BLOCK, limits.parallel + 1)
+        # One pool for every piece: a piece is a few regions, and starting threads for
+        # each one cost more than sending its last region.
+        self._pool = ThreadPoolExecutor(
+            limits.parallel * PIECES_AT_ONCE, thread_name_prefix="mega-resumable"
+        )
 
     # -- Resumable ---------------------------------------------------------------------
 
@@ -127,10 +135,12 @@ class MegaResumable:
         )
         if upload.offset >= upload.size or not plan:
             return upload  # nothing whole to send: the client sends it again, with more
+        plan = _short_tail(upload.size, plan)
         deadline = Deadline(self._limits.deadline_s)
         try:
             client = self._client(deadline)
-            return _Piece(client, upload, self._limits, deadline, progress).send(source, plan)
+            piece = _Piece(client, upload, self._limits, deadline, progress, self._buffers)
+            return piece.send(source, plan, self._pool)
         except _Passthrough as failed:
             raise failed.error from None
         except UploadUrlDead as dead:
@@ -188,7 +198,9 @@ class _Piece:
         limits: UploadLimits,
         deadline: Deadline,
         progress: Callable[[OpenUpload], None],
+        buffers: _Buffers,
     ) -> None:
+        self.buffers = buffers
         self.client = client
         self.upload = upload
         self.limits = limits
@@ -197,18 +209,19 @@ class _Piece:
         self.url, self.key, self.mac, self.completion = _parts(upload.state)
         self.stop = threading.Event()
 
-    def send(self, source: PieceSource, plan: list[tuple[int, int]]) -> OpenUpload:
-        """Send ``plan``'s regions, read from ``source``; the upload afterwards."""
-        biggest = max(length for _, length in plan)
+    def send(
+        self, source: PieceSource, plan: list[tuple[int, int]], pool: ThreadPoolExecutor
+    ) -> OpenUpload:
+        """Send ``plan``'s regions, read from ``source``, at most ``limits.parallel`` at
+        once on ``pool``; the upload afterwards."""
         free: list[bytearray] = []
         pending: deque[tuple[Future[tuple[dict[int, bytes], str | None]], int, bytearray]] = deque()
         failure: BaseException | None = None
-        pool = ThreadPoolExecutor(self.limits.parallel, thread_name_prefix="mega-resumable")
         try:
             for offset, length in plan:
                 while len(pending) >= self.limits.parallel:
                     free.append(self._collect(*pending.popleft()))
-                buffer = free.pop() if free else bytearray(biggest + BLOCK)
+                buffer = free.pop() if free else self.buffers.take()
                 self._fill(source, memoryview(buffer)[:length])
                 pending.append((pool.submit(self._job, buffer, offset, length), length, buffer))
         except BaseException as error:
@@ -217,12 +230,18 @@ class _Piece:
             # Regions already read still count when the client left: fold what MEGA
             # acknowledged, in order, up to the first region that failed.
             while pending and (failure is None or isinstance(failure, _Passthrough)):
-                self._collect(*pending.popleft())
+                free.append(self._collect(*pending.popleft()))
         except BaseException as error:
             failure = failure or error
         finally:
+            # On failure the other regions must not try again; the POSTs already on the
+            # wire end within their timeouts (cut to the deadline) and are waited for, so
+            # that no buffer or request outlives the piece.
             self.stop.set()
-            pool.shutdown(wait=True, cancel_futures=True)
+            for future, _, _ in pending:
+                future.cancel()
+            wait([future for future, _, _ in pending], self.deadline.remaining() + _GRACE_S)
+            self.buffers.give_back(free + [buffer for _, _, buffer in pending])
         if failure is not None:
             raise failure
         if self.upload.offset == self.upload.size and not self.completion:
@@ -278,6 +297,45 @@ class _Piece:
         except BaseException as exc:
             raise _Passthrough(exc) from exc
         return buffer
+
+
+def _short_tail(size: int, plan: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """``plan`` with its last chunk as a region of its own.
+
+    The answer to a piece waits for its last region to be sealed and acknowledged, while
+    the client waits to send the next piece; the chunks before the last one are sent
+    while the last one still arrives, so only one chunk's time (at most 1 MiB) is left
+    between the piece's last byte and its answer.
+    """
+    start, length = plan[-1]
+    chunks = regions(size, 1, start, start + length)
+    if len(chunks) < 2:
+        return plan
+    last = chunks[-1]
+    return [*plan[:-1], (start, length - last[1]), last]
+
+
+class _Buffers:
+    """Region buffers kept from one piece to the next: a piece is a few regions, and a
+    fresh buffer of several MiB is a new mapping whose every page the kernel faults in
+    and zeroes again. At most ``keep`` are kept, one piece's worth."""
+
+    def __init__(self, size: int, keep: int) -> None:
+        self._size = size
+        self._keep = keep
+        self._free: list[bytearray] = []
+        self._lock = threading.Lock()
+
+    def take(self) -> bytearray:
+        with self._lock:
+            if self._free:
+                return self._free.pop()
+        return bytearray(self._size)
+
+    def give_back(self, buffers: list[bytearray]) -> None:
+        with self._lock:
+            room = self._keep - len(self._free)
+            self._free.extend(buffers[: max(0, room)])
 
 
 def _state(url: str, key: FileKey, mac: bytes, completion: str) -> dict[str, Any]:
