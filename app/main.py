@@ -38,6 +38,14 @@ answering with a link.
 Authenticate uploads with the header `X-Auth-Token: <token>` or
 `Authorization: Bearer <token>`. Every error is JSON:
 `{"status": "error", "message": "...", "code": "..."}`.
+
+**Resumable uploads**: tus 1.0 at `/tus/` with the extensions creation,
+creation-with-upload, termination, expiration and checksum (sha1, sha256, sha512); not
+creation-defer-length or concatenation (400). Limits: `Tus-Max-Size` (a token may have a
+smaller one), a PATCH with `Upload-Checksum` at most `TUS_CHECKSUM_MAX_BYTES`, pieces of
+at least the next whole MEGA chunk (1 MiB at most) or the rest of the file, and
+`Upload-Expires`. The completing PATCH carries the link in `Paimon-Link`, and
+`GET /tus/{id}` answers the same JSON as the other uploads.
 """
 
 

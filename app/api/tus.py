@@ -93,6 +93,23 @@ METADATA_MAX_BYTES = 4096
 router = APIRouter(prefix="/tus", tags=["resumable uploads (tus)"])
 
 
+def _headers(*names: str) -> dict[str, dict[str, object]]:
+    """OpenAPI descriptions of the tus headers an answer carries."""
+    described = {
+        "Location": "The upload's URL (relative): `/tus/{id}`.",
+        "Upload-Offset": "Bytes stored so far: send the next piece from here.",
+        "Upload-Length": "The file's size, as given at creation.",
+        "Upload-Expires": "After this time (RFC 9110 date) the upload is gone.",
+        "Upload-Metadata": "As given at creation.",
+        LINK_HEADER: "The file's link, once the upload is complete.",
+        "Tus-Version": "`1.0.0`.",
+        "Tus-Extension": ", ".join(EXTENSIONS) + ".",
+        "Tus-Max-Size": "MAX_UPLOAD_BYTES (a token may have a smaller limit).",
+        "Tus-Checksum-Algorithm": "sha1, sha256, sha512.",
+    }
+    return {name: {"description": described[name], "schema": {"type": "string"}} for name in names}
+
+
 def get_uploads(request: Request) -> ResumableUploads:
     return request.app.state.resumable
 
@@ -117,7 +134,19 @@ TusVersion = Depends(tus_version)
 # -- discovery -------------------------------------------------------------------------------
 
 
-@router.options("/", status_code=204, summary="What this tus server offers")
+@router.options(
+    "/",
+    status_code=204,
+    responses={
+        204: {
+            "description": "What is offered",
+            "headers": _headers(
+                "Tus-Version", "Tus-Extension", "Tus-Max-Size", "Tus-Checksum-Algorithm"
+            ),
+        }
+    },
+    summary="What this tus server offers (no token needed)",
+)
 @router.options("/{upload_id}", status_code=204, include_in_schema=False)
 async def options(services: ServicesDep) -> Response:
     return Response(status_code=204, headers=_offer(services))
@@ -139,7 +168,13 @@ def _offer(services: Services) -> dict[str, str]:
     "/",
     status_code=201,
     dependencies=[TusVersion],
-    responses=error_responses("token", "caller", "upload", "tus"),
+    responses={
+        201: {
+            "description": "Created",
+            "headers": _headers("Location", "Upload-Offset", "Upload-Expires", LINK_HEADER),
+        },
+        **error_responses("token", "caller", "upload", "tus"),
+    },
     summary="Create an upload (tus creation, optionally with its first piece)",
     description=(
         "`Upload-Length` (required), `Upload-Metadata` (`filename`, `service`; base64 "
@@ -198,7 +233,15 @@ async def create(
 @router.head(
     "/{upload_id}",
     dependencies=[TusVersion],
-    responses=error_responses("token", "caller", "tus"),
+    responses={
+        200: {
+            "description": "Where it stands",
+            "headers": _headers(
+                "Upload-Offset", "Upload-Length", "Upload-Expires", "Upload-Metadata", LINK_HEADER
+            ),
+        },
+        **error_responses("token", "caller", "tus"),
+    },
     summary="Where an upload stands (Upload-Offset)",
 )
 async def head(
@@ -223,7 +266,13 @@ async def head(
     "/{upload_id}",
     status_code=204,
     dependencies=[TusVersion],
-    responses=error_responses("token", "caller", "upload", "tus"),
+    responses={
+        204: {
+            "description": "Stored up to Upload-Offset",
+            "headers": _headers("Upload-Offset", "Upload-Expires", LINK_HEADER),
+        },
+        **error_responses("token", "caller", "upload", "tus"),
+    },
     openapi_extra={
         "requestBody": {
             "required": True,

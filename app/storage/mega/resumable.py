@@ -33,11 +33,11 @@ from __future__ import annotations
 import base64
 import logging
 import threading
-import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass, field
 from typing import Any
 
 from app.storage.base import OpenUpload, PieceSource, StorageError, StoredFile
@@ -47,7 +47,9 @@ from .errors import EAGAIN, MegaApiError, MegaBadAnswer, MegaDeadlineExceeded, t
 from .retry import Deadline
 from .upload import (
     ApiClient,
+    BodySource,
     SentFile,
+    SourceFailed,
     UploadLimits,
     UploadUrlDead,
     _post_with_retries,
@@ -187,33 +189,28 @@ class MegaResumable:
         return SentFile(completion=completion, node_key=node_key(key, meta_mac(bytes_a32(mac))))
 
 
+@dataclass
 class _Piece:
     """One piece of an upload: its regions sealed and sent several at once, folded into
     the upload in file order as MEGA acknowledges them."""
 
-    def __init__(
-        self,
-        client: ApiClient,
-        upload: OpenUpload,
-        limits: UploadLimits,
-        deadline: Deadline,
-        progress: Callable[[OpenUpload], None],
-        buffers: _Buffers,
-    ) -> None:
-        self.buffers = buffers
-        self.client = client
-        self.upload = upload
-        self.limits = limits
-        self.deadline = deadline
-        self.progress = progress
-        self.url, self.key, self.mac, self.completion = _parts(upload.state)
-        self.stop = threading.Event()
+    client: ApiClient
+    upload: OpenUpload
+    limits: UploadLimits
+    deadline: Deadline
+    progress: Callable[[OpenUpload], None]
+    buffers: _Buffers
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    def __post_init__(self) -> None:
+        self.url, self.key, self.mac, self.completion = _parts(self.upload.state)
 
     def send(
         self, source: PieceSource, plan: list[tuple[int, int]], pool: ThreadPoolExecutor
     ) -> OpenUpload:
         """Send ``plan``'s regions, read from ``source``, at most ``limits.parallel`` at
         once on ``pool``; the upload afterwards."""
+        reader = BodySource(source, self.deadline)  # type: ignore[arg-type]  # no rewind
         free: list[bytearray] = []
         pending: deque[tuple[Future[tuple[dict[int, bytes], str | None]], int, bytearray]] = deque()
         failure: BaseException | None = None
@@ -222,7 +219,7 @@ class _Piece:
                 while len(pending) >= self.limits.parallel:
                     free.append(self._collect(*pending.popleft()))
                 buffer = free.pop() if free else self.buffers.take()
-                self._fill(source, memoryview(buffer)[:length])
+                self._fill(reader, memoryview(buffer)[:length])
                 pending.append((pool.submit(self._job, buffer, offset, length), length, buffer))
         except BaseException as error:
             failure = error
@@ -250,21 +247,11 @@ class _Piece:
             raise UploadUrlDead(MegaApiError(EAGAIN))
         return self.upload
 
-    def _fill(self, source: PieceSource, view: memoryview) -> None:
-        filled = 0
-        while filled < len(view):
-            started = time.monotonic()
-            try:
-                data = source.read(len(view) - filled)
-            except Exception as exc:
-                raise _Passthrough(exc) from exc
-            finally:
-                # Waiting for the client is not MEGA's time.
-                self.deadline.exclude(time.monotonic() - started)
-            if not data:
-                raise _Passthrough(EOFError("the piece ended before its announced length"))
-            view[filled : filled + len(data)] = data
-            filled += len(data)
+    def _fill(self, source: BodySource, view: memoryview) -> None:
+        try:
+            source.read_into(view)  # time spent waiting for the client is not MEGA's
+        except SourceFailed as failed:
+            raise _Passthrough(failed.error) from None
 
     def _job(
         self, buffer: bytearray, offset: int, length: int
