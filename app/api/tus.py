@@ -209,7 +209,11 @@ async def create(
     limit = gate.file_limit(caller)
     if size > limit:
         raise UploadTooLarge(limit)
-    piece = _piece_length(request) if request.headers.get("content-type") else 0
+    # creation-with-upload: a body is the first piece (and must be sent as one).
+    has_body = request.headers.get("content-length", "0") != "0" or "chunked" in (
+        request.headers.get("transfer-encoding", "")
+    )
+    piece = _piece_length(request) if has_body else 0
     try:
         grant = await to_thread.run_sync(gate.take, caller, size)
     except BaseException as refused:
