@@ -137,7 +137,6 @@ class MegaResumable:
         )
         if upload.offset >= upload.size or not plan:
             return upload  # nothing whole to send: the client sends it again, with more
-        plan = _short_tail(upload.size, plan)
         deadline = Deadline(self._limits.deadline_s)
         try:
             client = self._client(deadline)
@@ -284,22 +283,6 @@ class _Piece:
         except BaseException as exc:
             raise _Passthrough(exc) from exc
         return buffer
-
-
-def _short_tail(size: int, plan: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    """``plan`` with its last chunk as a region of its own.
-
-    The answer to a piece waits for its last region to be sealed and acknowledged, while
-    the client waits to send the next piece; the chunks before the last one are sent
-    while the last one still arrives, so only one chunk's time (at most 1 MiB) is left
-    between the piece's last byte and its answer.
-    """
-    start, length = plan[-1]
-    chunks = regions(size, 1, start, start + length)
-    if len(chunks) < 2:
-        return plan
-    last = chunks[-1]
-    return [*plan[:-1], (start, length - last[1]), last]
 
 
 class _Buffers:
