@@ -16,7 +16,6 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from app.intake.running_sha256 import RunningSha256
 from tests.conftest import tokens_toml
 
 MiB = 1024 * 1024
@@ -420,6 +419,8 @@ def test_the_openapi_document_describes_the_tus_routes(app_client: TestClient) -
 
 
 def test_the_sha256_state_can_be_saved_and_taken_up_in_another_object() -> None:
+    from app.intake.running_sha256 import RunningSha256
+
     data = os.urandom(1_000_003)
     first = RunningSha256()
     first.update(data[:333_333])
