@@ -209,7 +209,8 @@ class _Piece:
     ) -> OpenUpload:
         """Send ``plan``'s regions, read from ``source``, at most ``limits.parallel`` at
         once on ``pool``; the upload afterwards."""
-        reader = BodySource(source, self.deadline)  # type: ignore[arg-type]  # no rewind
+        # BodySource only reads (a piece keeps no copy to rewind to).
+        reader = BodySource(source, self.deadline)  # type: ignore[arg-type]
         free: list[bytearray] = []
         pending: deque[tuple[Future[tuple[dict[int, bytes], str | None]], int, bytearray]] = deque()
         failure: BaseException | None = None
