@@ -5,11 +5,17 @@ size) while its SHA-256 is computed; the service's answer is checked against it.
 service (503 or 429) is asked again after the ``Retry-After`` it gave, and a network
 failure a bounded number of times. The link is printed last for each file, or one JSON
 object per file with ``--json``. The token is never printed.
+
+With ``--resume`` a file goes up with tus (the service's ``/tus/``) in pieces of
+``RESUME_PIECE_BYTES``: the upload's URL is kept in a small state file
+(``$XDG_STATE_HOME/paimon/uploads.json``), so a run that was killed, or lost its network,
+goes on where the service stopped when it is run again with the same file.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import email.utils
 import hashlib
 import json
@@ -20,7 +26,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
-from urllib.parse import quote
+from urllib.parse import quote, urljoin
 
 import httpx
 from tqdm import tqdm
@@ -39,6 +45,10 @@ CHUNK_BYTES = 256 * 1024
 RETRY_STATUSES = {429, 503}
 NETWORK_BACKOFF_S = 1.0
 NETWORK_BACKOFF_MAX_S = 30.0
+TUS_HEADERS = {"Tus-Resumable": "1.0.0"}
+# One PATCH: big enough that a piece's overhead does not show, small enough that a broken
+# connection costs little to send again.
+RESUME_PIECE_BYTES = 8 * 1024 * 1024
 
 EPILOG = f"""\
 environment:
@@ -74,6 +84,7 @@ class Options:
     max_wait: float
     timeout: float
     progress: bool
+    resume: bool = False
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -112,6 +123,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="longest wait for one Retry-After, in seconds (default: 300)",
     )
     upload.add_argument(
+        "--resume",
+        action="store_true",
+        help="upload with tus in pieces; run again after an interruption to continue",
+    )
+    upload.add_argument(
         "--timeout",
         type=float,
         default=600.0,
@@ -138,14 +154,16 @@ def main(argv: list[str] | None = None) -> int:
         max_wait=args.max_wait,
         timeout=args.timeout,
         progress=not args.quiet,
+        resume=args.resume,
     )
     status = EXIT_OK
     timeout = httpx.Timeout(30.0, read=options.timeout)
     with httpx.Client(timeout=timeout) as client:
         for path in args.files:
             name = args.name or path.name
+            send = upload_resumable if options.resume else upload_file
             try:
-                answer = upload_file(client, options, path, name)
+                answer = send(client, options, path, name)
             except UploadFailed as failure:
                 status = status or failure.exit_code
                 report_failure(path, failure, args.json)
@@ -209,6 +227,171 @@ def upload_file(client: httpx.Client, options: Options, path: Path, name: str) -
     raise AssertionError("the loop returns or raises")  # pragma: no cover
 
 
+def upload_resumable(
+    client: httpx.Client, options: Options, path: Path, name: str
+) -> dict[str, Any]:
+    """Upload one file with tus, going on with the upload a previous run began."""
+    try:
+        source = path.open("rb")
+    except OSError as error:
+        raise UploadFailed(EXIT_FILE, f"cannot read the file: {error.strerror}") from None
+    with source:
+        stat = os.fstat(source.fileno())
+        key = json.dumps([options.url, str(path.resolve()), stat.st_size, stat.st_mtime_ns, name])
+        tus = _Resumable(client, options, name)
+        url, offset = tus.find(_saved_uploads().get(key))
+        if url is None:
+            url, offset = tus.create(stat.st_size, name), 0
+            _save_upload(key, url)
+        elif offset:
+            _say(name, f"resuming at {offset} of {stat.st_size} bytes")
+        with progress_bar(name, stat.st_size, options.progress) as bar:
+            bar.update(offset)
+            while offset < stat.st_size:
+                done = tus.patch(
+                    url, source, offset, min(RESUME_PIECE_BYTES, stat.st_size - offset)
+                )
+                bar.update(done - offset)
+                offset = done
+        answer = tus.answer(url)
+        _save_upload(key, None)
+        source.seek(0)
+        digest = hashlib.sha256()
+        while block := source.read(CHUNK_BYTES):
+            digest.update(block)
+    return _checked_answer(answer, digest.hexdigest())
+
+
+class _Resumable:
+    """The tus requests of one file, each tried as often as ``--attempts`` allows."""
+
+    def __init__(self, client: httpx.Client, options: Options, name: str) -> None:
+        self.client = client
+        self.options = options
+        self.name = name
+        self.headers = {**TUS_HEADERS, "X-Auth-Token": options.token}
+
+    def find(self, url: str | None) -> tuple[str | None, int]:
+        """The saved upload and where it stands; (None, 0) when it is gone."""
+        if url is None:
+            return None, 0
+        response = self._request("HEAD", url)
+        if response.status_code in (404, 410):
+            return None, 0  # ended, expired or finished long ago: start again
+        self._expect(response, 200)
+        return url, int(response.headers["upload-offset"])
+
+    def create(self, size: int, name: str) -> str:
+        metadata = [f"filename {base64.b64encode(name.encode()).decode()}"]
+        if self.options.service:
+            metadata.append(f"service {base64.b64encode(self.options.service.encode()).decode()}")
+        response = self._request(
+            "POST",
+            f"{self.options.url}/tus/",
+            headers={"Upload-Length": str(size), "Upload-Metadata": ",".join(metadata)},
+        )
+        self._expect(response, 201)
+        return urljoin(f"{self.options.url}/tus/", response.headers["location"])
+
+    def patch(self, url: str, source: BinaryIO, offset: int, length: int) -> int:
+        """Send ``length`` bytes from ``offset``; where the upload stands afterwards (the
+        service may keep less than a piece: the rest goes again in the next one)."""
+        headers = {
+            "Upload-Offset": str(offset),
+            "Content-Type": "application/offset+octet-stream",
+            "Content-Length": str(length),
+        }
+        response = self._request(
+            "PATCH", url, headers=headers, content=lambda: _piece(source, offset, length)
+        )
+        if response.status_code in (409, 423):
+            # Not where we thought (a previous run's piece), or that piece still running.
+            return self.find(url)[1]
+        self._expect(response, 204)
+        return int(response.headers["upload-offset"])
+
+    def answer(self, url: str) -> dict[str, Any]:
+        response = self._request("GET", url)
+        self._expect(response, 200)
+        return dict(response.json())
+
+    def _request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        """One request, again after a network failure, a 503, 429 or 423 (bounded)."""
+        extra = kwargs.pop("headers", {})
+        content = kwargs.pop("content", None)
+        for attempt in range(1, self.options.attempts + 1):
+            try:
+                response = self.client.request(
+                    method,
+                    url,
+                    headers={**self.headers, **extra},
+                    content=content() if content else None,
+                    **kwargs,
+                )
+            except httpx.TransportError as error:
+                reason = f"network error ({type(error).__name__})"
+                if attempt == self.options.attempts:
+                    raise UploadFailed(EXIT_NETWORK, f"{reason} after {attempt} attempts") from None
+                wait = min(NETWORK_BACKOFF_S * 2 ** (attempt - 1), NETWORK_BACKOFF_MAX_S)
+            else:
+                if response.status_code not in (*RETRY_STATUSES, 423):
+                    return response
+                if attempt == self.options.attempts:
+                    return response
+                wait = min(retry_after(response) or NETWORK_BACKOFF_S, self.options.max_wait)
+                reason = f"{_error_body(response)['message']} ({response.status_code})"
+            _say_retry(self.name, reason, wait, attempt, self.options.attempts)
+            time.sleep(wait)
+        raise AssertionError("the loop returns or raises")  # pragma: no cover
+
+    def _expect(self, response: httpx.Response, status: int) -> None:
+        if response.status_code == status:
+            return
+        body = _error_body(response)
+        code = EXIT_REFUSED if response.status_code < 500 else EXIT_UNAVAILABLE
+        if response.status_code in RETRY_STATUSES:
+            code = EXIT_UNAVAILABLE
+        raise UploadFailed(code, body["message"], {"http_status": response.status_code, **body})
+
+
+def _piece(source: BinaryIO, offset: int, length: int) -> Iterator[bytes]:
+    source.seek(offset)
+    while length > 0:
+        block = source.read(min(CHUNK_BYTES, length))
+        if not block:
+            raise OSError("the file became shorter while it was uploaded")
+        length -= len(block)
+        yield block
+
+
+def _state_file() -> Path:
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "paimon" / "uploads.json"
+
+
+def _saved_uploads() -> dict[str, str]:
+    try:
+        saved = json.loads(_state_file().read_text())
+    except (OSError, ValueError):
+        return {}
+    return saved if isinstance(saved, dict) else {}
+
+
+def _save_upload(key: str, url: str | None) -> None:
+    """Remember (or forget, with None) the upload URL of a file; only the URL, never the
+    token. Written whole and renamed, so a run killed meanwhile leaves the last version."""
+    saved = _saved_uploads()
+    if url is None:
+        saved.pop(key, None)
+    else:
+        saved[key] = url
+    path = _state_file()
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fresh = path.with_name(f".{path.name}.{os.getpid()}")
+    fresh.write_text(json.dumps(saved, indent=1))
+    os.replace(fresh, path)
+
+
 def _chunks(source: BinaryIO, digest: Any, bar: tqdm) -> Iterator[bytes]:
     """The file in pieces, hashed and counted as they are handed to the socket."""
     while chunk := source.read(CHUNK_BYTES):
@@ -247,7 +430,10 @@ def retry_after(response: httpx.Response) -> float | None:
 
 
 def _checked(response: httpx.Response, sha256: str) -> dict[str, Any]:
-    answer = response.json()
+    return _checked_answer(response.json(), sha256)
+
+
+def _checked_answer(answer: dict[str, Any], sha256: str) -> dict[str, Any]:
     if answer.get("sha256") != sha256:
         raise UploadFailed(
             EXIT_MISMATCH,
@@ -268,11 +454,11 @@ def _error_body(response: httpx.Response) -> dict[str, Any]:
 
 
 def _say_retry(name: str, reason: str, wait: float, attempt: int, attempts: int) -> None:
-    print(
-        f"paimon: {name}: {reason}; retrying in {wait:g} s (attempt {attempt + 1} of {attempts})",
-        file=sys.stderr,
-        flush=True,
-    )
+    _say(name, f"{reason}; retrying in {wait:g} s (attempt {attempt + 1} of {attempts})")
+
+
+def _say(name: str, what: str) -> None:
+    print(f"paimon: {name}: {what}", file=sys.stderr, flush=True)
 
 
 def report_failure(path: Path, failure: UploadFailed, as_json: bool) -> None:

@@ -2,7 +2,8 @@
 
 ``Settings`` holds the service-wide values and one nested model for each part of the
 service: ``access`` (who may upload and how much), ``intake`` (taking bodies in),
-``records`` (expiry, the sweeper, the index), ``serving`` (how it meets the network),
+``records`` (expiry, the sweeper, the index), ``tus`` (resumable uploads), ``serving``
+(how it meets the network),
 ``mega`` and ``local`` (the two backends). Each
 model states its own defaults; the code that uses a value reads it from here, never
 restating it. Environment variable names are the field names in capitals, with the
@@ -159,6 +160,26 @@ class RecordsSettings(_Group):
     _unset_when_blank = field_validator("default_expiry_days", mode="before")(_blank_is_unset)
 
 
+class TusSettings(_Group):
+    """Resumable uploads, tus 1.0 at /tus/ (app/intake/resumable.py, app/api/tus.py)."""
+
+    model_config = SettingsConfigDict(env_prefix="TUS_")
+    prefix: ClassVar[str] = "TUS_"
+
+    # How long a tus upload may take from its creation; after that it is gone. MEGA's SDK
+    # gives up an unfinished upload URL after 47 h 55 min (app/storage/mega/resumable.py),
+    # so one day stays well inside it.
+    expiry_seconds: float = Field(default=86400.0, ge=1, le=86400)
+    # A PATCH with Upload-Checksum is held in memory until it is checked (nothing of it
+    # reaches storage before): larger ones get 413.
+    checksum_max_bytes: ByteSize = Field(
+        default=ByteSize(16 * 1024**2), ge=64 * 1024, le=256 * 1024**2
+    )
+    # Where open tus uploads are remembered without REDIS_URL (a small file each, shared
+    # by the workers of one machine); with REDIS_URL they are kept in Redis.
+    state_dir: Path = Path("data/tus-uploads")
+
+
 class IntakeSettings(_Group):
     """Taking request bodies in (app/intake)."""
 
@@ -313,6 +334,7 @@ class Settings(_Group):
     access: AccessSettings
     records: RecordsSettings
     intake: IntakeSettings
+    tus: TusSettings
     serving: ServingSettings
     mega: MegaSettings
     local: LocalSettings
@@ -355,6 +377,7 @@ GROUPS: dict[str, type[_Group]] = {
     "access": AccessSettings,
     "records": RecordsSettings,
     "intake": IntakeSettings,
+    "tus": TusSettings,
     "serving": ServingSettings,
     "mega": MegaSettings,
     "local": LocalSettings,

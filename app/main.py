@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
@@ -13,17 +14,21 @@ from fastapi import FastAPI
 from app import __version__
 from app.access.last_good_tokens import LastGoodTokens
 from app.access.tokens import watch_sighup
-from app.api import downloads, health, metrics, records, tickets, uploads
+from app.api import downloads, health, metrics, records, tickets, tus, uploads
 from app.api.context import RequestContextMiddleware
 from app.api.deps import Services
 from app.api.errors import install_error_handlers
 from app.api.pages import install_web
 from app.config import Settings
+from app.intake import running_sha256
 from app.intake.relay import tune_allocator
+from app.intake.resumable import CommitFor, ResumableUploads, UploadRecord
+from app.intake.resumable_state import build_upload_states
 from app.intake.spool import Spool
+from app.records.service import PendingUpload, Records, UploadCommit
 from app.records.tasks import maintain
 from app.serving.startup import OneLineStartupErrors
-from app.shared_state import build_shared_state
+from app.shared_state import SharedState, build_shared_state
 from app.storage.base import Connecting, StorageBackend, StorageError, StorageLoginFailed
 from app.storage.factory import build_backend
 
@@ -36,6 +41,14 @@ answering with a link.
 Authenticate uploads with the header `X-Auth-Token: <token>` or
 `Authorization: Bearer <token>`. Every error is JSON:
 `{"status": "error", "message": "...", "code": "..."}`.
+
+**Resumable uploads**: tus 1.0 at `/tus/` with the extensions creation,
+creation-with-upload, termination, expiration and checksum (sha1, sha256, sha512); not
+creation-defer-length or concatenation (400). Limits: `Tus-Max-Size` (a token may have a
+smaller one), a PATCH with `Upload-Checksum` at most `TUS_CHECKSUM_MAX_BYTES`, pieces of
+at least the next whole MEGA chunk (1 MiB at most) or the rest of the file, and
+`Upload-Expires`. The completing PATCH carries the link in `Paimon-Link`, and
+`GET /tus/{id}` answers the same JSON as the other uploads.
 """
 
 
@@ -81,6 +94,60 @@ async def _connect_then_announce(
         log.info("%s", announcement)
 
 
+async def _sweep_uploads(uploads: ResumableUploads, every_s: float) -> None:
+    """End expired tus uploads now and then (each worker; the holds keep them apart)."""
+    while True:
+        await anyio.sleep(every_s)
+        try:
+            await to_thread.run_sync(uploads.sweep, time.time())
+        except Exception as error:  # Redis away, a disk error: the next round tries again
+            log.warning("could not sweep expired tus uploads: %s", error)
+
+
+def _resumable_uploads(services: Services, shared: SharedState) -> ResumableUploads | None:
+    """The tus uploads, when the backend declares it can keep uploads open."""
+    resumable = services.capabilities.resumable
+    if resumable is None:
+        return None
+    if not running_sha256.available():
+        log.warning("tus uploads are off: this Python has no OpenSSL SHA-256 to resume")
+        return None
+    settings = services.settings
+    # Open uploads' records hold the file's key and upload URL: sealed in Redis with the
+    # MEGA password, as the session is (app/shared_state.py, SealedBlobs).
+    secret = None
+    if settings.storage_backend == "mega" and settings.mega.password is not None:
+        secret = settings.mega.password.get_secret_value().encode()
+    states = build_upload_states(shared, settings.tus.state_dir, secret)
+    return ResumableUploads(
+        resumable,
+        services.backend.name,
+        states,
+        services.gatekeeper.allowances,
+        settings.tus.expiry_seconds,
+        _record_commits(services.records),
+    )
+
+
+def _record_commits(records: Records | None) -> CommitFor | None:
+    """A finished tus upload is committed like any upload: its record, dedup, expiry."""
+    if records is None:
+        return None
+
+    def commit_for(upload: UploadRecord, sha256: str) -> UploadCommit:
+        pending = PendingUpload(
+            name=upload.filename,
+            token=upload.token,
+            expires_in=upload.expires_in,
+            declared_sha256=None,
+            sha256=sha256,
+            size=upload.size,
+        )
+        return UploadCommit(records, lambda: pending)
+
+    return commit_for
+
+
 def create_app(
     settings: Settings,
     backend: StorageBackend | None = None,
@@ -103,6 +170,7 @@ def create_app(
         shared=shared,
         last_good_tokens=last_good_tokens,
     )
+    resumable = _resumable_uploads(services, shared)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -134,6 +202,10 @@ def create_app(
                     settings.records.sweep_interval_seconds,
                     settings.records.index_refresh_seconds,
                 )
+            if resumable is not None:
+                await to_thread.run_sync(resumable.states.prepare)
+                every_s = min(60.0, max(0.5, resumable.expiry_s / 4))
+                tasks.start_soon(_sweep_uploads, resumable, every_s)
             try:
                 yield
             finally:
@@ -152,6 +224,7 @@ def create_app(
         redoc_url=None,
     )
     app.state.services = services
+    app.state.resumable = resumable
     app.add_middleware(OneLineStartupErrors)
     install_error_handlers(app)
     app.add_middleware(RequestContextMiddleware)
@@ -164,5 +237,8 @@ def create_app(
         downloads.router, include_in_schema=services.capabilities.download is not None
     )
     app.include_router(records.router, include_in_schema=services.records is not None)
+    if resumable is not None:
+        app.include_router(tus.router)
+        app.add_middleware(tus.TusProtocol)
     install_web(app, settings)
     return app

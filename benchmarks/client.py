@@ -38,6 +38,12 @@ class UploadTiming:
 
 
 def _read_response(sock: socket.socket) -> tuple[int, bytes]:
+    status, _, body = read_response(sock)
+    return status, body
+
+
+def read_response(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
+    """One HTTP/1.1 response: status, headers (lower-case names), body."""
     buffer = b""
     while b"\r\n\r\n" not in buffer:
         piece = sock.recv(65536)
@@ -47,17 +53,19 @@ def _read_response(sock: socket.socket) -> tuple[int, bytes]:
     head, _, body = buffer.partition(b"\r\n\r\n")
     lines = head.decode("latin-1").split("\r\n")
     status = int(lines[0].split()[1])
-    length = None
+    headers = {}
     for line in lines[1:]:
         name, _, value = line.partition(":")
-        if name.strip().lower() == "content-length":
-            length = int(value.strip())
+        headers[name.strip().lower()] = value.strip()
+    length = int(headers["content-length"]) if "content-length" in headers else None
+    if status in (204, 304):
+        length = 0  # no body, whatever the headers say (RFC 9110)
     while length is None or len(body) < length:
         piece = sock.recv(65536)
         if not piece:
             break  # Connection: close without a length: the body ends here
         body += piece
-    return status, body
+    return status, headers, body
 
 
 def upload(

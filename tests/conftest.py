@@ -62,6 +62,7 @@ def make_settings(tmp_path: Path, token: str) -> Callable[..., Settings]:
             "local_storage_dir": tmp_path / "files",
             "temp_upload_dir": tmp_path / "spool",
             "mega_session_file": tmp_path / "mega-session.json",
+            "tus_state_dir": tmp_path / "tus-state",
         }
         values.update(overrides)
         return load_settings(_env_file=None, **values)
@@ -183,7 +184,7 @@ def service_env(tmp_path: Path, port: int, overrides: dict[str, str | None]) -> 
         if not key.startswith(
             ("MEGA_", "AUTH_", "STORAGE_", "LOCAL_", "TEMP_", "MAX_", "REDIS_", "TOKENS_")
         )
-        and not key.startswith(("TICKET_", "METRICS_", "LOG_FORMAT", "PROMETHEUS_"))
+        and not key.startswith(("TICKET_", "METRICS_", "LOG_FORMAT", "PROMETHEUS_", "TUS_"))
     }
     env.update(
         {
@@ -192,6 +193,7 @@ def service_env(tmp_path: Path, port: int, overrides: dict[str, str | None]) -> 
             "LOCAL_STORAGE_DIR": str(tmp_path / "files"),
             "TEMP_UPLOAD_DIR": str(tmp_path / "spool"),
             "MEGA_SESSION_FILE": str(tmp_path / "mega-session.json"),
+            "TUS_STATE_DIR": str(tmp_path / "tus-state"),
             "HOST": "127.0.0.1",
             "PORT": str(port),
             # Served local storage needs it: links never come from the Host header.

@@ -15,6 +15,7 @@ import pytest
 
 from app import cli
 from tests.conftest import ROOT, ServerProcess, free_port, held_upload_slot
+from tests.cutting_proxy import CuttingProxy
 
 RUN_TIMEOUT_S = 120
 MiB = 1024 * 1024
@@ -194,3 +195,69 @@ def test_retry_after_is_read_as_seconds_or_as_a_date() -> None:
     assert cli.retry_after(httpx.Response(503, headers={"Retry-After": "7"})) == 7
     assert 8 <= (cli.retry_after(httpx.Response(503, headers={"Retry-After": in_ten})) or 0) <= 10
     assert cli.retry_after(httpx.Response(503)) is None
+
+
+def test_resume_goes_on_after_the_client_was_killed_and_run_again(
+    live_server, tmp_path: Path
+) -> None:
+    server = live_server([sys.executable, "server.py"])
+    path = tmp_path / "long trip.bin"
+    data = os.urandom(32 * MiB + 3)
+    path.write_bytes(data)
+    state = tmp_path / "state"
+    with CuttingProxy(server.port) as proxy:
+        env = cli_env(server, PAIMON_URL=proxy.url, XDG_STATE_HOME=str(state))
+        proxy.up_rate = 8 * MiB  # slow enough to be stopped half way
+        first = subprocess.Popen(
+            [sys.executable, "-m", "app.cli", "upload", "--resume", "--quiet", str(path)],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        try:
+            offset = _wait_for_stored(server, state / "paimon" / "uploads.json", 8 * MiB)
+        finally:
+            first.kill()  # no goodbye: SIGKILL
+            first.communicate(timeout=RUN_TIMEOUT_S)
+        assert 8 * MiB <= offset < len(data)
+        proxy.up_rate = None
+
+        second = subprocess.run(
+            [sys.executable, "-m", "app.cli", "upload", "--resume", "--json", str(path)],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=RUN_TIMEOUT_S,
+        )
+
+    assert second.returncode == cli.EXIT_OK, second.stderr
+    assert "resuming at " in second.stderr
+    answer = json.loads(second.stdout)
+    assert answer["sha256"] == hashlib.sha256(data).hexdigest()
+    assert httpx.get(answer["link"], timeout=30).content == data
+    # Only what the first run had not stored went again.
+    assert proxy.sent_up < len(data) + 8 * MiB, proxy.sent_up
+    assert json.loads((state / "paimon" / "uploads.json").read_text()) == {}
+
+
+def _wait_for_stored(server: ServerProcess, saved: Path, at_least: int) -> int:
+    """The stored offset of the one upload in the CLI's state file, once it is ``at_least``."""
+    deadline = time.monotonic() + RUN_TIMEOUT_S / 2
+    while time.monotonic() < deadline:
+        try:
+            (url,) = json.loads(saved.read_text()).values()
+        except (OSError, ValueError):
+            time.sleep(0.05)
+            continue
+        head = httpx.head(
+            server.url + httpx.URL(url).path,
+            headers={"X-Auth-Token": server.env["AUTH_TOKEN"], "Tus-Resumable": "1.0.0"},
+            timeout=10,
+        )
+        offset = int(head.headers.get("upload-offset", 0))
+        if offset >= at_least:
+            return offset
+        time.sleep(0.05)
+    raise AssertionError("the first run never stored enough")

@@ -114,6 +114,8 @@ FAILURES = [
     ("PUT", "/files/big.bin", "/files/{filename}", "auth", b"x" * 4096, "too_large"),
     ("PUT", "/files/a?service=dropbox", "/files/{filename}", "auth", b"x", "unsupported_service"),
     ("GET", "/files/nohandle/x.txt", "/files/{handle}/{filename}", {}, None, "not_found"),
+    ("PATCH", "/tus/x", "/tus/{upload_id}", {}, b"x", "tus_version_unsupported"),
+    ("POST", "/tus/", "/tus/", {"Tus-Resumable": "1.0.0"}, None, "missing_token"),
 ]
 
 

@@ -20,9 +20,11 @@ import httpx
 import pytest
 
 from tests.conftest import MEGA_OUT_OF_REACH, ROOT, ServerProcess, held_upload_slot, tokens_toml
+from tests.cutting_proxy import CuttingProxy
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 WAIT_MS = 30_000
+MiB = 1024 * 1024
 SCREENSHOT = ROOT / "docs" / "upload-page.png"
 LAUNCH_ARGS = [
     "--no-sandbox",
@@ -85,7 +87,7 @@ class Visit:
         return self.page
 
     def upload_requests(self) -> list[str]:
-        return [url for url in self.requests if urlsplit(url).path == "/upload"]
+        return [url for url in self.requests if urlsplit(url).path.startswith(("/upload", "/tus"))]
 
 
 @pytest.fixture
@@ -395,3 +397,36 @@ def test_docs_render_from_the_service_alone(live_server, visit) -> None:
     assert page.locator(".opblock").count() >= 8
     assert browser_visit.outside_requests() == []
     assert browser_visit.console_errors == []
+
+
+def test_an_upload_goes_on_where_it_stopped_after_the_connection_is_cut(
+    live_server, visit, tmp_path: Path
+) -> None:
+    server = start(live_server)
+    path = tmp_path / "cut short.bin"
+    size = 24 * MiB
+    path.write_bytes(os.urandom(size))
+    with CuttingProxy(server.port) as proxy:
+        browser_visit = visit(server)
+        page = browser_visit.page
+        page.goto(proxy.url + "/")
+        # A 4 MiB/s uplink, so that the connection is cut while the file is on its way.
+        network = browser_visit.context.new_cdp_session(page)
+        network.send("Network.enable")
+        slow = {"offline": False, "latency": 0, "downloadThroughput": -1}
+        network.send("Network.emulateNetworkConditions", {**slow, "uploadThroughput": 4 * MiB})
+        proxy.cut_after(14 * MiB)
+
+        choose_files(page, server.env["AUTH_TOKEN"], [path])
+
+        link = page.get_by_role("textbox", name="Link to cut short.bin")
+        link.wait_for()
+        assert proxy.cuts == 1
+        # Went on from what the service had stored, not from the start: the 14 MiB before
+        # the cut and the rest after it, with at most a few MiB sent twice.
+        assert proxy.sent_up < size + 14 * MiB - 6 * MiB, proxy.sent_up
+    assert httpx.get(link.input_value(), timeout=10).content == path.read_bytes()
+    assert page.locator("li.file progress").evaluate("bar => bar.value") == 100
+    # Chromium resends a PATCH cut on a reused connection by itself; the service's 409
+    # ("the upload is further on") is what sends tus-js-client to ask where it stands.
+    assert [e for e in browser_visit.console_errors if "409" not in e] == []

@@ -86,6 +86,22 @@ class Allowances:
             _seconds_until(stats.reset_time),
         )
 
+    def settle(self, held: Reservation, stored: bool, size: int) -> Reservation:
+        """An upload ended: keep ``size`` bytes counted if it was stored, give back the rest
+        of ``held``, and the ticket's use when nothing was stored; what is still held."""
+        keep = size if stored else 0
+        reserved, ticket_id = held.reserved, held.ticket_id
+        if reserved > keep:
+            spare, key = reserved - keep, _quota_key_of(held.token)
+            self._bytes(lambda state: state.release(key, spare))
+            reserved = keep
+        if ticket_id is not None and not stored:
+            # Out of reach, the use stays counted: safe, and the ticket's owner may ask again.
+            with contextlib.suppress(SharedStateUnavailable):
+                self._state.release(_ticket_key_of(ticket_id), 1)
+            ticket_id = None
+        return Reservation(held.token, reserved, ticket_id)
+
     def _bytes(self, operation: Callable[[SharedState], Reserved | None]) -> Reserved | None:
         """``operation`` on the shared byte counters, or this process's while Redis is away."""
         try:
@@ -151,26 +167,39 @@ class Grant:
     def settle(self, stored: bool, size: int) -> None:
         """The upload ended: keep ``size`` bytes counted if it was stored, give back the
         rest of the reservation, and the ticket's use when nothing was stored."""
-        keep = size if stored else 0
-        if self.reserved > keep:
-            spare = self.reserved - keep
-            key = _quota_key(self.policy)
-            self.allowances._bytes(lambda state: state.release(key, spare))
-            self.reserved = keep
-        if self.ticket_used and not stored and self.ticket is not None:
-            ticket = self.ticket
-            # Out of reach, the use stays counted: safe, and the ticket's owner may ask again.
-            with contextlib.suppress(SharedStateUnavailable):
-                self.allowances._state.release(_ticket_key(ticket), 1)
-            self.ticket_used = False
+        left = self.allowances.settle(self.reservation(), stored, size)
+        self.reserved, self.ticket_used = left.reserved, left.ticket_id is not None
+
+    def reservation(self) -> Reservation:
+        """What this grant holds, in a form that outlives the request (a tus upload)."""
+        ticket_id = self.ticket.id if self.ticket_used and self.ticket is not None else None
+        return Reservation(self.policy.name, self.reserved, ticket_id)
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """What an admitted upload holds of its caller's allowances, by name only: it can be
+    kept with an upload that goes on across requests and settled by any instance."""
+
+    token: str
+    reserved: int
+    ticket_id: str | None = None
 
 
 def _quota_key(policy: TokenPolicy) -> str:
-    return f"quota:bytes:{policy.name}"
+    return _quota_key_of(policy.name)
+
+
+def _quota_key_of(token: str) -> str:
+    return f"quota:bytes:{token}"
 
 
 def _ticket_key(ticket: Ticket) -> str:
-    return f"ticket:{ticket.id}"
+    return _ticket_key_of(ticket.id)
+
+
+def _ticket_key_of(ticket_id: str) -> str:
+    return f"ticket:{ticket_id}"
 
 
 def _count_ttl(ticket: Ticket) -> int:

@@ -254,7 +254,7 @@ async def admit_upload(
         grant = await to_thread.run_sync(gate.take, caller, declared)
     except BaseException as refused:
         slot.release()
-        _count_refusal(caller, refused)
+        count_refusal(caller, refused)
         raise
     admission = Admission(
         caller,
@@ -281,7 +281,8 @@ def _content_length(request: Request) -> int | None:
     return int(declared)
 
 
-def _count_refusal(caller: Caller, refused: BaseException) -> None:
+def count_refusal(caller: Caller, refused: BaseException) -> None:
+    """Count a refusal by one of the caller's limits (for /metrics)."""
     if isinstance(refused, LimitReached):
         metrics.limit_rejected(caller.name, refused.limit)
 

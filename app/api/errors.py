@@ -33,8 +33,8 @@ log = logging.getLogger(__name__)
 # (operations that take a token), ``caller`` (uploads and ``POST /tickets``: a token or
 # a ticket), ``upload`` (the upload routes), ``multipart`` (``POST /upload``),
 # ``tickets``, ``download``, ``ready``, ``sharex``, ``stored`` (the routes on stored
-# uploads: list, delete, links, the delete URL) and ``manage`` (those of them that take
-# a token).
+# uploads: list, delete, links, the delete URL), ``manage`` (those of them that take a
+# token) and ``tus`` (the resumable uploads under /tus/).
 Scope = Literal[
     "all",
     "params",
@@ -48,6 +48,7 @@ Scope = Literal[
     "sharex",
     "stored",
     "manage",
+    "tus",
 ]
 
 
@@ -265,6 +266,60 @@ INVALID_DIGEST = ErrorKind(400, "invalid_digest", "upload", NO_WAIT, False,
 DIGEST_MISMATCH = ErrorKind(400, "digest_mismatch", "upload", NO_WAIT, False,
     "The bytes received do not have the SHA-256 the client declared; nothing was stored.",
     "the SHA-256 of the body is 2cf24dba…, not the declared 486ea462…")  # fmt: skip
+# -- resumable uploads (tus 1.0, /tus/) --------------------------------------------------
+# Those refused before a PATCH's body is read close the connection: its body would be
+# read for nothing (a browser resending a cut PATCH on its own gets a 409 at once).
+TUS_VERSION = ErrorKind(412, "tus_version_unsupported", "tus", NO_WAIT, False,
+    "Tus-Resumable is missing or not 1.0.0 (the answer carries Tus-Version).",
+    "send Tus-Resumable: 1.0.0")  # fmt: skip
+BAD_TUS_HEADER = ErrorKind(400, "bad_tus_header", "tus", NO_WAIT, True,
+    "Upload-Length, Upload-Offset, Upload-Metadata or Upload-Checksum is missing or malformed.",
+    "Upload-Offset is not a non-negative integer")  # fmt: skip
+DEFER_LENGTH_UNSUPPORTED = ErrorKind(400, "defer_length_unsupported", "tus", NO_WAIT, False,
+    "Upload-Defer-Length: storage needs the file's size when the upload starts.",
+    "creation-defer-length is not supported: send Upload-Length")  # fmt: skip
+CONCATENATION_UNSUPPORTED = ErrorKind(400, "concatenation_unsupported", "tus", NO_WAIT, False,
+    "Upload-Concat: storage writes a file in order, so parts cannot be joined later.",
+    "concatenation is not supported: send the file as one upload")  # fmt: skip
+CHECKSUM_UNSUPPORTED = ErrorKind(400, "checksum_unsupported", "tus", NO_WAIT, True,
+    "Upload-Checksum names an algorithm not in Tus-Checksum-Algorithm.",
+    "checksum algorithm 'crc32' is not supported; use sha1, sha256 or sha512")  # fmt: skip
+WRONG_CONTENT_TYPE = ErrorKind(415, "wrong_content_type", "tus", NO_WAIT, True,
+    "A PATCH (or a creation request with a body) not sent as application/offset+octet-stream.",
+    "send the piece as Content-Type: application/offset+octet-stream")  # fmt: skip
+LENGTH_REQUIRED = ErrorKind(411, "length_required", "tus", NO_WAIT, True,
+    "A PATCH without Content-Length.",
+    "a PATCH needs a Content-Length")  # fmt: skip
+CHECKSUM_PIECE_TOO_LARGE = ErrorKind(413, "checksum_piece_too_large", "tus", NO_WAIT, True,
+    "A PATCH with Upload-Checksum over TUS_CHECKSUM_MAX_BYTES (it is checked in memory).",
+    "a piece with Upload-Checksum may have at most 16777216 bytes")  # fmt: skip
+PAST_UPLOAD_LENGTH = ErrorKind(413, "past_upload_length", "tus", NO_WAIT, True,
+    "The piece would make the file longer than its Upload-Length.",
+    "the piece ends at 2048, past the upload's length of 1024")  # fmt: skip
+PIECE_TOO_SMALL = ErrorKind(400, "piece_too_small", "tus", NO_WAIT, True,
+    "With MEGA a PATCH must bring at least the next whole MEGA chunk (at most 1 MiB), or the rest.",
+    "a piece at offset 4718592 must carry at least 1048576 bytes, or the rest")  # fmt: skip
+NO_SUCH_UPLOAD = ErrorKind(404, "no_such_upload", "tus", NO_WAIT, True,
+    "No upload has this id for this token (never made, finished and forgotten, or ended).",
+    "no such upload")  # fmt: skip
+OFFSET_MISMATCH = ErrorKind(409, "offset_mismatch", "tus", NO_WAIT, True,
+    "Upload-Offset is not where the upload stands; HEAD tells where.",
+    "the upload is at offset 4718592, not 5242880")  # fmt: skip
+UPLOAD_INCOMPLETE = ErrorKind(409, "upload_incomplete", "tus", NO_WAIT, False,
+    "The upload's answer was asked for before its last byte arrived.",
+    "the upload has 4718592 of 67108864 bytes")  # fmt: skip
+UPLOAD_EXPIRED = ErrorKind(410, "upload_expired", "tus", NO_WAIT, True,
+    "The upload was not finished before Upload-Expires; it is gone.",
+    "the upload expired before it was finished; start a new one")  # fmt: skip
+UPLOAD_LOCKED = ErrorKind(423, "upload_locked", "tus", 1, True,
+    "Another request is writing to this upload right now.",
+    "another request is writing to this upload")  # fmt: skip
+CHECKSUM_MISMATCH = ErrorKind(460, "checksum_mismatch", "tus", NO_WAIT, False,
+    "The piece does not match its Upload-Checksum; it was discarded: send it again.",
+    "the piece's sha1 does not match Upload-Checksum; it was discarded, send it again")  # fmt: skip
+UPLOAD_STATE_UNAVAILABLE = ErrorKind(503, "upload_state_unavailable", "tus", STORAGE_RETRY_S, False,
+    "The shared store of open uploads (Redis) cannot be reached; see Retry-After.",
+    "open uploads cannot be reached right now (shared state); try again")  # fmt: skip
 
 CATALOGUE: tuple[ErrorKind, ...] = tuple(
     value for value in dict(globals()).values() if isinstance(value, ErrorKind)
@@ -311,6 +366,17 @@ DOMAIN_ERRORS: dict[type[BaseException], ErrorKind] = {
     intake.DigestMismatch: DIGEST_MISMATCH,
     storage.NoSuchFile: NOT_FOUND,
     storage.IndexNotReady: INDEX_NOT_READY,
+    # -- resumable uploads (tus) --
+    intake.NoSuchUpload: NO_SUCH_UPLOAD,
+    intake.UploadExpired: UPLOAD_EXPIRED,
+    intake.UploadBusy: UPLOAD_LOCKED,
+    intake.HoldLost: UPLOAD_LOCKED,
+    intake.OffsetMismatch: OFFSET_MISMATCH,
+    intake.PastUploadLength: PAST_UPLOAD_LENGTH,
+    intake.PieceTooSmall: PIECE_TOO_SMALL,
+    intake.ChecksumMismatch: CHECKSUM_MISMATCH,
+    intake.UploadIncomplete: UPLOAD_INCOMPLETE,
+    intake.UploadStateUnavailable: UPLOAD_STATE_UNAVAILABLE,
 }
 
 # The base classes of everything DOMAIN_ERRORS maps: one exception handler each.

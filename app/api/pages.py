@@ -21,6 +21,7 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 
 from app import __version__
+from app.api import tus
 from app.api.deps import BearerHeader, ServicesDep, TokenHeader, client_address, offered_credential
 from app.api.errors import SHAREX_UNAVAILABLE, error_responses
 from app.api.models import ErrorBody
@@ -176,9 +177,10 @@ def install_web(app: FastAPI, settings: Settings) -> None:
         app.add_middleware(
             CORSMiddleware,
             allow_origins=settings.serving.cors_origins,
-            allow_methods=["GET", "POST", "PUT", "DELETE"],
-            allow_headers=CORS_REQUEST_HEADERS,
-            expose_headers=CORS_EXPOSED_HEADERS,
+            # tus clients (tus-js-client in a page) send and read their own headers.
+            allow_methods=["GET", "POST", "PUT", "PATCH", "HEAD", "DELETE"],
+            allow_headers=CORS_REQUEST_HEADERS + tus.REQUEST_HEADERS,
+            expose_headers=CORS_EXPOSED_HEADERS + tus.EXPOSED_HEADERS,
             max_age=600,
         )
 

@@ -23,7 +23,7 @@ from app.intake.filenames import filename_or_default
 from app.intake.multipart import FILE_FIELD, MultipartIntake, multipart_boundary
 from app.intake.relay import BodyRelay, PredictionMissed
 from app.intake.spool import SpoolFile
-from app.records.service import Outcome, PendingUpload, UploadCommit
+from app.records.service import PendingUpload, Receipt, UploadCommit
 from app.storage.base import StoredFile
 
 log = logging.getLogger(__name__)
@@ -142,7 +142,9 @@ async def _answer_from_digest(
     record = outcome.record
     stored = StoredFile(record.id, record.link or "", record.key)
     sha256 = record.sha256 or admission.digest
-    result = upload_result(request, services, stored, record.name, record.size, sha256, outcome)
+    result = upload_result(
+        request, services, stored, record.name, record.size, sha256, outcome.receipt()
+    )
     # The body was never asked for: the connection cannot carry another request.
     return JSONResponse(result.model_dump(mode="json"), headers={"Connection": "close"})
 
@@ -154,17 +156,17 @@ def upload_result(
     filename: str,
     size: int,
     sha256: str,
-    outcome: Outcome | None,
+    receipt: Receipt | None,
 ) -> UploadResult:
-    """The answer to a stored upload: the contract's fields, then id, delete URL, expiry."""
+    """The answer to a stored upload, whichever way it arrived (POST, PUT or tus): the
+    contract's fields, then id, delete URL and expiry when the storage keeps records."""
     base = services.settings.public_base_url
     extra: dict[str, Any] = {}
-    if outcome is not None:
-        record, reference = outcome.record, outcome.reference
+    if receipt is not None:
         # Never from the request's Host header: a path when no public address is set.
-        extra["delete_url"] = f"{base or ''}/delete/{record.id}/{record.key}/{outcome.secret}"
-        if reference.expires is not None:
-            extra["expires_at"] = datetime.fromtimestamp(reference.expires, UTC)
+        extra["delete_url"] = f"{base or ''}{receipt.delete_path}"
+        if receipt.expires is not None:
+            extra["expires_at"] = datetime.fromtimestamp(receipt.expires, UTC)
     return UploadResult(
         filename=filename,
         service=services.backend.name,
@@ -219,7 +221,13 @@ class Upload:
         else:
             log.info("stored %d bytes on %s as %s", intake.size, self.backend.name, stored.handle)
         return upload_result(
-            self.request, self.services, stored, filename, intake.size, intake.sha256(), outcome
+            self.request,
+            self.services,
+            stored,
+            filename,
+            intake.size,
+            intake.sha256(),
+            outcome.receipt() if outcome is not None else None,
         )
 
     async def _store(self, intake: Intake, copy: SpoolFile | None) -> StoredFile:

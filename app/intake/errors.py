@@ -77,3 +77,66 @@ class BadDigest(IntakeError):
 
 class DigestMismatch(IntakeError):
     """The bytes received do not have the SHA-256 the client declared; nothing is stored."""
+
+
+# -- resumable (tus) uploads ------------------------------------------------------------
+
+
+class NoSuchUpload(IntakeError):
+    """No open upload has this id (for this caller)."""
+
+    def __init__(self, reason: str = "no such upload") -> None:
+        super().__init__(reason)
+
+
+class UploadExpired(IntakeError):
+    """The upload was not finished in time; it and what it stored are gone."""
+
+    def __init__(self) -> None:
+        super().__init__("the upload expired before it was finished; start a new one")
+
+
+class UploadBusy(IntakeError):
+    """Another request is writing to the upload right now."""
+
+    def __init__(self, reason: str = "another request is writing to this upload") -> None:
+        super().__init__(reason)
+
+
+class HoldLost(UploadBusy):
+    """The upload was taken over while this request wrote to it: it stops, writing nothing."""
+
+    def __init__(self) -> None:
+        super().__init__("another request took this upload over")
+
+
+class OffsetMismatch(IntakeError):
+    """A piece that does not start where the upload stands."""
+
+    def __init__(self, expected: int, offered: int) -> None:
+        super().__init__(f"the upload is at offset {expected}, not {offered}")
+        self.expected = expected
+
+
+class PastUploadLength(IntakeError):
+    """A piece that would make the file longer than its announced length."""
+
+
+class PieceTooSmall(IntakeError):
+    """A piece too short for storage to keep any of it (less than the next MEGA chunk):
+    sending it again and again would never move the upload on."""
+
+
+class ChecksumMismatch(IntakeError):
+    """A piece whose bytes do not match its Upload-Checksum; it was discarded."""
+
+
+class UploadIncomplete(IntakeError):
+    """The answer of an upload that is not complete yet was asked for."""
+
+
+class UploadStateUnavailable(IntakeError):
+    """The shared store of open uploads (Redis) cannot be reached right now."""
+
+    def __init__(self) -> None:
+        super().__init__("open uploads cannot be reached right now (shared state); try again")

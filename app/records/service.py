@@ -73,6 +73,15 @@ class PendingUpload:
 
 
 @dataclass(frozen=True, slots=True)
+class Receipt:
+    """What an uploader keeps of its upload: the path that deletes it (its secret shown
+    only in the upload's answer) and when it expires (Unix seconds; None: kept)."""
+
+    delete_path: str
+    expires: float | None
+
+
+@dataclass(frozen=True, slots=True)
 class Outcome:
     """What an upload became: the file its answer points at, its own reference (with the
     delete secret, which only its answer ever shows), and whether the file was stored
@@ -82,6 +91,10 @@ class Outcome:
     reference: Reference
     secret: str
     joined: bool
+
+    def receipt(self) -> Receipt:
+        record = self.record
+        return Receipt(f"/delete/{record.id}/{record.key}/{self.secret}", self.reference.expires)
 
 
 @dataclass(slots=True)
@@ -103,6 +116,12 @@ class UploadCommit:
     def __call__(self, make: MakeFile) -> StoredFile:
         stored, self.outcome = self._records.commit(make, self._pending())
         return stored
+
+    def receipt(self) -> tuple[str, Receipt] | None:
+        """The stored file's name and this upload's receipt, once committed."""
+        if self.outcome is None:
+            return None
+        return self.outcome.record.name, self.outcome.receipt()
 
     def undo(self) -> None:
         """Take the upload back (its answer will not be sent)."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,6 +221,81 @@ class SpaceReport(Protocol):
     def space(self) -> Space: ...
 
 
+class PieceSource(Protocol):
+    """One piece of a resumable upload while it arrives: blocking reads, in a worker thread."""
+
+    def read(self, size: int) -> bytes:
+        """Up to ``size`` bytes (at least one); b"" only at the end of the piece; raises
+        if the client left."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class OpenUpload:
+    """A resumable upload the backend holds open: ``offset`` bytes from the start of the
+    file are stored, and ``state`` (small, JSON-serialisable, the backend's own) is all it
+    needs to go on, in any process of any instance."""
+
+    size: int
+    offset: int
+    state: dict[str, Any]
+
+
+class Resumable(Protocol):
+    """Keeps an upload open across requests, processes and instances (tus), with no copy
+    of the file's bytes outside the backend's own storage.
+
+    ``longest_open_s`` is how long an open upload may wait for its next piece; the tus
+    layer expires uploads well inside it.
+    """
+
+    longest_open_s: float
+
+    def begin(self, size: int) -> OpenUpload:
+        """Open an upload of ``size`` bytes."""
+        ...
+
+    def least_piece(self, upload: OpenUpload) -> int:
+        """The fewest bytes a piece at ``upload.offset`` must bring for any of it to be
+        stored (MEGA: the whole next chunk); the rest of the file is always enough."""
+        ...
+
+    def append(
+        self,
+        upload: OpenUpload,
+        source: PieceSource,
+        length: int,
+        progress: Callable[[OpenUpload], None],
+    ) -> OpenUpload:
+        """Store the next ``length`` bytes of the file, read from ``source``, at
+        ``upload.offset``; the upload as it is afterwards.
+
+        The backend may accept fewer bytes than it reads (only whole pieces of its own,
+        e.g. MEGA's chunks): the returned ``offset`` is what it holds, and the caller
+        reads and drops the rest. ``progress`` is called (in this thread) whenever more
+        is held, so that what was stored survives a failure; an offset that goes back
+        (to 0) means the backend had to start the upload again. What ``source.read``
+        raises is re-raised unchanged, after ``progress`` has been told what was held.
+        """
+        ...
+
+    def finish(
+        self,
+        upload: OpenUpload,
+        filename: str,
+        *,
+        mtime: int | None = None,
+        commit: Commit | None = None,
+    ) -> StoredFile:
+        """Make the stored file of a complete upload (``offset == size``); ``mtime`` and
+        ``commit`` as for ``StorageBackend.store``."""
+        ...
+
+    def abandon(self, upload: OpenUpload) -> None:
+        """Drop an open upload and whatever it stored; never raises for a missing one."""
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class Capabilities:
     """The optional capabilities of a backend, the way tusd's ``StoreComposer`` composes a
@@ -244,6 +319,8 @@ class Capabilities:
     records: RecordKeeping | None = None
     links: LinkControl | None = None
     space: SpaceReport | None = None
+    # Uploads kept open across requests (the tus routes follow this declaration).
+    resumable: Resumable | None = None
 
 
 class StartupError(Exception):

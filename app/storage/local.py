@@ -40,6 +40,12 @@ PARTIAL_PREFIX = ".partial-"
 _NOT_WRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)
 
 
+# ``LocalBackend._store``: makes a stored file from bytes put into one of its folders.
+StoreIn = Callable[
+    [str, int, Callable[[Path], None], int | None, Commit | None, str | None], StoredFile
+]
+
+
 class LocalBackend:
     """Stores each upload as ``<root>/<handle>/<name>``."""
 
@@ -48,11 +54,21 @@ class LocalBackend:
     def __init__(self, root: Path) -> None:
         self.root = root
         self._records = LocalRecords(root)
+        # tus: a growing file in its own folder here, like any file (imported here because
+        # that module builds on this one's helpers).
+        from app.storage.local_resumable import LocalResumable
+
+        self._resumable = LocalResumable(root, self._store)
 
     def capabilities(self) -> Capabilities:
         records = self._records
         return Capabilities(
-            stream=self, download=self, records=records, links=records, space=records
+            stream=self,
+            download=self,
+            records=records,
+            links=records,
+            space=records,
+            resumable=self._resumable,
         )
 
     def location(self) -> str:
@@ -132,11 +148,14 @@ class LocalBackend:
         put: Callable[[Path], None],
         mtime: int | None,
         commit: Commit | None,
+        handle: str | None = None,
     ) -> StoredFile:
         """Run ``put`` on the new file's path, then ``commit``; ``needed`` is the room it
         takes on this disk, ``mtime`` the file's date (served back as Last-Modified). The
-        file is listed (has a record) only once made."""
-        handle = new_handle()
+        file is listed (has a record) only once made. ``handle`` names a folder that holds
+        the bytes already (a finished resumable upload) instead of a new one."""
+        fresh = handle is None
+        handle = handle or new_handle()
         folder = self.root / handle
         made: list[StoredFile] = []
 
@@ -149,9 +168,10 @@ class LocalBackend:
             return made[0]
 
         try:
-            if shutil.disk_usage(self.root).free < needed + MIN_FREE_BYTES:
-                raise StorageFull("the local storage disk is full")
-            folder.mkdir(mode=0o700)
+            if fresh:
+                if shutil.disk_usage(self.root).free < needed + MIN_FREE_BYTES:
+                    raise StorageFull("the local storage disk is full")
+                folder.mkdir(mode=0o700)
             put(folder / filename)
             if mtime is not None:
                 os.utime(folder / filename, (mtime, mtime), follow_symlinks=False)

@@ -46,6 +46,7 @@ from .errors import (
 )
 from .folders import ensure_folder
 from .records import MegaRecords
+from .resumable import MegaResumable
 from .retry import Deadline
 from .session import FileSessionStore, SessionStore, account_key
 from .upload import (
@@ -103,6 +104,10 @@ class MegaBackend:
             lambda: self._folder(Deadline(self._limits.chunk_policy.deadline_s)),
             settings.session_file.parent / "locks",
         )
+        # tus: an upload kept open across requests, finished through the same ``_store``.
+        self._resumable = MegaResumable(
+            lambda deadline: self._ready_client(deadline=deadline), self._limits, self._store
+        )
 
     # -- StorageBackend ------------------------------------------------------------
 
@@ -116,6 +121,7 @@ class MegaBackend:
             records=records,
             links=records,
             space=records,
+            resumable=self._resumable,
         )
 
     def location(self) -> str:

@@ -68,20 +68,32 @@ def chunk_bounds(size: int) -> Iterator[tuple[int, int]]:
             length += FIRST_CHUNK
 
 
-def regions(size: int, limit: int) -> list[tuple[int, int]]:
+def regions(
+    size: int, limit: int, first: int = 0, stop: int | None = None
+) -> list[tuple[int, int]]:
     """Whole MEGA chunks grouped into (offset, length) regions of at most ``limit``
     bytes (a single chunk larger than ``limit`` is a region of its own).
 
-    An empty file is one empty region: the upload server still needs one POST.
+    By default the whole file; with ``first`` (a chunk boundary) and ``stop``, only the
+    chunks that lie wholly inside ``[first, stop)``, none when no whole chunk does. An
+    empty file is one empty region: the upload server still needs one POST.
     """
+    stop = size if stop is None else min(stop, size)
     result: list[tuple[int, int]] = []
-    start = end = 0
+    start = end = first
     for offset, length in chunk_bounds(size):
+        if offset < first:
+            continue
+        if offset + length > stop:
+            break
+        if end == first and offset != first:
+            raise ValueError("a piece must start on a MEGA chunk boundary")
         if end > start and offset + length - start > limit:
             result.append((start, end - start))
             start = offset
         end = offset + length
-    result.append((start, end - start))
+    if end > start or size == 0:
+        result.append((start, end - start))
     return result
 
 
@@ -236,3 +248,18 @@ def read_attribute_block(block: str, key: Sequence[int]) -> dict[str, object] | 
 
 def _b64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).decode("ascii").rstrip("=")
+
+
+def fold_macs(file_key: FileKey, so_far: bytes, chunk_macs: Sequence[bytes]) -> bytes:
+    """The file MAC so far (16 bytes) after the next ``chunk_macs``, in file order.
+
+    The file MAC is a CBC-MAC over the chunk MACs, so it can be carried between requests
+    as one block: the SDK keeps the same "macsmac so far" for uploads it resumes
+    (``chunkmac_map::updateMacsmacProgress`` in ``src/utils.cpp``, folding with
+    ``xorblock`` then ``ecb_encrypt``). Starting from the zero block and folding every
+    chunk gives ``file_mac``.
+    """
+    if not chunk_macs:
+        return so_far
+    encryptor = Cipher(algorithms.AES(file_key.key_bytes), modes.CBC(so_far)).encryptor()
+    return encryptor.update(b"".join(chunk_macs))[-BLOCK:]

@@ -1,5 +1,6 @@
-// The upload page: one file at a time, multipart POST /upload with XMLHttpRequest (fetch
-// cannot report upload progress), the service's own error messages shown as they come.
+// The upload page: one file at a time, sent with tus (tus-js-client, vendored under
+// /static/vendor) to /tus/, so that a dropped connection, a cancel or a reload continues
+// where the service stopped; the service's own error messages shown as they come.
 "use strict";
 
 const STORE_KEY = "paimon-token";
@@ -145,62 +146,89 @@ function retry(row) {
   drain();
 }
 
-// The service's own message, plus when to try again for 429 and 503.
-function errorMessage(xhr) {
-  let message = `the service answered ${xhr.status}`;
+// The service's own message, plus when to try again for 429 and 503. ``answer`` is
+// tus-js-client's response: getStatus(), getBody(), getHeader(name).
+function errorMessage(answer) {
+  const status = answer.getStatus();
+  let message = `the service answered ${status}`;
   try {
-    const body = JSON.parse(xhr.responseText);
+    const body = JSON.parse(answer.getBody());
     if (body && body.message) message = body.message;
   } catch (_) { /* not JSON: keep the status */ }
-  if (xhr.status === 401 || xhr.status === 403) message += " (check your token or ticket)";
-  const wait = Number.parseInt(xhr.getResponseHeader("Retry-After") || "", 10);
-  if ((xhr.status === 429 || xhr.status === 503) && Number.isFinite(wait)) {
+  if (status === 401 || status === 403) message += " (check your token or ticket)";
+  const wait = Number.parseInt(answer.getHeader("Retry-After") || "", 10);
+  if ((status === 429 || status === 503) && Number.isFinite(wait)) {
     message += `. Try again in ${formatSeconds(wait)}.`;
   }
   return message;
 }
 
+// A piece is 64 MiB: the service stores each as it arrives (memory stays flat whatever the
+// size), and proxies that cap request bodies let it through.
+const CHUNK_BYTES = 64 * 1024 * 1024;
+// After a network failure tus-js-client asks where the upload stands and goes on from
+// there, after each of these waits in turn; answers with a status are shown instead
+// (the row's "Try again" continues the same upload), except "not where you think"
+// (409) and "busy with your previous request" (423), which it sorts out itself.
+const RETRY_DELAYS_MS = [0, 1000, 3000, 5000, 10000, 20000, 30000];
+
 function send(file, row, token, service) {
   return new Promise((resolve) => {
-    const xhr = new XMLHttpRequest();
-    const query = service ? `?service=${encodeURIComponent(service)}` : "";
-    xhr.open("POST", `/upload${query}`);
-    xhr.setRequestHeader("X-Auth-Token", token);
-    const started = performance.now();
-    xhr.upload.addEventListener("progress", (event) => {
-      if (!event.lengthComputable) return;
-      const seconds = (performance.now() - started) / 1000;
-      const speed = event.loaded / Math.max(seconds, 0.001);
-      row.bar.value = (100 * event.loaded) / event.total;
-      row.status.textContent =
-        `${Math.floor(row.bar.value)} %, ${formatBytes(speed)}/s, ` +
-        `${formatSeconds((event.total - event.loaded) / speed)} left`;
+    let started = null;
+    let first = 0;
+    const upload = new tus.Upload(file, {
+      endpoint: "/tus/",
+      chunkSize: CHUNK_BYTES,
+      retryDelays: RETRY_DELAYS_MS,
+      headers: { "X-Auth-Token": token },
+      metadata: service ? { filename: file.name, service } : { filename: file.name },
+      removeFingerprintOnSuccess: true,
+      onShouldRetry: (error) => {
+        const status = error.originalResponse ? error.originalResponse.getStatus() : 0;
+        return status === 0 || status === 409 || status === 423;
+      },
+      onProgress: (sent, total) => {
+        // Speed over this attempt only: a resumed upload starts at the stored offset.
+        if (started === null) { started = performance.now(); first = sent; }
+        const seconds = (performance.now() - started) / 1000;
+        const speed = (sent - first) / Math.max(seconds, 0.001);
+        row.bar.value = total ? (100 * sent) / total : 100;
+        row.status.textContent = sent >= total ? "Storing…" :
+          `${Math.floor(row.bar.value)} %, ${formatBytes(speed)}/s, ` +
+          `${formatSeconds((total - sent) / speed)} left`;
+      },
+      onSuccess: (payload) => {
+        const link = payload && payload.lastResponse && payload.lastResponse.getHeader("Paimon-Link");
+        if (link) showLink(row, link);
+        else showError(row, "the service did not send the link", true);
+        resolve();
+      },
+      onError: (error) => {
+        const answer = error.originalResponse;
+        if (!answer || !answer.getStatus()) {
+          showError(row, "the service could not be reached; check your connection", true);
+        } else {
+          const status = answer.getStatus();
+          // Sending the same request again cannot help with these; it can after a new token.
+          showError(row, errorMessage(answer), ![400, 413, 415, 422].includes(status));
+        }
+        resolve();
+      },
     });
-    xhr.upload.addEventListener("load", () => { row.status.textContent = "Storing…"; });
-    const cancel = button("Cancel", `Cancel uploading ${row.name}`, () => xhr.abort());
-    const wasFocused = row.action && document.activeElement === row.action;
-    setAction(row, cancel);
-    if (wasFocused) cancel.focus();  // "Try again" became "Cancel": keep the keyboard there
-    xhr.addEventListener("load", () => {
-      let body = null;
-      try { body = JSON.parse(xhr.responseText); } catch (_) { /* handled below */ }
-      if (xhr.status === 200 && body && body.link) showLink(row, body.link);
-      // Sending the same request again cannot help with these; it can after a new token.
-      else showError(row, errorMessage(xhr), ![400, 413, 415, 422].includes(xhr.status));
-      resolve();
-    });
-    xhr.addEventListener("error", () => {
-      showError(row, "the service could not be reached; check your connection", true);
-      resolve();
-    });
-    xhr.addEventListener("abort", () => {
+    const cancel = button("Cancel", `Cancel uploading ${row.name}`, () => {
+      upload.abort();
       showError(row, "cancelled", true);
       resolve();
     });
-    const form = new FormData();
-    form.append("file", file, file.name);
+    const wasFocused = row.action && document.activeElement === row.action;
+    setAction(row, cancel);
+    if (wasFocused) cancel.focus();  // "Try again" became "Cancel": keep the keyboard there
     row.status.textContent = "Starting";
-    xhr.send(form);
+    // A file this browser began sending before (a reload, a cancel) goes on where it stopped.
+    upload.findPreviousUploads().then((previous) => {
+      if (previous.length) upload.resumeFromPreviousUpload(previous[0]);
+      upload.start();
+    });
   });
 }
 
