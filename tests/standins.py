@@ -9,7 +9,15 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-from app.storage.base import BodyStream, Capabilities, Readiness, StorageError, StoredFile
+from app.storage.base import (
+    NO_EXTRAS,
+    BodyStream,
+    Capabilities,
+    Readiness,
+    StorageError,
+    StoredFile,
+    StoreExtras,
+)
 
 
 class FailingBackend:
@@ -31,7 +39,7 @@ class FailingBackend:
         pass
 
     def store(
-        self, source: Path, filename: str, size: int, *, mtime: int | None = None
+        self, source: Path, filename: str, size: int, extras: StoreExtras = NO_EXTRAS
     ) -> StoredFile:
         self.seen.append((source, filename, size))
         assert source.exists(), "the spooled file must exist while the backend works"
@@ -67,7 +75,7 @@ class GatedBackend:
         pass
 
     def store(
-        self, source: Path, filename: str, size: int, *, mtime: int | None = None
+        self, source: Path, filename: str, size: int, extras: StoreExtras = NO_EXTRAS
     ) -> StoredFile:
         self.sizes.append(source.stat().st_size)
         self.entered.set()
@@ -97,7 +105,7 @@ class FailingStreamBackend(FailingBackend):
         return Capabilities(stream=self)
 
     def store_stream(
-        self, body: BodyStream, filename: str, size: int, *, mtime: int | None = None
+        self, body: BodyStream, filename: str, size: int, extras: StoreExtras = NO_EXTRAS
     ) -> StoredFile:
         while self.received < self.read_first:
             block = body.read(min(65536, self.read_first - self.received))

@@ -15,7 +15,7 @@ import pytest
 
 from app import cli
 from tests.conftest import ROOT, ServerProcess, free_port, held_upload_slot
-from tests.cutting_proxy import CuttingProxy
+from tests.support.cutting_proxy import CuttingProxy
 
 RUN_TIMEOUT_S = 120
 MiB = 1024 * 1024

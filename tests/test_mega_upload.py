@@ -22,6 +22,7 @@ from app.storage.base import (
     StorageFull,
     StorageLoginFailed,
     StorageTimeout,
+    StoreExtras,
     UpstreamRejected,
 )
 from app.storage.mega import MegaBackend
@@ -671,7 +672,7 @@ def test_uploads_carry_megas_fingerprint_dated_now_or_as_given(
     assert found is not None
     crc, mtime = found
     assert crc == fingerprint_of(data) and before <= mtime <= after
-    given = backend.store(path, "given.bin", len(data), mtime=1_234_567_890)
+    given = backend.store(path, "given.bin", len(data), StoreExtras(mtime=1_234_567_890))
     assert emulator.sdk_fingerprint(given.handle) == (crc, 1_234_567_890)
     verify(emulator.url, given.link, data, name="given.bin")
 

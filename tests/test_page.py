@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 from tests.conftest import MEGA_OUT_OF_REACH, ROOT, ServerProcess, held_upload_slot, tokens_toml
-from tests.cutting_proxy import CuttingProxy
+from tests.support.cutting_proxy import CuttingProxy
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 WAIT_MS = 30_000

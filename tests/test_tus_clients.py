@@ -3,7 +3,7 @@ tuspy (PyPI) and tus-js-client under Node, against real server processes.
 
 Every upload is checked by downloading it through its link, decrypting it and checking
 its MAC (``tests.mega_verify``). Connections are cut mid-PATCH by a proxy in between
-(``tests.cutting_proxy``), the way a dropped network cuts them.
+(``tests.support.cutting_proxy``), the way a dropped network cuts them.
 """
 
 from __future__ import annotations
@@ -30,10 +30,10 @@ from tusclient.storage.filestorage import FileStorage
 from tusclient.uploader import Uploader
 
 from tests.conftest import ROOT, RedisServer
-from tests.cutting_proxy import CuttingProxy
-from tests.folder_watch import FolderWatch
 from tests.mega_emulator import MegaEmulator
 from tests.mega_verify import verify
+from tests.support.cutting_proxy import CuttingProxy
+from tests.support.folder_watch import FolderWatch
 from tests.test_mega_e2e import EMAIL, PASSWORD, Service, start_service, wait_ready
 
 MiB = 1024 * 1024

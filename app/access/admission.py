@@ -44,6 +44,7 @@ class Caller:
         return self.policy.name
 
 
+@dataclass
 class Gatekeeper:
     """The access decisions of one service: identity, limits and allowances.
 
@@ -51,21 +52,12 @@ class Gatekeeper:
     worker thread.
     """
 
-    def __init__(
-        self,
-        tokens: TokenRegistry,
-        brake: AuthBrake,
-        allowances: Allowances,
-        max_upload_bytes: int,
-        ticket_secret: str | None,
-        default_expiry_days: float | None = None,
-    ) -> None:
-        self.tokens = tokens
-        self.brake = brake
-        self.allowances = allowances
-        self.max_upload_bytes = max_upload_bytes
-        self.ticket_secret = ticket_secret
-        self.default_expiry_days = default_expiry_days
+    tokens: TokenRegistry
+    brake: AuthBrake
+    allowances: Allowances
+    max_upload_bytes: int
+    ticket_secret: str | None
+    default_expiry_days: float | None = None
 
     def identify(self, offered: str | None, address: str) -> Caller:
         """The caller behind ``offered``; an access error naming what is wrong otherwise,

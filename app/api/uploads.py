@@ -24,7 +24,7 @@ from app.intake.multipart import FILE_FIELD, MultipartIntake, multipart_boundary
 from app.intake.relay import BodyRelay, PredictionMissed
 from app.intake.spool import SpoolFile
 from app.records.service import PendingUpload, Receipt, UploadCommit
-from app.storage.base import StoredFile
+from app.storage.base import StoredFile, StoreExtras
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["uploads"])
@@ -244,12 +244,7 @@ class Upload:
                     await self._received.wait()
                     if self.error is None and not self.client_gone and copy is not None:
                         store = functools.partial(
-                            self.backend.store,
-                            copy.path,
-                            self._name(),
-                            intake.size,
-                            mtime=self.admission.mtime,
-                            **self._commit(),
+                            self.backend.store, copy.path, self._name(), intake.size, self._extras()
                         )
                         stored = await to_thread.run_sync(store)
             except Exception as error:  # re-raised below, outside the task group
@@ -277,12 +272,7 @@ class Upload:
         streaming = self.backend.capabilities().stream
         assert streaming is not None  # a relay is only made for a backend that streams
         store = functools.partial(
-            streaming.store_stream,
-            relay,
-            self._name(),
-            relay.size,
-            mtime=self.admission.mtime,
-            **self._commit(),
+            streaming.store_stream, relay, self._name(), relay.size, self._extras()
         )
         try:
             return await to_thread.run_sync(store)
@@ -321,9 +311,10 @@ class Upload:
         if self.intake is not None and self.intake.relay is not None:
             self._decided.set()
 
-    def _commit(self) -> dict[str, UploadCommit]:
-        """The backend's ``commit`` argument, when it keeps records."""
-        return {} if self.commit is None else {"commit": self.commit}
+    def _extras(self) -> StoreExtras:
+        """The file's date as the client gave it, and the commit of a backend that keeps
+        records."""
+        return StoreExtras(self.admission.mtime, self.commit)
 
     def _pending(self) -> PendingUpload:
         assert self.intake is not None

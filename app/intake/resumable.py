@@ -50,7 +50,14 @@ from app.intake.resumable_state import (
 )
 from app.intake.running_sha256 import RunningSha256
 from app.records.service import Receipt
-from app.storage.base import MakeFile, OpenUpload, PieceSource, Resumable, StoredFile
+from app.storage.base import (
+    MakeFile,
+    OpenUpload,
+    PieceSource,
+    Resumable,
+    StoredFile,
+    StoreExtras,
+)
 
 log = logging.getLogger(__name__)
 
@@ -357,7 +364,7 @@ class UploadSession:
         commit_for = self.uploads.commit_for
         commit = commit_for(record, digest) if commit_for is not None else None
         stored = self.uploads.resumable.finish(
-            record.open_upload, record.filename, mtime=record.mtime, commit=commit
+            record.open_upload, record.filename, StoreExtras(record.mtime, commit)
         )
         finished = Finished(stored.handle, stored.link, record.size, digest)
         committed = commit.receipt() if commit is not None else None

@@ -19,7 +19,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from app import metrics
 from app.access.errors import MayNotManage
@@ -130,31 +130,21 @@ class UploadCommit:
             self.outcome = None
 
 
+@dataclass
 class Records:
     """Records of one backend, with the index, the locks and the storage figures."""
 
-    def __init__(
-        self,
-        backend: StorageBackend,
-        keeping: RecordKeeping,
-        links: LinkControl | None,
-        index: RecordIndex,
-        locks: Locks,
-        space: SpaceTracker,
-        refresh_s: float,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
-        self.backend = backend
-        self.keeping = keeping
-        self.links = links
-        self.index = index
-        self.locks = locks
-        self.space = space
-        self.refresh_s = refresh_s
-        self.clock = clock
-        self._building = threading.Lock()
-        # A write the index missed (Redis out of reach): the next check rebuilds it.
-        self._missed = False
+    backend: StorageBackend
+    keeping: RecordKeeping
+    links: LinkControl | None
+    index: RecordIndex
+    locks: Locks
+    space: SpaceTracker
+    refresh_s: float
+    clock: Callable[[], float] = time.time
+    _building: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+    # A write the index missed (Redis out of reach): the next check rebuilds it.
+    _missed: bool = field(default=False, init=False, repr=False)
 
     # -- the index -----------------------------------------------------------------
 

@@ -33,6 +33,19 @@ class Readiness:
     reason: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class StoreExtras:
+    """What goes with a file into storage beyond its bytes and name: ``mtime``, its own
+    date when the client gave one (Unix seconds; the upload's time otherwise), and
+    ``commit``, given only to a backend that keeps records (``RecordKeeping``)."""
+
+    mtime: int | None = None
+    commit: Commit | None = None
+
+
+NO_EXTRAS = StoreExtras()
+
+
 class StorageBackend(Protocol):
     """What the HTTP layer needs from every place that stores files."""
 
@@ -50,17 +63,9 @@ class StorageBackend(Protocol):
         """Prepare local resources; must not fail because a remote service is down."""
 
     def store(
-        self,
-        source: Path,
-        filename: str,
-        size: int,
-        *,
-        mtime: int | None = None,
-        commit: Commit | None = None,
+        self, source: Path, filename: str, size: int, extras: StoreExtras = NO_EXTRAS
     ) -> StoredFile:
-        """Store the local file ``source`` under ``filename``; ``source`` stays the caller's.
-        ``mtime`` (Unix seconds) is the file's own date when the client gave one;
-        ``commit`` is given only to a backend that keeps records (``RecordKeeping``)."""
+        """Store the local file ``source`` under ``filename``; ``source`` stays the caller's."""
         ...
 
     def readiness(self) -> Readiness:
@@ -99,15 +104,9 @@ class Streaming(Protocol):
     """Stores a body while it is still arriving, with no temporary file."""
 
     def store_stream(
-        self,
-        body: BodyStream,
-        filename: str,
-        size: int,
-        *,
-        mtime: int | None = None,
-        commit: Commit | None = None,
+        self, body: BodyStream, filename: str, size: int, extras: StoreExtras = NO_EXTRAS
     ) -> StoredFile:
-        """Store exactly ``size`` bytes from ``body`` (``mtime``, ``commit`` as for ``store``).
+        """Store exactly ``size`` bytes from ``body``.
 
         Exceptions raised by ``body.read`` (the client left) must propagate unchanged,
         after anything partly stored has been removed.
@@ -169,8 +168,8 @@ class Commit(Protocol):
 class RecordKeeping(Protocol):
     """Keeps the service's record on each stored file and lists every file of the service.
 
-    A backend that declares it takes ``commit=`` (a ``Commit``) on ``store`` and
-    ``store_stream``. Blocking: run it in a worker thread.
+    A backend that declares it takes a ``Commit`` (``StoreExtras.commit``) on ``store``,
+    ``store_stream`` and a resumable upload's ``finish``. Blocking: run it in a worker thread.
     """
 
     @property
@@ -241,6 +240,10 @@ class OpenUpload:
     state: dict[str, Any]
 
 
+# Told of an open upload each time its backend holds more of it.
+Progress = Callable[[OpenUpload], None]
+
+
 class Resumable(Protocol):
     """Keeps an upload open across requests, processes and instances (tus), with no copy
     of the file's bytes outside the backend's own storage.
@@ -261,11 +264,7 @@ class Resumable(Protocol):
         ...
 
     def append(
-        self,
-        upload: OpenUpload,
-        source: PieceSource,
-        length: int,
-        progress: Callable[[OpenUpload], None],
+        self, upload: OpenUpload, source: PieceSource, length: int, progress: Progress
     ) -> OpenUpload:
         """Store the next ``length`` bytes of the file, read from ``source``, at
         ``upload.offset``; the upload as it is afterwards.
@@ -280,15 +279,9 @@ class Resumable(Protocol):
         ...
 
     def finish(
-        self,
-        upload: OpenUpload,
-        filename: str,
-        *,
-        mtime: int | None = None,
-        commit: Commit | None = None,
+        self, upload: OpenUpload, filename: str, extras: StoreExtras = NO_EXTRAS
     ) -> StoredFile:
-        """Make the stored file of a complete upload (``offset == size``); ``mtime`` and
-        ``commit`` as for ``StorageBackend.store``."""
+        """Make the stored file of a complete upload (``offset == size``)."""
         ...
 
     def abandon(self, upload: OpenUpload) -> None:

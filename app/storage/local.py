@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import functools
 import logging
 import os
 import re
@@ -17,14 +18,15 @@ from typing import BinaryIO
 
 from app.intake.leftovers import remove_if_abandoned
 from app.storage.base import (
+    NO_EXTRAS,
     BodyStream,
     Capabilities,
-    Commit,
     Readiness,
     StartupError,
     StorageFull,
     StorageUnavailable,
     StoredFile,
+    StoreExtras,
     UpstreamRejected,
 )
 from app.storage.local_records import LocalRecords, download_link, new_handle
@@ -41,9 +43,7 @@ _NOT_WRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)
 
 
 # ``LocalBackend._store``: makes a stored file from bytes put into one of its folders.
-StoreIn = Callable[
-    [str, int, Callable[[Path], None], int | None, Commit | None, str | None], StoredFile
-]
+StoreIn = Callable[[str, int, Callable[[Path], None], StoreExtras, str | None], StoredFile]
 
 
 class LocalBackend:
@@ -111,49 +111,32 @@ class LocalBackend:
         return removed
 
     def store(
-        self,
-        source: Path,
-        filename: str,
-        size: int,
-        *,
-        mtime: int | None = None,
-        commit: Commit | None = None,
+        self, source: Path, filename: str, size: int, extras: StoreExtras = NO_EXTRAS
     ) -> StoredFile:
         # A spooled file on the same file system is hard-linked: it takes no more room,
         # and its bytes already count as used in the free space.
         same_disk = _device(source) == _device(self.root)
-        return self._store(
-            filename,
-            0 if same_disk else size,
-            lambda target: self._place(source, target),
-            mtime,
-            commit,
-        )
+        put = functools.partial(self._place, source)
+        return self._store(filename, 0 if same_disk else size, put, extras)
 
     def store_stream(
-        self,
-        body: BodyStream,
-        filename: str,
-        size: int,
-        *,
-        mtime: int | None = None,
-        commit: Commit | None = None,
+        self, body: BodyStream, filename: str, size: int, extras: StoreExtras = NO_EXTRAS
     ) -> StoredFile:
-        return self._store(filename, size, lambda target: self._write(body, target), mtime, commit)
+        return self._store(filename, size, functools.partial(self._write, body), extras)
 
     def _store(
         self,
         filename: str,
         needed: int,
         put: Callable[[Path], None],
-        mtime: int | None,
-        commit: Commit | None,
+        extras: StoreExtras,
         handle: str | None = None,
     ) -> StoredFile:
-        """Run ``put`` on the new file's path, then ``commit``; ``needed`` is the room it
-        takes on this disk, ``mtime`` the file's date (served back as Last-Modified). The
-        file is listed (has a record) only once made. ``handle`` names a folder that holds
-        the bytes already (a finished resumable upload) instead of a new one."""
+        """Run ``put`` on the new file's path, then the commit; ``needed`` is the room it
+        takes on this disk; the file's date is served back as Last-Modified. The file is
+        listed (has a record) only once made. ``handle`` names a folder that holds the
+        bytes already (a finished resumable upload) instead of a new one."""
+        mtime, commit = extras.mtime, extras.commit
         fresh = handle is None
         handle = handle or new_handle()
         folder = self.root / handle

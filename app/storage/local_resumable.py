@@ -9,19 +9,21 @@ one rename when the upload is finished. Nothing is written to the temporary dire
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import secrets
 import shutil
-from collections.abc import Callable
 from pathlib import Path
 
 from app.storage.base import (
-    Commit,
+    NO_EXTRAS,
     OpenUpload,
     PieceSource,
+    Progress,
     StorageFull,
     StoredFile,
+    StoreExtras,
     UpstreamRejected,
 )
 from app.storage.local import _HANDLE, COPY_BYTES, MIN_FREE_BYTES, StoreIn, _storage_error
@@ -63,11 +65,7 @@ class LocalResumable:
         return 1
 
     def append(
-        self,
-        upload: OpenUpload,
-        source: PieceSource,
-        length: int,
-        progress: Callable[[OpenUpload], None],
+        self, upload: OpenUpload, source: PieceSource, length: int, progress: Progress
     ) -> OpenUpload:
         offset = told = upload.offset
         end = upload.offset + min(length, upload.size - upload.offset)
@@ -96,12 +94,7 @@ class LocalResumable:
         return OpenUpload(upload.size, offset, upload.state)
 
     def finish(
-        self,
-        upload: OpenUpload,
-        filename: str,
-        *,
-        mtime: int | None = None,
-        commit: Commit | None = None,
+        self, upload: OpenUpload, filename: str, extras: StoreExtras = NO_EXTRAS
     ) -> StoredFile:
         growing = self._growing(upload)
         try:
@@ -113,9 +106,8 @@ class LocalResumable:
         return self._store(
             filename,
             0,
-            lambda target: os.replace(growing, target),
-            mtime,
-            commit,
+            functools.partial(os.replace, growing),
+            extras,
             str(upload.state["handle"]),
         )
 

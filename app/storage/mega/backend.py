@@ -26,12 +26,13 @@ from mega.crypto import a32_to_base64
 
 from app.config import MegaSettings
 from app.storage.base import (
+    NO_EXTRAS,
     BodyStream,
     Capabilities,
-    Commit,
     Readiness,
     StorageError,
     StoredFile,
+    StoreExtras,
 )
 
 from .client import MegaClient
@@ -144,36 +145,22 @@ class MegaBackend:
             raise to_storage_error(exc) from None
 
     def store(
-        self,
-        source: Path,
-        filename: str,
-        size: int,
-        *,
-        mtime: int | None = None,
-        commit: Commit | None = None,
+        self, source: Path, filename: str, size: int, extras: StoreExtras = NO_EXTRAS
     ) -> StoredFile:
-        """Store the file ``source``; ``mtime`` (Unix seconds) dates it in MEGA's apps (its
-        fingerprint), the upload time when not given."""
+        """Store the file ``source``; the file's date (``extras.mtime``, else the upload's
+        time) goes into its fingerprint, which MEGA's apps show."""
         return self._store(
             lambda client, deadline: send_file(client, source, size, self._limits, deadline),
             lambda: True,  # the file is read again from its start
             filename,
             size,
-            mtime,
-            commit,
+            extras,
         )
 
     def store_stream(
-        self,
-        body: BodyStream,
-        filename: str,
-        size: int,
-        *,
-        mtime: int | None = None,
-        commit: Commit | None = None,
+        self, body: BodyStream, filename: str, size: int, extras: StoreExtras = NO_EXTRAS
     ) -> StoredFile:
-        """Store ``size`` bytes read from ``body`` while they arrive (no temporary file);
-        ``mtime`` as for ``store``.
+        """Store ``size`` bytes read from ``body`` while they arrive (no temporary file).
 
         The deadline does not count time spent waiting for the body's bytes (it bounds
         MEGA's work). What ``body.read`` raises (the client left) is re-raised unchanged;
@@ -181,15 +168,13 @@ class MegaBackend:
         completes). A restart MEGA asks for replays the body from its copy
         (``body.rewind``); a body without one ends in a 502.
         """
-
         try:
             return self._store(
                 lambda client, deadline: send_stream(client, body, size, self._limits, deadline),
                 body.rewind,
                 filename,
                 size,
-                mtime,
-                commit,
+                extras,
             )
         except SourceFailed as failed:
             # The API layer logs why (the client left, the file was another size).
@@ -202,8 +187,7 @@ class MegaBackend:
         rewind: Callable[[], bool],
         filename: str,
         size: int,
-        mtime: int | None,
-        commit: Commit | None,
+        extras: StoreExtras,
     ) -> StoredFile:
         # One deadline for the whole upload: log-in and folder look-up, the data, u/p/l.
         deadline = Deadline(self._limits.deadline_s)
@@ -219,7 +203,7 @@ class MegaBackend:
         def make(fields: Mapping[str, str]) -> StoredFile:
             try:
                 return self._make_file(
-                    client, folder, sent, (send, rewind), filename, fields, mtime, deadline
+                    client, folder, sent, (send, rewind), filename, fields, extras.mtime, deadline
                 )
             except (StorageError, SourceFailed):
                 raise
@@ -228,7 +212,7 @@ class MegaBackend:
 
         # MEGA holds every byte now, but no file exists until 'p': a commit that finds the
         # same bytes stored already (or refuses them) makes none, and MEGA drops the upload.
-        return make({}) if commit is None else commit(make)
+        return make({}) if extras.commit is None else extras.commit(make)
 
     def _make_file(
         self,

@@ -40,7 +40,15 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import Any
 
-from app.storage.base import Commit, OpenUpload, PieceSource, StorageError, StoredFile
+from app.storage.base import (
+    NO_EXTRAS,
+    OpenUpload,
+    PieceSource,
+    Progress,
+    StorageError,
+    StoredFile,
+    StoreExtras,
+)
 
 from .crypto import BLOCK, FileKey, bytes_a32, fold_macs, meta_mac, node_key, regions, seal_region
 from .errors import EAGAIN, MegaApiError, MegaBadAnswer, MegaDeadlineExceeded, to_storage_error
@@ -73,8 +81,7 @@ StoreSent = Callable[
         Callable[[], bool],
         str,
         int,
-        int | None,
-        Commit | None,
+        StoreExtras,
     ],
     StoredFile,
 ]
@@ -137,11 +144,7 @@ class MegaResumable:
         return regions(upload.size, 1, upload.offset)[0][1]
 
     def append(
-        self,
-        upload: OpenUpload,
-        source: PieceSource,
-        length: int,
-        progress: Callable[[OpenUpload], None],
+        self, upload: OpenUpload, source: PieceSource, length: int, progress: Progress
     ) -> OpenUpload:
         plan = regions(
             upload.size, self._limits.region_bytes, upload.offset, upload.offset + length
@@ -169,12 +172,7 @@ class MegaResumable:
             raise _failed("a piece of a resumable upload", upload.size, exc) from None
 
     def finish(
-        self,
-        upload: OpenUpload,
-        filename: str,
-        *,
-        mtime: int | None = None,
-        commit: Commit | None = None,
+        self, upload: OpenUpload, filename: str, extras: StoreExtras = NO_EXTRAS
     ) -> StoredFile:
         if upload.offset != upload.size:
             raise ValueError("only a complete upload can be finished")
@@ -183,8 +181,7 @@ class MegaResumable:
             lambda: False,  # the bytes went to MEGA piece by piece: no copy to send again
             filename,
             upload.size,
-            mtime,
-            commit,
+            extras,
         )
 
     def abandon(self, upload: OpenUpload) -> None:

@@ -9,13 +9,14 @@ import contextlib
 import socket
 import threading
 import time
-from types import TracebackType
+
+from tests.support.closing import ClosedOnExit
 
 _PIECE = 64 * 1024
 _IO_TIMEOUT_S = 60.0
 
 
-class CuttingProxy:
+class CuttingProxy(ClosedOnExit):
     """Forwards every connection to ``127.0.0.1:target_port``; ``url`` is its address."""
 
     def __init__(self, target_port: int) -> None:
@@ -97,14 +98,3 @@ class CuttingProxy:
             for sock in self._open:
                 with contextlib.suppress(OSError):
                     sock.close()
-
-    def __enter__(self) -> CuttingProxy:
-        return self
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        trace: TracebackType | None,
-    ) -> None:
-        self.close()

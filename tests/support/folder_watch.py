@@ -12,7 +12,8 @@ import struct
 import sys
 import threading
 from pathlib import Path
-from types import TracebackType
+
+from tests.support.closing import ClosedOnExit
 
 IN_MODIFY = 0x00000002
 IN_ATTRIB = 0x00000004
@@ -27,7 +28,7 @@ _EVENT = struct.Struct("iIII")
 POLL_S = 0.02
 
 
-class FolderWatch:
+class FolderWatch(ClosedOnExit):
     """Watch ``folder`` (and what ``pid`` holds open under it) until ``close``; ``seen``
     lists what happened there."""
 
@@ -94,17 +95,6 @@ class FolderWatch:
         self._stop.set()
         self._thread.join(timeout=5)
         os.close(self._fd)
-
-    def __enter__(self) -> FolderWatch:
-        return self
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        trace: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 def _kind(mask: int) -> str:
