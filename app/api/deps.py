@@ -225,36 +225,24 @@ async def admit_upload(
     caller = await authenticate(request, services, x_auth_token, authorization)
     summary.token = caller.name
     backend = services.backend_for(service)
-    gate = services.gatekeeper
-    gate.check_target(caller, backend.name, filename)
-    limit = gate.file_limit(caller)
     length = _content_length(request)
-    if length is not None and length > limit + (MULTIPART_OVERHEAD if multipart else 0):
-        raise UploadTooLarge(limit)
-    # A multipart body's length includes its framing: the file's size is not declared.
-    declared = None if multipart else length
-    if length is not None:
-        # Before a byte of the body is read: a file that cannot fit is refused at once
-        # (a form's file is at least its body minus the room allowed for the rest).
-        services.space.check(length - MULTIPART_OVERHEAD if multipart else length)
     digest = (
         declared_sha256(file_digest, POST_HEADER)
         if multipart
         else declared_sha256(repr_digest, PUT_HEADER)
     )
-    if services.records is None and (expires_in is not None or digest is not None):
-        # Expiry and digest checks rest on records: never accept what would be ignored.
-        raise NOT_SUPPORTED(
-            f"the storage backend {backend.name!r} keeps no records of uploads: "
-            "they cannot expire (expires_in) or be checked against a declared digest"
-        )
-    expires = gate.expiry(caller, expires_in)
+    # A multipart body's length includes its framing: the file is at least the body less
+    # the room allowed for the rest, and its exact size is not declared.
+    overhead = MULTIPART_OVERHEAD if multipart else 0
+    limit, expires = decide_upload(
+        services, caller, backend, filename, length, overhead, expires_in, digest
+    )
+    declared = None if multipart else length
     slot = await services.upload_slots.acquire()
     try:
-        grant = await to_thread.run_sync(gate.take, caller, declared)
-    except BaseException as refused:
+        grant = await take_allowances(services, caller, declared)
+    except BaseException:
         slot.release()
-        count_refusal(caller, refused)
         raise
     admission = Admission(
         caller,
@@ -272,6 +260,46 @@ async def admit_upload(
     return admission
 
 
+def decide_upload(
+    services: Services,
+    caller: Caller,
+    backend: StorageBackend,
+    filename: str | None,
+    length: int | None,
+    overhead: int = 0,
+    expires_in: int | None = None,
+    digest: str | None = None,
+) -> tuple[int, int | None]:
+    """What one upload of ``caller`` may be, decided before a byte of it is read, for
+    every way a file arrives (POST, PUT, tus): the largest file it may store, and when
+    it expires. ``length`` is the declared size (None: not known), ``overhead`` what of it
+    is not the file (multipart framing)."""
+    gate = services.gatekeeper
+    gate.check_target(caller, backend.name, filename)
+    limit = gate.file_limit(caller)
+    if length is not None:
+        if length > limit + overhead:
+            raise UploadTooLarge(limit)
+        services.space.check(length - overhead)  # a file that cannot fit: refused now
+    if services.records is None and (expires_in is not None or digest is not None):
+        # Expiry and digest checks rest on records: never accept what would be ignored.
+        raise NOT_SUPPORTED(
+            f"the storage backend {backend.name!r} keeps no records of uploads: "
+            "they cannot expire (expires_in) or be checked against a declared digest"
+        )
+    return limit, gate.expiry(caller, expires_in)
+
+
+async def take_allowances(services: Services, caller: Caller, declared: int | None) -> Grant:
+    """The upload, taken from the caller's allowances (a refusal takes nothing)."""
+    try:
+        return await to_thread.run_sync(services.gatekeeper.take, caller, declared)
+    except BaseException as refused:
+        if isinstance(refused, LimitReached):
+            metrics.limit_rejected(caller.name, refused.limit)
+        raise
+
+
 def _content_length(request: Request) -> int | None:
     declared = request.headers.get("content-length")
     if declared is None:
@@ -279,12 +307,6 @@ def _content_length(request: Request) -> int | None:
     if not declared.isdigit():
         raise InvalidLength("the Content-Length header is not a number")
     return int(declared)
-
-
-def count_refusal(caller: Caller, refused: BaseException) -> None:
-    """Count a refusal by one of the caller's limits (for /metrics)."""
-    if isinstance(refused, LimitReached):
-        metrics.limit_rejected(caller.name, refused.limit)
 
 
 def _account(summary: UploadSummary, admission: Admission) -> None:

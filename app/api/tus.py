@@ -29,7 +29,14 @@ from fastapi import APIRouter, Depends, Header, Path, Request, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.access.admission import Caller
-from app.api.deps import CallerDep, ServiceParam, Services, ServicesDep, count_refusal
+from app.api.deps import (
+    CallerDep,
+    ServiceParam,
+    Services,
+    ServicesDep,
+    decide_upload,
+    take_allowances,
+)
 from app.api.errors import (
     BAD_TUS_HEADER,
     CHECKSUM_PIECE_TOO_LARGE,
@@ -37,7 +44,6 @@ from app.api.errors import (
     CONCATENATION_UNSUPPORTED,
     DEFER_LENGTH_UNSUPPORTED,
     LENGTH_REQUIRED,
-    NOT_SUPPORTED,
     TUS_VERSION,
     WRONG_CONTENT_TYPE,
     error_responses,
@@ -45,7 +51,7 @@ from app.api.errors import (
 from app.api.models import UploadResult
 from app.api.uploads import upload_result
 from app.intake.body import Intake, pump
-from app.intake.errors import InvalidFilename, UploadTooLarge
+from app.intake.errors import InvalidFilename
 from app.intake.filenames import filename_or_default
 from app.intake.relay import BodyRelay
 from app.intake.resumable import (
@@ -207,29 +213,22 @@ async def create(
         filename = filename_or_default(metadata.get("filename") or metadata.get("name"))
     except InvalidFilename:
         filename = filename_or_default(None)
-    gate = services.gatekeeper
-    gate.check_target(caller, backend.name, filename)
-    limit = gate.file_limit(caller)
-    if size > limit:
-        raise UploadTooLarge(limit)
-    services.space.check(size)  # a file that cannot fit is refused before any piece
-    expires = gate.expiry(caller, _metadata_seconds(metadata, "expires_in"))
-    if services.records is None and expires is not None:
-        raise NOT_SUPPORTED(
-            f"the storage backend {backend.name!r} keeps no records of uploads: "
-            "they cannot expire (expires_in)"
-        )
+    # The same decision as for any upload, counted once for the whole upload.
+    _, expires = decide_upload(
+        services,
+        caller,
+        backend,
+        filename,
+        size,
+        expires_in=_metadata_seconds(metadata, "expires_in"),
+    )
     mtime = _metadata_seconds(metadata, "mtime")
     # creation-with-upload: a body is the first piece (and must be sent as one).
     has_body = request.headers.get("content-length", "0") != "0" or "chunked" in (
         request.headers.get("transfer-encoding", "")
     )
     piece = _piece_length(request) if has_body else 0
-    try:
-        grant = await to_thread.run_sync(gate.take, caller, size)
-    except BaseException as refused:
-        count_refusal(caller, refused)
-        raise
+    grant = await take_allowances(services, caller, size)
     record = await to_thread.run_sync(
         uploads.create,
         caller,
