@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import itertools
+import json
 import random
 import struct
 import time
@@ -241,6 +242,20 @@ def streamed_fingerprint(data: bytes, seed: int) -> bytes:
 def test_the_fingerprint_taken_while_streaming_is_the_sdks(size: int) -> None:
     data = payload(size, seed=9)
     assert streamed_fingerprint(data, size) == fingerprint_of(data)
+
+
+@pytest.mark.parametrize("size", [5, 8192, 8193, 20_000, 300_001])
+def test_a_fingerprint_carried_between_processes_is_the_same(size: int) -> None:
+    """A resumable upload's pieces arrive anywhere: the state between them is enough."""
+    data = payload(size, seed=10)
+    cuts = sorted({0, size, *range(0, size, max(1, size // 7)), size // 3 + 1})
+    state = None
+    for start, end in itertools.pairwise(cuts):
+        fingerprint = Fingerprint.resume(size, state)
+        fingerprint.add(data[start:end])
+        state = json.loads(json.dumps(fingerprint.state()))  # as stored, text
+        assert len(json.dumps(state)) < (12_000 if size <= 8192 else 200)
+    assert Fingerprint.resume(size, state).crc() == fingerprint_of(data)
 
 
 XORSHIFT_MASK = 0xFFFFFFFF

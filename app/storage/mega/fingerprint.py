@@ -16,14 +16,15 @@ Each lane is stored big-endian (``htonl``). ``c`` is base64url of the 16 CRC byt
 followed by the mtime in ``Serialize64`` form (one byte counting the value's bytes,
 then those bytes, least significant first; ``src/serialize64.cpp``).
 
-The size is known before the first byte and the bytes arrive in order, so the windows are
-copied out as they pass: no second read of the data, at most 8 KiB kept.
+The size is known before the first byte and the bytes arrive in order, so each window is
+taken into its lane's CRC as it passes: no second read of the data, and little kept.
 """
 
 from __future__ import annotations
 
 import base64
 import zlib
+from typing import Any
 
 TINY = 16  # sizeof crc: four 32-bit lanes
 MAXFULL = 8192
@@ -41,7 +42,13 @@ def window_offsets(size: int) -> list[int]:
 
 class Fingerprint:
     """The CRC part of MEGA's fingerprint of a ``size``-byte file, fed its bytes in order,
-    in pieces of any size (``add``), read once all of them came (``crc``)."""
+    in pieces of any size (``add``), read once all of them came (``crc``).
+
+    A lane's CRC runs over its windows as they complete, so what is kept between pieces
+    is small: four running CRCs and the part of one window seen so far (the whole file
+    up to ``MAXFULL`` bytes). ``state`` and ``resume`` carry it from one process to
+    another (a resumable upload's pieces may arrive anywhere).
+    """
 
     def __init__(self, size: int) -> None:
         if size < 0:
@@ -50,8 +57,34 @@ class Fingerprint:
         self._seen = 0
         self._whole = bytearray() if size <= MAXFULL else None
         self._offsets = window_offsets(size) if size > MAXFULL else []
-        self._samples = bytearray(len(self._offsets) * WINDOW)
-        self._next = 0  # the first window not complete yet
+        self._lanes = [0] * LANES
+        self._window = bytearray()  # the part seen of the first window not complete yet
+        self._next = 0  # that window's index
+
+    @classmethod
+    def resume(cls, size: int, state: dict[str, Any] | None) -> Fingerprint:
+        """The fingerprint as ``state`` (from ``state()``) left it; a fresh one for None."""
+        fingerprint = cls(size)
+        if state:
+            fingerprint._seen = int(state["seen"])
+            fingerprint._next = int(state["next"])
+            fingerprint._lanes = [int(lane) for lane in state["lanes"]]
+            kept = base64.b64decode(state["kept"])
+            if fingerprint._whole is not None:
+                fingerprint._whole = bytearray(kept)
+            else:
+                fingerprint._window = bytearray(kept)
+        return fingerprint
+
+    def state(self) -> dict[str, Any]:
+        """What ``resume`` needs: at most ``MAXFULL`` bytes, usually under 100."""
+        kept = self._whole if self._whole is not None else self._window
+        return {
+            "seen": self._seen,
+            "next": self._next,
+            "lanes": list(self._lanes),
+            "kept": base64.b64encode(bytes(kept)).decode("ascii"),
+        }
 
     def add(self, piece: bytes | bytearray | memoryview) -> None:
         """The next ``len(piece)`` bytes of the file."""
@@ -62,16 +95,18 @@ class Fingerprint:
         if self._whole is not None:
             self._whole += piece
             return
-        index = self._next
-        while index < len(self._offsets) and self._offsets[index] < end:
-            offset = self._offsets[index]
-            lo, hi = max(offset, start), min(offset + WINDOW, end)
+        while self._next < len(self._offsets) and self._offsets[self._next] < end:
+            offset = self._offsets[self._next]
+            lo = max(offset + len(self._window), start)
+            hi = min(offset + WINDOW, end)
             if lo < hi:
-                at = index * WINDOW + (lo - offset)
-                self._samples[at : at + hi - lo] = piece[lo - start : hi - start]
-            if offset + WINDOW <= end:
-                self._next = index + 1
-            index += 1
+                self._window += piece[lo - start : hi - start]
+            if len(self._window) < WINDOW:
+                return  # the window goes on in the next piece
+            lane = self._next // BLOCKS
+            self._lanes[lane] = zlib.crc32(self._window, self._lanes[lane])
+            self._window.clear()
+            self._next += 1
 
     def crc(self) -> bytes:
         """The 16 CRC bytes; every byte of the file must have been added."""
@@ -84,10 +119,7 @@ class Fingerprint:
                 _lane(self._whole[i * self.size // LANES : (i + 1) * self.size // LANES])
                 for i in range(LANES)
             )
-        lane_bytes = BLOCKS * WINDOW
-        return b"".join(
-            _lane(self._samples[i * lane_bytes : (i + 1) * lane_bytes]) for i in range(LANES)
-        )
+        return b"".join(lane.to_bytes(4, "big") for lane in self._lanes)
 
 
 def _lane(data: bytes | bytearray) -> bytes:

@@ -52,6 +52,7 @@ from app.storage.base import (
 
 from .crypto import BLOCK, FileKey, bytes_a32, fold_macs, meta_mac, node_key, regions, seal_region
 from .errors import EAGAIN, MegaApiError, MegaBadAnswer, MegaDeadlineExceeded, to_storage_error
+from .fingerprint import Fingerprint
 from .retry import Deadline
 from .upload import (
     ApiClient,
@@ -193,10 +194,11 @@ class MegaResumable:
     def _fresh(self, client: ApiClient, size: int, deadline: Deadline) -> OpenUpload:
         url = _upload_url(client, size, deadline)
         key = FileKey.generate()
-        return OpenUpload(size, 0, _state(url, key, _ZERO_MAC, ""))
+        return OpenUpload(size, 0, _state(url, key, _ZERO_MAC, "", Fingerprint(size).state()))
 
     def _sent(self, client: ApiClient, upload: OpenUpload, deadline: Deadline) -> SentFile:
         url, key, mac, completion = _parts(upload.state)
+        crc = Fingerprint.resume(upload.size, upload.state.get("fp")).crc()
         if upload.size == 0 and not completion:
             # An empty file is one POST of an empty body (js/transfers/upload2.js: '/0').
             answer = _post_with_retries(
@@ -205,7 +207,7 @@ class MegaResumable:
             completion = answer or ""
         if not completion:
             raise MegaBadAnswer()
-        return SentFile(completion=completion, node_key=node_key(key, meta_mac(bytes_a32(mac))))
+        return SentFile(completion, node_key(key, meta_mac(bytes_a32(mac))), crc)
 
 
 @dataclass
@@ -223,6 +225,9 @@ class _Piece:
 
     def __post_init__(self) -> None:
         self.url, self.key, self.mac, self.completion = _parts(self.upload.state)
+        # MEGA's fingerprint 'c', taken as the plaintext is read (it is sealed in place
+        # before it is sent); the state kept is the one as of what MEGA acknowledged.
+        self.fingerprint = Fingerprint.resume(self.upload.size, self.upload.state.get("fp"))
 
     def send(
         self, source: PieceSource, plan: list[tuple[int, int]], pool: ThreadPoolExecutor
@@ -232,7 +237,9 @@ class _Piece:
         # BodySource only reads (a piece keeps no copy to rewind to).
         reader = BodySource(source, self.deadline)  # type: ignore[arg-type]
         free: list[bytearray] = []
-        pending: deque[tuple[Future[tuple[dict[int, bytes], str | None]], int, bytearray]] = deque()
+        pending: deque[
+            tuple[Future[tuple[dict[int, bytes], str | None]], int, bytearray, dict[str, Any]]
+        ] = deque()
         failure: BaseException | None = None
         try:
             for offset, length in plan:
@@ -240,7 +247,9 @@ class _Piece:
                     free.append(self._collect(*pending.popleft()))
                 buffer = free.pop() if free else self.buffers.take()
                 self._fill(reader, memoryview(buffer)[:length])
-                pending.append((pool.submit(self._job, buffer, offset, length), length, buffer))
+                self.fingerprint.add(memoryview(buffer)[:length])
+                job = pool.submit(self._job, buffer, offset, length)
+                pending.append((job, length, buffer, self.fingerprint.state()))
         except BaseException as error:
             failure = error
         try:
@@ -255,10 +264,10 @@ class _Piece:
             # wire end within their timeouts (cut to the deadline) and are waited for, so
             # that no buffer or request outlives the piece.
             self.stop.set()
-            for future, _, _ in pending:
+            for future, _, _, _ in pending:
                 future.cancel()
-            wait([future for future, _, _ in pending], self.deadline.remaining() + _GRACE_S)
-            self.buffers.give_back(free + [buffer for _, _, buffer in pending])
+            wait([future for future, _, _, _ in pending], self.deadline.remaining() + _GRACE_S)
+            self.buffers.give_back(free + [buffer for _, _, buffer, _ in pending])
         if failure is not None:
             raise failure
         if self.upload.offset == self.upload.size and not self.completion:
@@ -286,7 +295,11 @@ class _Piece:
         return macs, answer
 
     def _collect(
-        self, future: Future[tuple[dict[int, bytes], str | None]], length: int, buffer: bytearray
+        self,
+        future: Future[tuple[dict[int, bytes], str | None]],
+        length: int,
+        buffer: bytearray,
+        fingerprint: dict[str, Any],
     ) -> bytearray:
         """Wait for the earliest region in flight, fold it in and report; its buffer."""
         try:
@@ -296,9 +309,8 @@ class _Piece:
         self.mac = fold_macs(self.key, self.mac, [macs[offset] for offset in sorted(macs)])
         self.completion = answer or self.completion
         offset = self.upload.offset + length
-        self.upload = OpenUpload(
-            self.upload.size, offset, _state(self.url, self.key, self.mac, self.completion)
-        )
+        state = _state(self.url, self.key, self.mac, self.completion, fingerprint)
+        self.upload = OpenUpload(self.upload.size, offset, state)
         try:
             self.progress(self.upload)
         except BaseException as exc:
@@ -329,12 +341,15 @@ class _Buffers:
             self._free.extend(buffers[: max(0, room)])
 
 
-def _state(url: str, key: FileKey, mac: bytes, completion: str) -> dict[str, Any]:
+def _state(
+    url: str, key: FileKey, mac: bytes, completion: str, fingerprint: dict[str, Any]
+) -> dict[str, Any]:
     return {
         "url": url,
         "key": _b64(key.key_bytes + key.nonce_bytes),
         "mac": _b64(mac),
         "completion": completion,
+        "fp": fingerprint,
     }
 
 
