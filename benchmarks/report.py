@@ -482,7 +482,11 @@ def _profiles(r: dict[str, Any]) -> list[str]:
                 "## Where the CPU goes (py-spy, one PUT per path)",
                 "",
                 "On-CPU samples of the serving process by innermost Python function; time in "
-                "C code (OpenSSL, hashlib, socket calls) counts for the function that called it.",
+                "C code (OpenSSL, hashlib, socket calls) counts for the function that called "
+                "it. `Runner.run` stands for the event loop's compiled code (uvloop, httptools: "
+                "receiving and parsing the body), which py-spy does not see into; "
+                "`Condition.wait`, `Condition.notify` and `_worker` are blocks handed between "
+                "the event loop and the worker threads.",
                 "",
             ]
         out += [f"{PATH_LABELS[path]} ({profile['samples']} samples):", ""]
