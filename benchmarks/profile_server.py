@@ -93,12 +93,29 @@ def _place(frame: str) -> str:
     return f"{match.group('function')} ({file})"
 
 
+# Waiting primitives: their samples are told apart by who waits.
+_WAITING = ("(threading.py)", "(queue.py)")
+
+
+def _innermost(frames: list[str]) -> str:
+    """The innermost frame; a lock, condition or queue wait named with its waiter
+    (``Condition.wait (threading.py) in BodyRelay._next_block (app/relay.py)``)."""
+    leaf = _place(frames[-1])
+    if not leaf.endswith(_WAITING):
+        return leaf
+    for frame in reversed(frames[:-1]):
+        caller = _place(frame)
+        if not caller.endswith(_WAITING):
+            return f"{leaf} in {caller}"
+    return leaf
+
+
 def top_frames(collapsed: Path, count: int) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
     """(self, inclusive) sample counts per function from py-spy's collapsed format."""
     own: collections.Counter[str] = collections.Counter()
     inclusive: collections.Counter[str] = collections.Counter()
     for frames, n in _stacks(collapsed):
-        own[_place(frames[-1])] += n
+        own[_innermost(frames)] += n
         for frame in {_place(f) for f in frames}:
             inclusive[frame] += n
     return own.most_common(count), inclusive.most_common(count)

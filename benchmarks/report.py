@@ -484,9 +484,10 @@ def _profiles(r: dict[str, Any]) -> list[str]:
                 "On-CPU samples of the serving process by innermost Python function; time in "
                 "C code (OpenSSL, hashlib, socket calls) counts for the function that called "
                 "it. `Runner.run` stands for the event loop's compiled code (uvloop, httptools: "
-                "receiving and parsing the body), which py-spy does not see into; "
-                "`Condition.wait`, `Condition.notify` and `_worker` are blocks handed between "
-                "the event loop and the worker threads.",
+                "receiving and parsing the body), which py-spy does not see into; a "
+                "wait in `threading.py` or `queue.py` is named with the function that waits: "
+                "on-CPU samples there are threads woken to hand a block over (the interpreter "
+                "lock changes hands every millisecond, as server.py sets it).",
                 "",
             ]
         out += [f"{PATH_LABELS[path]} ({profile['samples']} samples):", ""]
