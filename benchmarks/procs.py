@@ -193,6 +193,12 @@ class Server:
         if kind == "gunicorn":
             argv = deployed_argv(root, port, app)
             full_env.update(WEB_CONCURRENCY="1", PORT=str(port))
+            # prometheus-client's multiprocess files in the run's own temp dir (a given
+            # directory is used as gunicorn.conf.py's own would be), so that a server
+            # ended the hard way leaves nothing behind.
+            metrics = log_path.parent / f"metrics-{port}"
+            metrics.mkdir(exist_ok=True)
+            full_env.setdefault("PROMETHEUS_MULTIPROC_DIR", str(metrics))
         else:
             argv = plain_argv(port, app)
         log_file = log_path.open("ab")

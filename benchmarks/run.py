@@ -226,9 +226,12 @@ class Bench:
             runs: dict[tuple[str, str], list[client.UploadTiming]] = {}
             cpu: dict[tuple[str, str], list[float]] = {}
             for rep in range(repetitions(size)):
-                for path in PATHS:
+                # ABBA: the order reverses on every other repetition, so that neither
+                # path nor method always follows the other's upload and verification.
+                flip = -1 if rep % 2 else 1
+                for path in PATHS[::flip]:
                     server = self.servers[path]
-                    for method in ("POST", "PUT"):
+                    for method in ("POST", "PUT")[::flip]:
                         name = f"bench-{path}-{method.lower()}-{size}MiB-{rep}.bin"
                         before = server.cpu_seconds()
                         timing = self.upload_checked(path, method, self.files[size], name)
@@ -570,7 +573,8 @@ def notes(args: argparse.Namespace, bench: Bench, stock_max: int, wan_mib: int) 
         "page cache after they are written.",
         "Each server is warmed up with one 64 KiB upload after start (log-in and folder "
         "creation are not timed). Both paths run side by side for the throughput series; "
-        "per size the two paths and the two methods take turns. Server: median of 5 "
+        "per size the two paths and the two methods take turns, in reverse order on every "
+        "other repetition. Server: median of 5 "
         f"uploads for {REFERENCE_MIB} MiB, of 3 for 16 MiB and less, one upload otherwise; "
         "reference clients: median of 3 up to 16 MiB, one upload otherwise. The 1024 MiB "
         "server points are the uploads of the memory test.",
