@@ -109,8 +109,14 @@ def make_files(directory: Path, sizes_mib: list[int]) -> dict[int, Path]:
 
 
 def series_entry(size: int, times: list[float]) -> dict[str, Any]:
+    """The median upload of a size, and every run's MB/s (their spread is the noise)."""
     seconds = statistics.median(times)
-    return {"mb_s": size * MiB / seconds / 1e6, "seconds": seconds, "runs": len(times)}
+    return {
+        "mb_s": size * MiB / seconds / 1e6,
+        "seconds": seconds,
+        "runs": len(times),
+        "each_mb_s": sorted(size * MiB / t / 1e6 for t in times),
+    }
 
 
 class Bench:
@@ -533,14 +539,23 @@ def code_description(label: str | None) -> str:
 
 
 def command_line() -> str:
-    def shown(arg: str) -> str:
-        # Paths under the checkout are shown relative to it: no machine paths in results.
-        path = Path(arg)
-        if path.is_absolute() and path.resolve().is_relative_to(ROOT):
-            return str(path.resolve().relative_to(ROOT))
-        return arg
-
-    return shlex.join(["python", *(shown(a) for a in sys.argv)])
+    """The command as typed from the repository root, without ``--out``: where the
+    results were written says nothing about what was measured, and may be a machine
+    path."""
+    argv = sys.argv[1:]
+    shown: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--out":
+            skip = True
+        elif not arg.startswith("--out="):
+            shown.append(arg)
+    script = Path(sys.argv[0])
+    if script.name == "run.py" and script.resolve().parent == ROOT / "benchmarks":
+        return shlex.join(["python", "-m", "benchmarks.run", *shown])
+    return shlex.join(["python", script.name, *shown])
 
 
 def load_average() -> float | None:
