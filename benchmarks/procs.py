@@ -1,14 +1,20 @@
 """The emulator and the server as real processes, and a sampler of the server's memory.
 
+The server runs either as deployed (render.yaml's start command: gunicorn with the
+project's worker class from gunicorn.conf.py, here with one worker) or as one plain
+uvicorn process.
+
 Every wait here is bounded and every process is stopped by its own id, so a failed or
 interrupted run leaves nothing behind.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import secrets
+import shlex
 import signal
 import socket
 import subprocess
@@ -17,12 +23,15 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Literal
 
 import httpx
+import yaml
 
 START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 15.0
+
+ServerKind = Literal["gunicorn", "uvicorn"]
 
 
 def free_port() -> int:
@@ -52,22 +61,25 @@ class Emulator:
     log_file: IO[bytes]
 
     @classmethod
-    def start(cls, root: Path, data_dir: Path, account: str, log_path: Path) -> Emulator:
+    def start(
+        cls,
+        root: Path,
+        data_dir: Path,
+        account: str,
+        log_path: Path,
+        wan: tuple[float, float] | None = None,
+    ) -> Emulator:
+        """The emulator; with ``wan`` = (MB/s, one-way ms), behind ``benchmarks.wan``'s
+        shaping proxy, whose address is then the one clients get."""
+        common = ["--seed", "1", "--account", account, "--data-dir", str(data_dir)]
+        if wan is None:
+            argv = ["-m", "tests.mega_emulator", "--port", "0", *common]
+        else:
+            shaping = ["--mb-s", str(wan[0]), "--one-way-ms", str(wan[1])]
+            argv = ["-m", "benchmarks.wan", *common, *shaping]
         log_file = log_path.open("wb")
         process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "tests.mega_emulator",
-                "--port",
-                "0",
-                "--seed",
-                "1",
-                "--account",
-                account,
-                "--data-dir",
-                str(data_dir),
-            ],
+            [sys.executable, *argv],
             cwd=root,
             stdout=subprocess.PIPE,
             stderr=log_file,
@@ -102,40 +114,110 @@ class Emulator:
         self.log_file.close()
 
 
+def deployed_argv(root: Path, port: int, app: str = "server:app") -> list[str]:
+    """render.yaml's startCommand (the one start command of render.yaml, the Dockerfile
+    and DEPLOYMENT.md), bound to 127.0.0.1:<port>, run by this interpreter; ``app`` in
+    place of ``server:app`` for the drain app."""
+    blueprint = yaml.safe_load((root / "render.yaml").read_text())
+    web = next(s for s in blueprint["services"] if s.get("type") == "web")
+    command = web["startCommand"].replace("$PORT", str(port)).replace("0.0.0.0:", "127.0.0.1:")
+    argv = shlex.split(command)
+    if argv[:2] != ["gunicorn", "server:app"]:
+        raise RuntimeError(f"render.yaml's start command changed shape: {command!r}")
+    return [sys.executable, "-m", "gunicorn", app, *argv[2:]]
+
+
+def plain_argv(port: int, app: str = "server:app") -> list[str]:
+    """One uvicorn process: no workers, no reloader."""
+    return [sys.executable, "-m", "uvicorn", app, "--port", str(port), "--no-access-log"]
+
+
+def children(pid: int) -> list[int]:
+    """The pids whose parent is ``pid``."""
+    try:
+        listed = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        return [int(child) for child in listed]
+    except OSError:
+        pass
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
 @dataclass
 class Server:
-    """One uvicorn process (no workers, no reloader: its pid is the one doing the work)."""
+    """The server in its own session: one uvicorn process, or gunicorn's master and the
+    one worker that serves (WEB_CONCURRENCY=1)."""
 
+    kind: ServerKind
     url: str
     port: int
     token: str
     process: subprocess.Popen[bytes]
     log_path: Path
     log_file: IO[bytes]
+    worker_pid: int | None = None  # gunicorn's worker; None for uvicorn
 
     @property
     def pid(self) -> int:
-        return self.process.pid
+        """The process that receives, seals and sends the uploads."""
+        return self.worker_pid or self.process.pid
+
+    @property
+    def pids(self) -> list[int]:
+        """Every process of the server (gunicorn's master too), for its CPU time."""
+        return [self.process.pid] + ([self.worker_pid] if self.worker_pid else [])
+
+    def cpu_seconds(self) -> float:
+        return sum(cpu_seconds(pid) for pid in self.pids)
 
     @classmethod
     def start(
-        cls, root: Path, env: dict[str, str], log_path: Path, app: str = "server:app"
+        cls,
+        root: Path,
+        env: dict[str, str],
+        log_path: Path,
+        kind: ServerKind = "uvicorn",
+        app: str = "server:app",
     ) -> Server:
         port = free_port()
         token = secrets.token_urlsafe(32)
         full_env = {**os.environ, **env, "AUTH_TOKEN": token}
+        if kind == "gunicorn":
+            argv = deployed_argv(root, port, app)
+            full_env.update(WEB_CONCURRENCY="1", PORT=str(port))
+            # prometheus-client's multiprocess files in the run's own temp dir (a given
+            # directory is used as gunicorn.conf.py's own would be), so that a server
+            # ended the hard way leaves nothing behind.
+            metrics = log_path.parent / f"metrics-{port}"
+            metrics.mkdir(exist_ok=True)
+            full_env.setdefault("PROMETHEUS_MULTIPROC_DIR", str(metrics))
+        else:
+            argv = plain_argv(port, app)
         log_file = log_path.open("ab")
         process = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", app, "--port", str(port), "--no-access-log"],
+            argv,
             cwd=root,
             env=full_env,
             stdout=log_file,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        server = cls(f"http://127.0.0.1:{port}", port, token, process, log_path, log_file)
+        server = cls(kind, f"http://127.0.0.1:{port}", port, token, process, log_path, log_file)
         try:
             server._wait_healthy()
+            if kind == "gunicorn":
+                workers = children(process.pid)
+                if len(workers) != 1:
+                    raise RuntimeError(f"gunicorn runs {len(workers)} workers, not 1")
+                server.worker_pid = workers[0]
         except BaseException:
             server.stop()
             raise
@@ -160,7 +242,12 @@ class Server:
         return "\n".join(text[-lines:])
 
     def stop(self) -> None:
+        # gunicorn's master stops its worker on SIGTERM; a worker left behind by a killed
+        # master is ended by its own pid.
         stop_process(self.process)
+        if self.worker_pid is not None and Path(f"/proc/{self.worker_pid}").exists():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.worker_pid, signal.SIGKILL)
         self.log_file.close()
 
 
@@ -173,7 +260,7 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _status_kib(pid: int, field_name: str) -> int | None:
+def status_kib(pid: int, field_name: str) -> int | None:
     try:
         with open(f"/proc/{pid}/status") as status:
             for line in status:
@@ -202,7 +289,7 @@ class RssSampler:
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):
-            value = _status_kib(self.pid, "VmRSS")
+            value = status_kib(self.pid, "VmRSS")
             if value is not None:
                 self.samples.append(value)
 
@@ -210,7 +297,7 @@ class RssSampler:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
-        self.hwm_kib = _status_kib(self.pid, "VmHWM")
+        self.hwm_kib = status_kib(self.pid, "VmHWM")
 
     @property
     def peak_sampled_kib(self) -> int:

@@ -42,12 +42,12 @@ from app.access.tokens import token_sha256  # noqa: E402
 from app.records.model import Record, Reference  # noqa: E402
 from app.storage.mega.crypto import attribute_block, bytes_a32  # noqa: E402
 from benchmarks.procs import Server, free_port, stop_process  # noqa: E402
+from benchmarks.sections import write_section  # noqa: E402
 from tests.mega_emulator import MegaEmulator  # noqa: E402
 from tests.mega_emulator.store import NODE_FILE, NODE_FOLDER, Node  # noqa: E402
 
 EMAIL, PASSWORD = "bench@example.com", "benchmark password"
-RESULTS = ROOT / "benchmarks" / "RESULTS.md"
-BEGIN, END = "<!-- records-benchmark -->", "<!-- /records-benchmark -->"
+SECTION = "records-benchmark"
 INDEX_TIMEOUT_S = 900.0
 PAGE_REQUESTS = 20
 TOKENS = [f"client-{n}" for n in range(20)]
@@ -167,7 +167,6 @@ def start_redis(work: Path) -> tuple[subprocess.Popen[bytes] | None, str | None]
 
 def report(results: list[dict], took_s: float) -> str:
     lines = [
-        BEGIN,
         "## Index of uploads (records)",
         "",
         f"- Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
@@ -209,18 +208,8 @@ def report(results: list[dict], took_s: float) -> str:
         "  process building its own index holds the account's node list while it builds; with",
         "  large accounts and several workers, set `REDIS_URL`: one build serves them all and",
         "  the workers hold no copy.",
-        END,
     ]
     return "\n".join(lines) + "\n"
-
-
-def update_results(section: str) -> None:
-    text = RESULTS.read_text() if RESULTS.exists() else ""
-    if BEGIN in text and END in text:
-        text = text[: text.index(BEGIN)] + section + text[text.index(END) + len(END) + 1 :]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    RESULTS.write_text(text)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -250,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     section = report(results, time.monotonic() - started)
     print(section)
     if args.update:
-        update_results(section)
+        write_section(SECTION, section)
     return 0
 
 

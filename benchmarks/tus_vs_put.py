@@ -46,14 +46,14 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchmarks import client, procs  # noqa: E402
+from benchmarks.sections import RESULTS, write_section  # noqa: E402
 from tests.mega_verify import verify  # noqa: E402
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB
 PIECE = 8 * MiB
 EMAIL, PASSWORD = "bench@example.com", "emulated benchmark password"
-BEGIN, END = "<!-- tus-vs-put: begin -->", "<!-- tus-vs-put: end -->"
-RESULTS = ROOT / "benchmarks" / "RESULTS.md"
+SECTION = "tus-vs-put"
 
 
 def say(message: str) -> None:
@@ -217,7 +217,6 @@ def markdown(r: dict[str, Any]) -> str:
     big = r["rss_mib"]
     verdict = {True: "PASS", False: "FAIL"}
     lines = [
-        BEGIN,
         "## Resumable uploads: tus against a streamed PUT (`benchmarks/tus_vs_put.py`)",
         "",
         f"- Date: {r['date']}; command: `{r['command']}`; code: {r['code']}",
@@ -253,20 +252,8 @@ def markdown(r: dict[str, Any]) -> str:
         "of other work; six alternating rounds in one server process gave 86 % and 105 %. "
         "Regions of 1 or 2 MiB, or each piece's last chunk sent as a region of its own, "
         "shortened that wait but cost more CPU than they saved (measured the same way).",
-        END,
     ]
     return "\n".join(lines)
-
-
-def write_results(section: str) -> None:
-    text = RESULTS.read_text() if RESULTS.exists() else ""
-    if BEGIN in text and END in text:
-        head, _, rest = text.partition(BEGIN)
-        _, _, tail = rest.partition(END)
-        text = head + section + tail
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    RESULTS.write_text(text)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -307,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
     section = markdown(results)
     print(section)
     if args.write_results:
-        write_results(section)
+        write_section(SECTION, section)
         say(f"wrote the tus section of {RESULTS.relative_to(ROOT)}")
     return 0
 
