@@ -23,7 +23,15 @@ from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
 import redis
-from pydantic import ByteSize, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    ByteSize,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from app.access.tokens import TokensFileError
@@ -327,8 +335,11 @@ class Settings(_Group):
 
     storage_backend: Literal["mega", "local"] = "mega"
     # The address clients use; links to this service (local files, delete URLs, ShareX)
-    # are built from it, never from a request's Host header.
-    public_base_url: str | None = None
+    # are built from it, never from a request's Host header. On Render, the service's own
+    # address (RENDER_EXTERNAL_URL, which Render sets) serves when it is not given.
+    public_base_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("public_base_url", "render_external_url")
+    )
     # Shared state for several workers and instances. May carry a password: never printed.
     redis_url: SecretStr | None = None
     access: AccessSettings

@@ -112,6 +112,18 @@ def test_bad_settings_name_the_variable_and_never_a_secret(
     assert "\n" not in message
 
 
+def test_on_render_the_public_address_is_the_services_own(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("RENDER_EXTERNAL_URL", "https://paimon-server.onrender.com")
+    monkeypatch.delenv("PUBLIC_BASE_URL", raising=False)
+    given = {"auth_token": "a-perfectly-random-token-1", "storage_backend": "local"}
+    settings = load_settings(_env_file=None, **given)
+    assert settings.public_base_url == "https://paimon-server.onrender.com"
+    monkeypatch.setenv("PUBLIC_BASE_URL", "https://files.example.org")
+    assert load_settings(_env_file=None, **given).public_base_url == "https://files.example.org"
+
+
 def test_sizes_accept_units() -> None:
     settings = load_settings(
         _env_file=None,
