@@ -62,6 +62,20 @@ def test_upload_shows_progress_and_prints_each_link_last(live_server, tmp_path: 
     assert server.env["AUTH_TOKEN"] not in result.stdout + result.stderr
 
 
+def test_a_files_own_date_goes_with_it_either_way(live_server, tmp_path: Path) -> None:
+    server = live_server([sys.executable, "server.py"])
+    plain, resumed = tmp_path / "plain.bin", tmp_path / "resumed.bin"
+    for path in (plain, resumed):
+        path.write_bytes(os.urandom(2 * MiB))
+        os.utime(path, (1_234_567_890, 1_234_567_890))
+
+    for path, extra in ((plain, []), (resumed, ["--resume"])):
+        result = run_cli(server, *extra, str(path), XDG_STATE_HOME=str(tmp_path / "state"))
+        assert result.returncode == cli.EXIT_OK, result.stderr
+        served = httpx.get(result.stdout.strip(), timeout=10)
+        assert served.headers["last-modified"] == "Fri, 13 Feb 2009 23:31:30 GMT", path.name
+
+
 def test_json_output_has_one_checked_answer_per_file(live_server, tmp_path: Path) -> None:
     server = live_server([sys.executable, "server.py"])
     path = tmp_path / "data.bin"

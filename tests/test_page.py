@@ -127,6 +127,7 @@ def test_files_uploaded_through_the_page_link_to_the_same_bytes(
     first, second = tmp_path / "holiday photo.jpg", tmp_path / "notes.txt"
     first.write_bytes(os.urandom(300_000))
     second.write_bytes(b"second file\n" * 1000)
+    os.utime(first, (1_234_567_890, 1_234_567_890))  # the photo's own date goes with it
     browser_visit = visit(server)
     page = browser_visit.open()
 
@@ -140,7 +141,10 @@ def test_files_uploaded_through_the_page_link_to_the_same_bytes(
         assert row.locator("progress").evaluate("bar => bar.value") == 100
         link = links.nth(index).input_value()
         assert link.startswith(server.url + "/files/")
-        assert httpx.get(link, timeout=10).content == path.read_bytes()
+        served = httpx.get(link, timeout=10)
+        assert served.content == path.read_bytes()
+        if path == first:
+            assert served.headers["last-modified"] == "Fri, 13 Feb 2009 23:31:30 GMT"
     # Screen readers hear the result and can name every control; nothing came from outside.
     expect(page.locator("#announce")).to_contain_text("uploaded")
     unnamed = page.locator("input, button, select, progress").evaluate_all(

@@ -181,7 +181,11 @@ function send(file, row, token, service) {
       chunkSize: CHUNK_BYTES,
       retryDelays: RETRY_DELAYS_MS,
       headers: { "X-Auth-Token": token },
-      metadata: service ? { filename: file.name, service } : { filename: file.name },
+      // The file's own date goes with it (MEGA's apps show it), in Unix seconds.
+      metadata: Object.assign(
+        { filename: file.name, mtime: String(Math.floor(file.lastModified / 1000)) },
+        service ? { service } : {},
+      ),
       removeFingerprintOnSuccess: true,
       onShouldRetry: (error) => {
         const status = error.originalResponse ? error.originalResponse.getStatus() : 0;
