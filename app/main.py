@@ -99,7 +99,8 @@ async def _sweep_uploads(uploads: ResumableUploads, every_s: float) -> None:
     while True:
         await anyio.sleep(every_s)
         try:
-            await to_thread.run_sync(uploads.sweep, time.time())
+            # Not waited for when the service stops; the next sweep finishes what it began.
+            await to_thread.run_sync(uploads.sweep, time.time(), abandon_on_cancel=True)
         except Exception as error:  # Redis away, a disk error: the next round tries again
             log.warning("could not sweep expired tus uploads: %s", error)
 

@@ -553,3 +553,15 @@ def test_development_run_shows_its_token_on_a_terminal(tmp_path: Path) -> None:
         os.close(controller)
     token = (tmp_path / "data" / "development-token").read_text().strip()
     assert f"data/development-token (mode 0600, the same on every run): {token}" in shown.decode()
+
+
+def test_a_service_stops_promptly_while_mega_is_out_of_reach(live_server) -> None:
+    """A deploy or a scale-down is not held up by a MEGA log-in that cannot succeed: the
+    background work (log-in, index, space) is left to end in its threads."""
+    server = live_server(**MEGA_OUT_OF_REACH)
+    time.sleep(2)  # the log-in and the index build are under way, retrying
+    started = time.monotonic()
+    server.process.terminate()
+    server.process.wait(timeout=30)
+    assert time.monotonic() - started < 8, server.log()
+    assert "Application shutdown complete" in server.log()

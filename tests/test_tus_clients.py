@@ -70,6 +70,24 @@ def start(services: list[Service], emulator: MegaEmulator, base: Path, **env: st
     return service
 
 
+def start_watched(
+    services: list[Service], emulator: MegaEmulator, tmp_path: Path, **env: str
+) -> tuple[Service, Path]:
+    """A service whose temporary directories (TMPDIR, TEMP_UPLOAD_DIR) are one folder the
+    test watches: file bytes never go there."""
+    watched = tmp_path / "tmp"
+    watched.mkdir()
+    service = start(
+        services,
+        emulator,
+        tmp_path / "server",
+        TMPDIR=str(watched),
+        TEMP_UPLOAD_DIR=str(watched / "spool"),
+        **env,
+    )
+    return service, watched
+
+
 def payload(size: int, seed: int) -> bytes:
     return random.Random(seed).randbytes(size)
 
@@ -124,15 +142,7 @@ def tus_js() -> None:
 def test_tuspy_resumes_64_mib_cut_mid_patch_and_no_temp_file_is_written(
     services: list[Service], emulator: MegaEmulator, tmp_path: Path
 ) -> None:
-    watched = tmp_path / "tmp"
-    watched.mkdir()
-    service = start(
-        services,
-        emulator,
-        tmp_path / "server",
-        TMPDIR=str(watched),
-        TEMP_UPLOAD_DIR=str(watched / "spool"),
-    )
+    service, watched = start_watched(services, emulator, tmp_path)
     assert wait_ready(service) == 200
     data = payload(64 * MiB, 64)
     path = tmp_path / "big.bin"
@@ -429,16 +439,8 @@ def test_termination_and_expiry_leave_no_node_no_state_and_no_temp_file(
     redis_server: RedisServer,
     tmp_path: Path,
 ) -> None:
-    watched = tmp_path / "tmp"
-    watched.mkdir()
-    service = start(
-        services,
-        emulator,
-        tmp_path / "server",
-        REDIS_URL=redis_server.url,
-        TUS_EXPIRY_SECONDS="3",
-        TMPDIR=str(watched),
-        TEMP_UPLOAD_DIR=str(watched / "spool"),
+    service, watched = start_watched(
+        services, emulator, tmp_path, REDIS_URL=redis_server.url, TUS_EXPIRY_SECONDS="3"
     )
     assert wait_ready(service) == 200
     files_before = files_in(emulator)

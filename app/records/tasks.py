@@ -40,7 +40,7 @@ async def maintain(
             await _step("building the index of uploads", records.refresh, failing)
         if now >= next_space and await _step("reading the storage's space", space.refresh, failing):
             next_space = now + refresh_s
-        if records is not None and await to_thread.run_sync(records.ready):
+        if records is not None and await to_thread.run_sync(records.ready, abandon_on_cancel=True):
             if next_sweep is None:
                 next_sweep = now  # the first sweep as soon as the index is there
             if now >= next_sweep:
@@ -51,9 +51,13 @@ async def maintain(
 
 async def _step(what: str, work: Callable[[], Any], failing: dict[str, str]) -> bool:
     """Run ``work`` in a worker thread; whether it succeeded. Logs a failure when it
-    starts or changes, and once when it is over."""
+    starts or changes, and once when it is over.
+
+    A service that stops does not wait for it (a MEGA log-in it waits on may take
+    minutes): the work is left to end in its thread, and a sweep cut short is finished
+    by the next one, which is safe by design (``Records.sweep``)."""
     try:
-        await to_thread.run_sync(work)
+        await to_thread.run_sync(work, abandon_on_cancel=True)
     except Exception as error:
         message = str(error) or type(error).__name__
         if failing.get(what) != message:
