@@ -104,6 +104,12 @@ def on_starting(server):
         stale.unlink()
 
 
+def on_reload(server):
+    # SIGHUP: the settings as they are now (.env may have changed) when they are good, else
+    # the running ones with one line in the log, before gunicorn starts the new workers.
+    master.reread(server.log.error)
+
+
 def child_exit(server, worker):
     from prometheus_client import multiprocess
 

@@ -25,7 +25,6 @@ from app.access.tokens import TokensFileError
 from app.config import (
     ConfigError,
     Settings,
-    check_served_settings,
     generate_token,
     load_settings,
     tokens_file_error,
@@ -80,8 +79,7 @@ def __getattr__(name: str) -> Any:
         raise AttributeError(name)
     if _app is None:
         try:
-            settings = load_settings()
-            check_served_settings(settings)
+            settings = master.served_settings()
         except ConfigError as error:
             stop_for(error)
         _configure_logging(settings)

@@ -20,7 +20,7 @@ from app.access.tokens import TokensFileError
 from app.config import ConfigError, load_settings, tokens_file_error
 from app.main import create_app
 from tests.conftest import ROOT, tokens_toml, write_in_place
-from tests.support.deploy import start_command_argv
+from tests.support.deploy import start_command_argv, wait_for_workers
 
 ALICE = "alice-token-9f1c2e7a4b"
 BOB = "bob-token-5d8e1f0c3a6b"
@@ -232,31 +232,6 @@ def test_new_token_appended_with_shell_redirection_works_and_the_file_holds_no_s
     with httpx.Client(base_url=server.url, timeout=WAIT_S) as http:
         wait_for_status(http, token, 200)
         assert upload(http, ALICE).status_code == 200
-
-
-def worker_pids(master: int) -> set[int]:
-    """The processes gunicorn's master ``master`` has started."""
-    children = set()
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            if parent == master:
-                children.add(int(entry.name))
-    return children
-
-
-def wait_for_workers(master: int, count: int, not_among: set[int]) -> set[int]:
-    """``count`` workers of ``master``, none of them in ``not_among``."""
-    deadline = time.monotonic() + WAIT_S
-    while True:
-        pids = worker_pids(master)
-        if len(pids) == count and not pids & not_among:
-            return pids
-        assert time.monotonic() < deadline, f"workers {pids}, expected {count} new ones"
-        time.sleep(0.1)
 
 
 def answers_of(server, pid: int) -> dict[str, int]:

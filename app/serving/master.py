@@ -4,23 +4,34 @@ Settings are checked once, in the master, when gunicorn reads its configuration:
 it binds the port or starts a worker. A bad value stops it with one line and exit status
 3, instead of one error per worker followed by gunicorn's own report of their exits.
 
-The master also opens the instance's copy of the last good tokens file
-(app/last_good_tokens.py). Workers are forked from the master, so they inherit it (and
-this module's state) without being told: ``last_good_tokens`` in a worker returns it.
+The master also keeps the instance's last good settings and opens its copy of the last
+good tokens file (app/access/last_good_tokens.py). Workers are forked from the master, so
+they inherit both (and this module's state) without being told: ``served_settings`` and
+``last_good_tokens`` in a worker return them. On SIGHUP the master reads the settings
+again (``.env`` may have changed) before gunicorn starts the new workers, and keeps them
+only when they are good: a mistake is one line in the log, never a stopped service.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from app.access.last_good_tokens import LastGoodTokens
 from app.access.tokens import TokensFileError, parse_tokens, read_tokens_text
-from app.config import ConfigError, check_served_settings, load_settings, tokens_file_error
+from app.config import (
+    ConfigError,
+    Settings,
+    check_served_settings,
+    load_settings,
+    tokens_file_error,
+)
 from app.serving.startup import stop_for
 
 _checked = False
+_settings: Settings | None = None
 _last_good: LastGoodTokens | None = None
 
 
@@ -28,16 +39,15 @@ def check_once(argv: Sequence[str], environ: Mapping[str, str] = os.environ) -> 
     """Check the settings gunicorn was started with; on a problem print one line and exit 3.
 
     gunicorn reads its configuration again on SIGHUP: the service is running by then,
-    so later calls change nothing (a bad TOKENS_FILE is refused by the workers, which
-    keep the last good one).
+    so later calls change nothing here (``reread`` takes new settings; a bad TOKENS_FILE
+    is refused by the workers, which keep the last good one).
     """
-    global _checked, _last_good
+    global _checked, _settings, _last_good
     if _checked:
         return
     try:
         _check_port(argv, environ)
-        settings = load_settings()
-        check_served_settings(settings)
+        settings = _served()
         if settings.access.tokens_file is not None:
             text = read_tokens_text(settings.access.tokens_file)
             parse_tokens(text, int(settings.access.max_upload_bytes))
@@ -46,7 +56,36 @@ def check_once(argv: Sequence[str], environ: Mapping[str, str] = os.environ) -> 
         stop_for(tokens_file_error(error))
     except ConfigError as error:
         stop_for(error)
+    _settings = settings
     _checked = True
+
+
+def reread(log_error: Callable[..., object] | None = None) -> None:
+    """On SIGHUP, before new workers start: take the settings as they are now when they
+    are good, else keep the running ones and say so in one line (the values are never
+    shown, as at start-up)."""
+    global _settings
+    if not _checked:
+        return
+    try:
+        _settings = _served()
+    except ConfigError as error:
+        (log_error or logging.getLogger("paimon.config").error)(
+            "settings refused on reload, the running settings stay in force: %s", error
+        )
+
+
+def served_settings() -> Settings:
+    """The settings to serve with: in a process forked from a gunicorn master, the last
+    good ones it checked (a worker started after a bad edit of ``.env`` starts with
+    them instead of stopping the service); elsewhere, read now."""
+    return _settings if _settings is not None else _served()
+
+
+def _served() -> Settings:
+    settings = load_settings()
+    check_served_settings(settings)
+    return settings
 
 
 def _keep(text: str) -> LastGoodTokens:

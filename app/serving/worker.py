@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from uvicorn_worker import UvicornWorker
 
-from app.config import load_settings
+from app.serving import master
 from app.serving.protocol import limited_protocol
 
 
@@ -17,7 +17,7 @@ class PaimonWorker(UvicornWorker):
     """uvicorn's gunicorn worker, serving through ``limited_protocol``."""
 
     async def _serve(self) -> None:
-        # Runs in the worker process after the app was loaded, so the settings are valid
-        # here (a bad value already stopped the worker with its one-line message).
-        self.config.http = limited_protocol(load_settings())
+        # Runs in the worker process after the app was loaded: the settings the app
+        # was made with, the master's last good ones.
+        self.config.http = limited_protocol(master.served_settings())
         await super()._serve()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import shlex
 import shutil
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -35,3 +36,28 @@ def start_command_argv(port: int | str) -> list[str]:
         return [str(script), *argv[1:]]
     found = shutil.which("gunicorn")
     return [found, *argv[1:]] if found else [sys.executable, "-m", "gunicorn", *argv[1:]]
+
+
+def worker_pids(master: int) -> set[int]:
+    """The processes gunicorn's master ``master`` has started."""
+    children = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            if parent == master:
+                children.add(int(entry.name))
+    return children
+
+
+def wait_for_workers(master: int, count: int, not_among: set[int], wait_s: float = 10) -> set[int]:
+    """``count`` workers of ``master``, none of them in ``not_among``."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        pids = worker_pids(master)
+        if len(pids) == count and not pids & not_among:
+            return pids
+        assert time.monotonic() < deadline, f"workers {pids}, expected {count} new ones"
+        time.sleep(0.1)
