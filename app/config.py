@@ -261,8 +261,10 @@ class MegaSettings(_Group):
     # the total time one upload may take.
     connect_timeout: float = Field(default=10.0, gt=0, le=300)
     read_timeout: float = Field(default=60.0, gt=0, le=3600)
-    retry_attempts: int = Field(default=8, ge=1, le=100)
-    retry_initial_seconds: float = Field(default=0.5, ge=0, le=60)
+    # The SDK's BackoffTimer starts at 0.1 s; ten tries ride out about 40 s of trouble
+    # (0.1 s doubling, capped at 15 s), within the upload deadline.
+    retry_attempts: int = Field(default=10, ge=1, le=100)
+    retry_initial_seconds: float = Field(default=0.1, ge=0, le=60)
     retry_max_seconds: float = Field(default=15.0, ge=0, le=600)
     upload_deadline_seconds: float = Field(default=1800.0, gt=0, le=86400)
     upload_restarts: int = Field(default=3, ge=0, le=20)

@@ -310,7 +310,7 @@ def test_rfc5987_file_names_are_understood(client: TestClient, auth: dict[str, s
     [
         (StorageFull("MEGA storage quota exceeded"), 507, "storage_full"),
         (StorageTimeout("MEGA did not answer in time"), 504, "storage_timeout"),
-        (UpstreamRejected("MEGA kept failing after 8 attempts"), 502, "storage_failed"),
+        (UpstreamRejected("MEGA kept failing after 10 attempts"), 502, "storage_failed"),
     ],
 )
 def test_storage_failures_map_to_their_status_and_leave_no_temp_file(
