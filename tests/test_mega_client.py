@@ -23,6 +23,7 @@ import pytest
 
 from app.config import MEGA_DEFAULTS
 from app.storage.base import (
+    StorageBlocked,
     StorageFull,
     StorageLoginFailed,
     StorageTimeout,
@@ -585,7 +586,7 @@ def test_an_account_blocked_at_log_in_is_a_state_not_refused_credentials(
     with pytest.raises(MegaAccountBlocked) as caught:
         client.ensure_login()
     error = to_storage_error(caught.value)
-    assert type(error) is StorageUnavailable
+    assert type(error) is StorageBlocked
     assert str(error).startswith("the MEGA account is blocked")
     with pytest.raises(MegaAccountBlocked):  # no log-in again until the next look
         client.ensure_login()
@@ -609,7 +610,7 @@ def test_a_blocked_account_fails_fast_says_why_once_and_recovers(
         with pytest.raises(MegaAccountBlocked) as caught:
             client.api(QUOTA)
         error = to_storage_error(caught.value)
-        assert type(error) is StorageUnavailable and "verify" in str(error)
+        assert type(error) is StorageBlocked and "verify" in str(error)
     assert caplog.text.count("MEGA blocked the account") == 1
     stats = emulator.stats()
     assert stats["commands"]["whyamiblocked"] == 3  # a look each time, no 'uq' sent again

@@ -246,7 +246,7 @@ STORAGE_LOGIN_FAILED = ErrorKind(502, "storage_login_failed", "upload stored", N
     "MEGA login failed: ENOENT")  # fmt: skip
 STORAGE_FAILED = ErrorKind(502, "storage_failed", "upload stored", NO_WAIT, False,
     "The destination refused the upload or kept failing after retries.",
-    "MEGA kept failing after 8 attempts")  # fmt: skip
+    "MEGA kept failing after 10 attempts")  # fmt: skip
 NOT_READY = ErrorKind(503, "not_ready", "ready", NOT_READY_RETRY_S, False,
     "Storage cannot take uploads now; the message says why.",
     "the storage backend is not ready")  # fmt: skip
@@ -356,6 +356,7 @@ DOMAIN_ERRORS: dict[type[BaseException], ErrorKind] = {
     storage.StorageFull: STORAGE_FULL,
     storage.StorageTimeout: STORAGE_TIMEOUT,
     storage.StorageUnavailable: STORAGE_UNAVAILABLE,
+    storage.StorageBlocked: STORAGE_UNAVAILABLE,
     storage.StorageLoginFailed: STORAGE_LOGIN_FAILED,
     storage.UpstreamRejected: STORAGE_FAILED,
     storage.StorageError: STORAGE_FAILED,
@@ -414,7 +415,7 @@ def error_response(error: BaseException) -> JSONResponse:
     if kind is None:
         log.exception("unexpected error", exc_info=error)
         return INTERNAL_ERROR.response(INTERNAL_ERROR.example)
-    if kind.status >= 500 and isinstance(error, storage.StorageError):
+    if kind.status >= 500 and isinstance(error, storage.StorageError) and not error.reported:
         log.warning("upload failed: %s (%s)", kind.code, error)
     elif kind is CLIENT_DISCONNECTED:
         log.info("client disconnected before the upload finished")

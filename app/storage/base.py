@@ -326,6 +326,10 @@ class StartupError(Exception):
 class StorageError(Exception):
     """A failure to store a file. ``str(error)`` is safe to show to a client."""
 
+    # True when the failure is a known state of the destination that the backend logged
+    # once when it began: each refused request is then not logged again.
+    reported = False
+
 
 class StorageFull(StorageError):
     """The destination has no room for the file."""
@@ -337,6 +341,12 @@ class StorageTimeout(StorageError):
 
 class StorageUnavailable(StorageError):
     """The backend cannot take uploads right now (not configured, not reachable)."""
+
+
+class StorageBlocked(StorageUnavailable):
+    """The destination refuses every upload until its owner acts (a blocked account)."""
+
+    reported = True
 
 
 class UpstreamRejected(StorageError):

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 from app.storage.base import (
+    StorageBlocked,
     StorageError,
     StorageFull,
     StorageLoginFailed,
@@ -137,7 +138,7 @@ CONNECTION = Failure(Action.RETRY, StorageUnavailable, "could not connect to MEG
 TIMEOUT = Failure(Action.RETRY, StorageTimeout, "MEGA did not answer in time")
 BAD_ANSWER = Failure(Action.FAIL, UpstreamRejected, "MEGA sent an answer that could not be read")
 LOGIN_REFUSED = Failure(Action.FAIL, StorageLoginFailed, "MEGA login failed: {name}")
-ACCOUNT_BLOCKED = Failure(Action.FAIL, StorageUnavailable, "the MEGA account is blocked ({name})")
+ACCOUNT_BLOCKED = Failure(Action.FAIL, StorageBlocked, "the MEGA account is blocked ({name})")
 LOGGING_IN = Failure(
     Action.FAIL, StorageUnavailable, "the service is logging in to MEGA; try again shortly"
 )
