@@ -22,7 +22,7 @@ from app.api.pages import install_web
 from app.config import Settings
 from app.intake import running_sha256
 from app.intake.relay import tune_allocator
-from app.intake.resumable import CommitFor, ResumableUploads, UploadRecord
+from app.intake.resumable import Recording, ResumableUploads, UploadRecord
 from app.intake.resumable_state import build_upload_states
 from app.intake.spool import Spool
 from app.records.service import PendingUpload, Records, UploadCommit
@@ -126,12 +126,13 @@ def _resumable_uploads(services: Services, shared: SharedState) -> ResumableUplo
         states,
         services.gatekeeper.allowances,
         settings.tus.expiry_seconds,
-        _record_commits(services.records),
+        _recording(services.records),
     )
 
 
-def _record_commits(records: Records | None) -> CommitFor | None:
-    """A finished tus upload is committed like any upload: its record, dedup, expiry."""
+def _recording(records: Records | None) -> Recording | None:
+    """A finished tus upload is committed like any upload (its record, dedup, expiry),
+    and terminating it takes it back as its delete URL does."""
     if records is None:
         return None
 
@@ -146,7 +147,7 @@ def _record_commits(records: Records | None) -> CommitFor | None:
         )
         return UploadCommit(records, lambda: pending)
 
-    return commit_for
+    return Recording(commit_for, records.take_back)
 
 
 def create_app(

@@ -164,6 +164,45 @@ def test_a_finished_upload_has_its_record_like_any_upload(
     assert client.get(again["link"].removeprefix("http://files.example")).content == data
 
 
+def test_terminating_a_finished_upload_takes_it_back_as_its_delete_url_would(
+    make_client: Callable[..., TestClient], tmp_path: Path
+) -> None:
+    """tus termination frees what an upload used, finished uploads too: its file and link
+    go, unless another upload shares the file, which stays theirs."""
+    lister = "tus-lister-token-3c4d5e6f"
+    path = tmp_path / "tokens.toml"
+    path.write_text(tokens_toml(lister={"secret": lister, "can_list": True}))
+    client = make_client(public_base_url="http://files.example", tokens_file=path)
+    auth = {"X-Auth-Token": lister}
+    headers = tus(auth)
+
+    def finished(data: bytes) -> tuple[str, str]:
+        url = create(client, headers, len(data))
+        assert patch(client, headers, url, 0, data).status_code == 204
+        return url, client.get(url, headers=headers).json()["link"]
+
+    def uploads() -> list[str]:
+        return [row["id"] for row in client.get("/uploads", headers=auth).json()["uploads"]]
+
+    alone = os.urandom(3000)
+    url, link = finished(alone)
+    assert client.get(link.removeprefix("http://files.example")).content == alone
+    assert client.delete(url, headers=headers).status_code == 204
+    assert client.get(link.removeprefix("http://files.example")).status_code == 404
+    assert client.get(url, headers=headers).status_code == 404
+    assert client.delete(url, headers=headers).status_code == 404
+    assert uploads() == [] and states(tmp_path) == []
+
+    # The same bytes uploaded by PUT as well: terminating the tus upload leaves the PUT's.
+    shared = os.urandom(3000)
+    url, link = finished(shared)
+    put = client.put("/files/shared.bin", headers=auth, content=shared).json()
+    assert put["link"] == link
+    assert client.delete(url, headers=headers).status_code == 204
+    assert client.get(link.removeprefix("http://files.example")).content == shared
+    assert uploads() == [put["id"]]
+
+
 def test_a_piece_at_the_wrong_offset_is_409_and_changes_nothing(
     app_client: TestClient, auth: dict[str, str]
 ) -> None:

@@ -330,7 +330,8 @@ async def patch(
     status_code=204,
     dependencies=[TusVersion],
     responses=error_responses("token", "caller", "tus"),
-    summary="End an upload (tus termination): what it stored is dropped",
+    summary="End an upload (tus termination): what it stored is dropped; a finished one is "
+    "taken back as its delete URL would",
 )
 async def terminate(uploads: UploadsDep, caller: CallerDep, upload_id: UploadId) -> Response:
     await to_thread.run_sync(uploads.terminate, upload_id, caller)

@@ -96,6 +96,16 @@ class RecordingCommit(Protocol):
 CommitFor = Callable[["UploadRecord", str], RecordingCommit]
 
 
+@dataclass(frozen=True, slots=True)
+class Recording:
+    """How a storage that keeps records takes part in resumable uploads."""
+
+    # The commit a finished upload takes (its record, dedup, expiry).
+    commit_for: CommitFor
+    # Takes a finished upload back by its receipt's delete path, as its delete URL does.
+    take_back: Callable[[str], object]
+
+
 @dataclass
 class UploadRecord:
     """Everything remembered about one upload (stored as JSON, a few hundred bytes)."""
@@ -152,15 +162,14 @@ class ResumableUploads:
         states: UploadStates,
         allowances: Allowances,
         expiry_s: float,
-        commit_for: CommitFor | None = None,
+        recording: Recording | None = None,
     ) -> None:
-        """``commit_for`` makes the commit a record-keeping storage takes when an upload is
-        finished (its record, dedup); None when the storage keeps none."""
+        """``recording``: how the storage's records take part; None when it keeps none."""
         self.resumable = resumable
         self.backend_name = backend_name
         self.states = states
         self.allowances = allowances
-        self.commit_for = commit_for
+        self.recording = recording
         # Well inside how long the backend keeps an open upload (MEGA: about 48 h).
         self.expiry_s = min(expiry_s, resumable.longest_open_s)
 
@@ -260,9 +269,14 @@ class ResumableUploads:
             session.release()
 
     def terminate(self, upload_id: str, caller: Caller) -> None:
-        """End an upload at the client's request (tus termination): what it stored is
-        dropped and its reservation given back. A finished upload's file stays."""
+        """End an upload at the client's request (tus termination frees what an upload
+        used, finished or not): what it stored is dropped and its reservation given back;
+        a finished upload is taken back as its delete URL would (a file that other
+        uploads share stays theirs). The state goes last: a failure leaves it to retry."""
         with self.held(upload_id, caller) as session:
+            finished = session.record.finished
+            if finished is not None and finished.delete_path and self.recording is not None:
+                self.recording.take_back(finished.delete_path)
             self._end(session.record)
         log.info("resumable upload %s ended by its client", upload_id)
 
@@ -361,8 +375,8 @@ class UploadSession:
             return
         started = time.monotonic()
         digest = RunningSha256(base64.b64decode(record.sha256_state)).hexdigest()
-        commit_for = self.uploads.commit_for
-        commit = commit_for(record, digest) if commit_for is not None else None
+        recording = self.uploads.recording
+        commit = recording.commit_for(record, digest) if recording is not None else None
         stored = self.uploads.resumable.finish(
             record.open_upload, record.filename, StoreExtras(record.mtime, commit)
         )

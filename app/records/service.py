@@ -335,6 +335,15 @@ class Records:
             raise NoSuchFile("no such upload, or it was deleted already")
         return dropped
 
+    def take_back(self, delete_path: str) -> str | None:
+        """``delete_by_secret`` for a receipt's delete path (``Outcome.receipt``); None
+        when that upload was taken back already."""
+        _, _, file_id, key, secret = delete_path.split("/")
+        try:
+            return self.delete_by_secret(file_id, key, secret)
+        except NoSuchFile:
+            return None
+
     def delete(self, file_id: str, owner: str | None) -> str:
         """Remove a file (``owner`` None: the whole file and its link) or ``owner``'s
         uploads of it (the file goes with its last live upload). "file" or "uploads"."""
