@@ -10,13 +10,14 @@ import os
 import secrets
 import time
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 
 import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.conftest import tokens_toml
+from tests.conftest import tokens_toml, write_in_place
 
 MiB = 1024 * 1024
 OFFSET_STREAM = "application/offset+octet-stream"
@@ -489,6 +490,44 @@ def test_a_ticket_is_used_once_for_an_upload_in_many_pieces(
 
     again = client.post("/tus/", headers={**headers, "Upload-Length": "10"})
     assert (again.status_code, again.json()["code"]) == (429, "ticket_used_up")
+
+
+def test_a_ticket_continues_its_own_upload_after_it_expires(
+    make_client: Callable[..., TestClient], tmp_path: Path
+) -> None:
+    """A player resuming after the ticket ran out finishes the upload the ticket began
+    (it has its own expiry); the ticket begins nothing new and opens nothing else, and
+    rotating its issuer still ends it."""
+    issuer = secrets.token_urlsafe(24)
+    tokens = tmp_path / "tokens.toml"
+    tokens.write_text(tokens_toml(portal={"secret": issuer, "can_issue_tickets": True}))
+    client = make_client(
+        auth_token=None, tokens_file=tokens, ticket_secret=secrets.token_urlsafe(32)
+    )
+    issued = client.post(
+        "/tickets", headers={"X-Auth-Token": issuer}, json={"expires_in": 1, "max_uses": 5}
+    ).json()
+    headers = tus({"Authorization": f"Bearer {issued['ticket']}"})
+    url = create(client, headers, 30)
+    theirs = create(client, tus({"X-Auth-Token": issuer}), 10)
+    assert patch(client, headers, url, 0, b"t" * 10).status_code == 204
+    expires_at = datetime.fromisoformat(issued["expires_at"]).timestamp()
+    while time.time() < expires_at + 0.05:
+        time.sleep(0.05)
+
+    refused = client.post("/tus/", headers={**headers, "Upload-Length": "10"})
+    assert (refused.status_code, refused.json()["code"]) == (401, "ticket_expired")
+    assert client.head(theirs, headers=headers).status_code == 404
+    assert client.head(url, headers=headers).headers["Upload-Offset"] == "10"
+    assert patch(client, headers, url, 10, b"t" * 10).status_code == 204
+
+    write_in_place(tokens, tokens_toml(portal={"secret": issuer + "x", "can_issue_tickets": True}))
+    deadline = time.monotonic() + WAIT_S
+    while (seen := client.head(url, headers=headers).status_code) != 403:
+        assert seen == 200 and time.monotonic() < deadline, seen
+        time.sleep(0.2)
+    ended = patch(client, headers, url, 20, b"t" * 10)
+    assert (ended.status_code, ended.json()["code"]) == (403, "invalid_ticket")
 
 
 def test_the_openapi_document_describes_the_tus_routes(app_client: TestClient) -> None:

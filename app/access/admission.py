@@ -59,14 +59,19 @@ class Gatekeeper:
     ticket_secret: str | None
     default_expiry_days: float | None = None
 
-    def identify(self, offered: str | None, address: str) -> Caller:
+    def identify(self, offered: str | None, address: str, continuing: bool = False) -> Caller:
         """The caller behind ``offered``; an access error naming what is wrong otherwise,
-        and ``TooManyFailures`` after too many wrong credentials from ``address``."""
+        and ``TooManyFailures`` after too many wrong credentials from ``address``.
+
+        ``continuing``: the request continues an upload begun earlier, which has its own
+        expiry and is found only by the ticket that began it, so that ticket may have
+        expired since (a player resuming the next day); its issuer must still stand
+        behind it."""
         if not offered:
             raise NoCredential("an auth token is required")
         self.brake.check(address)
         try:
-            return self._caller(offered)
+            return self._caller(offered, continuing)
         except (InvalidToken, InvalidTicket):
             self.brake.failed(address)
             raise
@@ -80,19 +85,19 @@ class Gatekeeper:
             self.brake.failed(address)
             raise InvalidToken("the token is not valid")
 
-    def _caller(self, offered: str) -> Caller:
+    def _caller(self, offered: str, continuing: bool) -> Caller:
         if is_ticket(offered):
-            return self._ticket_caller(offered)
+            return self._ticket_caller(offered, continuing)
         policy = self.tokens.lookup(offered)
         if policy is None:
             raise InvalidToken("the auth token is not valid")
         return Caller(policy)
 
-    def _ticket_caller(self, offered: str) -> Caller:
+    def _ticket_caller(self, offered: str, continuing: bool) -> Caller:
         secret = self.ticket_secret
         if secret is None:
             raise InvalidTicket("this service does not accept tickets")
-        ticket = read_ticket(secret, offered, time.time())
+        ticket = read_ticket(secret, offered, time.time(), expired_ok=continuing)
         issuer = check_issuer(secret, ticket, self.tokens.by_name(ticket.issuer))
         return Caller(issuer, ticket)
 

@@ -86,8 +86,10 @@ def issue_ticket(
     return f"{PREFIX}{payload}.{_signature(secret, payload)}", ticket
 
 
-def read_ticket(secret: str, text: str, now: float) -> Ticket:
-    """The ticket ``text`` carries; InvalidTicket or TicketExpired if it may not be used."""
+def read_ticket(secret: str, text: str, now: float, expired_ok: bool = False) -> Ticket:
+    """The ticket ``text`` carries; InvalidTicket or TicketExpired if it may not be used.
+    ``expired_ok``: an expired ticket still names its holder (to continue an upload it
+    began, which has an expiry of its own)."""
     payload, _, signature = text.removeprefix(PREFIX).partition(".")
     if not hmac.compare_digest(signature.encode(), _signature(secret, payload).encode()):
         raise InvalidTicket("the ticket's signature is not valid (forged, altered or truncated)")
@@ -95,7 +97,7 @@ def read_ticket(secret: str, text: str, now: float) -> Ticket:
         ticket = Ticket(**json.loads(_unb64(payload)))
     except (ValueError, TypeError, binascii.Error):
         raise InvalidTicket("the ticket cannot be read") from None
-    if now >= ticket.expires_at:
+    if now >= ticket.expires_at and not expired_ok:
         raise TicketExpired(f"the ticket expired {int(now - ticket.expires_at)} s ago")
     return ticket
 

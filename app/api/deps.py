@@ -159,16 +159,38 @@ async def authenticate(
     authorization: BearerHeader = None,
 ) -> Caller:
     """The caller, for routes that need one but are not uploads."""
+    return await _identify(request, services, x_auth_token, authorization, continuing=False)
+
+
+async def authenticate_continuing(
+    request: Request,
+    services: ServicesDep,
+    x_auth_token: TokenHeader = None,
+    authorization: BearerHeader = None,
+) -> Caller:
+    """The caller of a request that continues an upload begun earlier (tus): a ticket
+    that began it continues it past the ticket's own expiry (``Gatekeeper.identify``)."""
+    return await _identify(request, services, x_auth_token, authorization, continuing=True)
+
+
+async def _identify(
+    request: Request,
+    services: Services,
+    x_auth_token: str | None,
+    authorization: str | None,
+    continuing: bool,
+) -> Caller:
     offered = offered_credential(x_auth_token, authorization)
     # The brake's counts may live in Redis: never wait for it on the event loop.
     caller = await to_thread.run_sync(
-        services.gatekeeper.identify, offered, client_address(request)
+        services.gatekeeper.identify, offered, client_address(request), continuing
     )
     token_name.set(caller.name)
     return caller
 
 
 CallerDep = Annotated[Caller, Depends(authenticate)]
+ContinuingCallerDep = Annotated[Caller, Depends(authenticate_continuing)]
 
 
 @dataclass

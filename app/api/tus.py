@@ -31,6 +31,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from app.access.admission import Caller
 from app.api.deps import (
     CallerDep,
+    ContinuingCallerDep,
     ServiceParam,
     Services,
     ServicesDep,
@@ -269,7 +270,7 @@ async def head(
     request: Request,
     services: ServicesDep,
     uploads: UploadsDep,
-    caller: CallerDep,
+    caller: ContinuingCallerDep,
     upload_id: UploadId,
 ) -> Response:
     record = await to_thread.run_sync(uploads.look, upload_id, caller)
@@ -312,7 +313,7 @@ async def patch(
     request: Request,
     services: ServicesDep,
     uploads: UploadsDep,
-    caller: CallerDep,
+    caller: ContinuingCallerDep,
     upload_id: UploadId,
     upload_offset: Annotated[str | None, Header()] = None,
 ) -> Response:
@@ -333,7 +334,9 @@ async def patch(
     summary="End an upload (tus termination): what it stored is dropped; a finished one is "
     "taken back as its delete URL would",
 )
-async def terminate(uploads: UploadsDep, caller: CallerDep, upload_id: UploadId) -> Response:
+async def terminate(
+    uploads: UploadsDep, caller: ContinuingCallerDep, upload_id: UploadId
+) -> Response:
     await to_thread.run_sync(uploads.terminate, upload_id, caller)
     return Response(status_code=204)
 
@@ -348,7 +351,7 @@ async def answer(
     request: Request,
     services: ServicesDep,
     uploads: UploadsDep,
-    caller: CallerDep,
+    caller: ContinuingCallerDep,
     upload_id: UploadId,
 ) -> UploadResult:
     record = await to_thread.run_sync(uploads.answer, upload_id, caller)
