@@ -1,8 +1,11 @@
-"""A reload (SIGHUP to gunicorn's master) takes good settings and never stops the service."""
+"""gunicorn's master and its workers: a reload (SIGHUP) takes good settings and never
+stops the service; workers never outlive their master."""
 
 from __future__ import annotations
 
+import os
 import signal
+import socket
 import time
 from pathlib import Path
 
@@ -69,3 +72,33 @@ def test_a_bad_env_file_on_reload_keeps_the_running_settings_and_a_good_one_is_t
     assert len(refusals) == 1, log
     assert "MAX_UPLOAD_BYTES" in refusals[0] and "lots" not in refusals[0]
     assert "exited with code 3" not in log
+
+
+def running(pid: int) -> bool:
+    """Whether process ``pid`` is still running (a zombie waiting for its parent is not)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
+def test_workers_leave_when_their_master_is_killed_and_free_the_port(live_server) -> None:
+    server = live_server(start_command_argv("{port}"), WEB_CONCURRENCY="2")
+    workers = wait_for_workers(server.process.pid, 2, set(), WAIT_S)
+    try:
+        server.process.kill()  # SIGKILL: the master cannot tell its workers anything
+        server.process.wait(WAIT_S)
+        deadline = time.monotonic() + WAIT_S
+        while left := {pid for pid in workers if running(pid)}:
+            assert time.monotonic() < deadline, f"workers {left} outlived their master"
+            time.sleep(0.1)
+        with socket.socket() as probe:  # the next start can have the port, as gunicorn binds
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(("127.0.0.1", server.port))
+            probe.listen()
+    finally:
+        for pid in workers:
+            if running(pid):
+                os.kill(pid, signal.SIGKILL)
