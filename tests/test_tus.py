@@ -204,6 +204,24 @@ def test_terminating_a_finished_upload_takes_it_back_as_its_delete_url_would(
     assert uploads() == [put["id"]]
 
 
+def test_a_finished_upload_stays_counted_after_it_is_terminated(
+    make_client: Callable[..., TestClient], tmp_path: Path
+) -> None:
+    """Taking a finished upload back gives nothing back, as with a delete URL: a day's
+    quota (or a ticket's one use) cannot be spent again by finishing and terminating."""
+    secret = secrets.token_urlsafe(24)
+    tokens = tmp_path / "tokens.toml"
+    tokens.write_text(tokens_toml(game={"secret": secret, "bytes_per_day": 10_000}))
+    client = make_client(auth_token=None, tokens_file=tokens)
+    headers = tus({"X-Auth-Token": secret})
+    url = create(client, headers, 6000)
+    assert patch(client, headers, url, 0, os.urandom(6000)).status_code == 204
+    assert client.delete(url, headers=headers).status_code == 204
+
+    refused = client.put("/files/b.bin", headers=headers, content=os.urandom(6000))
+    assert (refused.status_code, refused.json()["code"]) == (429, "quota_exceeded")
+
+
 def test_a_piece_at_the_wrong_offset_is_409_and_changes_nothing(
     app_client: TestClient, auth: dict[str, str]
 ) -> None:

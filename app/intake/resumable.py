@@ -312,16 +312,16 @@ class ResumableUploads:
         return record
 
     def _end(self, record: UploadRecord) -> None:
-        """Abandon what an upload stored (unless finished), give back what it holds, and
-        forget it."""
+        """Forget an upload. An unfinished one is abandoned and what it holds is given
+        back; a finished one stays counted like any stored upload, however its file goes
+        later (a delete URL gives nothing back either)."""
         if record.finished is None:
             self.resumable.abandon(record.open_upload)
-        self.allowances.settle(record.reservation, stored=False, size=0)
-        self.states.remove(record.id)
-        if record.finished is None:
+            self.allowances.settle(record.reservation, stored=False, size=0)
             log.info(
                 "resumable upload %s ended at %d of %d bytes", record.id, record.offset, record.size
             )
+        self.states.remove(record.id)
 
 
 class UploadSession:
