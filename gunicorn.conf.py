@@ -107,7 +107,7 @@ def on_starting(server):
 def on_reload(server):
     # SIGHUP: the settings as they are now (.env may have changed) when they are good, else
     # the running ones with one line in the log, before gunicorn starts the new workers.
-    master.reread(server.log.error)
+    master.reread(server.log)
 
 
 def child_exit(server, worker):

@@ -32,7 +32,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 
 from app.access.tokens import TokensFileError
 
@@ -428,6 +428,17 @@ def load_settings(_env_file: str | Path | None = ".env", **overrides: Any) -> Se
     ``overrides`` are given by variable name in lower case (``mega_email``, ``port``), as
     the environment would give them; ``_env_file`` None reads no ``.env``.
     """
+    try:
+        return _load(_env_file, overrides)
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{_env_file} is not UTF-8 text (a byte at {error.start})") from None
+    except OSError as error:
+        raise ConfigError(f"{_env_file} cannot be read ({error.strerror})") from None
+    except SettingsError as error:  # names the variable, never its value
+        raise ConfigError(str(error)) from None
+
+
+def _load(_env_file: str | Path | None, overrides: dict[str, Any]) -> Settings:
     given = dict(overrides)
     groups: dict[str, _Group] = {}
     problems: list[str] = []

@@ -32,9 +32,21 @@ def limit_in_force(http: httpx.Client, token: str, limit: int) -> None:
         assert (put(http, token, limit), put(http, token, limit + 1)) == (200, 413)
 
 
+# Mistakes in .env, each with what its one refusal line names.
+MISTAKES = {
+    "a bad value": (b"MAX_UPLOAD_BYTES=lots\n", "MAX_UPLOAD_BYTES"),
+    "a new tokens file that is missing": (
+        b"MAX_UPLOAD_BYTES=1000\nTOKENS_FILE=missing-tokens.toml\n",
+        "TOKENS_FILE",
+    ),
+    "bytes that are not text": (b"MAX_UPLOAD_BYTES=1000\n# caf\xe9\n", "not UTF-8"),
+}
+
+
 @pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="no SIGHUP on this platform")
+@pytest.mark.parametrize("mistake", MISTAKES)
 def test_a_bad_env_file_on_reload_keeps_the_running_settings_and_a_good_one_is_taken(
-    live_server, tmp_path: Path
+    live_server, tmp_path: Path, mistake: str
 ) -> None:
     site = tmp_path / "site"
     site.mkdir()
@@ -51,7 +63,8 @@ def test_a_bad_env_file_on_reload_keeps_the_running_settings_and_a_good_one_is_t
         limit_in_force(http, token, 1000)
 
         # A mistake, then a reload: gunicorn replaces every worker.
-        env_file.write_text("MAX_UPLOAD_BYTES=lots\n")
+        text, named = MISTAKES[mistake]
+        env_file.write_bytes(text)
         server.process.send_signal(signal.SIGHUP)
         workers = wait_for_workers(master, 2, workers, WAIT_S)
         limit_in_force(http, token, 1000)
@@ -70,7 +83,8 @@ def test_a_bad_env_file_on_reload_keeps_the_running_settings_and_a_good_one_is_t
     log = server.log()
     refusals = [line for line in log.splitlines() if "settings refused on reload" in line]
     assert len(refusals) == 1, log
-    assert "MAX_UPLOAD_BYTES" in refusals[0] and "lots" not in refusals[0]
+    assert named in refusals[0] and "lots" not in refusals[0]
+    assert log.count("settings read again on reload") == 1
     assert "exited with code 3" not in log
 
 

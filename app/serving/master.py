@@ -9,7 +9,8 @@ good tokens file (app/access/last_good_tokens.py). Workers are forked from the m
 they inherit both (and this module's state) without being told: ``served_settings`` and
 ``last_good_tokens`` in a worker return them. On SIGHUP the master reads the settings
 again (``.env`` may have changed) before gunicorn starts the new workers, and keeps them
-only when they are good: a mistake is one line in the log, never a stopped service.
+only when they pass the start-up checks: a mistake is one line in the log instead of
+workers that cannot start and a master that gives up.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Protocol
 
 from app.access.last_good_tokens import LastGoodTokens
 from app.access.tokens import TokensFileError, parse_tokens, read_tokens_text
@@ -39,40 +41,66 @@ def check_once(argv: Sequence[str], environ: Mapping[str, str] = os.environ) -> 
     """Check the settings gunicorn was started with; on a problem print one line and exit 3.
 
     gunicorn reads its configuration again on SIGHUP: the service is running by then,
-    so later calls change nothing here (``reread`` takes new settings; a bad TOKENS_FILE
-    is refused by the workers, which keep the last good one).
+    so later calls change nothing here (``reread`` takes the new settings).
     """
     global _checked, _settings, _last_good
     if _checked:
         return
     try:
         _check_port(argv, environ)
-        settings = _served()
-        if settings.access.tokens_file is not None:
-            text = read_tokens_text(settings.access.tokens_file)
-            parse_tokens(text, int(settings.access.max_upload_bytes))
-            _last_good = _keep(text)
-    except TokensFileError as error:
-        stop_for(tokens_file_error(error))
+        _settings, _last_good = _checked_settings(running=None)
     except ConfigError as error:
         stop_for(error)
-    _settings = settings
     _checked = True
 
 
-def reread(log_error: Callable[..., object] | None = None) -> None:
+class _Log(Protocol):
+    def info(self, msg: str, *args: object) -> None: ...
+    def error(self, msg: str, *args: object) -> None: ...
+
+
+def reread(log: _Log | None = None) -> None:
     """On SIGHUP, before new workers start: take the settings as they are now when they
-    are good, else keep the running ones and say so in one line (the values are never
-    shown, as at start-up)."""
-    global _settings
+    pass the start-up checks, else keep the running ones and say so in one line (the
+    values are never shown, as at start-up)."""
+    global _settings, _last_good
     if not _checked:
         return
+    log = log or logging.getLogger("paimon.config")
+    refused = "settings refused on reload, the running settings stay in force: %s"
     try:
-        _settings = _served()
+        _settings, _last_good = _checked_settings(running=_settings)
     except ConfigError as error:
-        (log_error or logging.getLogger("paimon.config").error)(
-            "settings refused on reload, the running settings stay in force: %s", error
-        )
+        log.error(refused, error)
+    except Exception as error:  # nothing in reading them may stop a running service
+        log.error(refused, f"{type(error).__name__} while reading them")
+    else:
+        log.info("settings read again on reload")
+
+
+def _checked_settings(running: Settings | None) -> tuple[Settings, LastGoodTokens | None]:
+    """The settings as they are now, and the instance's copy of the tokens file they name.
+
+    On a reload (``running`` given), a mistake in the same tokens file is left to the
+    workers, which keep its last good version; a tokens file newly named must be good,
+    as at start-up.
+    """
+    settings = _served()
+    path = settings.access.tokens_file
+    if path is None:
+        return settings, _last_good
+    try:
+        text = read_tokens_text(path)
+        parse_tokens(text, int(settings.access.max_upload_bytes))
+    except TokensFileError as error:
+        same_file = running is not None and running.access.tokens_file == path
+        if same_file and _last_good is not None:
+            return settings, _last_good
+        raise tokens_file_error(error) from None
+    if _last_good is None:
+        return settings, _keep(text)
+    _last_good.remember(text)
+    return settings, _last_good
 
 
 def served_settings() -> Settings:

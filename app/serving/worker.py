@@ -32,9 +32,17 @@ class PaimonWorker(UvicornWorker):
     """uvicorn's gunicorn worker, serving through ``limited_protocol``, that leaves with
     its master."""
 
-    def init_process(self) -> None:
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)
+        # Bounded as the master would bound it: a worker stopping on its own (its master
+        # gone) has nobody to kill it when the time is up.
+        self.config.timeout_graceful_shutdown = self.cfg.graceful_timeout
+
+    def init_signals(self) -> None:
+        super().init_signals()
+        # After gunicorn has changed the worker's user (--user): Linux forgets the
+        # parent-death signal on any change of user or group.
         _stop_with_parent(self.ppid)
-        super().init_process()
 
     async def _serve(self) -> None:
         # Runs in the worker process after the app was loaded: the settings the app
