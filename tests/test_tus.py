@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -489,18 +490,28 @@ def test_an_upload_is_only_found_by_the_caller_that_made_it(
     assert client.head(url, headers=tus({})).status_code == 401
 
 
-def test_a_ticket_is_used_once_for_an_upload_in_many_pieces(
+def ticketing(
     make_client: Callable[..., TestClient], tmp_path: Path
-) -> None:
+) -> tuple[TestClient, str, Path]:
+    """A service that takes tickets, the token of their issuer, and its tokens file."""
     issuer = secrets.token_urlsafe(24)
     tokens = tmp_path / "tokens.toml"
     tokens.write_text(tokens_toml(portal={"secret": issuer, "can_issue_tickets": True}))
     client = make_client(
         auth_token=None, tokens_file=tokens, ticket_secret=secrets.token_urlsafe(32)
     )
-    ticket = client.post(
-        "/tickets", headers={"X-Auth-Token": issuer}, json={"expires_in": 600, "max_uses": 1}
-    ).json()["ticket"]
+    return client, issuer, tokens
+
+
+def issue(client: TestClient, issuer: str, **body: int) -> dict[str, Any]:
+    return client.post("/tickets", headers={"X-Auth-Token": issuer}, json=body).json()
+
+
+def test_a_ticket_is_used_once_for_an_upload_in_many_pieces(
+    make_client: Callable[..., TestClient], tmp_path: Path
+) -> None:
+    client, issuer, _ = ticketing(make_client, tmp_path)
+    ticket = issue(client, issuer, expires_in=600, max_uses=1)["ticket"]
     headers = tus({"Authorization": f"Bearer {ticket}"})
     url = create(client, headers, 30)
     for offset in range(0, 30, 10):
@@ -516,15 +527,8 @@ def test_a_ticket_continues_its_own_upload_after_it_expires(
     """A player resuming after the ticket ran out finishes the upload the ticket began
     (it has its own expiry); the ticket begins nothing new and opens nothing else, and
     rotating its issuer still ends it."""
-    issuer = secrets.token_urlsafe(24)
-    tokens = tmp_path / "tokens.toml"
-    tokens.write_text(tokens_toml(portal={"secret": issuer, "can_issue_tickets": True}))
-    client = make_client(
-        auth_token=None, tokens_file=tokens, ticket_secret=secrets.token_urlsafe(32)
-    )
-    issued = client.post(
-        "/tickets", headers={"X-Auth-Token": issuer}, json={"expires_in": 1, "max_uses": 5}
-    ).json()
+    client, issuer, tokens = ticketing(make_client, tmp_path)
+    issued = issue(client, issuer, expires_in=1, max_uses=5)
     headers = tus({"Authorization": f"Bearer {issued['ticket']}"})
     url = create(client, headers, 30)
     theirs = create(client, tus({"X-Auth-Token": issuer}), 10)
