@@ -22,7 +22,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -182,51 +182,64 @@ def upload_file(client: httpx.Client, options: Options, path: Path, name: str) -
     except OSError as error:
         raise UploadFailed(EXIT_FILE, f"cannot read the file: {error.strerror}") from None
     with source:
-        size = os.fstat(source.fileno()).st_size
+        stat = os.fstat(source.fileno())
         url = f"{options.url}/files/{quote(name, safe='')}"
         params = {"service": options.service} if options.service else {}
-        for attempt in range(1, options.attempts + 1):
+        headers = {
+            "X-Auth-Token": options.token,
+            "Content-Length": str(stat.st_size),
+            "Content-Type": "application/octet-stream",
+            # The file's own date: MEGA's apps show it.
+            "X-File-Mtime": str(int(stat.st_mtime)),
+        }
+        digest = hashlib.sha256()
+
+        def send() -> httpx.Response:
+            nonlocal digest
             source.seek(0)
             digest = hashlib.sha256()
-            with progress_bar(name, size, options.progress) as bar:
-                try:
-                    response = client.put(
-                        url,
-                        params=params,
-                        content=_chunks(source, digest, bar),
-                        headers={
-                            "X-Auth-Token": options.token,
-                            "Content-Length": str(size),
-                            "Content-Type": "application/octet-stream",
-                            # The file's own date: MEGA's apps show it.
-                            "X-File-Mtime": str(int(os.fstat(source.fileno()).st_mtime)),
-                        },
-                    )
-                except httpx.TransportError as error:
-                    wait = min(NETWORK_BACKOFF_S * 2 ** (attempt - 1), NETWORK_BACKOFF_MAX_S)
-                    reason = f"network error ({type(error).__name__})"
-                    if attempt == options.attempts:
-                        raise UploadFailed(
-                            EXIT_NETWORK, f"{reason} after {attempt} attempts"
-                        ) from None
-                    _say_retry(name, reason, wait, attempt, options.attempts)
-                    time.sleep(wait)
-                    continue
-            if response.status_code == 200:
-                return _checked(response, digest.hexdigest())
-            body = _error_body(response)
-            wait = retry_after(response)
-            if response.status_code in RETRY_STATUSES and attempt < options.attempts:
-                wait = min(wait if wait is not None else NETWORK_BACKOFF_S, options.max_wait)
-                reason = f"{body['message']} ({response.status_code})"
-                _say_retry(name, reason, wait, attempt, options.attempts)
-                time.sleep(wait)
-                continue
-            code = EXIT_REFUSED if response.status_code < 500 else EXIT_UNAVAILABLE
-            if response.status_code in RETRY_STATUSES:
-                code = EXIT_UNAVAILABLE
-            raise UploadFailed(code, body["message"], {"http_status": response.status_code, **body})
+            with progress_bar(name, stat.st_size, options.progress) as bar:
+                content = _chunks(source, digest, bar)
+                return client.put(url, params=params, content=content, headers=headers)
+
+        response = _with_retries(name, options, send, RETRY_STATUSES)
+        if response.status_code == 200:
+            return _checked(response, digest.hexdigest())
+        raise _refusal(response)
+
+
+def _with_retries(
+    name: str, options: Options, send: Callable[[], httpx.Response], retry: Collection[int]
+) -> httpx.Response:
+    """``send()`` again after a network failure or an answer in ``retry``, waiting as the
+    service asks (Retry-After, at most ``--max-wait``) or backing off; the last answer
+    after ``options.attempts`` tries (UploadFailed when the network never answered)."""
+    for attempt in range(1, options.attempts + 1):
+        try:
+            response = send()
+        except httpx.TransportError as error:
+            reason = f"network error ({type(error).__name__})"
+            if attempt == options.attempts:
+                raise UploadFailed(EXIT_NETWORK, f"{reason} after {attempt} attempts") from None
+            wait = min(NETWORK_BACKOFF_S * 2 ** (attempt - 1), NETWORK_BACKOFF_MAX_S)
+        else:
+            if response.status_code not in retry or attempt == options.attempts:
+                return response
+            asked = retry_after(response)
+            wait = min(asked if asked is not None else NETWORK_BACKOFF_S, options.max_wait)
+            reason = f"{_error_body(response)['message']} ({response.status_code})"
+        _say_retry(name, reason, wait, attempt, options.attempts)
+        time.sleep(wait)
     raise AssertionError("the loop returns or raises")  # pragma: no cover
+
+
+def _refusal(response: httpx.Response) -> UploadFailed:
+    """The failure for an answer that is not the one wanted, with the service's reason."""
+    body = _error_body(response)
+    code = EXIT_REFUSED if response.status_code < 500 else EXIT_UNAVAILABLE
+    if response.status_code in RETRY_STATUSES:
+        code = EXIT_UNAVAILABLE
+    return UploadFailed(code, body["message"], {"http_status": response.status_code, **body})
 
 
 def upload_resumable(
@@ -324,39 +337,17 @@ class _Resumable:
         """One request, again after a network failure, a 503, 429 or 423 (bounded)."""
         extra = kwargs.pop("headers", {})
         content = kwargs.pop("content", None)
-        for attempt in range(1, self.options.attempts + 1):
-            try:
-                response = self.client.request(
-                    method,
-                    url,
-                    headers={**self.headers, **extra},
-                    content=content() if content else None,
-                    **kwargs,
-                )
-            except httpx.TransportError as error:
-                reason = f"network error ({type(error).__name__})"
-                if attempt == self.options.attempts:
-                    raise UploadFailed(EXIT_NETWORK, f"{reason} after {attempt} attempts") from None
-                wait = min(NETWORK_BACKOFF_S * 2 ** (attempt - 1), NETWORK_BACKOFF_MAX_S)
-            else:
-                if response.status_code not in (*RETRY_STATUSES, 423):
-                    return response
-                if attempt == self.options.attempts:
-                    return response
-                wait = min(retry_after(response) or NETWORK_BACKOFF_S, self.options.max_wait)
-                reason = f"{_error_body(response)['message']} ({response.status_code})"
-            _say_retry(self.name, reason, wait, attempt, self.options.attempts)
-            time.sleep(wait)
-        raise AssertionError("the loop returns or raises")  # pragma: no cover
+
+        def send() -> httpx.Response:
+            headers = {**self.headers, **extra}
+            body = content() if content else None
+            return self.client.request(method, url, headers=headers, content=body, **kwargs)
+
+        return _with_retries(self.name, self.options, send, (*RETRY_STATUSES, 423))
 
     def _expect(self, response: httpx.Response, status: int) -> None:
-        if response.status_code == status:
-            return
-        body = _error_body(response)
-        code = EXIT_REFUSED if response.status_code < 500 else EXIT_UNAVAILABLE
-        if response.status_code in RETRY_STATUSES:
-            code = EXIT_UNAVAILABLE
-        raise UploadFailed(code, body["message"], {"http_status": response.status_code, **body})
+        if response.status_code != status:
+            raise _refusal(response)
 
 
 def _piece(source: BinaryIO, offset: int, length: int) -> Iterator[bytes]:
