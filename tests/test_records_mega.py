@@ -221,6 +221,12 @@ def test_the_delete_url_removes_file_and_link_once_and_is_never_logged(
     refused = curl("-X", "DELETE", wrong)
     assert refused.status == 404 and refused.body["code"] == "not_found"
     assert resolves(emulator, answer["link"])
+    # A key that does not open the file is refused alike, and hides it from nobody.
+    base, key, _ = delete_url.rsplit("/", 2)
+    wrong_key = f"{base}/{'A' * len(key)}/{secret}"
+    refused = curl("-X", "DELETE", wrong_key)
+    assert refused.status == 404 and refused.body["code"] == "not_found"
+    assert answer["id"] in [row["id"] for row in listed(server.url, tokens.manager)]
 
     deleted = curl("-X", "DELETE", delete_url)  # no token: the URL is the credential
     assert deleted.status == 200 and deleted.body["removed"] == "file"

@@ -30,7 +30,6 @@ from app.records.model import MAX_REFERENCES, Record, Reference, new_secret
 from app.records.space import SpaceTracker
 from app.shared_state import LockTimeout, SharedStateUnavailable
 from app.storage.base import (
-    FileRecord,
     IndexNotReady,
     LinkControl,
     MakeFile,
@@ -223,6 +222,9 @@ class Records:
         reference, secret = self._new_reference(upload.token, upload.expires_in)
         if sha256 == EMPTY_SHA256:
             return self._make(make, upload.name, sha256, size, reference, secret)
+        # Waiting for the index needs no lock: others with the same bytes need not queue.
+        if self._wait(INDEX_WAIT_S) == "building":
+            log.warning("the index of uploads is not built yet: stored without looking for it")
         try:
             with self.locks.hold(f"sha:{sha256}", DIGEST_WAIT_S, DIGEST_HOLD_S):
                 return self._commit(make, upload, sha256, size, reference, secret)
@@ -239,8 +241,6 @@ class Records:
         reference: Reference,
         secret: str,
     ) -> tuple[StoredFile, Outcome]:
-        if self._wait(INDEX_WAIT_S) == "building":
-            log.warning("the index of uploads is not built yet: stored without looking for it")
         for joined in self._joined(sha256, size, reference):
             stored = StoredFile(joined.id, joined.link or "", joined.key)
             return stored, Outcome(joined, reference, secret, joined=True)
@@ -315,11 +315,9 @@ class Records:
             return updated
 
     def undo(self, outcome: Outcome) -> None:
-        """Take back a committed upload whose answer nobody will receive."""
-        if outcome.joined:
-            self._drop(outcome.record, lambda ref: ref == outcome.reference)
-        else:
-            self._delete_file(outcome.record)
+        """Take back a committed upload whose answer nobody will receive: its reference,
+        and the file with it unless another upload of the same bytes joined it since."""
+        self._drop(outcome.record, lambda ref: ref == outcome.reference)
 
     # -- deleting ------------------------------------------------------------------------
 
@@ -364,7 +362,9 @@ class Records:
         live one is left: "file" or "uploads"; None when none was picked. ``indexed``
         False: the index does not know the file (its link), so only a removal reaches it."""
         with self._file_locked(file.id):
-            current = self._fresh(file)
+            # Not indexed (a delete URL's key the index does not hold): a file storage
+            # cannot read with that key is not gone for anybody else.
+            current = self._fresh(file, forget_gone=indexed)
             if current is None or not any(which(ref) for ref in current.references):
                 return None
             now = self.clock()
@@ -498,15 +498,13 @@ class Records:
     ) -> contextlib.AbstractContextManager[Held]:
         return self.locks.hold(f"file:{file_id}", wait_s, FILE_HOLD_S)
 
-    def _fresh(self, record: Record) -> Record | None:
+    def _fresh(self, record: Record, forget_gone: bool = True) -> Record | None:
         """The file's record as storage holds it now (the index keeps the link); None when
-        the file is gone, which the index then forgets."""
-        file = record.file()
-        current = self.keeping.read_record(
-            FileRecord(file.id, file.name, file.size, file.created, file.link, file.key, {})
-        )
+        the file is gone, which the index then forgets (``forget_gone``)."""
+        current = self.keeping.read_record(record.file())
         if current is None:
-            self._index_remove(record.id)
+            if forget_gone:
+                self._index_remove(record.id)
             return None
         return Record.from_file(current).with_link(record.link)
 
