@@ -528,7 +528,7 @@ def test_a_ticket_continues_its_own_upload_after_it_expires(
     (it has its own expiry); the ticket begins nothing new and opens nothing else, and
     rotating its issuer still ends it."""
     client, issuer, tokens = ticketing(make_client, tmp_path)
-    issued = issue(client, issuer, expires_in=1, max_uses=5)
+    issued = issue(client, issuer, expires_in=2, max_uses=5)
     headers = tus({"Authorization": f"Bearer {issued['ticket']}"})
     url = create(client, headers, 30)
     theirs = create(client, tus({"X-Auth-Token": issuer}), 10)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import email.utils
 from typing import Annotated
 
@@ -400,10 +401,9 @@ async def _relay_piece(
     failure: BaseException | None = None
 
     async def receive() -> None:
-        try:
+        # pump fails the relay; storage re-raises that once what it holds is recorded.
+        with contextlib.suppress(Exception):
             await pump(request.stream(), _PieceIntake(relay), services.pace)
-        except Exception as error:
-            relay.fail(error)  # storage re-raises it once what it holds is recorded
 
     async with anyio.create_task_group() as tasks:
         tasks.start_soon(receive)

@@ -289,13 +289,7 @@ class Upload:
             await pump(self.request.stream(), intake, self.services.pace, self._after_block)
         except Exception as error:
             self.error = error
-            if intake.relay is not None:
-                intake.relay.fail(error)
             return
-        except BaseException:
-            if intake.relay is not None:
-                intake.relay.fail(SourceGone("the upload was cancelled"))
-            raise
         finally:
             self._decided.set()
             self._received.set()

@@ -20,7 +20,7 @@ from typing import Protocol
 import anyio
 from anyio import to_thread
 
-from app.intake.errors import ClientTooSlow, UploadTooLarge
+from app.intake.errors import ClientTooSlow, SourceGone, UploadTooLarge
 from app.intake.relay import BLOCK_BYTES, BodyRelay
 from app.intake.spool import SpoolFile
 
@@ -88,8 +88,23 @@ async def pump(
     """Feed the whole body to ``intake`` in blocks, each taken in a worker thread.
 
     ``intake.take`` may wait while storage catches up; meanwhile the socket is not read,
-    which slows the client down (back-pressure).
+    which slows the client down (back-pressure). When the body stops early, the intake's
+    relay (if it has one by then) fails too, so that the worker thread reading it ends:
+    with the error, or with SourceGone when the request was cancelled. The error goes on.
     """
+    try:
+        await _feed(chunks, intake, pace, after_block)
+    except Exception as error:
+        intake.fail(error)
+        raise
+    except BaseException:
+        intake.fail(SourceGone("the upload was cancelled"))
+        raise
+
+
+async def _feed(
+    chunks: AsyncIterable[bytes], intake: Intake, pace: Pace, after_block: Callable[[], None]
+) -> None:
     pending: list[bytes] = []
     pending_bytes = 0
     last = time.monotonic()
@@ -134,6 +149,11 @@ class Intake:
     def take(self, block: bytes) -> None:
         """The next block of the body (blocking: a worker thread)."""
         self._file_data(block)
+
+    def fail(self, error: BaseException) -> None:
+        """The body stopped early: the relay's reader gets ``error``."""
+        if self.relay is not None:
+            self.relay.fail(error)
 
     def end(self) -> None:
         """The body is complete."""
