@@ -38,11 +38,10 @@ from app.storage.base import (
 from .client import MegaClient
 from .errors import (
     ENOENT,
-    MegaAccountBlocked,
     MegaApiError,
     MegaLoggingIn,
     StreamCannotRestart,
-    failure_name,
+    failed,
     to_storage_error,
 )
 from .folders import ensure_folder
@@ -198,7 +197,7 @@ class MegaBackend:
         except (StorageError, SourceFailed):
             raise
         except Exception as exc:
-            raise self._failed(exc, size) from None
+            raise failed(exc, f"upload of {size} bytes") from None
 
         def make(fields: Mapping[str, str]) -> StoredFile:
             try:
@@ -208,7 +207,7 @@ class MegaBackend:
             except (StorageError, SourceFailed):
                 raise
             except Exception as exc:
-                raise self._failed(exc, size) from None
+                raise failed(exc, f"upload of {size} bytes") from None
 
         # MEGA holds every byte now, but no file exists until 'p': a commit that finds the
         # same bytes stored already (or refuses them) makes none, and MEGA drops the upload.
@@ -250,15 +249,6 @@ class MegaBackend:
             node = self._move_home(client, node, folder, deadline)
         link = export_link(client, node.handle, sent.node_key, deadline)
         return StoredFile(handle=node.handle, link=link, key=a32_to_base64(sent.node_key))
-
-    @staticmethod
-    def _failed(exc: Exception, size: int) -> StorageError:
-        failure = to_storage_error(exc)
-        if not isinstance(exc, MegaAccountBlocked):  # the client said it, once
-            logger.warning(
-                "MEGA upload of %d bytes failed: %s (%s)", size, failure_name(exc), failure
-            )
-        return failure
 
     def _move_home(
         self, client: MegaClient, node: PlacedNode, folder: str, deadline: Deadline

@@ -19,6 +19,7 @@ session id, key, URL or the text of an underlying exception.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from enum import Enum
 
@@ -31,6 +32,8 @@ from app.storage.base import (
     StorageUnavailable,
     UpstreamRejected,
 )
+
+logger = logging.getLogger(__name__)
 
 # MEGA API error codes (negative integers), as include/mega/types.h names them.
 EINTERNAL = -1
@@ -493,3 +496,13 @@ def to_storage_error(exc: BaseException) -> StorageError:
     failure = failure_of(exc)
     shown = exc.name if isinstance(exc, MegaError) else "unexpected error"
     return failure.error(failure.message.format(name=shown))
+
+
+def failed(exc: BaseException, what: str) -> StorageError:
+    """``to_storage_error`` for a failed upload step, logged with only the failure's kind
+    (exception texts may carry URLs with the session id), unless it is a state the client
+    logged once already (a blocked account)."""
+    failure = to_storage_error(exc)
+    if not failure.reported:
+        logger.warning("MEGA %s failed: %s (%s)", what, failure_name(exc), failure)
+    return failure

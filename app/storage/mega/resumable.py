@@ -51,7 +51,13 @@ from app.storage.base import (
 )
 
 from .crypto import BLOCK, FileKey, bytes_a32, fold_macs, meta_mac, node_key, regions, seal_region
-from .errors import EAGAIN, MegaApiError, MegaBadAnswer, MegaDeadlineExceeded, to_storage_error
+from .errors import (
+    EAGAIN,
+    MegaApiError,
+    MegaBadAnswer,
+    MegaDeadlineExceeded,
+    failed,
+)
 from .fingerprint import Fingerprint
 from .retry import Deadline
 from .upload import (
@@ -136,7 +142,7 @@ class MegaResumable:
         except StorageError:
             raise
         except Exception as exc:
-            raise _failed("opening a resumable upload", size, exc) from None
+            raise failed(exc, f"opening a resumable upload of {size} bytes") from None
 
     def least_piece(self, upload: OpenUpload) -> int:
         """The next whole MEGA chunk: a smaller piece could never be sent on."""
@@ -157,8 +163,8 @@ class MegaResumable:
             client = self._client(deadline)
             piece = _Piece(client, upload, self._limits, deadline, progress, self._buffers)
             return piece.send(source, plan, self._pool)
-        except _Passthrough as failed:
-            raise failed.error from None
+        except _Passthrough as passed:
+            raise passed.error from None
         except UploadUrlDead as dead:
             logger.warning(
                 "MEGA upload URL rejected (%s); the resumable upload starts again at 0",
@@ -170,7 +176,7 @@ class MegaResumable:
         except StorageError:
             raise
         except Exception as exc:
-            raise _failed("a piece of a resumable upload", upload.size, exc) from None
+            raise failed(exc, f"a piece of a resumable upload of {upload.size} bytes") from None
 
     def finish(
         self, upload: OpenUpload, filename: str, extras: StoreExtras = NO_EXTRAS
@@ -362,10 +368,3 @@ def _parts(state: dict[str, Any]) -> tuple[str, FileKey, bytes, str]:
 
 def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
-
-
-def _failed(what: str, size: int, exc: BaseException) -> StorageError:
-    failure = to_storage_error(exc)
-    # Only the failure's kind: exception texts may carry URLs with the session id.
-    logger.warning("MEGA %s (%d bytes) failed: %s", what, size, failure)
-    return failure
