@@ -92,13 +92,13 @@ class Allowances:
         keep = size if stored else 0
         reserved, ticket_id = held.reserved, held.ticket_id
         if reserved > keep:
-            spare, key = reserved - keep, _quota_key_of(held.token)
+            spare, key = reserved - keep, _quota_key(held.token)
             self._bytes(lambda state: state.release(key, spare))
             reserved = keep
         if ticket_id is not None and not stored:
             # Out of reach, the use stays counted: safe, and the ticket's owner may ask again.
             with contextlib.suppress(SharedStateUnavailable):
-                self._state.release(_ticket_key_of(ticket_id), 1)
+                self._state.release(_ticket_key(ticket_id), 1)
             ticket_id = None
         return Reservation(held.token, reserved, ticket_id)
 
@@ -136,7 +136,9 @@ class Grant:
         ticket = self.ticket
         assert ticket is not None
         taken = self.allowances._tickets(
-            lambda state: state.reserve(_ticket_key(ticket), 1, ticket.max_uses, _count_ttl(ticket))
+            lambda state: state.reserve(
+                _ticket_key(ticket.id), 1, ticket.max_uses, _count_ttl(ticket)
+            )
         )
         assert taken is not None
         if not taken.granted:
@@ -152,7 +154,7 @@ class Grant:
         if day is None or total <= self.reserved:
             return
         wanted = total - self.reserved
-        key = _quota_key(self.policy)
+        key = _quota_key(self.policy.name)
         taken = self.allowances._bytes(lambda state: state.reserve(key, wanted, day, DAY_SECONDS))
         assert taken is not None
         if not taken.granted:
@@ -186,19 +188,11 @@ class Reservation:
     ticket_id: str | None = None
 
 
-def _quota_key(policy: TokenPolicy) -> str:
-    return _quota_key_of(policy.name)
-
-
-def _quota_key_of(token: str) -> str:
+def _quota_key(token: str) -> str:
     return f"quota:bytes:{token}"
 
 
-def _ticket_key(ticket: Ticket) -> str:
-    return _ticket_key_of(ticket.id)
-
-
-def _ticket_key_of(ticket_id: str) -> str:
+def _ticket_key(ticket_id: str) -> str:
     return f"ticket:{ticket_id}"
 
 

@@ -41,8 +41,3 @@ def declared_sha256(value: str | None, header: str) -> str | None:
             raise BadDigest(f"{header}: sha-256 is not 32 bytes of base64")
         found = digest.hex()
     return found
-
-
-def field_value(sha256_hex: str) -> str:
-    """The digest field for a SHA-256 given in hex (what clients send)."""
-    return f"sha-256=:{base64.b64encode(bytes.fromhex(sha256_hex)).decode()}:"

@@ -87,8 +87,6 @@ class Store(Protocol):
 
     def set_built(self, when: float) -> None: ...
 
-    def count(self) -> int: ...
-
 
 class RecordIndex:
     """Lookups, pages and due expiries over a ``Store``; blocking (Redis): worker threads."""
@@ -126,9 +124,6 @@ class RecordIndex:
     def due(self, now: float, count: int) -> list[str]:
         """Ids of files a reference of which has expired by ``now``."""
         return self.store.up_to("due", now, count)
-
-    def count(self) -> int:
-        return self.store.count()
 
     def page(
         self, token: str | None, limit: int, cursor: str | None, now: float
@@ -350,10 +345,6 @@ class MemoryStore:
             self._built = when
             self._gone = {k: v for k, v in self._gone.items() if v > when - GONE_KEEP_S}
 
-    def count(self) -> int:
-        with self._lock:
-            return len(self._records)
-
 
 # -- in Redis -------------------------------------------------------------------------
 
@@ -477,6 +468,3 @@ class RedisStore:
                 pipe.execute()
 
         self._run(operation)
-
-    def count(self) -> int:
-        return int(self._run(lambda: self._client.hlen(self._prefix + "rec")))

@@ -117,11 +117,6 @@ class Record(FileFacts):
             references=tuple(ref for ref in references if ref is not None),
         )
 
-    @property
-    def kept_by_the_service(self) -> bool:
-        """Whether the file has a record of this service (else it predates records)."""
-        return self.sha256 is not None
-
     def fields(self) -> dict[str, str]:
         """The record as the backend stores it."""
         return {

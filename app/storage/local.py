@@ -8,7 +8,6 @@ import fcntl
 import functools
 import logging
 import os
-import re
 import secrets
 import shutil
 import stat
@@ -29,13 +28,12 @@ from app.storage.base import (
     StoreExtras,
     UpstreamRejected,
 )
-from app.storage.local_records import LocalRecords, download_link, new_handle
+from app.storage.local_records import _HANDLE, LocalRecords, download_link, new_handle
 
 log = logging.getLogger(__name__)
 
 # Handles are random 128-bit tokens: the download link works as a capability, and the
 # strict pattern means a handle can never name anything outside the storage directory.
-_HANDLE = re.compile(r"[A-Za-z0-9_-]{22}")
 MIN_FREE_BYTES = 16 * 1024 * 1024
 COPY_BYTES = 1024 * 1024
 PARTIAL_PREFIX = ".partial-"

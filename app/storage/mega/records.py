@@ -33,8 +33,9 @@ from mega.crypto import a32_to_base64, base64_to_a32
 from app.storage.base import RECORD_PREFIX, FileRecord, Space, StorageError
 
 from .client import MegaClient
-from .crypto import a32_bytes, attribute_block, bytes_a32, read_attribute_block
+from .crypto import a32_bytes, attribute_block, bytes_a32, read_attribute_block, split_node_key
 from .errors import ENOENT, MegaApiError, MegaBadAnswer, to_storage_error
+from .upload import export_link
 
 logger = logging.getLogger(__name__)
 
@@ -115,7 +116,7 @@ class MegaRecords:
             return False
         current, _ = attributes
         kept = {name: value for name, value in current.items() if not _is_field(name)}
-        block = attribute_block({**kept, **fields}, _aes_key(_key_words(file.key)))
+        block = attribute_block({**kept, **fields}, _attribute_key(_key_words(file.key)))
         try:
             _mapped(lambda: self._client().api({"a": "a", "n": file.id, "at": block}))
         except _Gone:
@@ -135,7 +136,7 @@ class MegaRecords:
         size = answer.get("s") if isinstance(answer, dict) else None
         if not isinstance(block, str) or not isinstance(size, int):
             raise to_storage_error(MegaBadAnswer())
-        attributes = read_attribute_block(block, _aes_key(_key_words(file.key)))
+        attributes = read_attribute_block(block, _attribute_key(_key_words(file.key)))
         if attributes is None:
             return None  # not this key's node: as good as no node
         return attributes, size
@@ -150,10 +151,7 @@ class MegaRecords:
             return
 
     def make_link(self, file: FileRecord) -> str:
-        public = _mapped(lambda: self._client().api({"a": "l", "n": file.id}))
-        if not isinstance(public, str) or not public:
-            raise to_storage_error(MegaBadAnswer())
-        return f"{self._client().link_base}{public}#{file.key}"
+        return _mapped(lambda: export_link(self._client(), file.id, _key_words(file.key)))
 
     # -- SpaceReport -------------------------------------------------------------------
 
@@ -198,9 +196,9 @@ def _key_words(key: str) -> tuple[int, ...]:
     return tuple(base64_to_a32(key))
 
 
-def _aes_key(words: tuple[int, ...]) -> tuple[int, ...]:
-    """A file's attribute key: the two halves of its node key folded together."""
-    return tuple(words[i] ^ words[i + 4] for i in range(4))
+def _attribute_key(words: tuple[int, ...]) -> tuple[int, ...]:
+    """A file's attribute key: its AES key, the node key's two halves folded together."""
+    return split_node_key(words)[0].key
 
 
 def _node_keys(nodes: list[dict[str, Any]], master_key: list[int]) -> list[tuple[int, ...] | None]:
@@ -248,7 +246,7 @@ def _file_record(
     handle, block = node.get("h"), node.get("a")
     if key is None or not isinstance(handle, str) or not isinstance(block, str):
         return None
-    attributes = read_attribute_block(block, _aes_key(key))
+    attributes = read_attribute_block(block, _attribute_key(key))
     if attributes is None or not isinstance(attributes.get("n"), str):
         logger.warning("MEGA node %s: its attributes do not decrypt; not listed", handle)
         return None

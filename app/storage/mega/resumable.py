@@ -61,6 +61,7 @@ from .errors import (
 from .fingerprint import Fingerprint
 from .retry import Deadline
 from .upload import (
+    _DEADLINE_GRACE_S,
     ApiClient,
     BodySource,
     SentFile,
@@ -68,6 +69,7 @@ from .upload import (
     UploadLimits,
     UploadUrlDead,
     _post_with_retries,
+    _Stopped,
     _upload_url,
 )
 
@@ -76,8 +78,6 @@ logger = logging.getLogger(__name__)
 # include/mega/transfer.h: TEMPURL_TIMEOUT_TS, after which the SDK gives up an upload URL.
 MEGA_UPLOAD_URL_TIMEOUT_S = 172_500
 _ZERO_MAC = bytes(BLOCK)
-# After the deadline, how long to wait for in-flight POSTs whose own timeouts are cut to it.
-_GRACE_S = 1.0
 # Pieces whose regions are sealed and sent at once before one waits for a thread.
 PIECES_AT_ONCE = 16
 
@@ -101,10 +101,6 @@ class _Passthrough(Exception):
     def __init__(self, error: BaseException) -> None:
         super().__init__("the caller's failure")
         self.error = error
-
-
-class _Stopped(Exception):
-    """A region not sent because the piece is being given up."""
 
 
 class MegaResumable:
@@ -272,7 +268,10 @@ class _Piece:
             self.stop.set()
             for future, _, _, _ in pending:
                 future.cancel()
-            wait([future for future, _, _, _ in pending], self.deadline.remaining() + _GRACE_S)
+            wait(
+                [future for future, _, _, _ in pending],
+                self.deadline.remaining() + _DEADLINE_GRACE_S,
+            )
             self.buffers.give_back(free + [buffer for _, _, buffer, _ in pending])
         if failure is not None:
             raise failure
@@ -309,7 +308,7 @@ class _Piece:
     ) -> bytearray:
         """Wait for the earliest region in flight, fold it in and report; its buffer."""
         try:
-            macs, answer = future.result(timeout=self.deadline.remaining() + _GRACE_S)
+            macs, answer = future.result(timeout=self.deadline.remaining() + _DEADLINE_GRACE_S)
         except FutureTimeout:
             raise MegaDeadlineExceeded(0, self.deadline.seconds, None) from None
         self.mac = fold_macs(self.key, self.mac, [macs[offset] for offset in sorted(macs)])
