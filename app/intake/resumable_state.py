@@ -22,6 +22,7 @@ import re
 import secrets
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -99,39 +100,33 @@ class RedisUploadStates:
 
     def __init__(self, state: RedisState, sealed: SealedBlobs | None = None) -> None:
         self._state = state
-        self._sealed = sealed
+        # Records through the store's own get/put/delete: sealed ones named by their id
+        # (the sealed blobs keep their own keys), plain ones under "tus:".
+        self._records: SealedBlobs | RedisState = sealed if sealed is not None else state
+        self._prefix = "" if sealed is not None else "tus:"
         self._index = KEY_PREFIX + "tus:expiry"
 
     def prepare(self) -> None:
         """Nothing local."""
 
     def _run(self, operation: Any) -> Any:
-        try:
+        """``operation``, a Redis command, run as the shared state runs them."""
+        with _reachable():
             return self._state.run(operation)
-        except SharedStateUnavailable:
-            raise UploadStateUnavailable() from None
 
     def load(self, upload_id: str) -> bytes | None:
-        if self._sealed is not None:
-            sealed = self._sealed
-            return self._run(lambda: sealed.get(upload_id))
-        return self._run(lambda: self._state.client.get(_record_key(upload_id)))
+        with _reachable():
+            return self._records.get(self._prefix + upload_id)
 
     def save(self, upload_id: str, record: bytes, expires_at: float) -> None:
         ttl = max(1, math.ceil(expires_at - time.time() + KEEP_AFTER_EXPIRY_S))
-        if self._sealed is not None:
-            sealed = self._sealed
-            self._run(lambda: sealed.put(upload_id, record, ttl))
-        else:
-            self._run(lambda: self._state.client.set(_record_key(upload_id), record, ex=ttl))
+        with _reachable():
+            self._records.put(self._prefix + upload_id, record, ttl)
         self._run(lambda: self._state.client.zadd(self._index, {upload_id: expires_at}))
 
     def remove(self, upload_id: str) -> None:
-        if self._sealed is not None:
-            sealed = self._sealed
-            self._run(lambda: sealed.delete(upload_id))
-        else:
-            self._run(lambda: self._state.client.delete(_record_key(upload_id)))
+        with _reachable():
+            self._records.delete(self._prefix + upload_id)
         self._run(lambda: self._state.client.zrem(self._index, upload_id))
 
     def due(self, now: float, most: int) -> list[str]:
@@ -187,8 +182,13 @@ class _RedisHold:
             self._lock.release()  # gone already when it expired
 
 
-def _record_key(upload_id: str) -> str:
-    return KEY_PREFIX + "tus:" + upload_id
+@contextlib.contextmanager
+def _reachable() -> Iterator[None]:
+    """Shared state out of reach, as the uploads' own error."""
+    try:
+        yield
+    except SharedStateUnavailable:
+        raise UploadStateUnavailable() from None
 
 
 # -- files -------------------------------------------------------------------------------
