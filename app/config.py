@@ -20,7 +20,7 @@ import re
 import secrets
 import tempfile
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, Literal
 
 import redis
 from pydantic import (
@@ -83,12 +83,16 @@ def _lower(value: Any) -> Any:
 
 
 class _Group(BaseSettings):
-    """A settings model read from the environment and ``.env``; ``prefix`` is its own."""
+    """A settings model read from the environment and ``.env``; ``prefix()`` is its own."""
 
     model_config = SettingsConfigDict(
         env_file=".env", env_file_encoding="utf-8", extra="ignore", validate_default=True
     )
-    prefix: ClassVar[str] = ""
+
+    @classmethod
+    def prefix(cls) -> str:
+        """The prefix of its variables' names (``MEGA_``), as its ``model_config`` says."""
+        return cls.model_config.get("env_prefix") or ""
 
 
 class AccessSettings(_Group):
@@ -172,7 +176,6 @@ class TusSettings(_Group):
     """Resumable uploads, tus 1.0 at /tus/ (app/intake/resumable.py, app/api/tus.py)."""
 
     model_config = SettingsConfigDict(env_prefix="TUS_")
-    prefix: ClassVar[str] = "TUS_"
 
     # How long a tus upload may take from its creation; after that it is gone. MEGA's SDK
     # gives up an unfinished upload URL after 47 h 55 min (app/storage/mega/resumable.py),
@@ -245,7 +248,6 @@ class MegaSettings(_Group):
     policy and upload plan from them (app/storage/mega/settings.py)."""
 
     model_config = SettingsConfigDict(env_prefix="MEGA_")
-    prefix: ClassVar[str] = "MEGA_"
 
     email: str | None = None
     password: SecretStr | None = None
@@ -327,7 +329,6 @@ class LocalSettings(_Group):
     """The local-disk backend (app/storage/local.py)."""
 
     model_config = SettingsConfigDict(env_prefix="LOCAL_")
-    prefix: ClassVar[str] = "LOCAL_"
 
     storage_dir: Path = Path("data/files")
 
@@ -401,7 +402,7 @@ def variable_names() -> list[str]:
     """Every environment variable the settings read, in capitals."""
     names = [name.upper() for name in Settings.model_fields if name not in GROUPS]
     for model in GROUPS.values():
-        names += [f"{model.prefix}{name}".upper() for name in model.model_fields]
+        names += [f"{model.prefix()}{name}".upper() for name in model.model_fields]
     return sorted(names)
 
 
@@ -443,7 +444,7 @@ def _load(_env_file: str | Path | None, overrides: dict[str, Any]) -> Settings:
     groups: dict[str, _Group] = {}
     problems: list[str] = []
     for field, model in GROUPS.items():
-        prefix = model.prefix.lower()
+        prefix = model.prefix().lower()
         own = {
             name[len(prefix) :]: given.pop(name)
             for name in list(given)
@@ -452,7 +453,7 @@ def _load(_env_file: str | Path | None, overrides: dict[str, Any]) -> Settings:
         try:
             groups[field] = model(_env_file=_env_file, **own)  # type: ignore[call-arg]
         except ValidationError as error:
-            problems += _describe(error, model.prefix)
+            problems += _describe(error, model.prefix())
     if not problems:
         try:
             return Settings(_env_file=_env_file, **given, **groups)  # type: ignore[call-arg]
